@@ -1,0 +1,210 @@
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""Configuration of the surgical world model: a V-JEPA 2 encoder and an action-conditioned predictor."""
+
+from transformers import PreTrainedConfig, VJEPA2Config
+
+
+# Encoder presets: the `facebook/vjepa2-*` checkpoints and their dimensions (ViT-L/H/g of V-JEPA 2).
+VJEPA2_PRESETS = {
+    "vitl": {
+        "checkpoint": "facebook/vjepa2-vitl-fpc64-256",
+        "encoder": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "mlp_ratio": 4.0,
+                    "crop_size": 256},
+    },
+    "vith": {
+        "checkpoint": "facebook/vjepa2-vith-fpc64-256",
+        "encoder": {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16, "mlp_ratio": 4.0,
+                    "crop_size": 256},
+    },
+    "vitg": {
+        "checkpoint": "facebook/vjepa2-vitg-fpc64-256",
+        "encoder": {"hidden_size": 1408, "num_hidden_layers": 40, "num_attention_heads": 22, "mlp_ratio": 48 / 11,
+                    "crop_size": 256},
+    },
+    "vitg384": {
+        "checkpoint": "facebook/vjepa2-vitg-fpc64-384",
+        "encoder": {"hidden_size": 1408, "num_hidden_layers": 40, "num_attention_heads": 22, "mlp_ratio": 48 / 11,
+                    "crop_size": 384},
+    },
+}
+
+
+class SurgicalWorldModelConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`SurgicalWorldModel`]: a V-JEPA 2 video encoder whose per-step latents feed an
+    action-conditioned, block-causal predictor (V-JEPA 2-AC style). Defaults follow V-JEPA 2-AC on a ViT-L encoder.
+
+    Args:
+        encoder_config (`VJEPA2Config` or `dict`, *optional*):
+            The V-JEPA 2 encoder (only its encoder half is used). Defaults to `facebook/vjepa2-vitl-fpc64-256`.
+        encoder_name_or_path (`str`, *optional*):
+            Where the encoder weights came from (a `facebook/vjepa2-*` id or a local directory); provenance only.
+        predictor_hidden_size (`int`, *optional*, defaults to 1024):
+            Width of the predictor transformer.
+        predictor_num_hidden_layers (`int`, *optional*, defaults to 24):
+            Depth of the predictor transformer.
+        predictor_num_attention_heads (`int`, *optional*, defaults to 16):
+            Attention heads of the predictor.
+        predictor_mlp_ratio (`float`, *optional*, defaults to 4.0):
+            Hidden size of the predictor MLPs relative to `predictor_hidden_size`.
+        predictor_drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic depth of the predictor layers.
+        action_dim (`int`, *optional*, defaults to 7):
+            Size of the action vector given at every step (0: a pure video world model, no action token).
+        state_dim (`int`, *optional*, defaults to 0):
+            Size of the optional proprioceptive state vector per step (0: no state token).
+        action_spec (`list[str]`, *optional*):
+            One name per action dimension, saying what it means (e.g. `"USM1/needle driver"`).
+        frames_per_step (`int`, *optional*, defaults to 1):
+            Frames that make one world-model step: 1 (the frame is repeated into a tubelet) or the encoder's
+            `tubelet_size` (one real tubelet).
+        rollout_steps (`int`, *optional*, defaults to 2):
+            Autoregressive steps of the rollout loss (V-JEPA 2-AC uses 2).
+        contrastive_weight (`float`, *optional*, defaults to 0.1):
+            Weight of the InfoNCE loss between predicted and true future latents.
+        contrastive_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the InfoNCE loss.
+        use_mask_aux (`bool`, *optional*, defaults to `False`):
+            Add the mask-denoising auxiliary loss.
+        lambda_mask (`float`, *optional*, defaults to 0.1):
+            Weight of the mask-denoising loss.
+        mask_ratio (`float`, *optional*, defaults to 0.5):
+            Fraction of the context patch tokens replaced by a mask token for the mask-denoising loss.
+        freeze_encoder (`bool`, *optional*, defaults to `True`):
+            Keep the encoder frozen (no gradients, eval mode). When `False`, targets come from an EMA copy.
+        ema_momentum (`float`, *optional*, defaults to 0.999):
+            Momentum of the EMA target encoder (only used when the encoder trains).
+        normalize_latents (`bool`, *optional*, defaults to `True`):
+            Layer-norm the encoder outputs (without affine) into the latent states, as V-JEPA 2-AC does.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the truncated normal initialiser of the predictor.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the predictor's layer norms.
+
+    Example:
+
+    ```python
+    >>> from configuration_surgical_wm import SurgicalWorldModelConfig
+    >>> config = SurgicalWorldModelConfig.from_preset("vitl", action_dim=56)
+    ```"""
+
+    model_type = "surgical_wm"
+    sub_configs_defaults = {"encoder_config": VJEPA2Config}
+
+    # encoder
+    encoder_config: dict | PreTrainedConfig | None = None
+    encoder_name_or_path: str | None = None
+    # predictor
+    predictor_hidden_size: int = 1024
+    predictor_num_hidden_layers: int = 24
+    predictor_num_attention_heads: int = 16
+    predictor_mlp_ratio: float | int = 4.0
+    predictor_drop_path_rate: float | int = 0.0
+    # actions and states
+    action_dim: int = 7
+    state_dim: int = 0
+    action_spec: list[str] | None = None
+    # time
+    frames_per_step: int = 1
+    rollout_steps: int = 2
+    # losses
+    contrastive_weight: float | int = 0.1
+    contrastive_temperature: float | int = 0.1
+    use_mask_aux: bool = False
+    lambda_mask: float | int = 0.1
+    mask_ratio: float | int = 0.5
+    # encoder training
+    freeze_encoder: bool = True
+    ema_momentum: float | int = 0.999
+    normalize_latents: bool = True
+    # initialisation
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_values()
+
+    def _check_values(self):
+        encoder = self.encoder_config
+        for name in ("predictor_hidden_size", "predictor_num_hidden_layers", "predictor_num_attention_heads",
+                     "action_dim", "state_dim", "frames_per_step", "rollout_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"`{name}` must be an integer, got {value!r}.")
+        for name in ("predictor_mlp_ratio", "predictor_drop_path_rate", "contrastive_weight",
+                     "contrastive_temperature", "lambda_mask", "mask_ratio", "ema_momentum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"`{name}` must be a number, got {value!r}.")
+        positive = {
+            "predictor_hidden_size": self.predictor_hidden_size,
+            "predictor_num_hidden_layers": self.predictor_num_hidden_layers,
+            "predictor_num_attention_heads": self.predictor_num_attention_heads,
+            "predictor_mlp_ratio": self.predictor_mlp_ratio,
+            "rollout_steps": self.rollout_steps,
+            "contrastive_temperature": self.contrastive_temperature,
+            "frames_per_step": self.frames_per_step,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"`{name}` must be positive, got {value!r}.")
+        for name, value in {"action_dim": self.action_dim, "state_dim": self.state_dim,
+                            "contrastive_weight": self.contrastive_weight, "lambda_mask": self.lambda_mask,
+                            "predictor_drop_path_rate": self.predictor_drop_path_rate}.items():
+            if value < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+        if self.predictor_hidden_size % self.predictor_num_attention_heads != 0:
+            raise ValueError(
+                f"`predictor_hidden_size` ({self.predictor_hidden_size}) must be divisible by "
+                f"`predictor_num_attention_heads` ({self.predictor_num_attention_heads})."
+            )
+        if self.predictor_hidden_size // self.predictor_num_attention_heads < 6:
+            raise ValueError(
+                "The predictor's head size (`predictor_hidden_size / predictor_num_attention_heads` = "
+                f"{self.predictor_hidden_size // self.predictor_num_attention_heads}) must be at least 6 for 3D RoPE."
+            )
+        if self.frames_per_step not in (1, encoder.tubelet_size):
+            raise ValueError(
+                f"`frames_per_step` must be 1 (a frame repeated into a tubelet) or the encoder's tubelet_size "
+                f"({encoder.tubelet_size}), got {self.frames_per_step}."
+            )
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"`mask_ratio` must be in (0, 1), got {self.mask_ratio!r}.")
+        if not 0.0 <= self.ema_momentum <= 1.0:
+            raise ValueError(f"`ema_momentum` must be in [0, 1], got {self.ema_momentum!r}.")
+        if self.action_spec is not None and len(self.action_spec) != self.action_dim:
+            raise ValueError(
+                f"`action_spec` names {len(self.action_spec)} dimensions but `action_dim` is {self.action_dim}."
+            )
+        if encoder.crop_size % encoder.patch_size != 0:
+            raise ValueError(
+                f"The encoder's crop_size ({encoder.crop_size}) must be a multiple of its patch_size "
+                f"({encoder.patch_size})."
+            )
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Patch tokens of one step's latent: (crop_size / patch_size) ** 2."""
+        return (self.encoder_config.crop_size // self.encoder_config.patch_size) ** 2
+
+    @property
+    def latent_dim(self) -> int:
+        """Width of the latent states: the encoder's hidden size."""
+        return self.encoder_config.hidden_size
+
+    @classmethod
+    def from_preset(cls, preset: str, **kwargs) -> "SurgicalWorldModelConfig":
+        """A config for one of the V-JEPA 2 encoders (`vitl`, `vith`, `vitg`, `vitg384`), without downloading."""
+        if preset not in VJEPA2_PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(VJEPA2_PRESETS)}.")
+        spec = VJEPA2_PRESETS[preset]
+        encoder_overrides = kwargs.pop("encoder_config", None) or {}
+        encoder = VJEPA2Config(**{**spec["encoder"], **encoder_overrides})
+        kwargs.setdefault("encoder_name_or_path", spec["checkpoint"])
+        return cls(encoder_config=encoder, **kwargs)
+
+
+SurgicalWorldModelConfig.register_for_auto_class()
+
+__all__ = ["SurgicalWorldModelConfig", "VJEPA2_PRESETS"]

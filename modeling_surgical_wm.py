@@ -1,0 +1,574 @@
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""An action-conditioned surgical world model on V-JEPA 2 (V-JEPA 2-AC style).
+
+Each step of a clip (one frame repeated into a tubelet, or one real tubelet) is encoded on its own by the V-JEPA 2
+encoder into latent patch tokens z_t. A block-causal transformer over steps, fed `[action, (state), patches]` tokens
+per step, predicts z_{t+1}. This file travels to the Hub with `save_pretrained`: it imports only torch,
+transformers and its configuration.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformers import PreTrainedModel, VJEPA2Model, initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2Encoder, rotate_queries_or_keys
+from transformers.utils import ModelOutput, logging
+
+
+try:
+    from .configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
+except ImportError:  # imported as a top-level module from a clone of the repository
+    from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class SurgicalWorldModelOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`):
+        `temporal_loss + contrastive_weight * contrastive_loss + lambda_mask * mask_loss`.
+    predicted_latents (`torch.FloatTensor` of shape `(batch_size, steps - 1, tokens, dim)`):
+        Teacher-forced predictions of z_{t+1} from z_{<=t} and the actions.
+    target_latents (`torch.FloatTensor` of shape `(batch_size, steps - 1, tokens, dim)`):
+        The true z_{t+1} (from the EMA target encoder when the encoder trains).
+    temporal_loss (`torch.FloatTensor` of shape `()`):
+        `teacher_forcing_loss + rollout_loss`.
+    teacher_forcing_loss (`torch.FloatTensor` of shape `()`):
+        L1 between `predicted_latents` and `target_latents`.
+    rollout_loss (`torch.FloatTensor` of shape `()`):
+        L1 of an autoregressive rollout of `rollout_steps` steps from the first step.
+    contrastive_loss (`torch.FloatTensor` of shape `()`):
+        InfoNCE between pooled predicted and true future latents, other clips of the batch as negatives.
+    mask_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        L1 on the masked tokens of the mask-denoising prediction (when `use_mask_aux`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    predicted_latents: torch.FloatTensor | None = None
+    target_latents: torch.FloatTensor | None = None
+    temporal_loss: torch.FloatTensor | None = None
+    teacher_forcing_loss: torch.FloatTensor | None = None
+    rollout_loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    mask_loss: torch.FloatTensor | None = None
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    # Unlike V-JEPA 2's encoder attention, the predictor's attention must honour its block-causal mask.
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+        else:
+            attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class SurgicalWorldModelPredictorAttention(nn.Module):
+    """Multi-head self-attention with V-JEPA 2's 3D rotary positions (time, height, width) over step tokens."""
+
+    def __init__(self, config: SurgicalWorldModelConfig):
+        super().__init__()
+        self.config = config
+        self.num_attention_heads = config.predictor_num_attention_heads
+        self.head_dim = config.predictor_hidden_size // config.predictor_num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False  # the block-causal structure is in the mask
+        self.qkv = nn.Linear(config.predictor_hidden_size, 3 * config.predictor_hidden_size, bias=True)
+        self.proj = nn.Linear(config.predictor_hidden_size, config.predictor_hidden_size)
+        # Same split of the head dimension as V-JEPA 2: equal even shares for time, height and width.
+        self.rope_dim = 2 * ((self.head_dim // 3) // 2)
+
+    def apply_rotary(self, states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # states: (B, heads, L, head_dim); positions: (3, L) as (time, height, width)
+        rotated = []
+        start = 0
+        for axis in range(3):
+            rotated.append(rotate_queries_or_keys(states[..., start : start + self.rope_dim], pos=positions[axis]))
+            start += self.rope_dim
+        rotated.append(states[..., start:])
+        return torch.cat(rotated, dim=-1)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_len, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
+        positions = positions.to(query.dtype)
+        query = self.apply_rotary(query, positions)
+        key = self.apply_rotary(key, positions)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False
+        )
+        attn_output = attn_output.reshape(batch_size, seq_len, -1)  # (B, L, hidden)
+        return self.proj(attn_output), attn_weights
+
+
+class SurgicalWorldModelPredictorMLP(nn.Module):
+    def __init__(self, config: SurgicalWorldModelConfig):
+        super().__init__()
+        hidden_features = int(config.predictor_hidden_size * config.predictor_mlp_ratio)
+        self.fc1 = nn.Linear(config.predictor_hidden_size, hidden_features)
+        self.activation = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, config.predictor_hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class SurgicalWorldModelPredictorLayer(GradientCheckpointingLayer):
+    """A pre-norm transformer block of the predictor."""
+
+    def __init__(self, config: SurgicalWorldModelConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.predictor_hidden_size, eps=config.layer_norm_eps)
+        self.attention = SurgicalWorldModelPredictorAttention(config)
+        self.norm2 = nn.LayerNorm(config.predictor_hidden_size, eps=config.layer_norm_eps)
+        self.mlp = SurgicalWorldModelPredictorMLP(config)
+        self.drop_path_rate = drop_path_rate
+
+    def drop_path(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_path_rate == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_path_rate
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
+        return hidden_states * keep / keep_prob
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        attention_output, _ = self.attention(self.norm1(hidden_states), attention_mask, positions)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        return hidden_states
+
+
+class SurgicalWorldModelPredictor(nn.Module):
+    """Block-causal transformer over steps: step t sees steps <= t and predicts the latent of step t + 1."""
+
+    def __init__(self, config: SurgicalWorldModelConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.predictor_hidden_size
+        self.grid_size = config.encoder_config.crop_size // config.encoder_config.patch_size
+        self.latent_proj = nn.Linear(config.latent_dim, hidden)
+        self.action_proj = nn.Linear(config.action_dim, hidden) if config.action_dim > 0 else None
+        self.state_proj = nn.Linear(config.state_dim, hidden) if config.state_dim > 0 else None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, hidden)) if config.use_mask_aux else None
+        rates = [config.predictor_drop_path_rate * i / max(config.predictor_num_hidden_layers - 1, 1)
+                 for i in range(config.predictor_num_hidden_layers)]
+        self.layers = nn.ModuleList(SurgicalWorldModelPredictorLayer(config, rate) for rate in rates)
+        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.output_proj = nn.Linear(hidden, config.latent_dim)
+
+    @property
+    def num_condition_tokens(self) -> int:
+        return int(self.action_proj is not None) + int(self.state_proj is not None)
+
+    def step_layout(self, num_steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block-causal mask `(1, 1, L, L)` (True = may attend) and RoPE positions `(3, L)` of `num_steps` steps."""
+        num_cond = self.num_condition_tokens
+        tokens_per_step = num_cond + self.grid_size**2
+        step_index = torch.arange(num_steps, device=device).repeat_interleave(tokens_per_step)  # (L,)
+        attention_mask = step_index[None, :] <= step_index[:, None]  # (L, L)
+        patch = torch.arange(self.grid_size**2, device=device)
+        height = torch.cat([torch.zeros(num_cond, dtype=torch.long, device=device), patch // self.grid_size])
+        width = torch.cat([torch.zeros(num_cond, dtype=torch.long, device=device), patch % self.grid_size])
+        positions = torch.stack([step_index, height.repeat(num_steps), width.repeat(num_steps)])  # (3, L)
+        return attention_mask[None, None], positions
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch_size, num_steps, num_tokens, _ = latents.shape
+        if num_tokens != self.grid_size**2:
+            raise ValueError(f"Expected {self.grid_size**2} tokens per step, got {num_tokens}.")
+        hidden_states = self.latent_proj(latents)  # (B, T, N, hidden)
+        if token_mask is not None:
+            if self.mask_token is None:
+                raise ValueError("A token mask needs `use_mask_aux=True` in the config.")
+            hidden_states = torch.where(token_mask[..., None], self.mask_token.to(hidden_states.dtype), hidden_states)
+        condition = []
+        if self.action_proj is not None:
+            condition.append(self.action_proj(actions.to(hidden_states.dtype)).unsqueeze(2))  # (B, T, 1, hidden)
+        if self.state_proj is not None:
+            condition.append(self.state_proj(states.to(hidden_states.dtype)).unsqueeze(2))  # (B, T, 1, hidden)
+        hidden_states = torch.cat(condition + [hidden_states], dim=2)  # (B, T, c + N, hidden)
+        tokens_per_step = hidden_states.shape[2]
+        hidden_states = hidden_states.reshape(batch_size, num_steps * tokens_per_step, -1)  # (B, L, hidden)
+
+        attention_mask, positions = self.step_layout(num_steps, latents.device)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask, positions)
+
+        hidden_states = self.norm(hidden_states).view(batch_size, num_steps, tokens_per_step, -1)
+        return self.output_proj(hidden_states[:, :, self.num_condition_tokens :])  # (B, T, N, latent_dim)
+
+
+class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
+    config_class = SurgicalWorldModelConfig
+    config: SurgicalWorldModelConfig
+    base_model_prefix = "world_model"
+    main_input_name = "pixel_values_videos"
+    input_modalities = "video"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VJEPA2Layer", "SurgicalWorldModelPredictorLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False  # the predictor needs an arbitrary (block-causal) mask
+    # The EMA target encoder is rebuilt from the online encoder when a checkpoint has none.
+    _keys_to_ignore_on_load_missing = [r"^target_encoder\."]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv3d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SurgicalWorldModelPredictor) and module.mask_token is not None:
+            init.trunc_normal_(module.mask_token, std=std)
+
+
+class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
+    """
+    V-JEPA 2 encoder + action-conditioned block-causal predictor.
+
+    Seams: `encode` (pixels -> latents), `predict` (teacher-forced next latents), `rollout` (autoregressive
+    imagination under actions), `forward` (the training losses).
+    """
+
+    def __init__(self, config: SurgicalWorldModelConfig):
+        super().__init__(config)
+        # The V-JEPA 2 layers read the attention backend from their own (sub-)config.
+        config.encoder_config._attn_implementation_internal = config._attn_implementation
+        self.encoder = VJEPA2Encoder(config.encoder_config)
+        # A target copy exists only when the encoder trains: frozen training keeps a single encoder in memory.
+        self.target_encoder = None if config.freeze_encoder else VJEPA2Encoder(config.encoder_config)
+        self.predictor = SurgicalWorldModelPredictor(config)
+        self.post_init()
+        self._set_encoder_trainable(not config.freeze_encoder)
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def _set_encoder_trainable(self, trainable: bool) -> None:
+        self.encoder.requires_grad_(trainable)
+        if self.target_encoder is not None:
+            self.target_encoder.requires_grad_(False)
+            self.target_encoder.eval()
+        if not trainable:
+            self.encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # A frozen encoder stays in eval mode (no dropout / drop-path), as does the EMA target.
+        if self.config.freeze_encoder:
+            self.encoder.eval()
+        if self.target_encoder is not None:
+            self.target_encoder.eval()
+        return self
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if model.target_encoder is not None and any(
+            key.startswith("target_encoder.") for key in loading_info.get("missing_keys", ())
+        ):
+            model.reset_target_encoder()
+        return (model, loading_info) if output_loading_info else model
+
+    @classmethod
+    def from_vjepa2(
+        cls,
+        name_or_path: str,
+        *,
+        cache_dir: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        **config_overrides,
+    ) -> "SurgicalWorldModel":
+        """
+        Builds a world model on the encoder of a V-JEPA 2 checkpoint: a preset name (`vitl`, `vith`, `vitg`,
+        `vitg384`), a `facebook/vjepa2-*` Hub id, or a local directory in the transformers format. The encoder's
+        dimensions come from the checkpoint itself; `config_overrides` set the predictor, actions and losses.
+        """
+        checkpoint = VJEPA2_PRESETS[name_or_path]["checkpoint"] if name_or_path in VJEPA2_PRESETS else name_or_path
+        load_kwargs = {"cache_dir": cache_dir, "revision": revision}
+        if local_files_only is not None:
+            load_kwargs["local_files_only"] = local_files_only
+        try:
+            vjepa2 = VJEPA2Model.from_pretrained(checkpoint, **load_kwargs)
+        except (OSError, ValueError) as error:
+            raise OSError(_vjepa2_load_failure_message(checkpoint, error)) from None
+        if "encoder_config" in config_overrides:
+            raise ValueError("The encoder config comes from the checkpoint; do not pass `encoder_config`.")
+        config = SurgicalWorldModelConfig(
+            encoder_config=vjepa2.config.to_dict(), encoder_name_or_path=str(checkpoint), **config_overrides
+        )
+        model = cls(config)
+        model.encoder.load_state_dict(vjepa2.encoder.state_dict())
+        model.reset_target_encoder()
+        return model
+
+    @torch.no_grad()
+    def reset_target_encoder(self) -> None:
+        """Copies the online encoder into the EMA target (no-op when the encoder is frozen)."""
+        if self.target_encoder is not None:
+            self.target_encoder.load_state_dict(self.encoder.state_dict())
+
+    @torch.no_grad()
+    def update_target_encoder(self, momentum: float | None = None) -> None:
+        """EMA step of the target encoder: target <- m * target + (1 - m) * online. Call after each optimizer step."""
+        if self.target_encoder is None:
+            return
+        momentum = self.config.ema_momentum if momentum is None else momentum
+        target = list(self.target_encoder.parameters())
+        online = [parameter.detach().to(target[0].dtype) for parameter in self.encoder.parameters()]
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
+
+    # ---------------------------------------------------------------------------------------------- encode
+    def _check_pixels(self, pixel_values_videos: torch.Tensor) -> None:
+        encoder = self.config.encoder_config
+        if pixel_values_videos.ndim != 5:
+            raise ValueError(
+                "`pixel_values_videos` must have shape (batch, frames, channels, height, width), got "
+                f"{tuple(pixel_values_videos.shape)}."
+            )
+        _, num_frames, channels, height, width = pixel_values_videos.shape
+        if channels != encoder.in_chans:
+            raise ValueError(f"Expected {encoder.in_chans} channels, got {channels} (is the layout (B, T, C, H, W)?).")
+        if height != encoder.crop_size or width != encoder.crop_size:
+            # V-JEPA 2 derives its RoPE grid from config.crop_size: another resolution would get wrong positions.
+            raise ValueError(
+                f"Frames are {height}x{width} but the encoder was built for {encoder.crop_size}x{encoder.crop_size}; "
+                "resize and crop the video to the encoder's crop_size (the V-JEPA 2 video processor does)."
+            )
+        if num_frames % self.config.frames_per_step != 0:
+            raise ValueError(
+                f"{num_frames} frames do not split into steps of frames_per_step={self.config.frames_per_step}."
+            )
+
+    def _encode_with(self, encoder: VJEPA2Encoder, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        batch_size, num_frames, channels, height, width = pixel_values_videos.shape
+        frames_per_step = self.config.frames_per_step
+        num_steps = num_frames // frames_per_step
+        steps = pixel_values_videos.reshape(batch_size * num_steps, frames_per_step, channels, height, width)
+        tubelet = self.config.encoder_config.tubelet_size
+        if frames_per_step < tubelet:
+            # One frame repeated into a tubelet: the encoder never sees another step, so no future leaks backwards.
+            steps = steps.expand(-1, tubelet, -1, -1, -1)  # (B * S, tubelet, C, H, W)
+        hidden_states = encoder(pixel_values_videos=steps).last_hidden_state  # (B * S, N, D)
+        if self.config.normalize_latents:
+            hidden_states = F.layer_norm(hidden_states, (hidden_states.shape[-1],))
+        return hidden_states.view(batch_size, num_steps, *hidden_states.shape[1:])  # (B, S, N, D)
+
+    def encode(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        """
+        Encodes each step of a clip on its own.
+
+        Args:
+            pixel_values_videos: `(batch, frames, 3, crop_size, crop_size)`, V-JEPA 2 preprocessed.
+        Returns:
+            latents `(batch, steps, tokens, dim)` with `steps = frames / frames_per_step`.
+        """
+        self._check_pixels(pixel_values_videos)
+        if self.config.freeze_encoder:
+            with torch.no_grad():
+                return self._encode_with(self.encoder, pixel_values_videos)
+        return self._encode_with(self.encoder, pixel_values_videos)
+
+    @torch.no_grad()
+    def encode_targets(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        """Latents used as prediction targets: the EMA encoder's when the encoder trains, else `encode`'s."""
+        self._check_pixels(pixel_values_videos)
+        encoder = self.target_encoder if self.target_encoder is not None else self.encoder
+        return self._encode_with(encoder, pixel_values_videos)
+
+    # --------------------------------------------------------------------------------------------- predict
+    def _step_inputs(
+        self, name: str, values: torch.Tensor | None, dim: int, batch_size: int, num_steps: int, reference: torch.Tensor
+    ) -> torch.Tensor | None:
+        if dim == 0:
+            if values is not None:
+                raise ValueError(f"This model takes no {name} ({name[:-1]}_dim=0) but {name} were given.")
+            return None
+        if values is None:
+            if name == "states":
+                raise ValueError(f"This model expects states of size {dim} at every step (state_dim={dim}).")
+            # A pure video world model: a zero action at every step.
+            return reference.new_zeros(batch_size, num_steps, dim)
+        if values.ndim != 3 or values.shape[0] != batch_size or values.shape[2] != dim:
+            raise ValueError(f"`{name}` must have shape ({batch_size}, steps, {dim}), got {tuple(values.shape)}.")
+        frames_per_step = self.config.frames_per_step
+        if values.shape[1] != num_steps and frames_per_step > 1 and values.shape[1] == num_steps * frames_per_step:
+            # Given per frame: average the frames of each step.
+            values = values.view(batch_size, num_steps, frames_per_step, dim).mean(2)
+        if values.shape[1] < num_steps:
+            raise ValueError(f"`{name}` cover {values.shape[1]} steps but {num_steps} are needed.")
+        return values[:, :num_steps]
+
+    def predict(
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Teacher-forced prediction: output `[:, t]` is the prediction of z_{t+1} from z_{<=t} and actions `<= t`.
+
+        Args:
+            latents: `(batch, steps, tokens, dim)` from `encode`.
+            actions: `(batch, steps, action_dim)`, the action taken at each step; None gives zero actions.
+            states: `(batch, steps, state_dim)` when the model has a state token.
+            token_mask: `(batch, steps, tokens)` bool, tokens replaced by the mask token (mask-denoising).
+        """
+        batch_size, num_steps = latents.shape[:2]
+        actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, num_steps, latents)
+        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_steps, latents)
+        return self.predictor(latents, actions, states, token_mask)
+
+    def rollout(
+        self,
+        context_latents: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        steps: int = 1,
+        states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Autoregressive imagination: from `context_latents` `(batch, context, tokens, dim)`, predicts `steps` future
+        latents, each fed back as input. `actions` (and `states`) cover `context + steps - 1` steps.
+        Returns `(batch, steps, tokens, dim)`. The batch may hold many candidate action sequences (planning).
+        """
+        if steps < 1:
+            raise ValueError(f"`steps` must be >= 1, got {steps}.")
+        batch_size, num_context = context_latents.shape[:2]
+        horizon = num_context + steps - 1
+        actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, horizon, context_latents)
+        states = self._step_inputs("states", states, self.config.state_dim, batch_size, horizon, context_latents)
+        latents = context_latents
+        for _ in range(steps):
+            length = latents.shape[1]
+            next_latent = self.predictor(
+                latents,
+                None if actions is None else actions[:, :length],
+                None if states is None else states[:, :length],
+            )[:, -1:]
+            latents = torch.cat([latents, next_latent.to(latents.dtype)], dim=1)
+        return latents[:, num_context:]
+
+    # ---------------------------------------------------------------------------------------------- losses
+    def contrastive_loss(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """InfoNCE at each step: a clip's pooled prediction must pick its own future among the batch's."""
+        batch_size = predicted.shape[0]
+        if batch_size < 2:
+            return predicted.new_zeros((), dtype=torch.float32)
+        predicted = F.normalize(predicted.float().mean(2), dim=-1)  # (B, S, D), no CLS token: mean-pool patches
+        target = F.normalize(target.float().mean(2), dim=-1)  # (B, S, D)
+        logits = torch.einsum("bsd,csd->sbc", predicted, target) / self.config.contrastive_temperature  # (S, B, B)
+        labels = torch.arange(batch_size, device=logits.device).expand(logits.shape[0], -1)  # (S, B)
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+    def forward(
+        self,
+        pixel_values_videos: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SurgicalWorldModelOutput | tuple:
+        r"""
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, frames, 3, crop_size, crop_size)`):
+            A clip preprocessed as V-JEPA 2 expects; `frames / frames_per_step` steps, at least 2.
+        actions (`torch.FloatTensor` of shape `(batch_size, steps, action_dim)`, *optional*):
+            The action at every step (see `config.action_spec`); None trains a pure video world model.
+        states (`torch.FloatTensor` of shape `(batch_size, steps, state_dim)`, *optional*):
+            Proprioceptive state per step, when `config.state_dim > 0`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        context = self.encode(pixel_values_videos)  # (B, S, N, D)
+        targets = context.detach() if self.target_encoder is None else self.encode_targets(pixel_values_videos)
+        batch_size, num_steps = context.shape[:2]
+        if num_steps < 2:
+            raise ValueError(f"A clip needs at least 2 steps to predict the future, got {num_steps}.")
+        actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, num_steps, context)
+        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_steps, context)
+        past_actions = None if actions is None else actions[:, :-1]
+        past_states = None if states is None else states[:, :-1]
+        future = targets[:, 1:].float()
+
+        predicted = self.predict(context[:, :-1], past_actions, past_states)  # (B, S - 1, N, D)
+        teacher_forcing_loss = F.l1_loss(predicted.float(), future)
+        rollout_steps = min(self.config.rollout_steps, num_steps - 1)
+        rolled = self.rollout(context[:, :1], actions, rollout_steps, states)  # (B, k, N, D)
+        rollout_loss = F.l1_loss(rolled.float(), future[:, :rollout_steps])
+        temporal_loss = teacher_forcing_loss + rollout_loss
+        contrastive = self.contrastive_loss(predicted, future)
+        loss = temporal_loss + self.config.contrastive_weight * contrastive
+
+        mask_loss = None
+        if self.config.use_mask_aux:
+            token_mask = torch.rand(context[:, :-1].shape[:3], device=context.device) < self.config.mask_ratio
+            denoised = self.predict(context[:, :-1], past_actions, past_states, token_mask=token_mask)
+            per_token = (denoised.float() - future).abs().mean(-1)  # (B, S - 1, N)
+            mask_loss = (per_token * token_mask).sum() / token_mask.sum().clamp(min=1)
+            loss = loss + self.config.lambda_mask * mask_loss
+
+        output = SurgicalWorldModelOutput(
+            loss=loss,
+            predicted_latents=predicted,
+            target_latents=targets[:, 1:],
+            temporal_loss=temporal_loss,
+            teacher_forcing_loss=teacher_forcing_loss,
+            rollout_loss=rollout_loss,
+            contrastive_loss=contrastive,
+            mask_loss=mask_loss,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _vjepa2_load_failure_message(checkpoint: str, error: Exception) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"Could not load the V-JEPA 2 checkpoint {checkpoint!r}. It is neither a local directory in the transformers "
+        "format nor reachable on the Hugging Face Hub from here (offline, HF_HUB_OFFLINE=1, or not in the local "
+        "cache). Download it where the Hub is reachable, e.g. `hf download "
+        f"{checkpoint if '/' in checkpoint else 'facebook/vjepa2-vitl-fpc64-256'} --local-dir vjepa2`, copy that "
+        f"directory here and pass its path instead. (Cause: {reason})"
+    )
+
+
+SurgicalWorldModel.register_for_auto_class("AutoModel")
+
+__all__ = ["SurgicalWorldModel", "SurgicalWorldModelOutput", "SurgicalWorldModelPreTrainedModel"]
