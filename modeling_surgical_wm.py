@@ -245,8 +245,6 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["VJEPA2Layer", "SurgicalWorldModelPredictorLayer"]
     _supports_sdpa = True
     _supports_flash_attn = False  # the predictor needs an arbitrary (block-causal) mask
-    # The EMA target encoder is rebuilt from the online encoder when a checkpoint has none.
-    _keys_to_ignore_on_load_missing = [r"^target_encoder\."]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -279,6 +277,8 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         self.target_encoder = None if config.freeze_encoder else VJEPA2Encoder(config.encoder_config)
         self.predictor = SurgicalWorldModelPredictor(config)
         self.post_init()
+        if self.target_encoder is not None and not self.encoder.layernorm.weight.is_meta:
+            self.reset_target_encoder()
         self._set_encoder_trainable(not config.freeze_encoder)
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -306,6 +306,8 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         if model.target_encoder is not None and any(
             key.startswith("target_encoder.") for key in loading_info.get("missing_keys", ())
         ):
+            # A frozen-encoder checkpoint opened for fine-tuning: the EMA target starts from the encoder.
+            logger.info("No EMA target encoder in the checkpoint: starting it from the encoder.")
             model.reset_target_encoder()
         return (model, loading_info) if output_loading_info else model
 

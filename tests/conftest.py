@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny V-JEPA 2 checkpoints and world models, all built offline."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (REPO_ROOT, os.path.join(REPO_ROOT, "scripts")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+# Nothing in the suite may reach the real Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_PREDICTOR = {"predictor_hidden_size": 48, "predictor_num_hidden_layers": 2, "predictor_num_attention_heads": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_vjepa2_dir(tmp_path_factory):
+    """A tiny V-JEPA 2 checkpoint in the transformers format (config.json + model.safetensors)."""
+    from make_tiny_vjepa2 import make_tiny_vjepa2
+
+    return make_tiny_vjepa2(str(tmp_path_factory.mktemp("tiny-vjepa2")), seed=0)
+
+
+def tiny_config(**overrides):
+    from configuration_surgical_wm import SurgicalWorldModelConfig
+
+    encoder = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "crop_size": 32,
+               "patch_size": 16, "frames_per_clip": 8, "mlp_ratio": 2.0}
+    encoder.update(overrides.pop("encoder_config", {}))
+    settings = {**TINY_PREDICTOR, "action_dim": 3, **overrides}
+    return SurgicalWorldModelConfig(encoder_config=encoder, **settings)
+
+
+@pytest.fixture
+def make_tiny_config():
+    return tiny_config

@@ -1,0 +1,391 @@
+"""Unit tests of the world model on tiny configs: shapes, losses, causality, freezing, precision, save/load."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT, TINY_PREDICTOR, tiny_config
+from configuration_surgical_wm import SurgicalWorldModelConfig
+from modeling_surgical_wm import SurgicalWorldModel, SurgicalWorldModelOutput
+
+
+def clip(batch=2, frames=4, size=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, frames, 3, size, size, generator=generator)
+
+
+def actions_for(batch=2, steps=4, dim=3, seed=1):
+    return torch.randn(batch, steps, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def build(**overrides):
+    torch.manual_seed(0)
+    return SurgicalWorldModel(tiny_config(**overrides))
+
+
+def test_shapes_of_encode_predict_rollout_and_forward():
+    model = build().eval()
+    pixels, actions = clip(), actions_for()
+    latents = model.encode(pixels)
+    assert latents.shape == (2, 4, 4, 32)  # (B, steps, (32/16)^2 tokens, hidden)
+    assert model.predict(latents, actions).shape == latents.shape
+    assert model.rollout(latents[:, :1], actions, steps=3).shape == (2, 3, 4, 32)
+    output = model(pixels, actions)
+    assert isinstance(output, SurgicalWorldModelOutput)
+    assert output.predicted_latents.shape == output.target_latents.shape == (2, 3, 4, 32)
+    for name in ("loss", "temporal_loss", "teacher_forcing_loss", "rollout_loss", "contrastive_loss"):
+        assert torch.isfinite(output[name]), name
+    assert output.mask_loss is None
+    torch.testing.assert_close(output.temporal_loss, output.teacher_forcing_loss + output.rollout_loss)
+
+
+def test_real_tubelet_steps_halve_the_steps():
+    model = build(frames_per_step=2).eval()
+    assert model.encode(clip(frames=8)).shape == (2, 4, 4, 32)
+    with pytest.raises(ValueError, match="frames_per_step"):
+        model.encode(clip(frames=5))
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    model = build(use_mask_aux=True)
+    model.train()
+    pixels, actions = clip(batch=4), actions_for(batch=4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(40):
+        output = model(pixels, actions)
+        assert torch.isfinite(output.loss) and torch.isfinite(output.mask_loss)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        losses.append(output.loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_predictor_is_block_causal():
+    model = build().eval()
+    latents = model.encode(clip())
+    actions = actions_for()
+    reference = model.predict(latents, actions)
+    changed_latents = latents.clone()
+    changed_latents[:, 2:] = torch.randn_like(changed_latents[:, 2:])
+    changed_actions = actions.clone()
+    changed_actions[:, 2:] += 5.0
+    changed = model.predict(changed_latents, changed_actions)
+    torch.testing.assert_close(changed[:, :2], reference[:, :2])
+    assert not torch.allclose(changed[:, 2:], reference[:, 2:])
+    # ...and the action of step t does change the prediction for step t + 1.
+    nudged_actions = actions.clone()
+    nudged_actions[:, 1] += 1.0
+    nudged = model.predict(latents, nudged_actions)
+    torch.testing.assert_close(nudged[:, :1], reference[:, :1])
+    assert not torch.allclose(nudged[:, 1], reference[:, 1])
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_causality_holds_for_each_attention_backend(implementation):
+    model = build()
+    model.set_attn_implementation(implementation)
+    model.eval()
+    latents = torch.randn(1, 3, 4, 32)
+    reference = model.predict(latents)
+    latents[:, 2] += 1.0
+    torch.testing.assert_close(model.predict(latents)[:, :2], reference[:, :2])
+
+
+def test_eager_and_sdpa_agree():
+    model = build().eval()
+    pixels, actions = clip(), actions_for()
+    model.set_attn_implementation("sdpa")
+    sdpa = model(pixels, actions).predicted_latents
+    model.set_attn_implementation("eager")
+    eager = model(pixels, actions).predicted_latents
+    torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=1e-4)
+
+
+def test_each_step_is_encoded_on_its_own():
+    model = build().eval()
+    pixels = clip()
+    reference = model.encode(pixels)
+    pixels[:, 3] = torch.randn_like(pixels[:, 3])
+    changed = model.encode(pixels)
+    torch.testing.assert_close(changed[:, :3], reference[:, :3])
+    assert not torch.allclose(changed[:, 3], reference[:, 3])
+
+
+def test_rollout_feeds_its_predictions_back():
+    model = build().eval()
+    latents = model.encode(clip())
+    actions = actions_for()
+    rolled = model.rollout(latents[:, :1], actions, steps=2)
+    first = model.predict(latents[:, :1], actions[:, :1])[:, -1]
+    torch.testing.assert_close(rolled[:, 0], first)
+    second = model.predict(torch.stack([latents[:, 0], first], dim=1), actions[:, :2])[:, -1]
+    torch.testing.assert_close(rolled[:, 1], second)
+    with pytest.raises(ValueError, match="cover"):
+        model.rollout(latents[:, :2], actions[:, :2], steps=3)
+
+
+def test_frozen_encoder_gets_no_gradient_no_optimizer_state_and_stays_in_eval():
+    model = build()
+    model.train()
+    assert not model.encoder.training and model.predictor.training
+    assert model.target_encoder is None
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("predictor.") for n in trainable)
+    model(clip(), actions_for()).loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_trainable_encoder_uses_an_ema_target():
+    model = build(freeze_encoder=False, ema_momentum=0.9)
+    model.train()
+    assert model.encoder.training and not model.target_encoder.training
+    torch.testing.assert_close(
+        model.target_encoder.state_dict(), model.encoder.state_dict()
+    )
+    output = model(clip(), actions_for())
+    output.loss.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    before = {k: v.clone() for k, v in model.target_encoder.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.encoder.parameters():
+            parameter.add_(1.0)
+    model.update_target_encoder()
+    weight = "layer.0.mlp.fc1.weight"
+    expected = 0.9 * before[weight] + 0.1 * model.encoder.state_dict()[weight]
+    torch.testing.assert_close(model.target_encoder.state_dict()[weight], expected)
+
+
+def test_actions_none_is_a_pure_video_world_model_and_action_dim_zero_has_no_action_token():
+    model = build().eval()
+    assert torch.isfinite(model(clip()).loss)
+    video_only = build(action_dim=0).eval()
+    assert video_only.predictor.action_proj is None
+    assert torch.isfinite(video_only(clip()).loss)
+    with pytest.raises(ValueError, match="no actions"):
+        video_only(clip(), actions_for())
+
+
+def test_states_are_required_when_the_model_has_a_state_token():
+    model = build(state_dim=2).eval()
+    with pytest.raises(ValueError, match="states"):
+        model(clip(), actions_for())
+    states = torch.randn(2, 4, 2)
+    assert torch.isfinite(model(clip(), actions_for(), states).loss)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = build().eval()
+    with pytest.raises(ValueError, match="encoder was built for 32x32"):
+        model.encode(clip(size=48))
+    with pytest.raises(ValueError, match="batch, frames, channels"):
+        model.encode(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        model(clip(frames=1))
+    with pytest.raises(ValueError, match="actions"):
+        model(clip(), torch.randn(2, 4, 5))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"predictor_hidden_size": 50, "predictor_num_attention_heads": 4}, "divisible"),
+        ({"mask_ratio": 1.5}, "mask_ratio"),
+        ({"ema_momentum": 1.2}, "ema_momentum"),
+        ({"action_dim": 2, "action_spec": ["a", "b", "c"]}, "action_spec"),
+        ({"frames_per_step": 3}, "frames_per_step"),
+        ({"rollout_steps": 0}, "rollout_steps"),
+        ({"action_dim": -1}, "action_dim"),
+        ({"action_dim": "seven"}, "action_dim"),
+        ({"contrastive_temperature": 0.0}, "contrastive_temperature"),
+    ],
+)
+def test_bad_config_values_raise_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_presets_map_to_the_vjepa2_checkpoints():
+    config = SurgicalWorldModelConfig.from_preset("vitg384", action_dim=4)
+    assert config.encoder_name_or_path == "facebook/vjepa2-vitg-fpc64-384"
+    assert (config.encoder_config.hidden_size, config.encoder_config.crop_size) == (1408, 384)
+    assert config.tokens_per_step == 576
+    with pytest.raises(ValueError, match="Unknown preset"):
+        SurgicalWorldModelConfig.from_preset("vitx")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_forward_and_backward(dtype):
+    model = build(use_mask_aux=True)
+    model.train()
+    with torch.autocast("cpu", dtype=dtype):
+        output = model(clip(), actions_for())
+    assert torch.isfinite(output.loss)
+    output.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.predictor.parameters() if p.grad is not None)
+
+
+def test_bf16_weights():
+    model = build().to(torch.bfloat16).eval()
+    output = model(clip().to(torch.bfloat16), actions_for())
+    assert output.predicted_latents.dtype == torch.bfloat16
+    assert torch.isfinite(output.loss)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    pixels, actions = clip(), actions_for()
+    model = build(freeze_encoder=False)
+    model.train()
+    model(pixels, actions).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.predictor.layers)
+    model(pixels, actions).loss.backward()
+    for name, grad in reference.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-5)
+
+
+def test_save_and_reload_through_automodel_gives_the_same_outputs(tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    model = build(action_spec=["left", "right", "task"]).eval()
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "modeling_surgical_wm.py", "configuration_surgical_wm.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    config = AutoConfig.from_pretrained(tmp_path, trust_remote_code=True)
+    assert config.auto_map == {
+        "AutoConfig": "configuration_surgical_wm.SurgicalWorldModelConfig",
+        "AutoModel": "modeling_surgical_wm.SurgicalWorldModel",
+    }
+    assert config.action_spec == ["left", "right", "task"]
+    reloaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert type(reloaded).__name__ == "SurgicalWorldModel"
+    pixels, actions = clip(), actions_for()
+    expected, got = model(pixels, actions), reloaded(pixels, actions)
+    torch.testing.assert_close(got.predicted_latents, expected.predicted_latents)
+    torch.testing.assert_close(got.loss, expected.loss)
+
+
+def test_trainable_encoder_checkpoint_round_trips_its_ema_target(tmp_path):
+    model = build(freeze_encoder=False)
+    with torch.no_grad():
+        for parameter in model.target_encoder.parameters():
+            parameter.mul_(0.5)
+    model.save_pretrained(tmp_path)
+    reloaded = SurgicalWorldModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.target_encoder.state_dict(), model.target_encoder.state_dict())
+    # A frozen checkpoint reopened for fine-tuning starts its EMA target from the encoder, not from noise.
+    frozen_dir = tmp_path / "frozen"
+    build().save_pretrained(frozen_dir)
+    finetune = SurgicalWorldModel.from_pretrained(frozen_dir, freeze_encoder=False)
+    torch.testing.assert_close(finetune.target_encoder.state_dict(), finetune.encoder.state_dict())
+
+
+def test_from_vjepa2_takes_dimensions_and_weights_from_the_checkpoint(tiny_vjepa2_dir):
+    model = SurgicalWorldModel.from_vjepa2(tiny_vjepa2_dir, action_dim=5, **TINY_PREDICTOR)
+    source = load_file(os.path.join(tiny_vjepa2_dir, "model.safetensors"))
+    encoder_keys = [k for k in source if k.startswith("encoder.")]
+    assert encoder_keys
+    ours = model.state_dict()
+    for key in encoder_keys:
+        torch.testing.assert_close(ours[key], source[key], rtol=0, atol=0)
+    assert model.config.latent_dim == 64 and model.config.encoder_config.crop_size == 64
+    assert model.config.encoder_name_or_path == tiny_vjepa2_dir
+    # The encoder computes what V-JEPA 2 computes for one step.
+    from transformers import VJEPA2Model
+
+    vjepa2 = VJEPA2Model.from_pretrained(tiny_vjepa2_dir).eval()
+    pixels = clip(batch=1, frames=2, size=64)
+    bare = vjepa2(pixels[:, :1].expand(-1, 2, -1, -1, -1), skip_predictor=True).last_hidden_state
+    ours = model.eval().encode(pixels)[:, 0]
+    torch.testing.assert_close(ours, torch.nn.functional.layer_norm(bare, (64,)), atol=1e-5, rtol=1e-4)
+
+
+def test_from_vjepa2_offline_hub_id_fails_with_one_clear_message():
+    with pytest.raises(OSError) as error:
+        SurgicalWorldModel.from_vjepa2("vitl", local_files_only=True)
+    message = str(error.value)
+    assert "facebook/vjepa2-vitl-fpc64-256" in message and "local" in message
+    assert error.value.__suppress_context__
+
+
+def _run(args, env_extra=None, cwd=REPO_ROOT):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_load_script_then_automodel_in_a_fresh_process(tiny_vjepa2_dir, tmp_path):
+    out = tmp_path / "out"
+    built = _run(["scripts/load_vjepa2_pretrained.py", "--encoder", tiny_vjepa2_dir, "--save_path", str(out),
+                  "--predictor_hidden_size", "48", "--predictor_num_hidden_layers", "2",
+                  "--predictor_num_attention_heads", "2", "--action_dim", "6"])
+    assert built.returncode == 0, built.stderr
+    check = (
+        "import sys, torch\n"
+        "from safetensors.torch import load_file\n"
+        "from transformers import AutoModel\n"
+        "model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        "assert type(model).__name__ == 'SurgicalWorldModel', type(model)\n"
+        "loss = model(torch.randn(2, 4, 3, 64, 64), torch.randn(2, 4, 6)).loss\n"
+        "assert torch.isfinite(loss), loss\n"
+        "source = load_file(sys.argv[2] + '/model.safetensors')\n"
+        "state = model.state_dict()\n"
+        "same = all(torch.equal(state[k], v) for k, v in source.items() if k.startswith('encoder.'))\n"
+        "print('loss', float(loss), 'encoder_equal', same)\n"
+    )
+    # Run from an unrelated directory so the repository's own modules cannot be imported.
+    loaded = _run(["-c", check, str(out), tiny_vjepa2_dir], cwd=str(tmp_path))
+    assert loaded.returncode == 0, loaded.stderr
+    assert "encoder_equal True" in loaded.stdout
+
+
+def test_load_script_offline_exits_nonzero_with_one_paragraph():
+    result = _run(["scripts/load_vjepa2_pretrained.py", "--model_size", "vitl", "--save_path", "unused"])
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "facebook/vjepa2-vitl-fpc64-256" in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+@pytest.mark.parametrize("filename", ["modeling_surgical_wm.py", "configuration_surgical_wm.py"])
+def test_model_files_import_only_torch_transformers_and_each_other(filename):
+    tree = ast.parse(open(os.path.join(REPO_ROOT, filename)).read())
+    allowed = {"torch", "transformers", "configuration_surgical_wm", "__future__", "collections", "dataclasses",
+               "typing", "math"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots = {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            roots = {node.module.split(".")[0]}
+        else:
+            continue
+        assert roots <= allowed, (filename, roots)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SURGICAL_WM_VJEPA2_DIR"),
+    reason="parity with real V-JEPA 2 weights needs SURGICAL_WM_VJEPA2_DIR=<local facebook/vjepa2-* copy>",
+)
+def test_parity_with_real_vjepa2_weights():
+    from transformers import VJEPA2Model
+
+    path = os.environ["SURGICAL_WM_VJEPA2_DIR"]
+    model = SurgicalWorldModel.from_vjepa2(path, action_dim=1, **TINY_PREDICTOR).eval()
+    vjepa2 = VJEPA2Model.from_pretrained(path).eval()
+    size = vjepa2.config.crop_size
+    pixels = clip(batch=1, frames=2, size=size)
+    with torch.no_grad():
+        bare = vjepa2(pixels[:, 1:].expand(-1, 2, -1, -1, -1), skip_predictor=True).last_hidden_state
+    ours = model.encode(pixels)[:, 1]
+    torch.testing.assert_close(ours, torch.nn.functional.layer_norm(bare, (bare.shape[-1],)), atol=1e-4, rtol=1e-3)
