@@ -1,0 +1,47 @@
+"""SurgVU as a `datasets` dataset of clips, with exact and fast clip decoding and V-JEPA 2 preprocessing.
+
+    from dataset_surgvu import load_surgvu, ClipTransform, get_action_spec
+    dataset = load_surgvu("/data/surgvu")            # DatasetDict(train, validation), split by case
+    transform = ClipTransform(crop_size=256)          # decodes lazily; use inside DataLoader workers
+    inputs = transform(dataset["train"][0])           # pixel_values_videos [T, 3, 256, 256], actions [T, 56], ...
+"""
+
+from .builder import SurgVU, SurgVUConfig, get_action_spec, get_build_metadata, load_surgvu
+from .labels import ARMS, TASK_CLASSES, TOOL_CLASSES, SurgVULabelError, action_names
+from .layout import scan_surgvu
+from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ClipTransform, vjepa2_preprocess
+from .video import (
+    CorruptVideoError,
+    DecoderCache,
+    FrameUnavailableError,
+    VideoInfo,
+    decode_clip,
+    default_backend,
+    probe_video,
+)
+
+
+__all__ = [
+    "ARMS",
+    "IMAGENET_DEFAULT_MEAN",
+    "IMAGENET_DEFAULT_STD",
+    "TASK_CLASSES",
+    "TOOL_CLASSES",
+    "ClipTransform",
+    "CorruptVideoError",
+    "DecoderCache",
+    "FrameUnavailableError",
+    "SurgVU",
+    "SurgVUConfig",
+    "SurgVULabelError",
+    "VideoInfo",
+    "action_names",
+    "decode_clip",
+    "default_backend",
+    "get_action_spec",
+    "get_build_metadata",
+    "load_surgvu",
+    "probe_video",
+    "scan_surgvu",
+    "vjepa2_preprocess",
+]

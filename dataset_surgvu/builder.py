@@ -1,0 +1,408 @@
+"""The SurgVU `datasets` builder: one row per clip of a few frames sampled at a fixed rate from a video part.
+
+The builder reads only container metadata and label files; frames are decoded lazily by `ClipTransform`.
+datasets 4+ no longer runs loading scripts, so `load_surgvu` instantiates the builder directly and keeps its Arrow
+cache, keyed by the options and by a fingerprint of the files (paths, sizes, modification times).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets.builder import Key
+
+from .labels import (
+    ARMS,
+    TASK_CLASSES,
+    TOOL_CLASSES,
+    SurgVULabelError,
+    action_names,
+    build_actions,
+    labels_at,
+    part_offsets,
+    read_case_labels,
+)
+from .layout import find_cases, resolve_dirs
+from .video import CorruptVideoError, probe_video, read_keyframes
+
+
+logger = logging.getLogger(__name__)
+
+_BUILD_VERSION = "1.0.0"
+_METADATA_MARKER = "\n\nBuild metadata (JSON):\n"
+
+_DESCRIPTION = """\
+SurgVU (SurgVU 2024 challenge): da Vinci robotic training exercises on porcine tissue, 280 videos from 155 cases at
+60 fps. Each row is a clip of `frames_per_clip` frames sampled at `fps` from one video part, with per-step task
+(8 classes, Other where no segment covers the frame), tools installed per arm (USM1..USM4, 12 classes; weak labels:
+a tool counts while installed, even off screen) and actions built from those labels. Frames are decoded lazily from
+`video_path`; `crop_box` (top, left, height, width) removes the bottom tool-name band, which leaks the tool labels,
+and the black side margins."""
+
+_CITATION = """\
+@article{zia2025surgvu,
+  title   = {SurgVU: Surgical Video Understanding challenge data set},
+  author  = {Zia, Aneeq and others},
+  journal = {arXiv preprint arXiv:2501.09209},
+  year    = {2025}
+}"""
+
+_LICENSE = (
+    "CC BY-NC-SA 4.0 as reported for the SurgVU release (not confirmed from a primary source: check the challenge "
+    "terms). Non-commercial; the videos and labels must not be redistributed with this code."
+)
+_HOMEPAGE = "https://surgvu24.grand-challenge.org/"
+
+
+@dataclasses.dataclass
+class SurgVUConfig(datasets.BuilderConfig):
+    """Options of the SurgVU builder (validated on creation)."""
+
+    videos_dir: str | None = None  # the folder holding case_NNN/ folders (surgvu24/)
+    labels_dir: str | None = None  # the folder holding case_NNN/tools.csv and tasks.csv
+    fps: float = 4.0  # sampling rate of the clip frames
+    frames_per_clip: int = 8
+    clip_stride: int | None = None  # sampled steps between clip starts; None: frames_per_clip (no overlap)
+    validation_fraction: float = 0.2  # of the cases
+    seed: int = 0  # of the case split
+    exclude_cases: tuple[str, ...] = ()
+    validation_cases: tuple[str, ...] = ()  # forced into validation
+    train_cases: tuple[str, ...] = ()  # forced into train
+    crop_tool_band: bool = True  # the bottom band shows the installed tool names: a label leak
+    tool_band_fraction: float = 0.08  # height of that band (public pipelines keep the top 92%)
+    crop_black_margins: bool = True
+    require_labels: bool = True  # False keeps cases without labels, with has_labels=False and tasks -1
+    check_video_ends: bool = True  # demux each video's last packets to catch truncated files
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.videos_dir:
+            raise ValueError("SurgVUConfig needs videos_dir (the folder holding the case_NNN folders)")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.frames_per_clip < 1:
+            raise ValueError(f"frames_per_clip must be at least 1, got {self.frames_per_clip}")
+        if self.clip_stride is not None and self.clip_stride < 1:
+            raise ValueError(f"clip_stride must be at least 1 (sampled steps), got {self.clip_stride}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not 0.0 <= self.tool_band_fraction < 0.5:
+            raise ValueError(f"tool_band_fraction must be in [0, 0.5), got {self.tool_band_fraction}")
+        for name in ("exclude_cases", "validation_cases", "train_cases"):
+            setattr(self, name, tuple(sorted(getattr(self, name) or ())))
+        both = set(self.validation_cases) & set(self.train_cases)
+        if both:
+            raise ValueError(f"cases forced into both train and validation: {sorted(both)}")
+
+    @property
+    def stride(self) -> int:
+        return self.clip_stride or self.frames_per_clip
+
+
+class SurgVU(datasets.GeneratorBasedBuilder):
+    """SurgVU clips for world-model training (see `load_surgvu`)."""
+
+    BUILDER_CONFIG_CLASS = SurgVUConfig
+    VERSION = datasets.Version(_BUILD_VERSION)
+
+    def _info(self) -> datasets.DatasetInfo:
+        steps = self.config.frames_per_clip
+        features = datasets.Features(
+            {
+                "case_id": datasets.Value("string"),
+                "part": datasets.Value("int32"),
+                "video_path": datasets.Value("string"),
+                "video_fps": datasets.Value("float64"),
+                "frame_indices": datasets.List(datasets.Value("int64"), length=steps),  # at the video's own fps
+                "timestamps": datasets.List(datasets.Value("float64"), length=steps),  # seconds from the part start
+                "tasks": datasets.List(datasets.ClassLabel(names=list(TASK_CLASSES)), length=steps),
+                "tools": datasets.Array2D((steps, len(TOOL_CLASSES)), "uint8"),
+                "arm_tools": datasets.Array3D((steps, len(ARMS), len(TOOL_CLASSES)), "uint8"),
+                "actions": datasets.Array2D((steps, len(action_names())), "float32"),
+                "crop_box": datasets.List(datasets.Value("int32"), length=4),  # top, left, height, width
+                "has_labels": datasets.Value("bool"),
+            }
+        )
+        return datasets.DatasetInfo(
+            description=_DESCRIPTION,
+            features=features,
+            homepage=_HOMEPAGE,
+            citation=_CITATION,
+            license=_LICENSE,
+        )
+
+    def _split_generators(self, dl_manager):
+        config = self.config
+        labels_dir = Path(config.labels_dir) if config.labels_dir else None
+        cases = find_cases(Path(config.videos_dir), labels_dir)
+        excluded = [case_id for case_id in config.exclude_cases if case_id in cases]
+        for case_id in excluded:
+            del cases[case_id]
+        corrupt, unlabeled, items = {}, [], {}
+        for case in cases.values():
+            if not case.has_labels:
+                unlabeled.append(case.case_id)
+                if config.require_labels:
+                    logger.warning("%s: no tools.csv/tasks.csv under the labels folder; case left out", case.case_id)
+                    continue
+                logger.warning("%s: no labels; kept with has_labels=False", case.case_id)
+            labels = read_case_labels(case.tools_csv, case.tasks_csv) if case.has_labels else None
+            infos = {}
+            for part, video in sorted(case.parts.items()):
+                try:
+                    infos[part] = probe_video(video, check_end=config.check_video_ends)
+                except CorruptVideoError as error:
+                    logger.warning("skipping an unreadable video: %s", error)
+                    corrupt[str(video)] = str(error)
+                    infos[part] = None
+            durations = {part: (info.duration if info is not None else None) for part, info in infos.items()}
+            offsets = part_offsets(labels, durations) if labels is not None else None
+            parts = [
+                {"info": info, "crop_box": self._crop_box(info), "part": part}
+                for part, info in infos.items()
+                if info is not None
+            ]
+            if parts:
+                items[case.case_id] = {"case_id": case.case_id, "labels": labels, "offsets": offsets, "parts": parts}
+
+        validation = assign_validation_cases(
+            sorted(items), config.validation_fraction, config.seed, config.validation_cases, config.train_cases
+        )
+        metadata = {
+            "action_spec": action_names(),
+            "arms": list(ARMS),
+            "tool_classes": list(TOOL_CLASSES),
+            "task_classes": list(TASK_CLASSES),
+            "corrupt_videos": corrupt,
+            "num_corrupt_videos": len(corrupt),
+            "cases_without_labels": sorted(unlabeled),
+            "excluded_cases": excluded,
+            "train_cases": sorted(set(items) - validation),
+            "validation_cases": sorted(validation),
+            "label_noise": _sum_noise(item["labels"] for item in items.values()),
+            "options": {
+                "fps": config.fps,
+                "frames_per_clip": config.frames_per_clip,
+                "clip_stride": config.stride,
+                "crop_tool_band": config.crop_tool_band,
+                "tool_band_fraction": config.tool_band_fraction,
+                "crop_black_margins": config.crop_black_margins,
+                "require_labels": config.require_labels,
+                "seed": config.seed,
+                "validation_fraction": config.validation_fraction,
+            },
+        }
+        self.info.description = _DESCRIPTION + _METADATA_MARKER + json.dumps(metadata, indent=1)
+        return [
+            datasets.SplitGenerator(
+                name=datasets.Split.TRAIN, gen_kwargs={"cases": [items[c] for c in sorted(set(items) - validation)]}
+            ),
+            datasets.SplitGenerator(
+                name=datasets.Split.VALIDATION, gen_kwargs={"cases": [items[c] for c in sorted(validation)]}
+            ),
+        ]
+
+    def _crop_box(self, info) -> list[int]:
+        height = info.height
+        if self.config.crop_tool_band:
+            height = int(math.floor(info.height * (1.0 - self.config.tool_band_fraction)))
+        left, width = 0, info.width
+        if self.config.crop_black_margins:
+            left, width = detect_black_margins(read_keyframes(info.path), height, info.width)
+        return [0, left, height, width]
+
+    def _generate_examples(self, cases):
+        config = self.config
+        steps_per_clip, stride = config.frames_per_clip, config.stride
+        for case_number, case in enumerate(cases):
+            for part in case["parts"]:
+                info = part["info"]
+                frame_indices = sample_frame_indices(info.num_frames, info.fps, config.fps)
+                timestamps = frame_indices / info.fps
+                if case["labels"] is not None:
+                    arm_tools, tasks = labels_at(case["labels"], case["offsets"], part["part"], timestamps)
+                else:
+                    arm_tools = np.zeros((len(frame_indices), len(ARMS), len(TOOL_CLASSES)), dtype=np.uint8)
+                    tasks = np.full(len(frame_indices), -1, dtype=np.int64)
+                actions = build_actions(arm_tools, tasks)
+                for start in range(0, len(frame_indices) - steps_per_clip + 1, stride):
+                    clip = slice(start, start + steps_per_clip)
+                    yield Key(case_number, part["part"] * 10_000_000 + start), {
+                        "case_id": case["case_id"],
+                        "part": part["part"],
+                        "video_path": info.path,
+                        "video_fps": info.fps,
+                        "frame_indices": frame_indices[clip].tolist(),
+                        "timestamps": timestamps[clip].tolist(),
+                        "tasks": tasks[clip].tolist(),
+                        "tools": arm_tools[clip].max(axis=1),
+                        "arm_tools": arm_tools[clip],
+                        "actions": actions[clip],
+                        "crop_box": part["crop_box"],
+                        "has_labels": case["labels"] is not None,
+                    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers of the builder
+# --------------------------------------------------------------------------------------------------------------------
+def sample_frame_indices(num_frames: int, video_fps: float, sample_fps: float) -> np.ndarray:
+    """Frame numbers of a `sample_fps` grid over a video at `video_fps` (nearest frame; the rates need not divide)."""
+    num_steps = int(math.floor((num_frames - 1) * sample_fps / video_fps + 1e-9)) + 1 if num_frames > 0 else 0
+    indices = np.floor(np.arange(num_steps) * (video_fps / sample_fps) + 0.5).astype(np.int64)
+    return indices[indices < num_frames]
+
+
+def detect_black_margins(
+    frames: list[np.ndarray], rows: int, width: int, threshold: float = 24.0
+) -> tuple[int, int]:
+    """Left column and width of the picture between black side margins, from a few frames' top `rows` rows."""
+    if not frames:
+        return 0, width
+    brightness = np.max([frame[:rows].max(axis=2).mean(axis=0) for frame in frames], axis=0)  # per column
+    content = np.nonzero(brightness > threshold)[0]
+    if len(content) == 0 or content[-1] + 1 - content[0] < width // 2:
+        return 0, width  # too dark to tell: keep the full width
+    return int(content[0]), int(content[-1] + 1 - content[0])
+
+
+def assign_validation_cases(
+    case_ids: list[str], fraction: float, seed: int, validation_cases=(), train_cases=()
+) -> set[str]:
+    """Validation cases: the forced ones, then the free cases ranked by a seeded hash of their id.
+
+    A case's rank does not depend on the other cases, so adding a case to the folder moves at most a few cases.
+    """
+    present = set(case_ids)
+    for name, forced in (("validation_cases", validation_cases), ("train_cases", train_cases)):
+        unknown = sorted(set(forced) - present)
+        if unknown:
+            logger.warning("%s names cases that are not in the dataset: %s", name, unknown)
+    forced_validation = set(validation_cases) & present
+    free = sorted(present - forced_validation - set(train_cases))
+    wanted = int(round(fraction * len(case_ids)))
+    if fraction > 0 and len(case_ids) >= 2:
+        wanted = max(wanted, 1)
+    ranked = sorted(free, key=lambda case_id: hashlib.sha256(f"{seed}/{case_id}".encode()).hexdigest())
+    return forced_validation | set(ranked[: max(0, wanted - len(forced_validation))])
+
+
+def _sum_noise(all_labels) -> dict[str, int]:
+    total = {}
+    for labels in all_labels:
+        if labels is not None:
+            for kind, count in labels.noise.items():
+                total[kind] = total.get(kind, 0) + count
+    return dict(sorted(total.items()))
+
+
+def _fingerprint(videos_dir: Path, labels_dir: Path | None) -> str:
+    digest = hashlib.sha256()
+    for root in (videos_dir, labels_dir):
+        if root is None:
+            continue
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__MACOSX" not in path.parts and path.suffix.lower() in (".mp4", ".csv"):
+                stat = path.stat()
+                digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------------------------------
+def load_surgvu(
+    data_dir,
+    labels_dir=None,
+    *,
+    fps: float = 4.0,
+    frames_per_clip: int = 8,
+    clip_stride: int | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    exclude_cases=None,
+    validation_cases=None,
+    train_cases=None,
+    crop_tool_band: bool = True,
+    tool_band_fraction: float = 0.08,
+    crop_black_margins: bool = True,
+    require_labels: bool = True,
+    check_video_ends: bool = True,
+    cache_dir=None,
+) -> datasets.DatasetDict:
+    """Build (or reuse from the Arrow cache) the SurgVU clip dataset; returns `train` and `validation`, split by case.
+
+    Args:
+        data_dir: the folder holding `surgvu24/` and `labels/`, or `surgvu24/` itself (then give `labels_dir`).
+        labels_dir: the folder holding `case_NNN/tools.csv` and `tasks.csv` (default: `labels/` next to the videos).
+        fps, frames_per_clip, clip_stride: clips of `frames_per_clip` frames sampled at `fps`, starting every
+            `clip_stride` sampled steps (default: `frames_per_clip`, no overlap). A part shorter than a clip yields none.
+        validation_fraction, seed: the share of cases in validation, chosen by a seeded hash of the case id.
+        exclude_cases, validation_cases, train_cases: case ids (`case_012`) left out, or forced into a split.
+        crop_tool_band, tool_band_fraction, crop_black_margins: what `crop_box` removes.
+        require_labels: leave out cases without label files (default); False keeps them with `has_labels=False`.
+        check_video_ends: demux each video's last packets to detect truncated files (skipped, listed in the info).
+        cache_dir: where the Arrow files go (default: the `datasets` cache).
+
+    Raises:
+        SurgVULabelError: a label file has the wrong columns (the message names the file and the columns expected).
+    """
+    videos_dir, labels_dir = resolve_dirs(data_dir, labels_dir)
+    builder = SurgVU(
+        cache_dir=str(cache_dir) if cache_dir is not None else None,
+        dataset_name="surgvu",
+        hash=_fingerprint(videos_dir, labels_dir),  # the options go into the config id, the files into this hash
+        videos_dir=str(videos_dir.resolve()),
+        labels_dir=str(labels_dir.resolve()) if labels_dir is not None else None,
+        fps=float(fps),
+        frames_per_clip=int(frames_per_clip),
+        clip_stride=clip_stride,
+        validation_fraction=float(validation_fraction),
+        seed=int(seed),
+        exclude_cases=tuple(exclude_cases or ()),
+        validation_cases=tuple(validation_cases or ()),
+        train_cases=tuple(train_cases or ()),
+        crop_tool_band=crop_tool_band,
+        tool_band_fraction=float(tool_band_fraction),
+        crop_black_margins=crop_black_margins,
+        require_labels=require_labels,
+        check_video_ends=check_video_ends,
+    )
+    builder.download_and_prepare()
+    return builder.as_dataset()
+
+
+def get_build_metadata(dataset) -> dict:
+    """The metadata `load_surgvu` stored in the dataset's info (action spec, corrupt videos, label noise, split)."""
+    if isinstance(dataset, datasets.DatasetDict):
+        if not dataset:
+            raise ValueError("empty DatasetDict")
+        dataset = next(iter(dataset.values()))
+    description = dataset.info.description or ""
+    if _METADATA_MARKER not in description:
+        raise ValueError("this dataset was not built by load_surgvu: its info holds no SurgVU build metadata")
+    return json.loads(description.split(_METADATA_MARKER, 1)[1])
+
+
+def get_action_spec(dataset) -> list[str]:
+    """One name per action dimension (`USM1/needle driver`, ..., `task/Other`), read from the dataset's info."""
+    return list(get_build_metadata(dataset)["action_spec"])
+
+
+__all__ = [
+    "SurgVU",
+    "SurgVUConfig",
+    "SurgVULabelError",
+    "load_surgvu",
+    "get_action_spec",
+    "get_build_metadata",
+    "assign_validation_cases",
+    "sample_frame_indices",
+]

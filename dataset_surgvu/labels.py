@@ -1,0 +1,303 @@
+"""SurgVU label files: class lists, name normalisation, CSV parsing and per-frame lookup.
+
+The real `tools.csv` / `tasks.csv` files are noisy (see the dataset notes): tool names such as `nan(camera in)`,
+empty strings, `Single Site"`, trailing spaces and tools outside the class list; task names in two capitalisations,
+with stray quotes and leading spaces, and names outside the list. This module normalises all of that, counts what it
+saw, and answers "which tools are installed on which arm, and which task runs" at any frame of a case.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+logger = logging.getLogger(__name__)
+
+TOOL_CLASSES = (
+    "needle driver",
+    "cadiere forceps",
+    "prograsp forceps",
+    "monopolar curved scissors",
+    "bipolar forceps",
+    "stapler",
+    "force bipolar",
+    "vessel sealer",
+    "permanent cautery hook/spatula",
+    "clip applier",
+    "tip-up fenestrated grasper",
+    "grasping retractor",
+)
+# In the order the official SurgVU evaluator indexes them: "Other" (index 7) fills frames no segment covers.
+TASK_CLASSES = (
+    "Range of motion",
+    "Rectal artery/vein",
+    "Retraction and collision avoidance",
+    "Skills application",
+    "Suspensory ligaments",
+    "Suturing",
+    "Uterine horn",
+    "Other",
+)
+OTHER_TASK = TASK_CLASSES.index("Other")
+ARMS = ("USM1", "USM2", "USM3", "USM4")
+
+TOOLS_COLUMNS = (
+    "install_case_part",
+    "install_case_time",
+    "uninstall_case_part",
+    "uninstall_case_time",
+    "arm",
+    "groundtruth_toolname",
+)
+TASKS_COLUMNS = ("start_part", "start_time", "stop_part", "stop_time", "groundtruth_taskname")
+
+_TOOL_INDEX = {name: i for i, name in enumerate(TOOL_CLASSES)}
+_TASK_INDEX = {name.lower(): i for i, name in enumerate(TASK_CLASSES)}
+_HMS = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*$")
+
+
+class SurgVULabelError(ValueError):
+    """A label file cannot be read as a SurgVU label file (the message names the file and what is wrong)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Action spec: what one action vector means
+# --------------------------------------------------------------------------------------------------------------------
+def action_names() -> list[str]:
+    """Names of the action dimensions: per arm a multi-hot over the tool classes, then a one-hot over the tasks.
+
+    The SurgVU labels carry no kinematics; what the surgeon controls and the labels record is which instrument is
+    installed on which arm and which task is being performed. Those form the action of each time step (56 dims).
+    """
+    names = [f"{arm}/{tool}" for arm in ARMS for tool in TOOL_CLASSES]
+    names += [f"task/{task}" for task in TASK_CLASSES]
+    return names
+
+
+def build_actions(arm_tools: np.ndarray, tasks: np.ndarray) -> np.ndarray:
+    """`arm_tools` [T, 4, 12] 0/1 and `tasks` [T] (-1 = unlabeled) -> float32 actions [T, 56] laid out as `action_names`."""
+    num_steps = arm_tools.shape[0]
+    task_onehot = np.zeros((num_steps, len(TASK_CLASSES)), dtype=np.float32)
+    labeled = tasks >= 0
+    task_onehot[np.nonzero(labeled)[0], tasks[labeled]] = 1.0
+    return np.concatenate([arm_tools.reshape(num_steps, -1).astype(np.float32), task_onehot], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Name normalisation
+# --------------------------------------------------------------------------------------------------------------------
+def _clean(raw: str) -> str:
+    return " ".join(raw.replace('"', " ").replace("'", " ").split()).lower()
+
+
+def normalize_tool_name(raw: str | None) -> tuple[int | None, list[str]]:
+    """Map a raw `groundtruth_toolname` to an index into `TOOL_CLASSES` (None: not a tool) and the noise kinds seen."""
+    noise = []
+    if raw is None or raw.strip() == "" or raw.strip().lower() == "nan":
+        return None, ["empty_name"]
+    if raw != raw.strip():
+        noise.append("stray_whitespace")
+    if '"' in raw or "'" in raw:
+        noise.append("stray_quote")
+    name = _clean(raw)
+    if name.startswith("nan(") or name.startswith("nan ("):
+        return None, noise + ["camera_in"]
+    index = _TOOL_INDEX.get(name)
+    if index is None:
+        noise.append("out_of_class")
+    elif raw.strip() != TOOL_CLASSES[index] and not noise:
+        noise.append("capitalisation")
+    return index, noise
+
+
+def normalize_task_name(raw: str | None) -> tuple[int, list[str]]:
+    """Map a raw `groundtruth_taskname` to an index into `TASK_CLASSES` (unknown names -> Other) and the noise seen."""
+    noise = []
+    if raw is None or raw.strip() == "" or raw.strip().lower() == "nan":
+        return OTHER_TASK, ["empty_name"]
+    if raw != raw.strip():
+        noise.append("stray_whitespace")
+    if '"' in raw or "'" in raw:
+        noise.append("stray_quote")
+    index = _TASK_INDEX.get(_clean(raw))
+    if index is None:
+        return OTHER_TASK, noise + ["out_of_class"]
+    if raw.strip().replace('"', "") != TASK_CLASSES[index]:
+        noise.append("capitalisation")
+    return index, noise
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CSV parsing
+# --------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LabelInterval:
+    """One row of a label file: [start, stop) given as (part, seconds from the start of that part)."""
+
+    start_part: int
+    start_time: float
+    stop_part: int
+    stop_time: float
+    class_index: int | None  # TOOL_CLASSES / TASK_CLASSES index; None: not a tool (camera, empty, out of class)
+    arm: int | None = None  # index into ARMS, tools only
+    raw_name: str = ""
+
+
+@dataclasses.dataclass
+class CaseLabels:
+    """Parsed labels of one case, with the noise seen while parsing."""
+
+    tools: list[LabelInterval]
+    tasks: list[LabelInterval]
+    noise: collections.Counter
+
+
+def parse_time(value: str) -> float:
+    """`HH:MM:SS.ffffff` or plain seconds -> seconds."""
+    match = _HMS.match(value)
+    if match:
+        hours, minutes, seconds = match.groups()
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return float(value)
+
+
+def parse_part(value: str) -> int:
+    """Part numbers are written `1`, `1.0`: 1-based, matching `_video_part_001`."""
+    number = float(value)
+    if number != int(number) or number < 1:
+        raise ValueError(f"not a part number: {value!r}")
+    return int(number)
+
+
+def _read_rows(path: Path, expected: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise SurgVULabelError(f"{path}: the file is empty; expected a header with columns {list(expected)}")
+        header = [column.strip() for column in header]
+        missing = [column for column in expected if column not in header]
+        if missing:
+            raise SurgVULabelError(
+                f"{path}: missing columns {missing}; expected columns {list(expected)}, found {header}"
+            )
+        rows = []
+        for line_number, values in enumerate(reader, start=2):
+            if not any(value.strip() for value in values):
+                continue
+            values = values + [""] * (len(header) - len(values))
+            rows.append((line_number, dict(zip(header, values))))
+        return rows
+
+
+def read_tools_csv(path: str | Path, noise: collections.Counter | None = None) -> list[LabelInterval]:
+    """Parse a `tools.csv`; rows that are not a tool of `TOOL_CLASSES` keep `class_index=None`."""
+    path = Path(path)
+    noise = collections.Counter() if noise is None else noise
+    intervals = []
+    for line, row in _read_rows(path, TOOLS_COLUMNS):
+        try:
+            start_part, stop_part = parse_part(row["install_case_part"]), parse_part(row["uninstall_case_part"])
+            start_time, stop_time = parse_time(row["install_case_time"]), parse_time(row["uninstall_case_time"])
+        except ValueError as error:
+            logger.warning("%s:%d: skipping a row with an unreadable part or time (%s)", path, line, error)
+            noise["tools/unreadable_row"] += 1
+            continue
+        arm_name = row["arm"].strip().upper()
+        arm = ARMS.index(arm_name) if arm_name in ARMS else None
+        if arm is None:
+            noise["tools/unknown_arm"] += 1
+        class_index, kinds = normalize_tool_name(row["groundtruth_toolname"])
+        for kind in kinds:
+            noise[f"tools/{kind}"] += 1
+        if (stop_part, stop_time) < (start_part, start_time):
+            noise["tools/reversed_interval"] += 1
+            continue
+        intervals.append(
+            LabelInterval(start_part, start_time, stop_part, stop_time, class_index, arm, row["groundtruth_toolname"])
+        )
+    return intervals
+
+
+def read_tasks_csv(path: str | Path, noise: collections.Counter | None = None) -> list[LabelInterval]:
+    """Parse a `tasks.csv`; names outside `TASK_CLASSES` become Other."""
+    path = Path(path)
+    noise = collections.Counter() if noise is None else noise
+    segments = []
+    for line, row in _read_rows(path, TASKS_COLUMNS):
+        try:
+            start_part, stop_part = parse_part(row["start_part"]), parse_part(row["stop_part"])
+            start_time, stop_time = parse_time(row["start_time"]), parse_time(row["stop_time"])
+        except ValueError as error:
+            logger.warning("%s:%d: skipping a row with an unreadable part or time (%s)", path, line, error)
+            noise["tasks/unreadable_row"] += 1
+            continue
+        class_index, kinds = normalize_task_name(row["groundtruth_taskname"])
+        for kind in kinds:
+            noise[f"tasks/{kind}"] += 1
+        if (stop_part, stop_time) < (start_part, start_time):
+            noise["tasks/reversed_interval"] += 1
+            continue
+        segments.append(
+            LabelInterval(start_part, start_time, stop_part, stop_time, class_index, None, row["groundtruth_taskname"])
+        )
+    return segments
+
+
+def read_case_labels(tools_csv: str | Path, tasks_csv: str | Path) -> CaseLabels:
+    noise = collections.Counter()
+    tools = read_tools_csv(tools_csv, noise)
+    tasks = read_tasks_csv(tasks_csv, noise)
+    return CaseLabels(tools=tools, tasks=tasks, noise=noise)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Lookup on the case timeline
+# --------------------------------------------------------------------------------------------------------------------
+def part_offsets(labels: CaseLabels, durations: dict[int, float | None]) -> dict[int, float]:
+    """Start of each part on the case timeline: the parts are played back to back in part order.
+
+    `durations` holds each part's duration from its stream metadata. A part whose video cannot be read (None) is
+    given the extent its labels reach, so that the parts after it stay aligned with their own labels.
+    """
+    referenced = {}
+    for interval in labels.tools + labels.tasks:
+        for part, time in ((interval.start_part, interval.start_time), (interval.stop_part, interval.stop_time)):
+            referenced[part] = max(referenced.get(part, 0.0), time)
+    offsets, position = {}, 0.0
+    for part in range(1, max([*durations, *referenced, 1]) + 1):
+        offsets[part] = position
+        duration = durations.get(part)
+        position += duration if duration is not None else referenced.get(part, 0.0)
+    return offsets
+
+
+def labels_at(
+    labels: CaseLabels, offsets: dict[int, float], part: int, timestamps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-arm tools [N, 4, 12] uint8 and task indices [N] int64 at `timestamps` (seconds from the part's start).
+
+    A tool counts while installed (install <= t < uninstall), even off screen (the labels are weak). Frames covered by
+    no task segment are Other; where segments overlap, the later row in the file wins.
+    """
+    times = offsets[part] + np.asarray(timestamps, dtype=np.float64)
+    arm_tools = np.zeros((len(times), len(ARMS), len(TOOL_CLASSES)), dtype=np.uint8)
+    for interval in labels.tools:
+        if interval.class_index is None or interval.arm is None:
+            continue
+        start = offsets[interval.start_part] + interval.start_time
+        stop = offsets[interval.stop_part] + interval.stop_time
+        arm_tools[(times >= start) & (times < stop), interval.arm, interval.class_index] = 1
+    tasks = np.full(len(times), OTHER_TASK, dtype=np.int64)
+    for segment in labels.tasks:
+        start = offsets[segment.start_part] + segment.start_time
+        stop = offsets[segment.stop_part] + segment.stop_time
+        tasks[(times >= start) & (times < stop)] = segment.class_index
+    return arm_tools, tasks

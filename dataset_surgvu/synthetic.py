@@ -1,0 +1,424 @@
+"""A small synthetic dataset in the SurgVU layout, faithful to the real release's file formats and label noise.
+
+`make_synthetic_surgvu(out_dir)` writes `surgvu24/case_NNN/case_NNN_video_part_00K.mp4` (H.264) and
+`labels/case_NNN/tools.csv` + `tasks.csv`, deterministically from a seed:
+
+- some cases in two parts, with a tool interval and a task segment that span the two parts;
+- frames with black side margins, a bottom band listing the installed tool names (the real label leak) and
+  instrument-like shapes: an instrument is drawn for each arm with a tool installed, its tip colour and jaws depend on
+  the tool and its motion on the current task, so the frames follow the per-step actions;
+- label noise of every kind the real files show: `nan(camera in)` rows, empty names, `Single Site"`, trailing spaces,
+  tools outside the class list, task names in two capitalisations, with stray quotes and leading spaces, and names
+  outside the list; parts written `1.0` in tools.csv, times as `HH:MM:SS.ffffff` there and as seconds in tasks.csv;
+- `__MACOSX/` junk, optionally a truncated (unreadable) video and a case without labels.
+
+It returns (and writes to `synthetic_manifest.json`) the clean ground truth on the case timeline, for tests.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .labels import ARMS, OTHER_TASK, TASK_CLASSES, TOOL_CLASSES
+
+
+logger = logging.getLogger(__name__)
+
+COMMERCIAL_NAMES = {
+    "needle driver": "Large Needle Driver",
+    "cadiere forceps": "Cadiere Forceps",
+    "prograsp forceps": "ProGrasp Forceps",
+    "monopolar curved scissors": "Monopolar Curved Scissors",
+    "bipolar forceps": "Maryland Bipolar Forceps",
+    "stapler": "SureForm 45 Stapler",
+    "force bipolar": "Force Bipolar",
+    "vessel sealer": "Vessel Sealer Extend",
+    "permanent cautery hook/spatula": "Permanent Cautery Hook",
+    "clip applier": "Medium-Large Clip Applier",
+    "tip-up fenestrated grasper": "Tip-Up Fenestrated Grasper",
+    "grasping retractor": "Small Grasping Retractor",
+}
+OUT_OF_CLASS_TOOLS = ("suction irrigator", "synchroseal", "tenaculum forceps", "potts scissors", "bipolar dissector")
+OUT_OF_CLASS_TASKS = ('retraction arm positioning"', " camera adjustments", "dissection", "other")
+
+TOOL_BAND_FRACTION = 0.07  # inside the 8% that the builder crops by default
+MARGIN_FRACTION = 0.08
+
+_TOOL_COLOURS = np.array(
+    [
+        [40, 200, 255], [255, 220, 40], [60, 255, 120], [255, 90, 220], [120, 80, 255], [255, 255, 255],
+        [0, 140, 90], [255, 140, 0], [180, 255, 255], [200, 0, 40], [90, 160, 255], [230, 230, 120],
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+_ENTRY = np.array([[0.0, 0.9], [1.0, 0.9], [0.0, 0.1], [1.0, 0.1]])  # where each arm enters the view (x, y)
+_REST = np.array([[0.36, 0.62], [0.64, 0.62], [0.3, 0.36], [0.7, 0.36]])  # tip position at rest
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Label timeline
+# --------------------------------------------------------------------------------------------------------------------
+def _fill(rng, start, end, min_length, max_length, min_gap, max_gap):
+    """Back-to-back intervals with gaps inside [start, end)."""
+    intervals, time = [], start + rng.uniform(min_gap, max_gap) / 2
+    while time + min_length < end:
+        stop = min(time + rng.uniform(min_length, max_length), end)
+        intervals.append([time, stop])
+        time = stop + rng.uniform(min_gap, max_gap)
+    return intervals
+
+
+def _case_timeline(rng, duration, boundary):
+    """Clean per-arm tool intervals and task segments (seconds on the case timeline); one of each spans `boundary`."""
+    tools = []
+    for arm in range(len(ARMS)):
+        preferred = rng.choice(len(TOOL_CLASSES), size=4, replace=False)
+        if boundary is not None and arm == 0:
+            spans = [[boundary - rng.uniform(3, 6), boundary + rng.uniform(3, 6)]]
+            spans = _fill(rng, 0, spans[0][0] - 1, 6, 18, 1, 4) + spans + _fill(rng, spans[0][1] + 1, duration, 6, 18, 1, 4)
+        else:
+            spans = _fill(rng, 0, duration, 6, 18, 1, 4)
+        for number, (start, stop) in enumerate(spans):
+            out_of_class = (arm == 3 and number == 1) or rng.random() < 0.08
+            tool = OUT_OF_CLASS_TOOLS[rng.integers(len(OUT_OF_CLASS_TOOLS))] if out_of_class else None
+            tools.append({"arm": arm, "tool": int(rng.choice(preferred)) if tool is None else tool, "start": start, "stop": stop})
+    if boundary is not None:
+        span = [boundary - rng.uniform(2, 5), boundary + rng.uniform(2, 5)]
+        segments = _fill(rng, 0, span[0] - 2, 4, 10, 3, 9) + [span] + _fill(rng, span[1] + 2, duration, 4, 10, 3, 9)
+    else:
+        segments = _fill(rng, 0, duration, 4, 10, 3, 9)
+    tasks = [{"task": int(rng.integers(OTHER_TASK)), "start": start, "stop": stop} for start, stop in segments]
+    return tools, tasks
+
+
+def _state_at(tools, tasks, time):
+    """Installed tool per arm (class index, out-of-class name or None, with its install time) and task at `time`."""
+    arms = [None] * len(ARMS)
+    for interval in tools:
+        if interval["start"] <= time < interval["stop"]:
+            arms[interval["arm"]] = (interval["tool"], interval["start"])
+    task = OTHER_TASK
+    for segment in tasks:
+        if segment["start"] <= time < segment["stop"]:
+            task = segment["task"]
+    return arms, task
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------------------------------------------------
+def _glyph(character: str) -> np.ndarray:
+    """A 5x3 pseudo-letter for a character: text-like, without any font."""
+    if character == " ":
+        return np.zeros((5, 3), dtype=bool)
+    code = (ord(character) * 2654435761) & 0xFFFFFFFF
+    bits = np.array([(code >> k) & 1 for k in range(15)], dtype=bool).reshape(5, 3)
+    bits[:, 1] |= bits.sum() < 5  # never an almost empty glyph
+    return bits
+
+
+def _text_bitmap(text: str, scale: int) -> np.ndarray:
+    columns = []
+    for character in text:
+        columns += [_glyph(character), np.zeros((5, 1), dtype=bool)]
+    bitmap = np.concatenate(columns, axis=1) if columns else np.zeros((5, 1), dtype=bool)
+    return bitmap.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _draw_segment(image, start, end, radius, colour):
+    (x0, y0), (x1, y1) = start, end
+    top, bottom = int(max(0, min(y0, y1) - radius)), int(min(image.shape[0], max(y0, y1) + radius + 1))
+    left, right = int(max(0, min(x0, x1) - radius)), int(min(image.shape[1], max(x0, x1) + radius + 1))
+    if top >= bottom or left >= right:
+        return
+    ys = np.arange(top, bottom, dtype=np.float32)[:, None] - y0
+    xs = np.arange(left, right, dtype=np.float32)[None, :] - x0
+    dx, dy = x1 - x0, y1 - y0
+    length = dx * dx + dy * dy
+    along = np.clip((xs * dx + ys * dy) / length, 0, 1) if length > 0 else 0.0
+    distance = (xs - along * dx) ** 2 + (ys - along * dy) ** 2
+    image[top:bottom, left:right][distance <= radius * radius] = colour
+
+
+def _background(rng, height, width):
+    """Smooth tissue-like colours (reddish, varied), wider than the frame so the camera can drift."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.zeros((height, width, 3), dtype=np.float32) + np.array([170, 80, 80], dtype=np.float32)
+    for _ in range(6):
+        kx, ky = rng.uniform(1, 6, size=2) * 2 * np.pi / np.array([width, height])
+        phase, amplitude = rng.uniform(0, 2 * np.pi), rng.uniform(8, 25, size=3) * np.array([1.0, 0.6, 0.5])
+        image += np.sin(kx * xs + ky * ys + phase)[..., None] * amplitude
+    image += rng.normal(0, 4, size=image.shape)  # fine texture
+    return np.clip(image, 45, 255).astype(np.uint8)
+
+
+class _Renderer:
+    def __init__(self, rng, width, height):
+        self.width, self.height = width, height
+        self.band = max(4, int(round(height * TOOL_BAND_FRACTION)))
+        self.margin = int(round(width * MARGIN_FRACTION))
+        self.drift = max(4, width // 40)
+        self.view_height = height - self.band
+        self.view_width = width - 2 * self.margin
+        self.background = _background(rng, self.view_height, self.view_width + 2 * self.drift)
+        self.shaft_radius = max(1.5, height / 70)
+        self.tip_radius = max(2.5, height / 32)
+        self.text_scale = max(1, (self.band - 2) // 6)
+        self._texts = {}
+
+    def _to_pixels(self, point):
+        return np.array([self.margin + point[0] * (self.view_width - 1), point[1] * (self.view_height - 1)])
+
+    def _tip(self, arm, task, time, installed_at):
+        amplitude = 0.03 + 0.018 * task
+        frequency = 0.12 + 0.07 * task
+        phase = 2 * np.pi * frequency * time + arm * np.pi / 2
+        target = _REST[arm] + amplitude * np.array([np.sin(phase), 0.7 * np.sin(2 * phase + task)])
+        inserted = min(1.0, (time - installed_at) / 1.0)  # slides in over one second after installation
+        return _ENTRY[arm] + inserted * (target - _ENTRY[arm])
+
+    def frame(self, arms, task, time) -> np.ndarray:
+        image = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+        shift = int(round(self.drift * (1 + math.sin(0.3 * time))))
+        image[: self.view_height, self.margin : self.margin + self.view_width] = self.background[
+            :, shift : shift + self.view_width
+        ]
+        for arm, installed in enumerate(arms):
+            if installed is None:
+                continue
+            tool, installed_at = installed
+            tip = self._to_pixels(self._tip(arm, task, time, installed_at))
+            entry = self._to_pixels(_ENTRY[arm])
+            _draw_segment(image, entry, tip, self.shaft_radius, (150, 150, 160))
+            colour = _TOOL_COLOURS[tool] if isinstance(tool, int) else (250, 250, 250)
+            direction = (tip - entry) / max(1e-6, np.linalg.norm(tip - entry))
+            normal = np.array([-direction[1], direction[0]])
+            jaw = self.tip_radius * (1.6 if isinstance(tool, int) and tool % 3 == 0 else 0.9)
+            opening = 0.5 + 0.5 * math.sin(2 * np.pi * 0.8 * time) if isinstance(tool, int) and tool % 2 else 0.3
+            for side in (-1, 1):
+                _draw_segment(image, tip, tip + jaw * (direction + side * opening * normal), self.shaft_radius, colour)
+            _draw_segment(image, tip, tip, self.tip_radius * 0.7, colour)
+        image[: self.view_height, : self.margin] = 0
+        image[: self.view_height, self.width - self.margin :] = 0
+        self._draw_band(image, arms)
+        return image
+
+    def _draw_band(self, image, arms):
+        band = image[self.height - self.band :]
+        band[:] = (28, 28, 34)
+        slot = self.width // len(ARMS)
+        for arm, installed in enumerate(arms):
+            name = "" if installed is None else (TOOL_CLASSES[installed[0]] if isinstance(installed[0], int) else installed[0])
+            key = (arm, name)
+            if key not in self._texts:
+                self._texts[key] = _text_bitmap(f"{arm + 1} {name}".upper(), self.text_scale)
+            text = self._texts[key][: self.band - 2, : slot - 4]
+            band[1 : 1 + text.shape[0], arm * slot + 2 : arm * slot + 2 + text.shape[1]][text] = (235, 235, 235)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------------
+def _encode(path, frames, width, height, fps, start_frame, preset, gop):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": preset, "crf": "26"}
+        if gop:
+            stream.codec_context.gop_size = gop
+        for number, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = start_frame + number
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _hms(seconds: float) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, rest = divmod(rest, 60)
+    return f"{int(hours):02d}:{int(minutes):02d}:{rest:09.6f}"
+
+
+def _local(time, part_starts):
+    """(part, seconds from that part's start) of a time on the case timeline."""
+    for part in range(len(part_starts), 0, -1):
+        if time >= part_starts[part - 1] or part == 1:
+            return part, time - part_starts[part - 1]
+
+
+def _write_labels(label_dir, rng, tools, tasks, part_starts, noise):
+    """tools.csv and tasks.csv with the real files' formats and noise; returns nothing, counts into `noise`."""
+    rows = []  # (install time, csv line without index)
+    for number, interval in enumerate(tools):
+        tool = interval["tool"]
+        name = TOOL_CLASSES[tool] if isinstance(tool, int) else tool
+        commercial = COMMERCIAL_NAMES.get(name, name.title())
+        if isinstance(tool, int) and number % 7 == 3:
+            name += " "  # trailing space: `clip applier `
+            noise["tools/trailing_space"] += 1
+        elif not isinstance(tool, int):
+            noise["tools/out_of_class"] += 1
+        rows.append((interval["start"], interval["stop"], ARMS[interval["arm"]], commercial, name))
+    duration = max(interval["stop"] for interval in tools + tasks)
+    extras = [("nan(camera in)", "", "camera_in")] * 2 + [("", "", "empty_name"), ('Single Site"', "Single Site", "malformed")]
+    for name, commercial, kind in extras:
+        start = rng.uniform(0, duration - 3)
+        rows.append((start, start + rng.uniform(0.5, 2.5), ARMS[rng.integers(len(ARMS))], commercial, name))
+        noise[f"tools/{kind}"] += 1
+    lines = ["index,install_case_part,install_case_time,uninstall_case_part,uninstall_case_time,arm,commercial_toolname,groundtruth_toolname"]
+    for index, (start, stop, arm, commercial, name) in enumerate(sorted(rows, key=lambda row: row[0])):
+        (start_part, start_local), (stop_part, stop_local) = (_local(t, part_starts) for t in (start, stop))
+        lines.append(
+            f"{index},{float(start_part)},{_hms(start_local)},{float(stop_part)},{_hms(stop_local)},{arm},{commercial},{name}"
+        )
+    (label_dir / "tools.csv").write_text("\n".join(lines) + "\n")
+
+    rows = []
+    for number, segment in enumerate(tasks):
+        name = TASK_CLASSES[segment["task"]]
+        if number % 3 == 1:
+            name = name.lower()  # `suturing` next to `Suturing`
+            noise["tasks/lowercase"] += 1
+        elif number % 5 == 2:
+            name = " " + name  # leading space on a real class
+            noise["tasks/leading_space"] += 1
+        rows.append((segment["start"], segment["stop"], name))
+    gaps = [(a["stop"], b["start"]) for a, b in zip(tasks, tasks[1:]) if b["start"] - a["stop"] > 2.5]
+    for (gap_start, gap_stop), name in zip(gaps, OUT_OF_CLASS_TASKS):  # names outside the list, in the gaps
+        rows.append((gap_start + 0.5, gap_stop - 0.5, name))
+        noise["tasks/out_of_class"] += 1
+    lines = ["index,start_part,start_time,stop_part,stop_time,groundtruth_taskname"]
+    for index, (start, stop, name) in enumerate(sorted(rows, key=lambda row: row[0])):
+        (start_part, start_local), (stop_part, stop_local) = (_local(t, part_starts) for t in (start, stop))
+        lines.append(f"{index},{start_part},{start_local:.6f},{stop_part},{stop_local:.6f},{name}")
+    (label_dir / "tasks.csv").write_text("\n".join(lines) + "\n")
+
+
+def _write_junk(out_dir, case_ids):
+    for case_id in case_ids[:2]:
+        for relative in (f"surgvu24/{case_id}/._{case_id}_video_part_001.mp4", f"labels/{case_id}/._tools.csv"):
+            path = out_dir / "__MACOSX" / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64))
+    (out_dir / "surgvu24" / ".DS_Store").write_bytes(bytes(32))
+
+
+def make_synthetic_surgvu(
+    out_dir,
+    *,
+    seed: int = 0,
+    num_cases: int = 6,
+    width: int = 320,
+    height: int = 180,
+    fps: float = 60,
+    seconds: float = 60.0,
+    two_part_every: int = 2,
+    start_frame: int = 0,
+    preset: str = "ultrafast",
+    gop: int | None = None,
+    corrupt_video: bool = True,
+    unlabeled_case: bool = True,
+    macosx_junk: bool = True,
+    overwrite: bool = True,
+) -> dict:
+    """Write a synthetic SurgVU-format folder and return its clean ground truth (also in `synthetic_manifest.json`).
+
+    Args:
+        out_dir: where `surgvu24/`, `labels/` and `__MACOSX/` go.
+        seed: everything (case lengths, labels, noise, pictures) follows from it.
+        num_cases, seconds: number of cases and their mean length (each case varies by +-20%).
+        width, height, fps: of the videos (the real release: 1280x720 at 60 fps).
+        two_part_every: every n-th case (from the second) is split into two parts; 0 for none.
+        start_frame: presentation time of the first frame, in frames (a stream whose first timestamp is not 0).
+        preset, gop: libx264 preset (`veryfast` and slower use B-frames) and keyframe interval (default: x264's).
+        corrupt_video: the third case gets a truncated, unreadable extra part.
+        unlabeled_case: the last case has videos but no label files.
+    """
+    out_dir = Path(out_dir)
+    if overwrite:
+        for name in ("surgvu24", "labels", "__MACOSX"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+    if num_cases < 1 or seconds <= 0:
+        raise ValueError(f"need at least one case and a positive length, got {num_cases} cases of {seconds}s")
+    case_ids = [f"case_{number + number // 3:03d}" for number in range(num_cases)]  # gaps, as in the release
+    manifest = {"seed": seed, "fps": fps, "width": width, "height": height, "start_frame": start_frame, "cases": {}}
+    noise = {}
+    for number, case_id in enumerate(case_ids):
+        rng = np.random.default_rng([seed, number])
+        total_frames = int(round(seconds * rng.uniform(0.8, 1.2) * fps))
+        part_frames = [total_frames]
+        if two_part_every and number % two_part_every == 1:
+            first = int(total_frames * rng.uniform(0.45, 0.6))
+            part_frames = [first, total_frames - first]
+        corrupt = corrupt_video and number == min(2, num_cases - 1)
+        if corrupt:
+            part_frames.append(int(5 * fps))
+        part_starts = [sum(part_frames[:k]) / fps for k in range(len(part_frames))]
+        part_durations = [count / fps for count in part_frames]
+        duration = sum(part_durations)
+        boundary = part_starts[1] if len(part_frames) > 1 else None
+        tools, tasks = _case_timeline(rng, duration, boundary)
+
+        def on_frame(time):  # label times sit between frames, half a frame from either
+            return (math.floor(time * fps) + 0.5) / fps
+
+        for item in tools + tasks:
+            item["start"], item["stop"] = on_frame(item["start"]), on_frame(min(item["stop"], duration - 1 / fps))
+        labeled = not (unlabeled_case and number == num_cases - 1 and num_cases > 1)
+        case_noise = {}
+        if labeled:
+            label_dir = out_dir / "labels" / case_id
+            label_dir.mkdir(parents=True, exist_ok=True)
+            counter = collections.Counter()
+            _write_labels(label_dir, rng, tools, tasks, part_starts, counter)
+            case_noise = dict(counter)
+            for kind, count in case_noise.items():
+                noise[kind] = noise.get(kind, 0) + count
+
+        renderer = _Renderer(rng, width, height)
+        video_dir = out_dir / "surgvu24" / case_id
+        video_dir.mkdir(parents=True, exist_ok=True)
+        parts = []
+        for part, (count, start) in enumerate(zip(part_frames, part_starts), start=1):
+            path = video_dir / f"{case_id}_video_part_{part:03d}.mp4"
+            first_frame = int(round(start * fps))
+            frames = (
+                renderer.frame(*_state_at(tools, tasks, (first_frame + k) / fps), (first_frame + k) / fps)
+                for k in range(count)
+            )
+            _encode(path, frames, width, height, fps, start_frame, preset, gop)
+            is_corrupt = corrupt and part == len(part_frames)
+            if is_corrupt:
+                data = path.read_bytes()
+                path.write_bytes(data[: int(len(data) * 0.45)])  # cut mid-file: the index at the end is lost
+            parts.append({"part": part, "path": str(path.relative_to(out_dir)), "num_frames": count, "corrupt": is_corrupt})
+        manifest["cases"][case_id] = {
+            "parts": parts,
+            "labeled": labeled,
+            "duration": duration,
+            "tools": [
+                {"arm": ARMS[t["arm"]], "tool": TOOL_CLASSES[t["tool"]], "start": t["start"], "stop": t["stop"]}
+                for t in tools
+                if isinstance(t["tool"], int)
+            ],
+            "tasks": [{"task": TASK_CLASSES[s["task"]], "start": s["start"], "stop": s["stop"]} for s in tasks],
+            "noise": case_noise,
+        }
+    if macosx_junk:
+        _write_junk(out_dir, case_ids)
+    manifest["noise"] = dict(sorted(noise.items()))
+    (out_dir / "synthetic_manifest.json").write_text(json.dumps(manifest, indent=1))
+    logger.info("wrote %d synthetic SurgVU cases to %s", num_cases, out_dir)
+    return manifest
