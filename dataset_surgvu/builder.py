@@ -376,7 +376,15 @@ def load_surgvu(
         check_video_ends=check_video_ends,
     )
     builder.download_and_prepare()
-    return builder.as_dataset()
+    splits = {}
+    for split in (datasets.Split.TRAIN, datasets.Split.VALIDATION):
+        if builder.info.splits[split].num_examples > 0:
+            splits[split] = builder.as_dataset(split=split)
+        else:  # the Arrow reader refuses an empty split; an empty table with the same features and info stands in
+            features = builder.info.features
+            empty = {name: [] for name in features}
+            splits[split] = datasets.Dataset.from_dict(empty, features=features, info=builder.info.copy(), split=split)
+    return datasets.DatasetDict(splits)
 
 
 def get_build_metadata(dataset) -> dict:

@@ -258,7 +258,7 @@ def _local(time, part_starts):
             return part, time - part_starts[part - 1]
 
 
-def _write_labels(label_dir, rng, tools, tasks, part_starts, noise):
+def _write_labels(label_dir, rng, tools, tasks, part_starts, duration, noise):
     """tools.csv and tasks.csv with the real files' formats and noise; returns nothing, counts into `noise`."""
     rows = []  # (install time, csv line without index)
     for number, interval in enumerate(tools):
@@ -271,10 +271,9 @@ def _write_labels(label_dir, rng, tools, tasks, part_starts, noise):
         elif not isinstance(tool, int):
             noise["tools/out_of_class"] += 1
         rows.append((interval["start"], interval["stop"], ARMS[interval["arm"]], commercial, name))
-    duration = max(interval["stop"] for interval in tools + tasks)
     extras = [("nan(camera in)", "", "camera_in")] * 2 + [("", "", "empty_name"), ('Single Site"', "Single Site", "malformed")]
     for name, commercial, kind in extras:
-        start = rng.uniform(0, duration - 3)
+        start = rng.uniform(0, max(duration - 3, 0.1))
         rows.append((start, start + rng.uniform(0.5, 2.5), ARMS[rng.integers(len(ARMS))], commercial, name))
         noise[f"tools/{kind}"] += 1
     lines = ["index,install_case_part,install_case_time,uninstall_case_part,uninstall_case_time,arm,commercial_toolname,groundtruth_toolname"]
@@ -382,7 +381,7 @@ def make_synthetic_surgvu(
             label_dir = out_dir / "labels" / case_id
             label_dir.mkdir(parents=True, exist_ok=True)
             counter = collections.Counter()
-            _write_labels(label_dir, rng, tools, tasks, part_starts, counter)
+            _write_labels(label_dir, rng, tools, tasks, part_starts, duration, counter)
             case_noise = dict(counter)
             for kind, count in case_noise.items():
                 noise[kind] = noise.get(kind, 0) + count

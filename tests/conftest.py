@@ -40,3 +40,28 @@ def tiny_config(**overrides):
 @pytest.fixture
 def make_tiny_config():
     return tiny_config
+
+
+# -- SurgVU-format samples (dataset_surgvu) -------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def surgvu_sample(tmp_path_factory):
+    """The default synthetic SurgVU format (60 fps, 320x180), small: 4 cases, one in two parts, one truncated
+    video, one case without labels. Returns (folder, manifest)."""
+    from dataset_surgvu.synthetic import make_synthetic_surgvu
+
+    root = tmp_path_factory.mktemp("surgvu_sample")
+    return root, make_synthetic_surgvu(root, seed=0, num_cases=4, seconds=20.0)
+
+
+@pytest.fixture(scope="session")
+def surgvu_sample_30fps(tmp_path_factory):
+    """Another resolution and frame rate (640x360 at 30 fps), B-frames, a first timestamp that is not zero, short
+    keyframe interval; 3 cases (two parts, truncated video, labels everywhere). Returns (folder, manifest)."""
+    from dataset_surgvu.synthetic import make_synthetic_surgvu
+
+    root = tmp_path_factory.mktemp("surgvu_sample_30fps")
+    manifest = make_synthetic_surgvu(
+        root, seed=1, num_cases=3, seconds=16.0, width=640, height=360, fps=30, start_frame=17,
+        preset="veryfast", gop=48, unlabeled_case=False,
+    )
+    return root, manifest

@@ -1,0 +1,294 @@
+"""The SurgVU builder on SurgVU-format folders with real H.264 videos and real-style noisy labels."""
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dataset_surgvu import (
+    ARMS,
+    TASK_CLASSES,
+    TOOL_CLASSES,
+    SurgVULabelError,
+    get_action_spec,
+    get_build_metadata,
+    load_surgvu,
+    scan_surgvu,
+)
+from dataset_surgvu.builder import assign_validation_cases, sample_frame_indices
+from dataset_surgvu.labels import normalize_task_name, normalize_tool_name
+from dataset_surgvu.video import CorruptVideoError, probe_video
+
+
+def _load(root, tmp_path, **options):
+    return load_surgvu(root, cache_dir=tmp_path / "cache", **options)
+
+
+def _expected(case, part, frame_indices, fps):
+    """Per-arm tools and tasks from the generator's clean labels, on the case timeline (parts back to back)."""
+    part_start = sum(p["num_frames"] for p in case["parts"] if p["part"] < part) / fps
+    times = part_start + np.asarray(frame_indices) / fps
+    arm_tools = np.zeros((len(times), len(ARMS), len(TOOL_CLASSES)), dtype=np.uint8)
+    for tool in case["tools"]:
+        covered = (times >= tool["start"]) & (times < tool["stop"])
+        arm_tools[covered, ARMS.index(tool["arm"]), TOOL_CLASSES.index(tool["tool"])] = 1
+    tasks = np.full(len(times), TASK_CLASSES.index("Other"))
+    for segment in case["tasks"]:
+        tasks[(times >= segment["start"]) & (times < segment["stop"])] = TASK_CLASSES.index(segment["task"])
+    return arm_tools, tasks, times
+
+
+def _link_copy(source: Path, target: Path):
+    """A copy of a SurgVU folder whose videos are symlinks (labels are real files, free to edit)."""
+    for path in source.rglob("*"):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        elif path.suffix == ".mp4":
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(path, destination)
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, destination)
+    return target
+
+
+@pytest.mark.parametrize("sample", ["surgvu_sample", "surgvu_sample_30fps"])
+def test_labels_agree_with_the_label_files(sample, request, tmp_path):
+    root, manifest = request.getfixturevalue(sample)
+    fps = manifest["fps"]
+    dataset = _load(root, tmp_path)
+    rows = [row for split in dataset.values() for row in split]
+    assert rows
+    spanning_steps = 0
+    for row in rows:
+        case = manifest["cases"][row["case_id"]]
+        assert row["video_fps"] == pytest.approx(fps)
+        assert np.allclose(row["timestamps"], np.asarray(row["frame_indices"]) / fps)
+        assert np.allclose(np.diff(row["timestamps"]), 0.25, atol=0.5 / fps)  # 4 frames a second
+        arm_tools, tasks, times = _expected(case, row["part"], row["frame_indices"], fps)
+        np.testing.assert_array_equal(np.asarray(row["arm_tools"]), arm_tools, err_msg=f"{row['case_id']} {times}")
+        np.testing.assert_array_equal(np.asarray(row["tools"]), arm_tools.max(axis=1))
+        np.testing.assert_array_equal(np.asarray(row["tasks"]), tasks, err_msg=f"{row['case_id']} {times}")
+        actions = np.asarray(row["actions"])
+        np.testing.assert_array_equal(actions[:, :48], arm_tools.reshape(len(times), -1))
+        np.testing.assert_array_equal(actions[:, 48:].argmax(axis=1), tasks)
+        if row["part"] == 2:  # steps of part 2 covered by an interval installed in part 1
+            part2_start = case["parts"][0]["num_frames"] / fps
+            for tool in case["tools"] + case["tasks"]:
+                if tool["start"] < part2_start:
+                    spanning_steps += int(((times >= tool["start"]) & (times < tool["stop"])).sum())
+    assert spanning_steps > 0, "no step of a second part was covered by an interval starting in the first"
+    tasks_seen = {task for row in rows for task in row["tasks"]}
+    assert len(tasks_seen) >= 3
+
+
+@pytest.mark.parametrize("sample", ["surgvu_sample", "surgvu_sample_30fps"])
+def test_corrupt_video_is_skipped_named_and_counted(sample, request, tmp_path, caplog):
+    root, manifest = request.getfixturevalue(sample)
+    corrupt = [root / p["path"] for case in manifest["cases"].values() for p in case["parts"] if p["corrupt"]]
+    assert len(corrupt) == 1
+    with caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
+        dataset = _load(root, tmp_path)
+    assert any(str(corrupt[0]) in record.getMessage() for record in caplog.records)
+    metadata = get_build_metadata(dataset)
+    assert metadata["num_corrupt_videos"] == 1
+    assert list(metadata["corrupt_videos"]) == [str(corrupt[0].resolve())]
+    part_of_corrupt = {(row["case_id"], row["part"]) for split in dataset.values() for row in split}
+    corrupt_case = corrupt[0].parent.name
+    assert (corrupt_case, 1) in part_of_corrupt and (corrupt_case, 2) not in part_of_corrupt
+
+
+def test_clip_count_and_frame_indices(surgvu_sample, tmp_path):
+    root, manifest = surgvu_sample
+    dataset = _load(root, tmp_path, clip_stride=3)
+    for split in dataset.values():
+        for case_id in set(split["case_id"]):
+            case = manifest["cases"][case_id]
+            for part in case["parts"]:
+                if part["corrupt"]:
+                    continue
+                steps = len(sample_frame_indices(part["num_frames"], manifest["fps"], 4.0))
+                rows = split.filter(lambda row: row["case_id"] == case_id and row["part"] == part["part"])
+                assert len(rows) == (steps - 8) // 3 + 1
+                assert rows[0]["frame_indices"] == [15 * k for k in range(8)]
+                assert rows[1]["frame_indices"][0] == 45
+
+
+def test_sample_frame_indices_at_rates_that_do_not_divide():
+    indices = sample_frame_indices(100, 30.0, 4.0)
+    np.testing.assert_array_equal(indices[:5], [0, 8, 15, 23, 30])  # 7.5 frames apart, rounded half up
+    assert indices[-1] < 100 and len(indices) == int(99 * 4 / 30) + 1
+    assert len(sample_frame_indices(0, 60.0, 4.0)) == 0
+
+
+def test_short_video_yields_no_clip(surgvu_sample, tmp_path):
+    from dataset_surgvu.synthetic import make_synthetic_surgvu
+
+    root, _ = surgvu_sample
+    short = tmp_path / "short"
+    make_synthetic_surgvu(short, seed=3, num_cases=1, seconds=1.2, corrupt_video=False, unlabeled_case=False)
+    assert probe_video(next((short / "surgvu24").rglob("*.mp4"))).num_frames < 7 * 15 + 1  # less than one 8-frame clip at 4 fps
+    _link_copy(root / "surgvu24" / "case_001", short / "surgvu24" / "case_001")
+    _link_copy(root / "labels" / "case_001", short / "labels" / "case_001")
+    dataset = _load(short, tmp_path, validation_fraction=0.0)
+    assert set(dataset["train"]["case_id"]) == {"case_001"}
+    assert len(dataset["validation"]) == 0
+
+
+def test_case_without_labels_left_out_or_kept(surgvu_sample, tmp_path):
+    root, manifest = surgvu_sample
+    unlabeled = [case_id for case_id, case in manifest["cases"].items() if not case["labeled"]]
+    assert len(unlabeled) == 1
+    left_out = _load(root, tmp_path)
+    assert unlabeled[0] not in {c for split in left_out.values() for c in split["case_id"]}
+    assert get_build_metadata(left_out)["cases_without_labels"] == unlabeled
+    kept = _load(root, tmp_path, require_labels=False)
+    rows = [row for split in kept.values() for row in split if row["case_id"] == unlabeled[0]]
+    assert rows and not any(row["has_labels"] for row in rows)
+    assert all(task == -1 for row in rows for task in row["tasks"])
+    assert all(not np.asarray(row["actions"]).any() for row in rows)
+    assert all(row["has_labels"] for split in kept.values() for row in split if row["case_id"] != unlabeled[0])
+
+
+@pytest.mark.parametrize("label_file", ["tools.csv", "tasks.csv"])
+def test_label_file_with_wrong_columns_raises_naming_it(label_file, surgvu_sample, tmp_path):
+    root, _ = surgvu_sample
+    copy = _link_copy(root, tmp_path / "copy")
+    path = copy / "labels" / "case_001" / label_file
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace("_part", "_section")  # e.g. start_section instead of start_part
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SurgVULabelError) as error:
+        _load(copy, tmp_path)
+    message = str(error.value)
+    assert str(path) in message
+    assert ("install_case_part" if label_file == "tools.csv" else "start_part") in message
+
+
+def test_split_is_by_case_deterministic_and_seeded(surgvu_sample, tmp_path):
+    root, _ = surgvu_sample
+    first, again = _load(root, tmp_path, seed=5), _load(root, tmp_path / "other", seed=5)
+    train_cases, validation_cases = set(first["train"]["case_id"]), set(first["validation"]["case_id"])
+    assert train_cases and validation_cases and not train_cases & validation_cases
+    assert validation_cases == set(again["validation"]["case_id"])
+    assert first["train"]["frame_indices"] == again["train"]["frame_indices"]
+
+    cases = [f"case_{n:03d}" for n in range(40)]
+    splits = {seed: assign_validation_cases(cases, 0.2, seed) for seed in range(4)}
+    assert all(len(validation) == 8 for validation in splits.values())
+    assert len({frozenset(validation) for validation in splits.values()}) > 1  # the seed matters
+    assert assign_validation_cases(list(reversed(cases)), 0.2, 1) == splits[1]  # order of discovery does not
+    assert len(splits[1] ^ assign_validation_cases(cases + ["case_099"], 0.2, 1)) <= 2  # one more case moves one
+
+    forced = _load(root, tmp_path, validation_cases=["case_000"], train_cases=["case_001"], exclude_cases=["case_002"])
+    assert "case_000" in set(forced["validation"]["case_id"])
+    assert "case_001" in set(forced["train"]["case_id"])
+    assert "case_002" not in set(forced["train"]["case_id"]) | set(forced["validation"]["case_id"])
+    with pytest.raises(ValueError, match="both train and validation"):
+        _load(root, tmp_path, validation_cases=["case_000"], train_cases=["case_000"])
+
+
+def test_cache_is_reused_and_follows_data_and_options(surgvu_sample, tmp_path):
+    root, _ = surgvu_sample
+    copy = _link_copy(root, tmp_path / "copy")
+    first = _load(copy, tmp_path)
+    again = _load(copy, tmp_path)
+    assert first["train"].cache_files == again["train"].cache_files
+    other_options = _load(copy, tmp_path, frames_per_clip=4)
+    assert other_options["train"].cache_files != first["train"].cache_files
+    assert np.asarray(other_options["train"][0]["actions"]).shape == (4, 56)
+    tasks_csv = copy / "labels" / "case_000" / "tasks.csv"
+    tasks_csv.write_text(tasks_csv.read_text().replace("\n", "\n", 1))
+    os.utime(tasks_csv, ns=(1, 1))
+    changed = _load(copy, tmp_path)
+    assert changed["train"].cache_files != first["train"].cache_files
+
+
+def test_action_spec_is_stored_in_the_info(surgvu_sample, tmp_path):
+    root, _ = surgvu_sample
+    dataset = _load(root, tmp_path)
+    spec = get_action_spec(dataset)
+    assert spec == get_action_spec(dataset["validation"])
+    assert len(spec) == np.asarray(dataset["train"][0]["actions"]).shape[-1] == 4 * 12 + 8
+    assert spec[0] == "USM1/needle driver" and spec[47] == "USM4/grasping retractor" and spec[-1] == "task/Other"
+    assert "CC BY-NC-SA 4.0" in dataset["train"].info.license
+    assert dataset["train"].features["tasks"].feature.names == list(TASK_CLASSES)
+
+
+def test_crop_box_removes_tool_band_and_black_margins(surgvu_sample, tmp_path):
+    root, manifest = surgvu_sample
+    dataset = _load(root, tmp_path)
+    top, left, height, width = dataset["train"][0]["crop_box"]
+    from dataset_surgvu.synthetic import MARGIN_FRACTION, TOOL_BAND_FRACTION
+
+    band_top = manifest["height"] - int(round(manifest["height"] * TOOL_BAND_FRACTION))
+    margin = int(round(manifest["width"] * MARGIN_FRACTION))
+    assert top == 0 and top + height <= band_top
+    assert abs(left - margin) <= 2 and abs(left + width - (manifest["width"] - margin)) <= 2
+    uncropped = _load(root, tmp_path, crop_tool_band=False, crop_black_margins=False)
+    assert uncropped["train"][0]["crop_box"] == [0, 0, manifest["height"], manifest["width"]]
+
+
+def test_data_dir_can_be_the_video_folder_with_labels_elsewhere(surgvu_sample, tmp_path):
+    root, _ = surgvu_sample
+    dataset = load_surgvu(root / "surgvu24", root / "labels", cache_dir=tmp_path / "cache")
+    reference = _load(root, tmp_path / "other")
+    assert sorted(dataset["train"]["case_id"]) == sorted(reference["train"]["case_id"])
+
+
+def test_label_noise_is_normalised():
+    assert normalize_tool_name("nan(camera in)")[0] is None
+    assert normalize_tool_name("")[0] is None
+    assert normalize_tool_name('Single Site"')[0] is None
+    assert normalize_tool_name("clip applier ")[0] == TOOL_CLASSES.index("clip applier")
+    assert normalize_tool_name("Needle Driver")[0] == TOOL_CLASSES.index("needle driver")
+    for tool in ("suction irrigator", "synchroseal", "tenaculum forceps", "potts scissors", "bipolar dissector"):
+        index, noise = normalize_tool_name(tool)
+        assert index is None and noise == ["out_of_class"]
+    assert normalize_task_name("suturing")[0] == normalize_task_name("Suturing")[0] == TASK_CLASSES.index("Suturing")
+    assert normalize_task_name(" Rectal artery/vein")[0] == TASK_CLASSES.index("Rectal artery/vein")
+    other = TASK_CLASSES.index("Other")
+    for name in ('retraction arm positioning"', " camera adjustments", "dissection", "other", ""):
+        assert normalize_task_name(name)[0] == other
+
+
+def test_scan_reports_cases_labels_noise_and_corrupt_videos(surgvu_sample):
+    root, manifest = surgvu_sample
+    report = scan_surgvu(root)
+    assert report["num_cases"] == len(manifest["cases"])  # __MACOSX and .DS_Store ignored
+    assert report["num_videos"] == sum(len(case["parts"]) for case in manifest["cases"].values())
+    assert report["cases_without_labels"] == [c for c, case in manifest["cases"].items() if not case["labeled"]]
+    assert len(report["corrupt_videos"]) == 1
+    noise = report["label_noise"]
+    written = manifest["noise"]
+    assert noise["tools/camera_in"] == written["tools/camera_in"]
+    assert noise["tools/empty_name"] == written["tools/empty_name"]
+    assert noise["tools/stray_whitespace"] == written["tools/trailing_space"]
+    assert noise["tools/out_of_class"] == written["tools/out_of_class"] + written["tools/malformed"]
+    assert noise["tasks/stray_quote"] >= 1 and noise["tasks/out_of_class"] >= 1
+    assert report["total_hours"] > 0
+
+
+def test_truncated_file_with_intact_header_is_detected(tmp_path):
+    import av
+
+    path = tmp_path / "faststart.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:  # index before the data
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for number in range(90):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), number * 2, dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert probe_video(path).num_frames == 90
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    assert probe_video(path, check_end=False).num_frames == 90  # the header still announces every frame
+    with pytest.raises(CorruptVideoError, match="truncated"):
+        probe_video(path)
