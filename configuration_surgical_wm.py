@@ -49,6 +49,8 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             Hidden size of the predictor MLPs relative to `predictor_hidden_size`.
         predictor_drop_path_rate (`float`, *optional*, defaults to 0.0):
             Stochastic depth of the predictor layers.
+        predict_residual (`bool`, *optional*, defaults to `True`):
+            The predictor outputs the change z_{t+1} - z_t (added back to z_t) rather than z_{t+1} itself.
         action_dim (`int`, *optional*, defaults to 7):
             Size of the action vector given at every step (0: a pure video world model, no action token).
         state_dim (`int`, *optional*, defaults to 0):
@@ -100,6 +102,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     predictor_num_attention_heads: int = 16
     predictor_mlp_ratio: float | int = 4.0
     predictor_drop_path_rate: float | int = 0.0
+    predict_residual: bool = True
     # actions and states
     action_dim: int = 7
     state_dim: int = 0

@@ -232,7 +232,13 @@ class SurgicalWorldModelPredictor(nn.Module):
             hidden_states = layer(hidden_states, attention_mask, positions)
 
         hidden_states = self.norm(hidden_states).view(batch_size, num_steps, tokens_per_step, -1)
-        return self.output_proj(hidden_states[:, :, self.num_condition_tokens :])  # (B, T, N, latent_dim)
+        prediction = self.output_proj(hidden_states[:, :, self.num_condition_tokens :])  # (B, T, N, latent_dim)
+        if self.config.predict_residual:
+            # Predict the change from z_t: an untrained predictor starts at "nothing moves" instead of at noise.
+            # Masked tokens contribute no residual, or the denoising target would leak through it.
+            base = latents if token_mask is None else latents.masked_fill(token_mask[..., None], 0.0)
+            prediction = prediction + base.to(prediction.dtype)
+        return prediction
 
 
 class SurgicalWorldModelPreTrainedModel(PreTrainedModel):

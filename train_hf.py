@@ -1,0 +1,626 @@
+#!/usr/bin/env python
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""Fine-tunes a surgical world model on SurgVU with Accelerate, from V-JEPA 2 to a Hub-ready model.
+
+    accelerate launch train_hf.py --data_root /data/surgvu --pretrained_checkpoint checkpoints/vjepa2_vitl_surgical
+    accelerate launch --config_file configs/accelerate/fsdp_vitg.yaml train_hf.py config.yaml --num_epochs 3
+
+Arguments come from the command line, from a YAML or JSON file given first, or both (the command line wins).
+Outputs: `output_dir/best` (lowest validation loss) and `output_dir/final`, each a transformers directory that
+`AutoModel.from_pretrained(dir, trust_remote_code=True)` loads; `output_dir/checkpoints/checkpoint-<step>` to resume.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from transformers import HfArgumentParser, get_scheduler
+
+from configuration_surgical_wm import VJEPA2_PRESETS
+from modeling_surgical_wm import SurgicalWorldModel
+
+
+logger = get_logger(__name__, log_level="INFO")
+
+CHECKPOINT_PREFIX = "checkpoint-"
+COMPLETE_MARKER = "COMPLETE"
+TRAINING_STATE = "training_state.json"
+
+
+# ------------------------------------------------------------------------------------------------------ arguments
+@dataclass
+class ModelArguments:
+    pretrained_checkpoint: str = field(
+        default="checkpoints/vjepa2_vitl_surgical",
+        metadata={"help": "A world model saved by scripts/load_vjepa2_pretrained.py, a local V-JEPA 2 directory, "
+                          "a facebook/vjepa2-* id, or a preset (vitl, vith, vitg, vitg384)."},
+    )
+    encoder_frozen: bool = field(default=True, metadata={"help": "Keep the V-JEPA 2 encoder frozen (default)."})
+    finetune_encoder: bool = field(default=False, metadata={"help": "Fine-tune the encoder (EMA targets)."})
+    use_mask_aux: bool = field(default=False, metadata={"help": "Add the mask-denoising auxiliary loss."})
+    lambda_mask: float = field(default=0.1, metadata={"help": "Weight of the mask-denoising loss."})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+
+
+@dataclass
+class DataArguments:
+    data_root: str = field(default="data/surgvu", metadata={"help": "Folder holding surgvu24/ and labels/."})
+    labels_dir: str | None = field(default=None, metadata={"help": "labels/ when it is not next to surgvu24/."})
+    fps: float = field(default=4.0, metadata={"help": "Frames per second sampled from the videos."})
+    frames_per_clip: int = field(default=8, metadata={"help": "Frames per training clip."})
+    validation_fraction: float = field(default=0.2, metadata={"help": "Share of cases held out for validation."})
+    num_workers: int = field(default=8, metadata={"help": "DataLoader workers (capped at the available cores)."})
+    dataset_cache_dir: str | None = field(default=None, metadata={"help": "Where the Arrow files of the dataset go."})
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = field(default="outputs/surgical_wm", metadata={"help": "Exports, checkpoints and logs."})
+    num_epochs: int = field(default=10, metadata={"help": "Training epochs."})
+    batch_size: int = field(default=4, metadata={"help": "Clips per device per step."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the predictor."})
+    encoder_learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate of a fine-tuned encoder (default: learning_rate / 10)."}
+    )
+    weight_decay: float = field(default=0.04, metadata={"help": "AdamW weight decay."})
+    warmup_epochs: float = field(default=2, metadata={"help": "Linear warmup, in epochs, before the cosine decay."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    max_train_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps."})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "no, fp16 or bf16 (default: the accelerate config's)."}
+    )
+    device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: what accelerate picks)."})
+    seed: int = field(default=42, metadata={"help": "Seed of weights, data order and masks."})
+    checkpointing_steps: int = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps."})
+    checkpoints_total_limit: int | None = field(default=3, metadata={"help": "Keep at most this many checkpoints."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint directory, or 'latest' (the newest complete one)."}
+    )
+    max_bad_steps: int = field(
+        default=10, metadata={"help": "Stop after this many consecutive steps with a non-finite loss or gradient."}
+    )
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, trackio, wandb or none."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the best export to the Hub at the end."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "<user>/<repo> (default: output_dir's name)."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
+    sample_log: str | None = field(
+        default=None, metadata={"help": "Debugging: append the sample ids of every batch to this file."}
+    )
+    nan_at_steps: str | None = field(
+        default=None, metadata={"help": "Debugging: comma-separated optimizer steps whose loss is replaced by NaN."}
+    )
+
+
+def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainArguments), description=__doc__.splitlines()[0])
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        # A config file first, then command-line overrides.
+        import yaml
+
+        with open(argv[0]) as handle:
+            values = yaml.safe_load(handle) or {}
+        known = {f for dataclass_type in parser.dataclass_types for f in dataclass_type.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"error: {argv[0]}: unknown argument(s) {unknown}")
+        parser.set_defaults(**values)
+        argv = argv[1:]
+    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.finetune_encoder:
+        model_args.encoder_frozen = False
+    if train_args.report_to not in {"tensorboard", "trackio", "wandb", "none"}:
+        raise SystemExit(f"error: --report_to must be tensorboard, trackio, wandb or none, got {train_args.report_to}")
+    if train_args.device not in {None, "cuda", "mps", "cpu"}:
+        raise SystemExit(f"error: --device must be cuda, mps or cpu, got {train_args.device}")
+    return model_args, data_args, train_args
+
+
+def public_arguments(*groups) -> dict:
+    """The arguments as a flat dict, for trackers, the model card and trainer_state.json: never a token."""
+    values = {}
+    for group in groups:
+        values.update({k: v for k, v in asdict(group).items() if "token" not in k.lower()})
+    return values
+
+
+# ------------------------------------------------------------------------------------------------------- data
+class SurgVUClips(Dataset):
+    """Rows of a `load_surgvu` split decoded by `ClipTransform` into model inputs (decoding happens in workers)."""
+
+    def __init__(self, split, transform):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict:
+        inputs = self.transform(self.split[index])
+        return {
+            "pixel_values_videos": inputs["pixel_values_videos"],
+            "actions": inputs["actions"],
+            "sample_id": torch.tensor(index),
+        }
+
+
+class EpochShuffleSampler(Sampler):
+    """A permutation seeded by (seed, epoch): any epoch's order can be replayed exactly when resuming."""
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------------------------------------------------ model
+def load_world_model(model_args: ModelArguments, action_spec: list[str]) -> SurgicalWorldModel:
+    overrides = {
+        "action_dim": len(action_spec),
+        "action_spec": action_spec,
+        "freeze_encoder": model_args.encoder_frozen,
+        "use_mask_aux": model_args.use_mask_aux,
+        "lambda_mask": model_args.lambda_mask,
+    }
+    source = model_args.pretrained_checkpoint
+    config_file = Path(source) / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "surgical_wm":
+        saved = json.loads(config_file.read_text())
+        if saved.get("action_dim") != len(action_spec):
+            logger.warning(
+                f"{source} was built for {saved.get('action_dim')} action dimensions, the data has {len(action_spec)}: "
+                "the action embedding starts from scratch."
+            )
+        return SurgicalWorldModel.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
+    if source not in VJEPA2_PRESETS and not source.startswith("facebook/") and not Path(source).is_dir():
+        raise SystemExit(
+            f"error: --pretrained_checkpoint {source!r} is neither a directory nor a V-JEPA 2 checkpoint id. Build one "
+            "with `python scripts/load_vjepa2_pretrained.py --model_size vitl --save_path "
+            f"{source}` or pass a facebook/vjepa2-* id."
+        )
+    try:
+        return SurgicalWorldModel.from_vjepa2(source, **overrides)
+    except OSError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Checkpoints whose completion marker was written, oldest first. Half-written ones are never listed."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for path in checkpoints_dir.iterdir():
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / COMPLETE_MARKER).is_file():
+            found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def rng_fingerprint() -> str:
+    return hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16]
+
+
+def save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, state: dict, total_limit: int | None) -> Path:
+    """Rotates old checkpoints first, saves into a temporary directory, writes the marker last, then renames."""
+    final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{state['global_step']}"
+    partial = checkpoints_dir / f".partial-{CHECKPOINT_PREFIX}{state['global_step']}"
+    if accelerator.is_main_process:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        existing = [path for path in complete_checkpoints(checkpoints_dir) if path != final]
+        if total_limit is not None and len(existing) >= total_limit:
+            for path in existing[: len(existing) - total_limit + 1]:
+                shutil.rmtree(path)
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))  # every rank: FSDP / DeepSpeed gather and write their shards
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / TRAINING_STATE).write_text(json.dumps({**state, "rng": rng_fingerprint()}, indent=2))
+        (partial / COMPLETE_MARKER).write_text("")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(train_args: TrainArguments, checkpoints_dir: Path) -> Path | None:
+    if train_args.resume_from_checkpoint is None:
+        return None
+    if train_args.resume_from_checkpoint == "latest":
+        found = complete_checkpoints(checkpoints_dir)
+        return found[-1] if found else None
+    path = Path(train_args.resume_from_checkpoint)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise SystemExit(f"error: {path} is not a complete checkpoint (no {COMPLETE_MARKER} marker).")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- exports
+def export_model(accelerator: Accelerator, model, directory: Path, trainer_state: dict, card: str) -> None:
+    """A transformers directory written atomically; the state dict is gathered on every rank (FSDP)."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        partial = directory.with_name(f".partial-{directory.name}")
+        shutil.rmtree(partial, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
+        (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
+        (partial / "README.md").write_text(card)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(partial, directory)
+    accelerator.wait_for_everyone()
+
+
+def model_card(config, train_args: TrainArguments, trainer_state: dict, repo_id: str | None) -> str:
+    metrics = trainer_state.get("best_metrics") or {}
+    base_model = config.encoder_name_or_path or "facebook/vjepa2-vitl-fpc64-256"
+    metric_rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())
+                            if isinstance(value, (int, float)))
+    model_index = "\n".join(f"    {name}: {value:.6f}" for name, value in sorted(metrics.items())
+                            if isinstance(value, (int, float)))
+    spec = config.action_spec or []
+    load_id = repo_id or "<user>/<repo>"
+    return f"""---
+library_name: transformers
+pipeline_tag: video-classification
+base_model: {base_model if "/" in base_model else "facebook/vjepa2-vitl-fpc64-256"}
+datasets:
+- SurgVU
+tags:
+- world-model
+- v-jepa-2
+- surgical-video
+- action-conditioned
+metrics:
+{model_index or "    validation_loss: null"}
+---
+
+# Surgical world model on V-JEPA 2
+
+An action-conditioned world model (V-JEPA 2-AC style) trained on SurgVU robotic surgery video with `train_hf.py`.
+The V-JEPA 2 encoder ({base_model}, {"frozen" if config.freeze_encoder else "fine-tuned with EMA targets"}) encodes
+each step; a block-causal predictor ({config.predictor_num_hidden_layers} layers, width
+{config.predictor_hidden_size}) predicts the next step's latent from the past and {config.action_dim} action
+dimensions per step.
+
+## Load
+
+```python
+from transformers import AutoModel
+model = AutoModel.from_pretrained("{load_id}", trust_remote_code=True)
+latents = model.encode(pixel_values_videos)          # (B, T, 3, {config.encoder_config.crop_size}, {config.encoder_config.crop_size}) -> (B, T, N, D)
+future = model.rollout(latents[:, :1], actions, steps=4)
+```
+
+## Training
+
+Epochs: {trainer_state.get("epoch")}; optimizer steps: {trainer_state.get("global_step")}; batch size per device:
+{train_args.batch_size}; learning rate: {train_args.learning_rate}; seed: {train_args.seed}.
+
+| metric | value |
+| --- | --- |
+{metric_rows or "| validation_loss | n/a |"}
+
+## Actions
+
+Each step takes a {config.action_dim}-dimensional action: {", ".join(spec[:8])}{", ..." if len(spec) > 8 else ""}
+(full list in `config.action_spec`).
+
+## Data licence
+
+Trained on SurgVU (Intuitive Surgical), whose licence is reported as CC BY-NC-SA 4.0: check the dataset's terms
+before any use of these weights beyond non-commercial research.
+"""
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model, dataloader) -> dict:
+    """Mean losses over the validation set, and rollout error against the copy-the-last-latent baseline."""
+    model.eval()
+    world_model = accelerator.unwrap_model(model)
+    # Rollouts call the unwrapped model; FSDP's sharded parameters only exist inside the wrapped forward.
+    with_rollout = accelerator.distributed_type != DistributedType.FSDP
+    totals = torch.zeros(7, device=accelerator.device)
+    for batch in dataloader:
+        output = model(batch["pixel_values_videos"], batch["actions"])
+        size = batch["pixel_values_videos"].shape[0]
+        rollout_error = copy_last_error = torch.full((), float("nan"), device=accelerator.device)
+        if with_rollout:
+            latents = world_model.encode_targets(batch["pixel_values_videos"])
+            context = world_model.encode(batch["pixel_values_videos"])[:, :1]
+            rolled = world_model.rollout(context, batch["actions"], steps=latents.shape[1] - 1)
+            rollout_error = (rolled.float() - latents[:, 1:].float()).abs().mean()
+            copy_last_error = (latents[:, :1].float() - latents[:, 1:].float()).abs().mean()
+        mask = output.mask_loss if output.mask_loss is not None else torch.zeros((), device=accelerator.device)
+        totals += torch.stack([
+            output.loss.detach().float(), output.temporal_loss.float(), output.contrastive_loss.float(),
+            mask.float(), rollout_error, copy_last_error, torch.ones((), device=accelerator.device),
+        ]) * torch.tensor([size] * 6 + [size], device=accelerator.device, dtype=torch.float32)
+    totals = accelerator.reduce(totals, reduction="sum")
+    count = max(totals[6].item(), 1.0)
+    names = ["loss", "temporal_loss", "contrastive_loss", "mask_loss", "rollout_error", "copy_last_error"]
+    return {name: totals[i].item() / count for i, name in enumerate(names)}
+
+
+def main(argv=None) -> None:
+    model_args, data_args, train_args = parse_args(argv)
+    output_dir = Path(train_args.output_dir)
+    checkpoints_dir = output_dir / "checkpoints"
+
+    # ---- accelerator, logging, seed
+    if train_args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is visible.")
+    if train_args.device == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("error: --device mps but MPS is not available on this machine.")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        mixed_precision=train_args.mixed_precision,
+        cpu=train_args.device == "cpu",
+        log_with=None if train_args.report_to == "none" else train_args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-file save/load lines; ours say what matters
+    logger.info(
+        f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
+        f"mixed precision: {accelerator.mixed_precision}, distributed: {accelerator.distributed_type}",
+        main_process_only=True,
+    )
+    if not accelerator.is_local_main_process:
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(train_args.seed)
+
+    repo_id = None
+    if train_args.push_to_hub and accelerator.is_main_process:
+        from huggingface_hub import create_repo
+
+        repo_id = create_repo(train_args.hub_model_id or output_dir.name, private=train_args.hub_private,
+                              exist_ok=True).repo_id
+
+    # ---- data (built once on the main process, read from the Arrow cache by the others)
+    from dataset_surgvu import ClipTransform, get_action_spec, get_build_metadata, load_surgvu
+
+    data_kwargs = {"labels_dir": data_args.labels_dir, "fps": data_args.fps, "frames_per_clip": data_args.frames_per_clip,
+                   "validation_fraction": data_args.validation_fraction, "seed": train_args.seed,
+                   "cache_dir": data_args.dataset_cache_dir}
+    with accelerator.main_process_first():
+        dataset = load_surgvu(data_args.data_root, **data_kwargs)
+    metadata = get_build_metadata(dataset)
+    if metadata.get("corrupt_videos"):
+        logger.warning(f"skipped {len(metadata['corrupt_videos'])} unreadable video(s): {metadata['corrupt_videos']}")
+    if len(dataset["train"]) == 0:
+        raise SystemExit(f"error: no training clip in {data_args.data_root} (check the layout with "
+                         "scripts/check_setup.py --data_root ...).")
+
+    # ---- model
+    model = load_world_model(model_args, get_action_spec(dataset))
+    if model_args.activation_checkpointing:
+        model.activation_checkpointing_enable()
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    num_workers = min(data_args.num_workers, available_cores())
+    train_sampler = EpochShuffleSampler(len(dataset["train"]), train_args.seed)
+    loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
+                     "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available()}
+    # The loaders draw worker seeds from their own generators, never from the global RNG that resuming restores.
+    train_dataloader = DataLoader(SurgVUClips(dataset["train"], transform), sampler=train_sampler, drop_last=True,
+                                  generator=torch.Generator().manual_seed(train_args.seed), **loader_kwargs)
+    val_dataloader = DataLoader(SurgVUClips(dataset["validation"], transform), shuffle=False,
+                                generator=torch.Generator().manual_seed(train_args.seed), **loader_kwargs)
+
+    # ---- optimizer over trainable parameters only
+    predictor_parameters = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    parameter_groups = [{"params": predictor_parameters, "lr": train_args.learning_rate}]
+    if not model_args.encoder_frozen:
+        encoder_lr = train_args.encoder_learning_rate or train_args.learning_rate / 10
+        parameter_groups.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": encoder_lr})
+    optimizer = torch.optim.AdamW(parameter_groups, weight_decay=train_args.weight_decay)
+
+    model, optimizer, train_dataloader, val_dataloader = accelerator.prepare(
+        model, optimizer, train_dataloader, val_dataloader
+    )
+    steps_per_epoch = max(math.ceil(len(train_dataloader) / train_args.gradient_accumulation_steps), 1)
+    total_steps = train_args.num_epochs * steps_per_epoch
+    if train_args.max_train_steps is not None:
+        total_steps = min(total_steps, train_args.max_train_steps)
+    # Stepped once per optimizer step by this script (not by accelerate), on every rank alike.
+    lr_scheduler = get_scheduler("cosine", optimizer=optimizer,
+                                 num_warmup_steps=int(train_args.warmup_epochs * steps_per_epoch),
+                                 num_training_steps=train_args.num_epochs * steps_per_epoch)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    if accelerator.is_main_process and train_args.report_to != "none":
+        accelerator.init_trackers("surgical_wm", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                         for k, v in public_arguments(model_args, data_args,
+                                                                                      train_args).items()})
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("***** Running training *****")
+    logger.info(f"  clips: {len(dataset['train'])} train / {len(dataset['validation'])} validation "
+                f"({metadata.get('num_train_cases', '?')} / {metadata.get('num_validation_cases', '?')} cases)")
+    logger.info(f"  epochs: {train_args.num_epochs}, optimizer steps: {total_steps} ({steps_per_epoch} per epoch)")
+    logger.info(f"  batch per device: {train_args.batch_size}, accumulation: {train_args.gradient_accumulation_steps}, "
+                f"global batch: {train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps}")
+    logger.info(f"  trainable parameters: {trainable / 1e6:.2f} M (encoder {'frozen' if model_args.encoder_frozen else 'trained'})")
+
+    # ---- resume
+    global_step, start_epoch, resume_batches, skipped_steps = 0, 0, 0, 0
+    history, best_val, best_metrics = [], float("inf"), {}
+    resume_path = resolve_resume(train_args, checkpoints_dir)
+    if train_args.resume_from_checkpoint and resume_path is None:
+        logger.info(f"no complete checkpoint in {checkpoints_dir}: starting from scratch")
+    if resume_path is not None:
+        state = json.loads((resume_path / TRAINING_STATE).read_text())
+        accelerator.load_state(str(resume_path))
+        if state.get("rng") and accelerator.is_main_process and rng_fingerprint() != state["rng"]:
+            raise SystemExit(f"error: the RNG state of {resume_path} was not restored; resuming would not replay "
+                             "the interrupted run.")
+        global_step, start_epoch = state["global_step"], state["epoch"]
+        resume_batches, skipped_steps = state["batches_in_epoch"], state.get("skipped_steps", 0)
+        history, best_val = state.get("history", []), state.get("best_val_loss", float("inf"))
+        best_metrics = state.get("best_metrics", {})
+        logger.info(f"resumed from {resume_path}: step {global_step}, epoch {start_epoch}, "
+                    f"{resume_batches} batches into the epoch")
+
+    nan_steps = {int(s) for s in train_args.nan_at_steps.split(",")} if train_args.nan_at_steps else set()
+    world_model = accelerator.unwrap_model(model)
+    progress = None
+    if accelerator.is_local_main_process:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=global_step, desc="steps", dynamic_ncols=True)
+
+    def trainer_state(epoch: int, batches_in_epoch: int) -> dict:
+        return {"global_step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                "skipped_steps": skipped_steps, "best_val_loss": best_val, "best_metrics": best_metrics,
+                "history": history, "training_arguments": public_arguments(model_args, data_args, train_args)}
+
+    # ---- loop
+    bad_in_a_row, step_is_bad, done = 0, False, global_step >= total_steps
+    for epoch in range(start_epoch, train_args.num_epochs):
+        if done:
+            break
+        model.train()
+        train_dataloader.set_epoch(epoch)
+        batches_in_epoch = resume_batches if epoch == start_epoch else 0
+        active = accelerator.skip_first_batches(train_dataloader, batches_in_epoch) if batches_in_epoch else train_dataloader
+        sums = torch.zeros(5, device=accelerator.device)
+        for batch in active:
+            batches_in_epoch += 1
+            if train_args.sample_log:
+                with open(f"{train_args.sample_log}.rank{accelerator.process_index}", "a") as handle:
+                    handle.write(f"{global_step} {epoch} {batch['sample_id'].tolist()}\n")
+            with accelerator.accumulate(model):
+                output = model(batch["pixel_values_videos"], batch["actions"])
+                loss = output.loss
+                if global_step + 1 in nan_steps:
+                    loss = loss * float("nan")
+                # Every rank takes the same decision, or DDP would hang on a skipped all-reduce.
+                bad = accelerator.reduce((~torch.isfinite(loss.detach())).float(), reduction="sum").item() > 0
+                step_is_bad = step_is_bad or bad
+                if not step_is_bad:
+                    accelerator.backward(loss)
+                if accelerator.sync_gradients and not step_is_bad:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
+                    step_is_bad = not math.isfinite(float(grad_norm))
+                if accelerator.sync_gradients and not step_is_bad:
+                    optimizer.step()
+                if accelerator.sync_gradients:
+                    optimizer.zero_grad(set_to_none=True)
+            if not bad:
+                mask = output.mask_loss.detach().float() if output.mask_loss is not None else loss.new_zeros(())
+                sums += torch.stack([loss.detach().float(), output.temporal_loss.detach().float(),
+                                     output.contrastive_loss.detach().float(), mask, loss.new_ones(()).float()])
+            if not accelerator.sync_gradients:
+                continue
+
+            # ---- one optimizer step has ended (taken or skipped)
+            if step_is_bad:
+                skipped_steps += 1
+                bad_in_a_row += 1
+                logger.warning(f"step {global_step + 1}: non-finite loss or gradient, step skipped "
+                               f"({bad_in_a_row} in a row, {skipped_steps} in all)")
+                if bad_in_a_row >= train_args.max_bad_steps:
+                    accelerator.end_training()
+                    raise SystemExit(
+                        f"error: stopping: {bad_in_a_row} consecutive optimizer steps had a non-finite loss or "
+                        f"gradient (up to step {global_step + 1}). Lower --learning_rate, prefer bf16 to fp16, or "
+                        f"check the data; resume from {checkpoints_dir} with --resume_from_checkpoint latest."
+                    )
+            else:
+                bad_in_a_row = 0
+                world_model.update_target_encoder()
+            step_is_bad = False
+            global_step += 1
+            lr_scheduler.step()
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+            accelerator.log({"train/loss": loss.item(), "train/temporal_loss": output.temporal_loss.item(),
+                             "train/contrastive_loss": output.contrastive_loss.item(),
+                             "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            if global_step % train_args.checkpointing_steps == 0:
+                path = save_checkpoint(accelerator, checkpoints_dir, trainer_state(epoch, batches_in_epoch),
+                                       train_args.checkpoints_total_limit)
+                logger.info(f"saved {path}")
+            if global_step >= total_steps:
+                done = True
+                break
+
+        # ---- end of epoch: validation, the epoch's log line, best export
+        train_means = accelerator.reduce(sums, reduction="sum")
+        count = max(train_means[4].item(), 1.0)
+        train_metrics = {name: train_means[i].item() / count
+                         for i, name in enumerate(["loss", "temporal_loss", "contrastive_loss", "mask_loss"])}
+        val_metrics = evaluate(accelerator, model, val_dataloader) if len(dataset["validation"]) else {}
+        record = {"epoch": epoch + 1, "step": global_step, "lr": lr_scheduler.get_last_lr()[0],
+                  **{f"train_{k}": v for k, v in train_metrics.items()},
+                  **{f"val_{k}": v for k, v in val_metrics.items()}}
+        history.append(record)
+        accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=global_step)
+        logger.info(
+            f"Epoch {epoch + 1}/{train_args.num_epochs} | train loss {train_metrics['loss']:.4f} (temporal "
+            f"{train_metrics['temporal_loss']:.4f}, contrastive {train_metrics['contrastive_loss']:.4f}, mask "
+            f"{train_metrics['mask_loss']:.4f})"
+            + (f" | val loss {val_metrics['loss']:.4f} (temporal {val_metrics['temporal_loss']:.4f}, contrastive "
+               f"{val_metrics['contrastive_loss']:.4f}, mask {val_metrics['mask_loss']:.4f}) | rollout error "
+               f"{val_metrics['rollout_error']:.4f} vs copy-last {val_metrics['copy_last_error']:.4f}"
+               if val_metrics else " | no validation clips")
+        )
+        score = val_metrics.get("loss", train_metrics["loss"])
+        if score < best_val:
+            best_val = score
+            best_metrics = {f"validation_{k}": v for k, v in val_metrics.items()} or {"train_loss": score}
+            export_model(accelerator, model, output_dir / "best", trainer_state(epoch + 1, 0),
+                         model_card(world_model.config, train_args, trainer_state(epoch + 1, 0), repo_id))
+        model.train()
+
+    # ---- final export, upload
+    accelerator.wait_for_everyone()
+    final_state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
+    export_model(accelerator, model, output_dir / "final", final_state,
+                 model_card(world_model.config, train_args, final_state, repo_id))
+    if progress is not None:
+        progress.close()
+    if train_args.push_to_hub and accelerator.is_main_process:
+        from huggingface_hub import upload_folder
+
+        upload_folder(repo_id=repo_id, folder_path=str(output_dir / "best"), commit_message="Upload surgical world model",
+                      ignore_patterns=["checkpoints/*", "*.pkl", "*.bin"])
+        logger.info(f"pushed {output_dir / 'best'} to {repo_id}")
+    logger.info(f"done: {global_step} steps, {skipped_steps} skipped; best validation loss {best_val:.4f}; "
+                f"exports in {output_dir / 'best'} and {output_dir / 'final'}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
