@@ -104,7 +104,8 @@ def check_packages(report: Report) -> dict:
             try:
                 module = importlib.import_module(name)
             except Exception as error:  # ImportError, or a broken install raising something else
-                report.add("versions", name, missing_status, f"cannot import ({type(error).__name__}: {error}); needed for {purpose}")
+                detail = f"cannot import ({type(error).__name__}: {error}); needed for {purpose}"
+                report.add("versions", name, missing_status, detail)
                 continue
             modules[name] = module
             report.add("versions", name, "ok", str(getattr(module, "__version__", "unknown version")))
@@ -145,7 +146,8 @@ def check_devices(report: Report, torch) -> None:
 def check_ffmpeg(report: Report) -> str | None:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        report.add("video", "ffmpeg binary", "warn", "not on PATH (torchcodec needs FFmpeg's shared libraries; PyAV bundles its own)")
+        detail = "not on PATH (torchcodec needs FFmpeg's shared libraries; PyAV bundles its own)"
+        report.add("video", "ffmpeg binary", "warn", detail)
         return None
     try:
         first_line = subprocess.run(
@@ -192,7 +194,8 @@ def check_video_backends(report: Report, ffmpeg: str | None) -> None:
         import av
     except Exception as error:
         av = None
-        report.add("video", "PyAV", "warn", f"cannot import ({type(error).__name__}: {error}); it is the fallback decoder")
+        detail = f"cannot import ({type(error).__name__}: {error}); it is the fallback decoder"
+        report.add("video", "PyAV", "warn", detail)
     else:
         libraries = av.library_versions
         versions = ", ".join(
@@ -233,10 +236,12 @@ def check_video_backends(report: Report, ffmpeg: str | None) -> None:
                 frames = decoder.get_frames_in_range(0, 8).data
                 if tuple(frames.shape) != (8, 3, 64, 64):
                     raise RuntimeError(f"decoded shape {tuple(frames.shape)}, expected (8, 3, 64, 64)")
-                report.add("video", "torchcodec decode", "ok", f"decoded 8 frames of a test clip ({decoder.metadata.num_frames} in file)")
+                detail = f"decoded 8 frames of a test clip ({decoder.metadata.num_frames} in file)"
+                report.add("video", "torchcodec decode", "ok", detail)
                 decoders_ok.append("torchcodec")
             except Exception as error:
-                report.add("video", "torchcodec decode", "warn", f"failed on a test clip: {type(error).__name__}: {error}")
+                detail = f"failed on a test clip: {type(error).__name__}: {error}"
+                report.add("video", "torchcodec decode", "warn", detail)
         if av is not None:
             try:
                 with av.open(str(video)) as container:
@@ -250,7 +255,8 @@ def check_video_backends(report: Report, ffmpeg: str | None) -> None:
     if decoders_ok:
         report.add("video", "decoder", "ok", f"usable: {', '.join(decoders_ok)}")
     else:
-        report.add("video", "decoder", "fail", "neither torchcodec nor PyAV can decode a test clip: SurgVU cannot be read")
+        detail = "neither torchcodec nor PyAV can decode a test clip: SurgVU cannot be read"
+        report.add("video", "decoder", "fail", detail)
 
 
 # -- Hub ----------------------------------------------------------------------------------------------------------
@@ -313,12 +319,14 @@ def check_data(report: Report, data_root: str, labels_dir: str | None) -> None:
     if num_cases == 0 or num_videos == 0:
         report.add("data", "cases", "fail", f"no case with videos found under {scan.get('videos_dir', root)}")
         return
-    report.add("data", "cases", "ok", f"{num_cases} case(s), {num_videos} video part(s), {hours:.2f} h in {scan.get('videos_dir')}")
+    detail = f"{num_cases} case(s), {num_videos} video part(s), {hours:.2f} h in {scan.get('videos_dir')}"
+    report.add("data", "cases", "ok", detail)
     labelled = num_cases - len(scan.get("cases_without_labels", []))
     label_state = f"{labelled}/{num_cases} case(s) have tools.csv and tasks.csv in {scan.get('labels_dir')}"
     report.add("data", "label files", "ok" if labelled == num_cases else "warn", label_state)
     if labelled == 0:
-        report.add("data", "actions", "warn", "no labels at all: only a pure video world model (no actions) can be trained")
+        detail = "no labels at all: only a pure video world model (no actions) can be trained"
+        report.add("data", "actions", "warn", detail)
     for case_id, error in sorted(scan.get("label_errors", {}).items()):
         report.add("data", f"labels {case_id}", "warn", error)
     orphans = scan.get("label_dirs_without_videos", [])
@@ -362,7 +370,8 @@ def _numel(shape) -> int:
 def check_checkpoint(report: Report, checkpoint: str) -> None:
     directory = Path(checkpoint).expanduser()
     if not directory.is_dir():
-        report.add("checkpoint", "folder", "fail", f"{directory} is not a folder (a facebook/vjepa2-* id is resolved by the training script, not here)")
+        detail = f"{directory} is not a folder (a facebook/vjepa2-* id is resolved by the training script, not here)"
+        report.add("checkpoint", "folder", "fail", detail)
         return
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -375,13 +384,15 @@ def check_checkpoint(report: Report, checkpoint: str) -> None:
         except (ValueError, UnicodeDecodeError) as error:
             report.add("checkpoint", "config.json", "fail", f"does not parse: {error}")
         else:
-            report.add("checkpoint", "config.json", "ok", f"model_type={config.get('model_type', '?')}, architectures={config.get('architectures')}")
+            detail = f"model_type={config.get('model_type', '?')}, architectures={config.get('architectures')}"
+            report.add("checkpoint", "config.json", "ok", detail)
             for auto_class, reference in (config.get("auto_map") or {}).items():
                 reference = reference[0] if isinstance(reference, list) else reference
                 if isinstance(reference, str) and "--" not in reference:  # a local module, not another repo
                     module_file = directory / (reference.rsplit(".", 1)[0] + ".py")
                     if not module_file.is_file():
-                        report.add("checkpoint", f"auto_map {auto_class}", "fail", f"{module_file.name} is missing (trust_remote_code needs it)")
+                        detail = f"{module_file.name} is missing (trust_remote_code needs it)"
+                        report.add("checkpoint", f"auto_map {auto_class}", "fail", detail)
 
     index_path = directory / "model.safetensors.index.json"
     weight_files = sorted(directory.glob("*.safetensors"))
@@ -396,19 +407,24 @@ def check_checkpoint(report: Report, checkpoint: str) -> None:
             report.add("checkpoint", index_path.name, "fail", f"shards missing: {', '.join(missing)}")
     if not weight_files:
         pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt*"))
-        hint = f" (only pickle files {pickled}: convert them to safetensors; this check never unpickles)" if pickled else ""
+        hint = ""
+        if pickled:
+            hint = f" (only pickle files {pickled}: convert them to safetensors; this check never unpickles)"
         report.add("checkpoint", "weights", "fail", f"no *.safetensors file in {directory}{hint}")
         return
     for weights in weight_files:
         try:
             report.add("checkpoint", weights.name, "ok", _open_safetensors(weights))
         except Exception as error:
-            report.add("checkpoint", weights.name, "fail", f"unreadable safetensors file: {type(error).__name__}: {error}")
+            detail = f"unreadable safetensors file: {type(error).__name__}: {error}"
+            report.add("checkpoint", weights.name, "fail", detail)
 
 
 # -- main -----------------------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_root", help="SurgVU folder (holding surgvu24/ and labels/) to scan")
     parser.add_argument("--labels_dir", help="labels folder when it is not <data_root>/labels")
     parser.add_argument("--checkpoint", help="a saved model folder (config.json + *.safetensors) to check")

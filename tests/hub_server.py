@@ -418,7 +418,8 @@ class LoopbackHub:
             remote_oid = None
             if entry is not None:  # the client compares this with its local oid to skip unchanged files
                 remote_oid = entry.lfs_sha256 if entry.lfs_sha256 is not None else entry.blob_id
-            files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": remote_oid})
+            mode = "lfs" if lfs else "regular"
+            files.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": remote_oid})
         return {"files": files, "commitOid": commit.oid}
 
     def lfs_batch(self, payload: dict) -> dict:

@@ -29,7 +29,8 @@ def run_json(*args: str, env: dict | None = None) -> tuple[int, dict]:
     try:
         return result.returncode, json.loads(result.stdout)
     except ValueError:
-        raise AssertionError(f"--json output does not parse:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}") from None
+        output = f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        raise AssertionError(f"--json output does not parse:\n{output}") from None
 
 
 def load_script():
@@ -118,7 +119,7 @@ def test_checkpoint_without_safetensors_or_config_blocks_training(tmp_path):
     assert "never unpickles" in report.blockers[-1].detail
 
 
-def test_synthetic_surgvu_folder_is_reported():
+def test_synthetic_surgvu_folder_is_reported(tmp_path):
     """The data check on a real SurgVU-format folder, through dataset_surgvu.scan_surgvu."""
     if importlib.util.find_spec("dataset_surgvu") is None:
         pytest.skip("dataset_surgvu is not there yet")
@@ -129,12 +130,9 @@ def test_synthetic_surgvu_folder_is_reported():
         pytest.skip(f"dataset_surgvu.scan_surgvu / make_synthetic_surgvu not available yet: {error}")
     check_setup = load_script()
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        make_synthetic_surgvu(tmp, num_cases=2, width=64, height=48, fps=8, seconds=30)
-        report = check_setup.Report()
-        check_setup.check_data(report, tmp, None)
+    make_synthetic_surgvu(tmp_path, num_cases=2, width=64, height=48, fps=8, seconds=30)
+    report = check_setup.Report()
+    check_setup.check_data(report, str(tmp_path), None)
     checks = {c.name: c for c in report.checks}
     assert checks["cases"].status == "ok" and "2 case(s)" in checks["cases"].detail
     assert checks["label files"].status == "warn"  # the sample has one case without labels, on purpose
