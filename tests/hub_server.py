@@ -46,7 +46,10 @@ the client side in a subprocess whose environment comes from `hub.env()`:
         repo_id = f"{hub.user}/my-model"
 
 (`HfApi(endpoint=hub.endpoint, token=hub.token)` in the test process also works for calls that take an endpoint,
-but `hf_hub_download`/`from_pretrained` need the environment variable at import time.)
+but `hf_hub_download`/`from_pretrained` need the environment variable at import time.) `env()` also drops
+`HF_HUB_OFFLINE`/`TRANSFORMERS_OFFLINE`, which tests/conftest.py sets for the test process; a client subprocess
+that imports tests/conftest.py sets it again and must unset it. `model.push_to_hub(...)` followed by
+`AutoModel.from_pretrained(repo_id, trust_remote_code=True)` works through this server as well.
 """
 
 from __future__ import annotations
