@@ -309,6 +309,8 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        # Loading replaces the parameters, and with them the frozen encoder's requires_grad=False.
+        model._set_encoder_trainable(not model.config.freeze_encoder)
         if model.target_encoder is not None and any(
             key.startswith("target_encoder.") for key in loading_info.get("missing_keys", ())
         ):

@@ -606,6 +606,12 @@ def main(argv=None) -> None:
 
     # ---- final export, upload
     accelerator.wait_for_everyone()
+    if train_args.sample_log:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(world_model.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+        with open(f"{train_args.sample_log}.rank{accelerator.process_index}", "a") as handle:
+            handle.write(f"final weights {digest.hexdigest()}\n")
     final_state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
     export_model(accelerator, model, output_dir / "final", final_state,
                  model_card(world_model.config, train_args, final_state, repo_id))

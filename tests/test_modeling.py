@@ -144,6 +144,16 @@ def test_frozen_encoder_gets_no_gradient_no_optimizer_state_and_stays_in_eval():
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
 
 
+def test_frozen_encoder_stays_frozen_after_from_pretrained(tmp_path):
+    build().save_pretrained(tmp_path)
+    reloaded = SurgicalWorldModel.from_pretrained(tmp_path)
+    assert all(not p.requires_grad for p in reloaded.encoder.parameters())
+    assert all(p.requires_grad for p in reloaded.predictor.parameters())
+    finetune = SurgicalWorldModel.from_pretrained(tmp_path, freeze_encoder=False)
+    assert all(p.requires_grad for p in finetune.encoder.parameters())
+    assert all(not p.requires_grad for p in finetune.target_encoder.parameters())
+
+
 def test_trainable_encoder_uses_an_ema_target():
     model = build(freeze_encoder=False, ema_momentum=0.9)
     model.train()

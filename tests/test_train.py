@@ -1,0 +1,248 @@
+"""The training script end to end on the synthetic SurgVU sample and a tiny world model: exports, resume after
+SIGKILL, the NaN guard, two real CPU processes (gloo) and a push to a loopback Hub."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+GUIDE_FLAGS = ["--data_root", "--pretrained_checkpoint", "--encoder_frozen", "--finetune_encoder", "--num_epochs",
+               "--batch_size", "--learning_rate", "--warmup_epochs", "--use_mask_aux", "--lambda_mask",
+               "--num_workers", "--device"]
+
+
+@pytest.fixture(scope="session")
+def world_model_dir(tiny_vjepa2_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("world-model")
+    result = subprocess.run(
+        [sys.executable, "scripts/load_vjepa2_pretrained.py", "--encoder", tiny_vjepa2_dir, "--save_path", str(out),
+         "--predictor_hidden_size", "48", "--predictor_num_hidden_layers", "2", "--predictor_num_attention_heads", "2",
+         "--action_dim", "56"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def train_inputs(surgvu_sample, world_model_dir, tmp_path_factory):
+    """Common arguments: the sample data, its Arrow cache (built once), the tiny world model, CPU, no trackers."""
+    root, _ = surgvu_sample
+    cache = tmp_path_factory.mktemp("arrow-cache")
+    return ["--data_root", str(root), "--dataset_cache_dir", str(cache), "--pretrained_checkpoint", world_model_dir,
+            "--device", "cpu", "--report_to", "none", "--num_workers", "0", "--batch_size", "2",
+            "--learning_rate", "1e-3", "--warmup_epochs", "0", "--seed", "7"]
+
+
+def train(args, env=None, timeout=600, launcher=None):
+    command = (launcher or [sys.executable]) + ["train_hf.py", *args]
+    environment = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def read_sample_log(prefix: Path, rank: int = 0) -> tuple[list[tuple[int, int, list[int]]], str | None]:
+    batches, final = [], None
+    for line in Path(f"{prefix}.rank{rank}").read_text().splitlines():
+        if line.startswith("final weights "):
+            final = line.split()[-1]
+            continue
+        step, epoch, ids = line.split(" ", 2)
+        batches.append((int(step), int(epoch), json.loads(ids)))
+    return batches, final
+
+
+def test_help_lists_every_flag_of_the_original_guide():
+    result = train(["--help"])
+    assert result.returncode == 0, result.stderr
+    missing = [flag for flag in GUIDE_FLAGS if flag not in result.stdout]
+    assert not missing, missing
+
+
+def test_arguments_from_a_yaml_file_with_command_line_overrides(tmp_path):
+    sys.path.insert(0, REPO_ROOT)
+    from train_hf import parse_args
+
+    config = tmp_path / "run.yaml"
+    config.write_text("num_epochs: 3\nbatch_size: 16\nfinetune_encoder: true\ndata_root: /data/surgvu\n")
+    model_args, data_args, train_args = parse_args([str(config), "--batch_size", "2"])
+    assert (train_args.num_epochs, train_args.batch_size, data_args.data_root) == (3, 2, "/data/surgvu")
+    assert model_args.finetune_encoder and not model_args.encoder_frozen
+    config.write_text("num_epoch: 3\n")
+    with pytest.raises(SystemExit, match="num_epoch"):
+        parse_args([str(config)])
+
+
+def test_half_written_checkpoints_are_never_resumed_from(tmp_path):
+    from train_hf import complete_checkpoints
+
+    for name, complete in [("checkpoint-4", True), ("checkpoint-12", False), ("checkpoint-8", True),
+                           (".partial-checkpoint-16", True), ("checkpoint-x", True)]:
+        (tmp_path / name).mkdir()
+        if complete:
+            (tmp_path / name / "COMPLETE").write_text("")
+    assert [path.name for path in complete_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_training_run_exports_best_and_final(train_inputs, tmp_path):
+    out = tmp_path / "run"
+    result = train([*train_inputs, "--output_dir", str(out), "--num_epochs", "3", "--checkpointing_steps", "3",
+                    "--checkpoints_total_limit", "2", "--use_mask_aux"], env={"HF_TOKEN": "hf_secret_do_not_leak"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr
+    first = next(line for line in log.splitlines() if "__main__" in line)
+    assert "processes: 1" in first and "device: cpu" in first and "mixed precision: no" in first
+    epoch_lines = [line for line in log.splitlines() if "Epoch " in line and "val loss" in line]
+    assert len(epoch_lines) == 3
+    assert all(word in epoch_lines[0] for word in ("temporal", "contrastive", "mask", "rollout error", "copy-last"))
+
+    for export in ("best", "final"):
+        files = set(os.listdir(out / export))
+        assert {"config.json", "model.safetensors", "modeling_surgical_wm.py", "configuration_surgical_wm.py",
+                "README.md", "trainer_state.json"} <= files, files
+        text = (out / export / "trainer_state.json").read_text() + (out / export / "README.md").read_text()
+        assert "hf_secret_do_not_leak" not in text
+    state = json.loads((out / "final" / "trainer_state.json").read_text())
+    assert state["epoch"] == 3 and state["global_step"] > 0
+    assert state["training_arguments"]["use_mask_aux"] is True
+    history = state["history"]
+    best = min(record["val_loss"] for record in history)
+    assert state["best_val_loss"] == pytest.approx(best)
+    assert history[-1]["val_loss"] < history[0]["val_loss"], history
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["action_dim"] == len(config["action_spec"]) == 56
+    assert "base_model:" in (out / "best" / "README.md").read_text()
+
+    checkpoints = sorted(os.listdir(out / "checkpoints"))
+    assert len(checkpoints) == 2 and all((out / "checkpoints" / c / "COMPLETE").exists() for c in checkpoints)
+
+    # The export loads through AutoModel in a fresh process, away from this clone.
+    check = ("import sys, torch\nfrom transformers import AutoModel\n"
+             "m = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+             "print(type(m).__name__, float(m(torch.randn(1, 4, 3, 64, 64), torch.rand(1, 4, 56)).loss))\n")
+    loaded = subprocess.run([sys.executable, "-c", check, str(out / "best")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert loaded.returncode == 0 and loaded.stdout.startswith("SurgicalWorldModel"), loaded.stderr
+
+
+def test_sigkill_then_resume_ends_with_the_same_weights(train_inputs, tmp_path):
+    common = [*train_inputs, "--num_epochs", "2", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2"]
+    reference = train([*common, "--output_dir", str(tmp_path / "reference"),
+                       "--sample_log", str(tmp_path / "reference.samples")])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "train_hf.py", *common, "--output_dir", str(killed_dir),
+         "--sample_log", str(tmp_path / "killed.samples")],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed_dir / "checkpoints" / "checkpoint-4" / "COMPLETE").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed_dir / "checkpoints" / "checkpoint-4" / "COMPLETE").exists()
+    assert not (killed_dir / "final").exists(), "the run finished before it could be killed"
+    # A half-written checkpoint newer than the complete ones must be ignored.
+    (killed_dir / "checkpoints" / "checkpoint-999").mkdir()
+
+    resumed = train([*common, "--output_dir", str(killed_dir), "--resume_from_checkpoint", "latest",
+                     "--sample_log", str(tmp_path / "killed.samples")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+
+    expected = load_file(tmp_path / "reference" / "final" / "model.safetensors")
+    got = load_file(killed_dir / "final" / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0)
+
+    # The resumed run replayed the data order: from the checkpoint on, the same samples in the same steps.
+    reference_batches, reference_final = read_sample_log(tmp_path / "reference.samples")
+    killed_batches, killed_final = read_sample_log(tmp_path / "killed.samples")
+    resumed_step = int(resumed.stderr.split("resumed from")[1].split("step ")[1].split(",")[0])
+    after = [batch for batch in killed_batches if batch[0] >= resumed_step][-len(
+        [b for b in reference_batches if b[0] >= resumed_step]):]
+    assert after == [batch for batch in reference_batches if batch[0] >= resumed_step]
+    assert killed_final == reference_final
+
+
+def test_nan_guard_skips_bad_steps_and_stops_after_a_run_of_them(train_inputs, tmp_path):
+    skipped = train([*train_inputs, "--output_dir", str(tmp_path / "one"), "--num_epochs", "1",
+                     "--nan_at_steps", "2", "--checkpointing_steps", "100"])
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "step 2: non-finite loss or gradient, step skipped" in skipped.stderr
+    state = json.loads((tmp_path / "one" / "final" / "trainer_state.json").read_text())
+    assert state["skipped_steps"] == 1
+    weights = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+    stopped = train([*train_inputs, "--output_dir", str(tmp_path / "many"), "--num_epochs", "1",
+                     "--nan_at_steps", "1,2,3", "--max_bad_steps", "3"])
+    assert stopped.returncode != 0
+    assert "3 consecutive optimizer steps had a non-finite loss" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+
+
+def test_two_cpu_processes_share_each_global_batch_and_end_identical(train_inputs, tmp_path):
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  os.path.join(REPO_ROOT, "configs", "accelerate", "cpu_2proc.yaml")]
+    samples = tmp_path / "ddp.samples"
+    result = train([*train_inputs, "--output_dir", str(tmp_path / "ddp"), "--num_epochs", "1",
+                    "--checkpointing_steps", "100", "--sample_log", str(samples)],
+                   env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, launcher=accelerate)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes: 2" in result.stderr
+    rank0, final0 = read_sample_log(samples, 0)
+    rank1, final1 = read_sample_log(samples, 1)
+    assert final0 is not None and final0 == final1
+    assert len(rank0) == len(rank1) > 0
+    for (step0, _, ids0), (step1, _, ids1) in zip(rank0, rank1):
+        assert step0 == step1
+        assert len(ids0) == len(ids1) == 2
+        assert not set(ids0) & set(ids1)  # each rank sees its own half of the global batch
+    seen = [i for _, _, ids in rank0 + rank1 for i in ids]
+    assert len(seen) == len(set(seen))  # no clip twice in the epoch
+
+
+def test_push_to_hub_then_automodel_through_a_loopback_hub(train_inputs, tmp_path):
+    from hub_server import LoopbackHub
+
+    with LoopbackHub() as hub:
+        env = {**hub.env(hf_home=tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0", "TQDM_DISABLE": "1"}
+        repo_id = f"{hub.user}/surgical-wm-test"
+        out = tmp_path / "pushed"
+        result = train([*train_inputs, "--output_dir", str(out), "--num_epochs", "1", "--checkpointing_steps", "2",
+                        "--push_to_hub", "--hub_model_id", repo_id, "--hub_private"], env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        check = (
+            "import sys, torch\nfrom transformers import AutoModel\nfrom huggingface_hub import list_repo_files\n"
+            "files = list_repo_files(sys.argv[1])\n"
+            "assert not any(f.startswith('checkpoints') for f in files), files\n"
+            "assert 'README.md' in files and 'model.safetensors' in files, files\n"
+            "torch.manual_seed(0)\n"
+            "x, a = torch.randn(2, 4, 3, 64, 64), torch.rand(2, 4, 56)\n"
+            "remote = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+            "local = AutoModel.from_pretrained(sys.argv[2], trust_remote_code=True).eval()\n"
+            "with torch.no_grad():\n"
+            "    r, l = remote(x, a), local(x, a)\n"
+            "torch.testing.assert_close(r.predicted_latents, l.predicted_latents, rtol=0, atol=0)\n"
+            "print('same outputs', float(r.loss))\n"
+        )
+        loaded = subprocess.run([sys.executable, "-c", check, repo_id, str(out / "best")], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        assert "same outputs" in loaded.stdout
+        card = (out / "best" / "README.md").read_text()
+        assert repo_id in card and "CC BY-NC-SA" in card
