@@ -1,6 +1,12 @@
 #!/usr/bin/env python
-"""The bundled demo: builds a world model on a tiny local V-JEPA 2, saves it, reloads it with
-`AutoModel.from_pretrained(..., trust_remote_code=True)` and runs a forward pass and a rollout."""
+"""The bundled demo, end to end on CPU in a few minutes (`make demo`):
+
+1. writes the synthetic SurgVU-format sample (6 cases, H.264, noisy labels) and a tiny V-JEPA 2 checkpoint;
+2. builds a world model on that encoder (`scripts/load_vjepa2_pretrained.py`);
+3. trains it with `accelerate launch train_hf.py`, encoder frozen;
+4. reloads `output_dir/best` with `AutoModel.from_pretrained(..., trust_remote_code=True)` in a fresh process and
+   prints its rollout error next to the copy-the-last-latent baseline (`scripts/evaluate_rollout.py`).
+"""
 
 import argparse
 import os
@@ -10,38 +16,40 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(args: list[str], **env) -> None:
-    print("$ " + " ".join(args), flush=True)
-    subprocess.run(args, check=True, cwd=REPO_ROOT, env={**os.environ, **env})
+def run(args: list[str], cwd: str = REPO_ROOT, **env) -> None:
+    print("\n$ " + " ".join(os.path.relpath(a, REPO_ROOT) if a.startswith(REPO_ROOT) else a for a in args),
+          flush=True)
+    subprocess.run(args, check=True, cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="demo_output")
+    parser.add_argument("--num_epochs", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = os.path.abspath(args.output_dir)
-    encoder_dir, model_dir = os.path.join(out, "tiny-vjepa2"), os.path.join(out, "world-model")
+    data, encoder, start = os.path.join(out, "surgvu"), os.path.join(out, "tiny-vjepa2"), os.path.join(out, "init")
+    run_dir, cache = os.path.join(out, "run"), os.path.join(out, "arrow-cache")
     python = sys.executable
-    run([python, "scripts/make_tiny_vjepa2.py", "--out", encoder_dir])
-    run([python, "scripts/load_vjepa2_pretrained.py", "--encoder", encoder_dir, "--save_path", model_dir,
-         "--action_dim", "4", "--predictor_hidden_size", "96", "--predictor_num_hidden_layers", "2",
+
+    if not os.path.exists(os.path.join(data, "synthetic_manifest.json")):
+        run([python, "scripts/make_synthetic_surgvu.py", "--out", data, "--seed", str(args.seed)])
+    run([python, "scripts/make_tiny_vjepa2.py", "--out", encoder, "--seed", str(args.seed)])
+    run([python, "scripts/load_vjepa2_pretrained.py", "--encoder", encoder, "--save_path", start,
+         "--action_dim", "56", "--predictor_hidden_size", "96", "--predictor_num_hidden_layers", "2",
          "--predictor_num_attention_heads", "4"])
-    check = (
-        "import sys, torch\n"
-        "from transformers import AutoModel\n"
-        "model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
-        "size = model.config.encoder_config.crop_size\n"
-        "clip, actions = torch.randn(2, 8, 3, size, size), torch.randn(2, 8, model.config.action_dim)\n"
-        "with torch.no_grad():\n"
-        "    out = model(clip, actions)\n"
-        "    latents = model.encode(clip)\n"
-        "    future = model.rollout(latents[:, :2], actions, steps=4)\n"
-        "print(f'{type(model).__name__}: loss {out.loss:.4f} (temporal {out.temporal_loss:.4f}, '\n"
-        "      f'contrastive {out.contrastive_loss:.4f}); latents {tuple(latents.shape)}; rollout {tuple(future.shape)}')\n"
-    )
-    # A fresh process in another directory: the model code comes from the saved directory, not from this clone.
-    print(f"$ python -c <AutoModel.from_pretrained({model_dir!r}, trust_remote_code=True) ...>", flush=True)
-    subprocess.run([python, "-c", check, model_dir], check=True, cwd=out, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    run([python, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "train_hf.py",
+         "--data_root", data, "--dataset_cache_dir", cache, "--pretrained_checkpoint", start,
+         "--output_dir", run_dir, "--num_epochs", str(args.num_epochs), "--batch_size", "8",
+         "--learning_rate", "2e-3", "--warmup_epochs", "0.5", "--num_workers", "2", "--device", "cpu",
+         "--checkpointing_steps", "50", "--checkpoints_total_limit", "2", "--report_to", "tensorboard",
+         "--seed", str(args.seed)], TQDM_MININTERVAL="5")
+    # A fresh process in another directory: the model code comes from the exported directory, not this clone.
+    run([python, os.path.join(REPO_ROOT, "scripts", "evaluate_rollout.py"), "--model", os.path.join(run_dir, "best"),
+         "--data_root", data, "--dataset_cache_dir", cache, "--seed", str(args.seed)], cwd=out)
+    print(f"\nexports: {run_dir}/best and {run_dir}/final; TensorBoard logs: {run_dir}/logs")
 
 
 if __name__ == "__main__":
