@@ -26,6 +26,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torchcodec", "pyav")
+_RESEEK_GAP_SECONDS = 2.0  # PyAV: requested frames further apart than this are reached by a new seek
 
 
 class CorruptVideoError(RuntimeError):
@@ -209,17 +210,35 @@ def _decode_torchcodec(handle: _TorchCodecHandle, indices: list[int]) -> torch.T
 
 
 def _decode_pyav(handle: _PyAVHandle, indices: list[int]) -> torch.Tensor:
+    info = handle.info
+    targets = sorted(set(indices))
+    # Frames far apart are reached by a new seek rather than by decoding everything between them.
+    gap = max(1, int(round(_RESEEK_GAP_SECONDS * info.fps)))
+    groups, group = [], [targets[0]]
+    for index in targets[1:]:
+        if index - group[-1] > gap:
+            groups.append(group)
+            group = []
+        group.append(index)
+    groups.append(group)
+    picked = {}
+    for group in groups:
+        picked.update(_decode_pyav_run(handle, group))
+    arrays = {index: frame.to_ndarray(format="rgb24") for index, frame in picked.items()}
+    return torch.from_numpy(np.stack([arrays[index] for index in indices]))
+
+
+def _decode_pyav_run(handle: _PyAVHandle, targets: list[int]) -> dict:
+    """Seek to the keyframe before `targets[0]`, decode forward to `targets[-1]`, pick frames by presentation time."""
     import av
 
     info, container, stream = handle.info, handle.container, handle.stream
-    targets = sorted(set(indices))
     target_times = [info.frame_time(index) + 0.5 / info.fps for index in targets]
     back_off = 0.0
     while True:
         seek_time = max(info.frame_time(targets[0]) - back_off, info.start_time)
         container.seek(_to_pts(seek_time, info), stream=stream, backward=True, any_frame=False)
-        picked, previous, overshoot = {}, None, False
-        position = 0
+        picked, previous, overshoot, position = {}, None, False, 0
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
@@ -229,7 +248,7 @@ def _decode_pyav(handle: _PyAVHandle, indices: list[int]) -> torch.Tensor:
                     overshoot = True  # the seek landed after the first target: seek further back
                     break
                 while position < len(targets) and time > target_times[position]:
-                    picked[targets[position]] = previous
+                    picked[targets[position]] = previous  # the frame on screen at that time
                     position += 1
                 if position == len(targets):
                     break
@@ -240,15 +259,15 @@ def _decode_pyav(handle: _PyAVHandle, indices: list[int]) -> torch.Tensor:
             back_off = max(2 * back_off, 1.0)
             continue
         break
-    # The stream ended: the last decoded frame is displayed until the end of the video.
-    while position < len(targets) and previous is not None and target_times[position] < info.frame_time(info.num_frames):
+    # The stream ended: its last frame stays on screen until the end of the video.
+    end_time = info.frame_time(info.num_frames)
+    while position < len(targets) and previous is not None and target_times[position] < end_time:
         picked[targets[position]] = previous
         position += 1
-    if position < len(targets) or any(frame is None for frame in picked.values()):
-        missing = [index for index in targets if picked.get(index) is None]
+    missing = [index for index in targets if picked.get(index) is None]
+    if missing:
         raise FrameUnavailableError(f"{info.path}: frames {missing} could not be decoded")
-    arrays = {index: frame.to_ndarray(format="rgb24") for index, frame in picked.items()}
-    return torch.from_numpy(np.stack([arrays[index] for index in indices]))
+    return picked
 
 
 _DECODERS = {"torchcodec": _decode_torchcodec, "pyav": _decode_pyav}
@@ -257,6 +276,9 @@ _DECODERS = {"torchcodec": _decode_torchcodec, "pyav": _decode_pyav}
 # --------------------------------------------------------------------------------------------------------------------
 # Per-process cache of open decoders
 # --------------------------------------------------------------------------------------------------------------------
+_INHERITED_HANDLES: list = []  # decoders a forked process inherited: kept referenced, never used or closed
+
+
 class DecoderCache:
     """A bounded LRU of open decoders owned by one process; evicted decoders are closed.
 
@@ -273,7 +295,10 @@ class DecoderCache:
         self._pid = os.getpid()
 
     def get(self, path: str | os.PathLike):
-        if self._pid != os.getpid():  # inherited through fork: never use the parent's handles
+        if self._pid != os.getpid():
+            # Inherited through fork: never use the parent's decoders, and never free them here either (their
+            # destructors would wait for FFmpeg threads that only exist in the parent, and hang).
+            _INHERITED_HANDLES.append(self._handles)
             self._handles = collections.OrderedDict()
             self._pid = os.getpid()
         path = str(path)
