@@ -246,3 +246,21 @@ def test_push_to_hub_then_automodel_through_a_loopback_hub(train_inputs, tmp_pat
         assert "same outputs" in loaded.stdout
         card = (out / "best" / "README.md").read_text()
         assert repo_id in card and "CC BY-NC-SA" in card
+
+
+def test_finetuned_encoder_in_bf16_trains_the_encoder_and_exports_its_ema_target(train_inputs, world_model_dir,
+                                                                                  tmp_path):
+    out = tmp_path / "finetune"
+    result = train([*train_inputs, "--output_dir", str(out), "--num_epochs", "1", "--max_train_steps", "3",
+                    "--finetune_encoder", "--encoder_learning_rate", "1e-3", "--mixed_precision", "bf16",
+                    "--checkpointing_steps", "100"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mixed precision: bf16" in result.stderr and "encoder trained" in result.stderr
+    start = load_file(Path(world_model_dir) / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+    key = "encoder.layer.0.mlp.fc1.weight"
+    assert not torch.equal(final[key], start[key])  # the encoder moved
+    target = final["target_encoder.layer.0.mlp.fc1.weight"]
+    # The EMA target moved by (1 - momentum) per step: between the start and the online encoder, close to the start.
+    assert 0 < (target - start[key]).abs().max() < (final[key] - start[key]).abs().max()
+    assert json.loads((out / "final" / "config.json").read_text())["freeze_encoder"] is False
