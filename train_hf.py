@@ -344,7 +344,7 @@ before any use of these weights beyond non-commercial research.
 
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model, dataloader) -> dict:
+def run_validation(accelerator: Accelerator, model, dataloader) -> dict:
     """Mean losses over the validation set, and rollout error against the copy-the-last-latent baseline."""
     model.eval()
     world_model = accelerator.unwrap_model(model)
@@ -581,7 +581,7 @@ def main(argv=None) -> None:
         count = max(train_means[4].item(), 1.0)
         train_metrics = {name: train_means[i].item() / count
                          for i, name in enumerate(["loss", "temporal_loss", "contrastive_loss", "mask_loss"])}
-        val_metrics = evaluate(accelerator, model, val_dataloader) if len(dataset["validation"]) else {}
+        val_metrics = run_validation(accelerator, model, val_dataloader) if len(dataset["validation"]) else {}
         record = {"epoch": epoch + 1, "step": global_step, "lr": lr_scheduler.get_last_lr()[0],
                   **{f"train_{k}": v for k, v in train_metrics.items()},
                   **{f"val_{k}": v for k, v in val_metrics.items()}}
