@@ -292,3 +292,22 @@ def test_truncated_file_with_intact_header_is_detected(tmp_path):
     assert probe_video(path, check_end=False).num_frames == 90  # the header still announces every frame
     with pytest.raises(CorruptVideoError, match="truncated"):
         probe_video(path)
+
+
+def test_synthetic_sample_script_is_deterministic(tmp_path):
+    from make_synthetic_surgvu import main
+
+    for name in ("a", "b"):
+        assert main(["--out", str(tmp_path / name), "--num_cases", "2", "--seconds", "3", "--seed", "7"]) == 0
+    for relative in ("labels/case_000/tools.csv", "labels/case_000/tasks.csv", "synthetic_manifest.json"):
+        assert (tmp_path / "a" / relative).read_text() == (tmp_path / "b" / relative).read_text()
+    frames = [decode_first(tmp_path / name / "surgvu24/case_000/case_000_video_part_001.mp4") for name in "ab"]
+    np.testing.assert_array_equal(frames[0], frames[1])
+    assert (tmp_path / "a" / "__MACOSX").is_dir()
+
+
+def decode_first(path):
+    import av
+
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
