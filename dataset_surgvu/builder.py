@@ -377,7 +377,7 @@ def load_surgvu(
     )
     builder.download_and_prepare()
     splits = {}
-    for split in (datasets.Split.TRAIN, datasets.Split.VALIDATION):
+    for split in ("train", "validation"):
         if builder.info.splits[split].num_examples > 0:
             splits[split] = builder.as_dataset(split=split)
         else:  # the Arrow reader refuses an empty split; an empty table with the same features and info stands in

@@ -21,6 +21,8 @@ import collections
 import json
 import logging
 import math
+import multiprocessing
+import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -314,6 +316,71 @@ def _write_junk(out_dir, case_ids):
     (out_dir / "surgvu24" / ".DS_Store").write_bytes(bytes(32))
 
 
+def _make_case(out_dir, number, case_id, options):
+    """One case: labels and videos. Everything follows from (seed, case number), so cases can be made in parallel."""
+    seed, num_cases, fps = options["seed"], options["num_cases"], options["fps"]
+    width, height, two_part_every = options["width"], options["height"], options["two_part_every"]
+    corrupt_video, unlabeled_case = options["corrupt_video"], options["unlabeled_case"]
+    rng = np.random.default_rng([seed, number])
+    total_frames = int(round(options["seconds"] * rng.uniform(0.8, 1.2) * fps))
+    part_frames = [total_frames]
+    if two_part_every and number % two_part_every == 1:
+        first = int(total_frames * rng.uniform(0.45, 0.6))
+        part_frames = [first, total_frames - first]
+    corrupt = corrupt_video and number == min(2, num_cases - 1)
+    if corrupt:
+        part_frames.append(int(5 * fps))
+    part_starts = [sum(part_frames[:k]) / fps for k in range(len(part_frames))]
+    part_durations = [count / fps for count in part_frames]
+    duration = sum(part_durations)
+    boundary = part_starts[1] if len(part_frames) > 1 else None
+    tools, tasks = _case_timeline(rng, duration, boundary)
+
+    def on_frame(time):  # label times sit between frames, half a frame from either
+        return (math.floor(time * fps) + 0.5) / fps
+
+    for item in tools + tasks:
+        item["start"], item["stop"] = on_frame(item["start"]), on_frame(min(item["stop"], duration - 1 / fps))
+    labeled = not (unlabeled_case and number == num_cases - 1 and num_cases > 1)
+    case_noise = {}
+    if labeled:
+        label_dir = out_dir / "labels" / case_id
+        label_dir.mkdir(parents=True, exist_ok=True)
+        counter = collections.Counter()
+        _write_labels(label_dir, rng, tools, tasks, part_starts, duration, counter)
+        case_noise = dict(counter)
+
+    renderer = _Renderer(rng, width, height)
+    video_dir = out_dir / "surgvu24" / case_id
+    video_dir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for part, (count, start) in enumerate(zip(part_frames, part_starts), start=1):
+        path = video_dir / f"{case_id}_video_part_{part:03d}.mp4"
+        first_frame = int(round(start * fps))
+        frames = (
+            renderer.frame(*_state_at(tools, tasks, (first_frame + k) / fps), (first_frame + k) / fps)
+            for k in range(count)
+        )
+        _encode(path, frames, width, height, fps, options["start_frame"], options["preset"], options["gop"])
+        is_corrupt = corrupt and part == len(part_frames)
+        if is_corrupt:
+            data = path.read_bytes()
+            path.write_bytes(data[: int(len(data) * 0.45)])  # cut mid-file: the index at the end is lost
+        parts.append({"part": part, "path": str(path.relative_to(out_dir)), "num_frames": count, "corrupt": is_corrupt})
+    return {
+        "parts": parts,
+        "labeled": labeled,
+        "duration": duration,
+        "tools": [
+            {"arm": ARMS[t["arm"]], "tool": TOOL_CLASSES[t["tool"]], "start": t["start"], "stop": t["stop"]}
+            for t in tools
+            if isinstance(t["tool"], int)
+        ],
+        "tasks": [{"task": TASK_CLASSES[s["task"]], "start": s["start"], "stop": s["stop"]} for s in tasks],
+        "noise": case_noise,
+    }
+
+
 def make_synthetic_surgvu(
     out_dir,
     *,
@@ -322,7 +389,7 @@ def make_synthetic_surgvu(
     width: int = 320,
     height: int = 180,
     fps: float = 60,
-    seconds: float = 60.0,
+    seconds: float = 80.0,
     two_part_every: int = 2,
     start_frame: int = 0,
     preset: str = "ultrafast",
@@ -331,6 +398,7 @@ def make_synthetic_surgvu(
     unlabeled_case: bool = True,
     macosx_junk: bool = True,
     overwrite: bool = True,
+    num_workers: int | None = None,
 ) -> dict:
     """Write a synthetic SurgVU-format folder and return its clean ground truth (also in `synthetic_manifest.json`).
 
@@ -344,8 +412,10 @@ def make_synthetic_surgvu(
         preset, gop: libx264 preset (`veryfast` and slower use B-frames) and keyframe interval (default: x264's).
         corrupt_video: the third case gets a truncated, unreadable extra part.
         unlabeled_case: the last case has videos but no label files.
+        num_workers: processes making cases in parallel (default: up to 2); the result does not depend on it.
     """
     out_dir = Path(out_dir)
+    num_workers = num_workers if num_workers is not None else min(2, os.cpu_count() or 1)
     if overwrite:
         for name in ("surgvu24", "labels", "__MACOSX"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
@@ -353,68 +423,23 @@ def make_synthetic_surgvu(
         raise ValueError(f"need at least one case and a positive length, got {num_cases} cases of {seconds}s")
     case_ids = [f"case_{number + number // 3:03d}" for number in range(num_cases)]  # gaps, as in the release
     manifest = {"seed": seed, "fps": fps, "width": width, "height": height, "start_frame": start_frame, "cases": {}}
-    noise = {}
-    for number, case_id in enumerate(case_ids):
-        rng = np.random.default_rng([seed, number])
-        total_frames = int(round(seconds * rng.uniform(0.8, 1.2) * fps))
-        part_frames = [total_frames]
-        if two_part_every and number % two_part_every == 1:
-            first = int(total_frames * rng.uniform(0.45, 0.6))
-            part_frames = [first, total_frames - first]
-        corrupt = corrupt_video and number == min(2, num_cases - 1)
-        if corrupt:
-            part_frames.append(int(5 * fps))
-        part_starts = [sum(part_frames[:k]) / fps for k in range(len(part_frames))]
-        part_durations = [count / fps for count in part_frames]
-        duration = sum(part_durations)
-        boundary = part_starts[1] if len(part_frames) > 1 else None
-        tools, tasks = _case_timeline(rng, duration, boundary)
-
-        def on_frame(time):  # label times sit between frames, half a frame from either
-            return (math.floor(time * fps) + 0.5) / fps
-
-        for item in tools + tasks:
-            item["start"], item["stop"] = on_frame(item["start"]), on_frame(min(item["stop"], duration - 1 / fps))
-        labeled = not (unlabeled_case and number == num_cases - 1 and num_cases > 1)
-        case_noise = {}
-        if labeled:
-            label_dir = out_dir / "labels" / case_id
-            label_dir.mkdir(parents=True, exist_ok=True)
-            counter = collections.Counter()
-            _write_labels(label_dir, rng, tools, tasks, part_starts, duration, counter)
-            case_noise = dict(counter)
-            for kind, count in case_noise.items():
-                noise[kind] = noise.get(kind, 0) + count
-
-        renderer = _Renderer(rng, width, height)
-        video_dir = out_dir / "surgvu24" / case_id
-        video_dir.mkdir(parents=True, exist_ok=True)
-        parts = []
-        for part, (count, start) in enumerate(zip(part_frames, part_starts), start=1):
-            path = video_dir / f"{case_id}_video_part_{part:03d}.mp4"
-            first_frame = int(round(start * fps))
-            frames = (
-                renderer.frame(*_state_at(tools, tasks, (first_frame + k) / fps), (first_frame + k) / fps)
-                for k in range(count)
-            )
-            _encode(path, frames, width, height, fps, start_frame, preset, gop)
-            is_corrupt = corrupt and part == len(part_frames)
-            if is_corrupt:
-                data = path.read_bytes()
-                path.write_bytes(data[: int(len(data) * 0.45)])  # cut mid-file: the index at the end is lost
-            parts.append({"part": part, "path": str(path.relative_to(out_dir)), "num_frames": count, "corrupt": is_corrupt})
-        manifest["cases"][case_id] = {
-            "parts": parts,
-            "labeled": labeled,
-            "duration": duration,
-            "tools": [
-                {"arm": ARMS[t["arm"]], "tool": TOOL_CLASSES[t["tool"]], "start": t["start"], "stop": t["stop"]}
-                for t in tools
-                if isinstance(t["tool"], int)
-            ],
-            "tasks": [{"task": TASK_CLASSES[s["task"]], "start": s["start"], "stop": s["stop"]} for s in tasks],
-            "noise": case_noise,
-        }
+    options = dict(
+        seed=seed, num_cases=num_cases, width=width, height=height, fps=fps, seconds=seconds,
+        two_part_every=two_part_every, start_frame=start_frame, preset=preset, gop=gop,
+        corrupt_video=corrupt_video, unlabeled_case=unlabeled_case,
+    )
+    jobs = [(out_dir, number, case_id, options) for number, case_id in enumerate(case_ids)]
+    workers = min(num_workers or 1, len(jobs))
+    if workers > 1:
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with context.Pool(workers) as pool:
+            cases = pool.starmap(_make_case, jobs)
+    else:
+        cases = [_make_case(*job) for job in jobs]
+    noise = collections.Counter()
+    for case_id, case in zip(case_ids, cases):
+        manifest["cases"][case_id] = case
+        noise.update(case["noise"])
     if macosx_junk:
         _write_junk(out_dir, case_ids)
     manifest["noise"] = dict(sorted(noise.items()))

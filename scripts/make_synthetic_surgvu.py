@@ -31,13 +31,14 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=180)
     parser.add_argument("--fps", type=float, default=60)
-    parser.add_argument("--seconds", type=float, default=60.0, help="mean length of a case")
+    parser.add_argument("--seconds", type=float, default=80.0, help="mean length of a case")
     parser.add_argument("--two_part_every", type=int, default=2, help="every n-th case has two parts (0: none)")
     parser.add_argument("--start_frame", type=int, default=0, help="first presentation timestamp, in frames")
     parser.add_argument("--preset", default="ultrafast", help="libx264 preset (veryfast and slower add B-frames)")
     parser.add_argument("--gop", type=int, default=None, help="keyframe interval (default: x264's)")
     parser.add_argument("--no_corrupt_video", action="store_true", help="do not add a truncated video")
     parser.add_argument("--no_unlabeled_case", action="store_true", help="give every case labels")
+    parser.add_argument("--num_workers", type=int, default=None, help="processes (default: up to 2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
         gop=args.gop,
         corrupt_video=not args.no_corrupt_video,
         unlabeled_case=not args.no_unlabeled_case,
+        num_workers=args.num_workers,
     )
     num_parts = sum(len(case["parts"]) for case in manifest["cases"].values())
     logging.info(

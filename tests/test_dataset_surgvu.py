@@ -297,8 +297,9 @@ def test_truncated_file_with_intact_header_is_detected(tmp_path):
 def test_synthetic_sample_script_is_deterministic(tmp_path):
     from make_synthetic_surgvu import main
 
-    for name in ("a", "b"):
-        assert main(["--out", str(tmp_path / name), "--num_cases", "2", "--seconds", "3", "--seed", "7"]) == 0
+    for name, workers in (("a", "2"), ("b", "1")):  # in parallel or not, the same sample
+        arguments = ["--out", str(tmp_path / name), "--num_cases", "2", "--seconds", "3", "--seed", "7"]
+        assert main(arguments + ["--num_workers", workers]) == 0
     for relative in ("labels/case_000/tools.csv", "labels/case_000/tasks.csv", "synthetic_manifest.json"):
         assert (tmp_path / "a" / relative).read_text() == (tmp_path / "b" / relative).read_text()
     frames = [decode_first(tmp_path / name / "surgvu24/case_000/case_000_video_part_001.mp4") for name in "ab"]
