@@ -143,6 +143,9 @@ class SurgVU(datasets.GeneratorBasedBuilder):
         labels_dir = Path(config.labels_dir) if config.labels_dir else None
         cases = find_cases(Path(config.videos_dir), labels_dir)
         excluded = [case_id for case_id in config.exclude_cases if case_id in cases]
+        if len(excluded) < len(config.exclude_cases):
+            unknown = sorted(set(config.exclude_cases) - set(excluded))
+            logger.warning("exclude_cases names cases that are not in the dataset: %s", unknown)
         for case_id in excluded:
             del cases[case_id]
         corrupt, unlabeled, items = {}, [], {}
@@ -343,7 +346,8 @@ def load_surgvu(
         data_dir: the folder holding `surgvu24/` and `labels/`, or `surgvu24/` itself (then give `labels_dir`).
         labels_dir: the folder holding `case_NNN/tools.csv` and `tasks.csv` (default: `labels/` next to the videos).
         fps, frames_per_clip, clip_stride: clips of `frames_per_clip` frames sampled at `fps`, starting every
-            `clip_stride` sampled steps (default: `frames_per_clip`, no overlap). A part shorter than a clip yields none.
+            `clip_stride` sampled steps (default: `frames_per_clip`, no overlap). A part shorter than a clip yields
+            none.
         validation_fraction, seed: the share of cases in validation, chosen by a seeded hash of the case id.
         exclude_cases, validation_cases, train_cases: case ids (`case_012`) left out, or forced into a split.
         crop_tool_band, tool_band_fraction, crop_black_margins: what `crop_box` removes.

@@ -82,7 +82,7 @@ def action_names() -> list[str]:
 
 
 def build_actions(arm_tools: np.ndarray, tasks: np.ndarray) -> np.ndarray:
-    """`arm_tools` [T, 4, 12] 0/1 and `tasks` [T] (-1 = unlabeled) -> float32 actions [T, 56] laid out as `action_names`."""
+    """`arm_tools` [T, 4, 12] 0/1 and `tasks` [T] (-1: unlabeled) -> float32 actions [T, 56], as `action_names`."""
     num_steps = arm_tools.shape[0]
     task_onehot = np.zeros((num_steps, len(TASK_CLASSES)), dtype=np.float32)
     labeled = tasks >= 0

@@ -34,7 +34,7 @@ def resolve_dirs(data_dir: str | Path, labels_dir: str | Path | None = None) -> 
     """`data_dir` is the folder holding `surgvu24/` (and usually `labels/`), or `surgvu24/` itself."""
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"{data_dir}: no such folder (expected the SurgVU folder holding surgvu24/ and labels/)")
+        raise FileNotFoundError(f"{data_dir}: no such folder (expected the folder holding surgvu24/ and labels/)")
     videos_dir = data_dir / "surgvu24" if (data_dir / "surgvu24").is_dir() else data_dir
     if not any(_CASE_DIR.match(entry.name) for entry in videos_dir.iterdir() if entry.is_dir()):
         raise FileNotFoundError(
@@ -99,7 +99,11 @@ def scan_surgvu(data_dir: str | Path, labels_dir: str | Path | None = None, chec
         "total_hours": 0.0,
     }
     for case in cases.values():
-        entry = {"parts": sorted(case.parts), "tools_csv": case.tools_csv is not None, "tasks_csv": case.tasks_csv is not None}
+        entry = {
+            "parts": sorted(case.parts),
+            "tools_csv": case.tools_csv is not None,
+            "tasks_csv": case.tasks_csv is not None,
+        }
         if not case.has_labels:
             report["cases_without_labels"].append(case.case_id)
         else:

@@ -84,14 +84,16 @@ def _case_timeline(rng, duration, boundary):
     for arm in range(len(ARMS)):
         preferred = rng.choice(len(TOOL_CLASSES), size=4, replace=False)
         if boundary is not None and arm == 0:
-            spans = [[boundary - rng.uniform(3, 6), boundary + rng.uniform(3, 6)]]
-            spans = _fill(rng, 0, spans[0][0] - 1, 6, 18, 1, 4) + spans + _fill(rng, spans[0][1] + 1, duration, 6, 18, 1, 4)
+            start, stop = boundary - rng.uniform(3, 6), boundary + rng.uniform(3, 6)
+            before, after = _fill(rng, 0, start - 1, 6, 18, 1, 4), _fill(rng, stop + 1, duration, 6, 18, 1, 4)
+            spans = before + [[start, stop]] + after
         else:
             spans = _fill(rng, 0, duration, 6, 18, 1, 4)
         for number, (start, stop) in enumerate(spans):
             out_of_class = (arm == 3 and number == 1) or rng.random() < 0.08
             tool = OUT_OF_CLASS_TOOLS[rng.integers(len(OUT_OF_CLASS_TOOLS))] if out_of_class else None
-            tools.append({"arm": arm, "tool": int(rng.choice(preferred)) if tool is None else tool, "start": start, "stop": stop})
+            tool = int(rng.choice(preferred)) if tool is None else tool
+            tools.append({"arm": arm, "tool": tool, "start": start, "stop": stop})
     if boundary is not None:
         span = [boundary - rng.uniform(2, 5), boundary + rng.uniform(2, 5)]
         segments = _fill(rng, 0, span[0] - 2, 4, 10, 3, 9) + [span] + _fill(rng, span[1] + 2, duration, 4, 10, 3, 9)
@@ -218,7 +220,8 @@ class _Renderer:
         band[:] = (28, 28, 34)
         slot = self.width // len(ARMS)
         for arm, installed in enumerate(arms):
-            name = "" if installed is None else (TOOL_CLASSES[installed[0]] if isinstance(installed[0], int) else installed[0])
+            tool = None if installed is None else installed[0]
+            name = "" if tool is None else (TOOL_CLASSES[tool] if isinstance(tool, int) else tool)
             key = (arm, name)
             if key not in self._texts:
                 self._texts[key] = _text_bitmap(f"{arm + 1} {name}".upper(), self.text_scale)
@@ -273,17 +276,20 @@ def _write_labels(label_dir, rng, tools, tasks, part_starts, duration, noise):
         elif not isinstance(tool, int):
             noise["tools/out_of_class"] += 1
         rows.append((interval["start"], interval["stop"], ARMS[interval["arm"]], commercial, name))
-    extras = [("nan(camera in)", "", "camera_in")] * 2 + [("", "", "empty_name"), ('Single Site"', "Single Site", "malformed")]
+    extras = [("nan(camera in)", "", "camera_in")] * 2
+    extras += [("", "", "empty_name"), ('Single Site"', "Single Site", "malformed")]
     for name, commercial, kind in extras:
         start = rng.uniform(0, max(duration - 3, 0.1))
         rows.append((start, start + rng.uniform(0.5, 2.5), ARMS[rng.integers(len(ARMS))], commercial, name))
         noise[f"tools/{kind}"] += 1
-    lines = ["index,install_case_part,install_case_time,uninstall_case_part,uninstall_case_time,arm,commercial_toolname,groundtruth_toolname"]
+    lines = [
+        "index,install_case_part,install_case_time,uninstall_case_part,uninstall_case_time,arm,"
+        "commercial_toolname,groundtruth_toolname"
+    ]
     for index, (start, stop, arm, commercial, name) in enumerate(sorted(rows, key=lambda row: row[0])):
         (start_part, start_local), (stop_part, stop_local) = (_local(t, part_starts) for t in (start, stop))
-        lines.append(
-            f"{index},{float(start_part)},{_hms(start_local)},{float(stop_part)},{_hms(stop_local)},{arm},{commercial},{name}"
-        )
+        start_field, stop_field = f"{float(start_part)},{_hms(start_local)}", f"{float(stop_part)},{_hms(stop_local)}"
+        lines.append(f"{index},{start_field},{stop_field},{arm},{commercial},{name}")
     (label_dir / "tools.csv").write_text("\n".join(lines) + "\n")
 
     rows = []

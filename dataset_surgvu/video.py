@@ -3,7 +3,9 @@
 One entry point, `decode_clip(path, frame_indices)`, returns exactly the frames a plain sequential decode would give
 at those frame numbers, without decoding the video from its start: it seeks to the keyframe before the first frame
 and decodes forward, picking frames by presentation time (first frame at `start_time`, frame `i` at
-`start_time + i / fps`), so streams whose first timestamp is not zero are handled. torchcodec is used when it loads;
+`start_time + i / fps`), so streams whose first timestamp is not zero are handled. For a constant frame rate
+(SurgVU's 60 fps) frame `i` is the i-th frame of the stream; for a variable one, it is the frame on screen at that
+time on the stream's average-rate grid. torchcodec is used when it loads;
 PyAV otherwise (the fallback is logged). Both give identical frames.
 
 Open decoders live in a `DecoderCache` that belongs to one process: a DataLoader worker opens its own decoders and
@@ -254,7 +256,8 @@ def _decode_pyav_run(handle: _PyAVHandle, targets: list[int]) -> dict:
                     break
                 previous = frame
         except av.error.FFmpegError as error:
-            raise FrameUnavailableError(f"{info.path}: decoding failed near frame {targets[position]} ({error})") from error
+            message = f"{info.path}: decoding failed near frame {targets[position]} ({error})"
+            raise FrameUnavailableError(message) from error
         if overshoot and seek_time > info.start_time:
             back_off = max(2 * back_off, 1.0)
             continue

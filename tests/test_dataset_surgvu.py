@@ -131,7 +131,8 @@ def test_short_video_yields_no_clip(surgvu_sample, tmp_path):
     root, _ = surgvu_sample
     short = tmp_path / "short"
     make_synthetic_surgvu(short, seed=3, num_cases=1, seconds=1.2, corrupt_video=False, unlabeled_case=False)
-    assert probe_video(next((short / "surgvu24").rglob("*.mp4"))).num_frames < 7 * 15 + 1  # less than one 8-frame clip at 4 fps
+    short_video = next((short / "surgvu24").rglob("*.mp4"))
+    assert probe_video(short_video).num_frames < 7 * 15 + 1  # less than one 8-frame clip at 4 fps
     _link_copy(root / "surgvu24" / "case_001", short / "surgvu24" / "case_001")
     _link_copy(root / "labels" / "case_001", short / "labels" / "case_001")
     dataset = _load(short, tmp_path, validation_fraction=0.0)
