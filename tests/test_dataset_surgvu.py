@@ -20,7 +20,7 @@ from dataset_surgvu import (
 )
 from dataset_surgvu.builder import assign_validation_cases, sample_frame_indices
 from dataset_surgvu.labels import normalize_task_name, normalize_tool_name
-from dataset_surgvu.video import CorruptVideoError, probe_video
+from dataset_surgvu.video import CorruptVideoError, FrameUnavailableError, decode_clip, default_backend, probe_video
 
 
 def _load(root, tmp_path, **options):
@@ -293,6 +293,10 @@ def test_truncated_file_with_intact_header_is_detected(tmp_path):
     assert probe_video(path, check_end=False).num_frames == 90  # the header still announces every frame
     with pytest.raises(CorruptVideoError, match="truncated"):
         probe_video(path)
+    backends = ["pyav"] + (["torchcodec"] if default_backend() == "torchcodec" else [])
+    for backend in backends:  # frames past the cut: a named error, not garbage
+        with pytest.raises(FrameUnavailableError, match=str(path)):
+            decode_clip(path, [85, 89], backend=backend)
 
 
 def test_synthetic_sample_script_is_deterministic(tmp_path):
