@@ -418,7 +418,8 @@ def main(argv=None) -> None:
         dataset = load_surgvu(data_args.data_root, **data_kwargs)
     metadata = get_build_metadata(dataset)
     if metadata.get("corrupt_videos"):
-        logger.warning(f"skipped {len(metadata['corrupt_videos'])} unreadable video(s): {metadata['corrupt_videos']}")
+        logger.warning(f"skipped {len(metadata['corrupt_videos'])} unreadable video(s): "
+                       + "; ".join(metadata["corrupt_videos"].values()))
     if len(dataset["train"]) == 0:
         raise SystemExit(f"error: no training clip in {data_args.data_root} (check the layout with "
                          "scripts/check_setup.py --data_root ...).")
@@ -466,7 +467,7 @@ def main(argv=None) -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("***** Running training *****")
     logger.info(f"  clips: {len(dataset['train'])} train / {len(dataset['validation'])} validation "
-                f"({metadata.get('num_train_cases', '?')} / {metadata.get('num_validation_cases', '?')} cases)")
+                f"({len(metadata.get('train_cases', []))} / {len(metadata.get('validation_cases', []))} cases)")
     logger.info(f"  epochs: {train_args.num_epochs}, optimizer steps: {total_steps} ({steps_per_epoch} per epoch)")
     logger.info(f"  batch per device: {train_args.batch_size}, accumulation: {train_args.gradient_accumulation_steps}, "
                 f"global batch: {train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps}")
