@@ -197,58 +197,55 @@ def _read_rows(path: Path, expected: tuple[str, ...]) -> list[tuple[int, dict[st
         return rows
 
 
-def read_tools_csv(path: str | Path, noise: collections.Counter | None = None) -> list[LabelInterval]:
-    """Parse a `tools.csv`; rows that are not a tool of `TOOL_CLASSES` keep `class_index=None`."""
+def _read_intervals(
+    path: str | Path,
+    columns: tuple[str, ...],
+    kind: str,
+    normalize,
+    noise: collections.Counter | None,
+    arm_column: str | None = None,
+) -> list[LabelInterval]:
+    """Parse a label file whose first four columns are start part, start time, stop part, stop time and whose
+    last is the name; `kind` (`tools`, `tasks`) prefixes the noise counters."""
     path = Path(path)
     noise = collections.Counter() if noise is None else noise
+    start_part_column, start_time_column, stop_part_column, stop_time_column = columns[:4]
+    name_column = columns[-1]
     intervals = []
-    for line, row in _read_rows(path, TOOLS_COLUMNS):
+    for line, row in _read_rows(path, columns):
         try:
-            start_part, stop_part = parse_part(row["install_case_part"]), parse_part(row["uninstall_case_part"])
-            start_time, stop_time = parse_time(row["install_case_time"]), parse_time(row["uninstall_case_time"])
+            start_part, stop_part = parse_part(row[start_part_column]), parse_part(row[stop_part_column])
+            start_time, stop_time = parse_time(row[start_time_column]), parse_time(row[stop_time_column])
         except ValueError as error:
             logger.warning("%s:%d: skipping a row with an unreadable part or time (%s)", path, line, error)
-            noise["tools/unreadable_row"] += 1
+            noise[f"{kind}/unreadable_row"] += 1
             continue
-        arm_name = row["arm"].strip().upper()
-        arm = ARMS.index(arm_name) if arm_name in ARMS else None
-        if arm is None:
-            noise["tools/unknown_arm"] += 1
-        class_index, kinds = normalize_tool_name(row["groundtruth_toolname"])
-        for kind in kinds:
-            noise[f"tools/{kind}"] += 1
+        arm = None
+        if arm_column is not None:
+            arm_name = row[arm_column].strip().upper()
+            arm = ARMS.index(arm_name) if arm_name in ARMS else None
+            if arm is None:
+                noise[f"{kind}/unknown_arm"] += 1
+        class_index, kinds = normalize(row[name_column])
+        for noise_kind in kinds:
+            noise[f"{kind}/{noise_kind}"] += 1
         if (stop_part, stop_time) < (start_part, start_time):
-            noise["tools/reversed_interval"] += 1
+            noise[f"{kind}/reversed_interval"] += 1
             continue
         intervals.append(
-            LabelInterval(start_part, start_time, stop_part, stop_time, class_index, arm, row["groundtruth_toolname"])
+            LabelInterval(start_part, start_time, stop_part, stop_time, class_index, arm, row[name_column])
         )
     return intervals
 
 
+def read_tools_csv(path: str | Path, noise: collections.Counter | None = None) -> list[LabelInterval]:
+    """Parse a `tools.csv`; rows that are not a tool of `TOOL_CLASSES` keep `class_index=None`."""
+    return _read_intervals(path, TOOLS_COLUMNS, "tools", normalize_tool_name, noise, arm_column="arm")
+
+
 def read_tasks_csv(path: str | Path, noise: collections.Counter | None = None) -> list[LabelInterval]:
     """Parse a `tasks.csv`; names outside `TASK_CLASSES` become Other."""
-    path = Path(path)
-    noise = collections.Counter() if noise is None else noise
-    segments = []
-    for line, row in _read_rows(path, TASKS_COLUMNS):
-        try:
-            start_part, stop_part = parse_part(row["start_part"]), parse_part(row["stop_part"])
-            start_time, stop_time = parse_time(row["start_time"]), parse_time(row["stop_time"])
-        except ValueError as error:
-            logger.warning("%s:%d: skipping a row with an unreadable part or time (%s)", path, line, error)
-            noise["tasks/unreadable_row"] += 1
-            continue
-        class_index, kinds = normalize_task_name(row["groundtruth_taskname"])
-        for kind in kinds:
-            noise[f"tasks/{kind}"] += 1
-        if (stop_part, stop_time) < (start_part, start_time):
-            noise["tasks/reversed_interval"] += 1
-            continue
-        segments.append(
-            LabelInterval(start_part, start_time, stop_part, stop_time, class_index, None, row["groundtruth_taskname"])
-        )
-    return segments
+    return _read_intervals(path, TASKS_COLUMNS, "tasks", normalize_task_name, noise)
 
 
 def read_case_labels(tools_csv: str | Path, tasks_csv: str | Path) -> CaseLabels:
