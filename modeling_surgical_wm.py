@@ -499,6 +499,26 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             latents = torch.cat([latents, next_latent.to(latents.dtype)], dim=1)
         return latents[:, num_context:]
 
+    @torch.no_grad()
+    def rollout_error(
+        self,
+        pixel_values_videos: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        L1 error of a rollout from the first step of each clip to its later steps, next to the copy-the-first-latent
+        baseline ("nothing moves"). Returns two `(batch, steps - 1)` tensors: per clip and per horizon.
+        """
+        latents = self.encode_targets(pixel_values_videos)  # (B, S, N, D)
+        # A frozen encoder is its own target: no second encoding of the clip.
+        context = latents[:, :1] if self.target_encoder is None else self.encode(pixel_values_videos)[:, :1]
+        imagined = self.rollout(context, actions, steps=latents.shape[1] - 1, states=states).float()
+        targets = latents.float()
+        model_error = (imagined - targets[:, 1:]).abs().mean(dim=(2, 3))
+        copy_last_error = (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3))
+        return model_error, copy_last_error
+
     # ---------------------------------------------------------------------------------------------- losses
     def contrastive_loss(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """InfoNCE at each step: a clip's pooled prediction must pick its own future among the batch's."""

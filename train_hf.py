@@ -193,8 +193,8 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str]) -> Surg
     }
     source = model_args.pretrained_checkpoint
     config_file = Path(source) / "config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "surgical_wm":
-        saved = json.loads(config_file.read_text())
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if saved.get("model_type") == "surgical_wm":
         if saved.get("action_dim") != len(action_spec):
             logger.warning(
                 f"{source} was built for {saved.get('action_dim')} action dimensions, the data has {len(action_spec)}: "
@@ -356,11 +356,8 @@ def run_validation(accelerator: Accelerator, model, dataloader) -> dict:
         size = batch["pixel_values_videos"].shape[0]
         rollout_error = copy_last_error = torch.full((), float("nan"), device=accelerator.device)
         if with_rollout:
-            latents = world_model.encode_targets(batch["pixel_values_videos"])
-            context = world_model.encode(batch["pixel_values_videos"])[:, :1]
-            rolled = world_model.rollout(context, batch["actions"], steps=latents.shape[1] - 1)
-            rollout_error = (rolled.float() - latents[:, 1:].float()).abs().mean()
-            copy_last_error = (latents[:, :1].float() - latents[:, 1:].float()).abs().mean()
+            model_error, copy_last = world_model.rollout_error(batch["pixel_values_videos"], batch["actions"])
+            rollout_error, copy_last_error = model_error.mean(), copy_last.mean()
         mask = output.mask_loss if output.mask_loss is not None else torch.zeros((), device=accelerator.device)
         totals += torch.stack([
             output.loss.detach().float(), output.temporal_loss.float(), output.contrastive_loss.float(),
@@ -601,8 +598,9 @@ def main(argv=None) -> None:
         if score < best_val:
             best_val = score
             best_metrics = {f"validation_{k}": v for k, v in val_metrics.items()} or {"train_loss": score}
-            export_model(accelerator, model, output_dir / "best", trainer_state(epoch + 1, 0),
-                         model_card(world_model.config, train_args, trainer_state(epoch + 1, 0), repo_id))
+            best_state = trainer_state(epoch + 1, 0)
+            export_model(accelerator, model, output_dir / "best", best_state,
+                         model_card(world_model.config, train_args, best_state, repo_id))
         model.train()
 
     # ---- final export, upload

@@ -56,14 +56,11 @@ def main(argv=None) -> int:
     model_error, baseline_error, clips = None, None, 0
     with torch.no_grad():
         for batch in loader:
-            targets = model.encode_targets(batch["pixel_values_videos"]).float()  # (B, S, N, D)
-            context = model.encode(batch["pixel_values_videos"])[:, :1]
-            imagined = model.rollout(context, batch["actions"], steps=targets.shape[1] - 1).float()
-            per_horizon = (imagined - targets[:, 1:]).abs().mean(dim=(2, 3)).sum(0)  # (S - 1,)
-            per_horizon_baseline = (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3)).sum(0)
+            errors, baseline_errors = model.rollout_error(batch["pixel_values_videos"], batch["actions"])  # (B, S - 1)
+            per_horizon, per_horizon_baseline = errors.sum(0), baseline_errors.sum(0)
             model_error = per_horizon if model_error is None else model_error + per_horizon
             baseline_error = per_horizon_baseline if baseline_error is None else baseline_error + per_horizon_baseline
-            clips += targets.shape[0]
+            clips += errors.shape[0]
     model_error, baseline_error = model_error / clips, baseline_error / clips
     print(f"{clips} {args.split} clips, rollout of {len(model_error)} steps from 1 context step")
     print("horizon  world model  copy-last")

@@ -131,6 +131,22 @@ def test_rollout_feeds_its_predictions_back():
         model.rollout(latents[:, :2], actions[:, :2], steps=3)
 
 
+@pytest.mark.parametrize("freeze_encoder", [True, False])
+def test_rollout_error_against_copy_last(freeze_encoder):
+    model = build(freeze_encoder=freeze_encoder).eval()
+    if not freeze_encoder:
+        with torch.no_grad():
+            for parameter in model.target_encoder.parameters():
+                parameter.mul_(0.9)
+    pixels, actions = clip(), actions_for()
+    model_error, copy_last = model.rollout_error(pixels, actions)
+    assert model_error.shape == copy_last.shape == (2, 3)
+    targets = model.encode_targets(pixels)
+    imagined = model.rollout(model.encode(pixels)[:, :1], actions, steps=3)
+    torch.testing.assert_close(model_error, (imagined - targets[:, 1:]).abs().mean(dim=(2, 3)))
+    torch.testing.assert_close(copy_last, (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3)))
+
+
 def test_frozen_encoder_gets_no_gradient_no_optimizer_state_and_stays_in_eval():
     model = build()
     model.train()
