@@ -1,15 +1,13 @@
 """Shared fixtures: tiny V-JEPA 2 checkpoints and world models, all built offline."""
 
 import os
+import subprocess
 import sys
 
 import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (REPO_ROOT, os.path.join(REPO_ROOT, "scripts")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 # Nothing in the suite may reach the real Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,3 +63,33 @@ def surgvu_sample_30fps(tmp_path_factory):
         preset="veryfast", gop=48, unlabeled_case=False,
     )
     return root, manifest
+
+
+# -- the training script (train_hf.py) on the sample and a tiny world model ------------------------------------------
+@pytest.fixture(scope="session")
+def world_model_dir(tiny_vjepa2_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("world-model")
+    result = subprocess.run(
+        [sys.executable, "scripts/load_vjepa2_pretrained.py", "--encoder", tiny_vjepa2_dir, "--save_path", str(out),
+         "--predictor_hidden_size", "48", "--predictor_num_hidden_layers", "2", "--predictor_num_attention_heads", "2",
+         "--action_dim", "56"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def train_inputs(surgvu_sample, world_model_dir, tmp_path_factory):
+    """Common arguments: the sample data, its Arrow cache (built once), the tiny world model, CPU, no trackers."""
+    root, _ = surgvu_sample
+    cache = tmp_path_factory.mktemp("arrow-cache")
+    return ["--data_root", str(root), "--dataset_cache_dir", str(cache), "--pretrained_checkpoint", world_model_dir,
+            "--device", "cpu", "--report_to", "none", "--num_workers", "0", "--batch_size", "2",
+            "--learning_rate", "1e-3", "--warmup_epochs", "0", "--seed", "7"]
+
+
+def train(args, env=None, timeout=600, launcher=None):
+    command = (launcher or [sys.executable]) + ["train_hf.py", *args]
+    environment = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=environment)

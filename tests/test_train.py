@@ -13,42 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, train
 
 pytestmark = pytest.mark.slow
 
 GUIDE_FLAGS = ["--data_root", "--pretrained_checkpoint", "--encoder_frozen", "--finetune_encoder", "--num_epochs",
                "--batch_size", "--learning_rate", "--warmup_epochs", "--use_mask_aux", "--lambda_mask",
                "--num_workers", "--device"]
-
-
-@pytest.fixture(scope="session")
-def world_model_dir(tiny_vjepa2_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("world-model")
-    result = subprocess.run(
-        [sys.executable, "scripts/load_vjepa2_pretrained.py", "--encoder", tiny_vjepa2_dir, "--save_path", str(out),
-         "--predictor_hidden_size", "48", "--predictor_num_hidden_layers", "2", "--predictor_num_attention_heads", "2",
-         "--action_dim", "56"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return str(out)
-
-
-@pytest.fixture(scope="session")
-def train_inputs(surgvu_sample, world_model_dir, tmp_path_factory):
-    """Common arguments: the sample data, its Arrow cache (built once), the tiny world model, CPU, no trackers."""
-    root, _ = surgvu_sample
-    cache = tmp_path_factory.mktemp("arrow-cache")
-    return ["--data_root", str(root), "--dataset_cache_dir", str(cache), "--pretrained_checkpoint", world_model_dir,
-            "--device", "cpu", "--report_to", "none", "--num_workers", "0", "--batch_size", "2",
-            "--learning_rate", "1e-3", "--warmup_epochs", "0", "--seed", "7"]
-
-
-def train(args, env=None, timeout=600, launcher=None):
-    command = (launcher or [sys.executable]) + ["train_hf.py", *args]
-    environment = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
 def read_sample_log(prefix: Path, rank: int = 0) -> tuple[list[tuple[int, int, list[int]]], str | None]:
@@ -70,7 +41,6 @@ def test_help_lists_every_flag_of_the_original_guide():
 
 
 def test_arguments_from_a_yaml_file_with_command_line_overrides(tmp_path):
-    sys.path.insert(0, REPO_ROOT)
     from train_hf import parse_args
 
     config = tmp_path / "run.yaml"
