@@ -7,6 +7,7 @@
 """
 
 from .builder import SurgVU, SurgVUConfig, get_action_spec, get_build_metadata, load_surgvu
+from .clips import EpochShuffleSampler, SurgVUClips
 from .labels import ARMS, TASK_CLASSES, TOOL_CLASSES, SurgVULabelError, action_names
 from .layout import scan_surgvu
 from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ClipTransform, vjepa2_preprocess
@@ -30,8 +31,10 @@ __all__ = [
     "ClipTransform",
     "CorruptVideoError",
     "DecoderCache",
+    "EpochShuffleSampler",
     "FrameUnavailableError",
     "SurgVU",
+    "SurgVUClips",
     "SurgVUConfig",
     "SurgVULabelError",
     "VideoInfo",
