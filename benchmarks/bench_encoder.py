@@ -11,19 +11,17 @@ import argparse
 import csv
 import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+from transformers import VJEPA2Config, VJEPA2Model
+
+from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
+from modeling_surgical_wm import SurgicalWorldModel
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-from transformers import VJEPA2Config, VJEPA2Model  # noqa: E402
-
-from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig  # noqa: E402
-from modeling_surgical_wm import SurgicalWorldModel  # noqa: E402
 
 
 def main() -> None:

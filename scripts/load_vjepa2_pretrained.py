@@ -10,14 +10,9 @@ The directory then loads anywhere with
 
 import argparse
 import json
-import os
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from configuration_surgical_wm import VJEPA2_PRESETS  # noqa: E402
+from configuration_surgical_wm import VJEPA2_PRESETS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
