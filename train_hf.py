@@ -10,6 +10,7 @@ Outputs: `output_dir/best` (lowest validation loss) and `output_dir/final`, each
 `AutoModel.from_pretrained(dir, trust_remote_code=True)` loads; `output_dir/checkpoints/checkpoint-<step>` to resume.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,12 +18,11 @@ import math
 import os
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 import transformers
 from accelerate import Accelerator
@@ -31,11 +31,20 @@ from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from transformers import HfArgumentParser, get_scheduler
 
 from configuration_surgical_wm import VJEPA2_PRESETS
+from dataset_surgvu import (
+    ClipTransform,
+    EpochShuffleSampler,
+    SurgVUClips,
+    get_action_spec,
+    get_build_metadata,
+    load_surgvu,
+)
 from modeling_surgical_wm import SurgicalWorldModel
 
 
 logger = get_logger(__name__, log_level="INFO")
 
+TRAIN_METRICS = ("loss", "temporal_loss", "contrastive_loss", "mask_loss")  # averaged over an epoch's batches
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "COMPLETE"
 TRAINING_STATE = "training_state.json"
@@ -63,6 +72,9 @@ class DataArguments:
     fps: float = field(default=4.0, metadata={"help": "Frames per second sampled from the videos."})
     frames_per_clip: int = field(default=8, metadata={"help": "Frames per training clip."})
     validation_fraction: float = field(default=0.2, metadata={"help": "Share of cases held out for validation."})
+    split_seed: int = field(
+        default=0, metadata={"help": "Seed of the case split (apart from --seed: evaluation finds the same split)."}
+    )
     num_workers: int = field(default=8, metadata={"help": "DataLoader workers (capped at the available cores)."})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Where the Arrow files of the dataset go."})
 
@@ -102,7 +114,9 @@ class TrainArguments:
         default=None, metadata={"help": "Debugging: append the sample ids of every batch to this file."}
     )
     nan_at_steps: str | None = field(
-        default=None, metadata={"help": "Debugging: comma-separated optimizer steps whose loss is replaced by NaN."}
+        default=None,
+        metadata={"help": "Debugging: optimizer steps whose loss is replaced by NaN, comma-separated; STEP@RANK "
+                          "corrupts that rank only (e.g. 2,5@1)."},
     )
 
 
@@ -140,42 +154,13 @@ def public_arguments(*groups) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- data
-class SurgVUClips(Dataset):
-    """Rows of a `load_surgvu` split decoded by `ClipTransform` into model inputs (decoding happens in workers)."""
-
-    def __init__(self, split, transform):
-        self.split = split
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> dict:
-        inputs = self.transform(self.split[index])
-        return {
-            "pixel_values_videos": inputs["pixel_values_videos"],
-            "actions": inputs["actions"],
-            "sample_id": torch.tensor(index),
-        }
-
-
-class EpochShuffleSampler(Sampler):
-    """A permutation seeded by (seed, epoch): any epoch's order can be replayed exactly when resuming."""
-
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
+def load_dataset_splits(data_args: DataArguments):
+    """The `train` and `validation` splits of SurgVU for these data options (one definition, shared by the scripts)."""
+    return load_surgvu(
+        data_args.data_root, data_args.labels_dir, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
+        validation_fraction=data_args.validation_fraction, split_seed=data_args.split_seed,
+        cache_dir=data_args.dataset_cache_dir,
+    )
 
 
 def available_cores() -> int:
@@ -266,13 +251,47 @@ def resolve_resume(train_args: TrainArguments, checkpoints_dir: Path) -> Path | 
 
 
 # ---------------------------------------------------------------------------------------------------- exports
+def full_state_dict(accelerator: Accelerator, model) -> dict:
+    """The whole model's state dict; every rank must call it (FSDP and ZeRO-3 gather the shards collectively).
+
+    A model sharded with torch's FSDP2 (`fully_shard`) outside Accelerate, as on CPU processes where Accelerate
+    never applies FSDP, has DTensor parameters that Accelerate does not know to gather: they are gathered here.
+    """
+    from torch.distributed.tensor import DTensor
+
+    if not accelerator.is_fsdp2 and any(isinstance(parameter, DTensor) for parameter in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return accelerator.get_state_dict(model)
+
+
+@contextlib.contextmanager
+def own_class(model):
+    """The model under its own class while it saves itself.
+
+    FSDP2's `fully_shard` swaps a module's class for a generated `FSDP<Name>` subclass defined in torch; through it,
+    `save_pretrained` would write `architectures: ["FSDP<Name>"]` and copy torch's FSDP sources instead of
+    modeling_surgical_wm.py.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded_class = type(model)
+    model.__class__ = next(cls for cls in sharded_class.__mro__ if not issubclass(cls, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded_class
+
+
 def export_model(accelerator: Accelerator, model, directory: Path, trainer_state: dict, card: str) -> None:
-    """A transformers directory written atomically; the state dict is gathered on every rank (FSDP)."""
-    state_dict = accelerator.get_state_dict(model)
+    """A transformers directory written atomically by rank 0; the state dict is gathered on every rank (FSDP)."""
+    state_dict = full_state_dict(accelerator, model)
     if accelerator.is_main_process:
         partial = directory.with_name(f".partial-{directory.name}")
         shutil.rmtree(partial, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
+        with own_class(accelerator.unwrap_model(model)) as plain_model:
+            plain_model.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
         (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
         (partial / "README.md").write_text(card)
         shutil.rmtree(directory, ignore_errors=True)
@@ -342,31 +361,142 @@ before any use of these weights beyond non-commercial research.
 """
 
 
+# ---------------------------------------------------------------------------------------------- training step
+class NonFiniteGuard:
+    """Skips the optimizer steps whose loss or gradients are not finite, with the same decision on every rank.
+
+    What happens to a bad step depends on the engine:
+    - one device, DDP, FSDP (fp32 or bf16): a non-finite loss on any rank skips backward on every rank (a rank that
+      skipped alone would hang the others in the gradient all-reduce); a non-finite gradient norm skips
+      `optimizer.step()`. The gradients of the whole accumulation window are dropped, the weights stay as they were.
+    - fp16 with a GradScaler: a non-finite loss is skipped as above, before any unscale, so the scaler is untouched.
+      A non-finite gradient goes through `optimizer.step()` anyway: the scaler then skips the update itself and
+      lowers its scale, which keeps its state consistent (skipping `step()` after the unscale in
+      `clip_grad_norm_` would make the next step fail with "unscale_() has already been called").
+    - DeepSpeed: `accelerator.backward` runs the engine's backward and step, and the engine owns overflow handling
+      (its fp16 loss scaler skips an overflowing step and lowers the scale; with bf16 it has no skip). The guard
+      only counts the steps the engine skipped and the non-finite losses, for the log and `--max_bad_steps`.
+    """
+
+    def __init__(self, accelerator: Accelerator, max_grad_norm: float):
+        self.accelerator = accelerator
+        self.max_grad_norm = max_grad_norm
+        self.engine_steps = accelerator.distributed_type == DistributedType.DEEPSPEED
+        self.window_is_bad = False  # a non-finite loss in the current accumulation window
+
+    def backward(self, loss: torch.Tensor) -> bool:
+        """Back-propagates `loss` unless a rank's loss in this accumulation window was not finite; True if it was."""
+        not_finite = (~torch.isfinite(loss.detach())).float()
+        bad = self.accelerator.reduce(not_finite, reduction="sum").item() > 0
+        self.window_is_bad = self.window_is_bad or bad
+        if self.engine_steps or not self.window_is_bad:
+            self.accelerator.backward(loss)
+        return bad
+
+    def step(self, model, optimizer) -> bool:
+        """At the end of an accumulation window: clip, then step or skip; always drops the gradients.
+
+        Returns whether the weights were updated.
+        """
+        if self.engine_steps:
+            updated = not (self.window_is_bad or optimizer.step_was_skipped)
+        elif self.window_is_bad:
+            updated = False
+        else:
+            grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+            finite = math.isfinite(float(grad_norm))
+            if finite or self.accelerator.scaler is not None:
+                optimizer.step()  # with a scaler and an inf gradient: the scaler skips and lowers its scale
+            updated = finite and not optimizer.step_was_skipped
+        optimizer.zero_grad(set_to_none=True)
+        self.window_is_bad = False
+        return updated
+
+
+class DebugHooks:
+    """`--sample_log` and `--nan_at_steps`: debugging aids, kept out of the training loop's logic."""
+
+    def __init__(self, train_args: TrainArguments, process_index: int):
+        self.process_index = process_index
+        self.sample_log = f"{train_args.sample_log}.rank{process_index}" if train_args.sample_log else None
+        self.nan_steps = set()
+        for item in (train_args.nan_at_steps or "").split(","):
+            if item.strip():
+                step, _, rank = item.strip().partition("@")
+                if not rank or int(rank) == process_index:
+                    self.nan_steps.add(int(step))
+
+    def on_batch(self, step: int, epoch: int, batch: dict) -> None:
+        if self.sample_log:
+            with open(self.sample_log, "a") as handle:
+                handle.write(f"{step} {epoch} {batch['sample_id'].tolist()}\n")
+
+    def on_loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        return loss * float("nan") if step in self.nan_steps else loss
+
+    def on_end(self, model) -> None:
+        if self.sample_log:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(model.state_dict().items()):
+                digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+            with open(self.sample_log, "a") as handle:
+                handle.write(f"final weights {digest.hexdigest()}\n")
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
+def seeded_token_masks(config, sample_ids: torch.Tensor, num_steps: int, seed: int) -> torch.Tensor:
+    """Mask-denoising masks `(B, num_steps, tokens)` drawn from (seed, sample id): the same clip gets the same mask
+    whatever the batch, the process count or the epoch, so validation losses (and the `best/` choice) reproduce."""
+    masks = []
+    for sample_id in sample_ids.tolist():
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + int(sample_id))
+        masks.append(torch.rand(num_steps, config.tokens_per_step, generator=generator) < config.mask_ratio)
+    return torch.stack(masks).to(sample_ids.device)
+
+
 @torch.no_grad()
-def run_validation(accelerator: Accelerator, model, dataloader) -> dict:
-    """Mean losses over the validation set, and rollout error against the copy-the-last-latent baseline."""
+def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int) -> dict[str, torch.Tensor]:
+    """Validation metrics of every clip of the split, in loader order, whatever the number of processes.
+
+    Everything comes from the wrapped model's forward (FSDP and DeepSpeed gather parameters there only). Per-clip
+    values are gathered with `gather_for_metrics`, which drops the samples padded in to even out the last batch.
+    The rollout error is that of a rollout from each clip's first step over all its later steps; its baseline copies
+    that first (context) latent. The contrastive loss compares a clip with the others of its batch, so it alone
+    depends on how the batches fall.
+    """
     model.eval()
-    world_model = accelerator.unwrap_model(model)
-    # Rollouts call the unwrapped model; FSDP's sharded parameters only exist inside the wrapped forward.
-    with_rollout = accelerator.distributed_type != DistributedType.FSDP
-    totals = torch.zeros(7, device=accelerator.device)
+    config = accelerator.unwrap_model(model).config
+    per_clip = {"sample_id": [], "temporal_loss": [], "mask_loss": [], "contrastive_loss": [], "rollout_error": [],
+                "copy_context_error": []}
     for batch in dataloader:
-        output = model(batch["pixel_values_videos"], batch["actions"])
-        size = batch["pixel_values_videos"].shape[0]
-        rollout_error = copy_last_error = torch.full((), float("nan"), device=accelerator.device)
-        if with_rollout:
-            model_error, copy_last = world_model.rollout_error(batch["pixel_values_videos"], batch["actions"])
-            rollout_error, copy_last_error = model_error.mean(), copy_last.mean()
-        mask = output.mask_loss if output.mask_loss is not None else torch.zeros((), device=accelerator.device)
-        totals += torch.stack([
-            output.loss.detach().float(), output.temporal_loss.float(), output.contrastive_loss.float(),
-            mask.float(), rollout_error, copy_last_error, torch.ones((), device=accelerator.device),
-        ]) * torch.tensor([size] * 6 + [size], device=accelerator.device, dtype=torch.float32)
-    totals = accelerator.reduce(totals, reduction="sum")
-    count = max(totals[6].item(), 1.0)
-    names = ["loss", "temporal_loss", "contrastive_loss", "mask_loss", "rollout_error", "copy_last_error"]
-    return {name: totals[i].item() / count for i, name in enumerate(names)}
+        pixels, sample_ids = batch["pixel_values_videos"], batch["sample_id"]
+        num_steps = pixels.shape[1] // config.frames_per_step
+        token_mask = seeded_token_masks(config, sample_ids, num_steps - 1, seed) if config.use_mask_aux else None
+        output = model(pixels, batch["actions"], token_mask=token_mask, return_rollout_error=True)
+        batch_size = pixels.shape[0]
+        values = {
+            "sample_id": sample_ids,
+            "temporal_loss": output.clip_temporal_loss.float(),
+            "mask_loss": (output.clip_mask_loss.float() if output.clip_mask_loss is not None
+                          else pixels.new_zeros(batch_size, dtype=torch.float32)),
+            "contrastive_loss": output.contrastive_loss.float().expand(batch_size),
+            "rollout_error": output.rollout_error.float(),  # (B, S - 1): per horizon
+            "copy_context_error": output.copy_context_error.float(),
+        }
+        for name, value in accelerator.gather_for_metrics(values).items():
+            per_clip[name].append(value.cpu())
+    return {name: torch.cat(values) for name, values in per_clip.items()}
+
+
+def run_validation(accelerator: Accelerator, model, dataloader, seed: int) -> dict:
+    """Mean validation metrics over the clips of the split (see `validation_per_clip`)."""
+    per_clip = validation_per_clip(accelerator, model, dataloader, seed)
+    config = accelerator.unwrap_model(model).config
+    metrics = {name: values.float().mean().item() for name, values in per_clip.items() if name != "sample_id"}
+    metrics["loss"] = (metrics["temporal_loss"] + config.contrastive_weight * metrics["contrastive_loss"]
+                       + (config.lambda_mask * metrics["mask_loss"] if config.use_mask_aux else 0.0))
+    metrics["num_clips"] = len(per_clip["temporal_loss"])
+    return metrics
 
 
 def main(argv=None) -> None:
@@ -406,13 +536,8 @@ def main(argv=None) -> None:
                               exist_ok=True).repo_id
 
     # ---- data (built once on the main process, read from the Arrow cache by the others)
-    from dataset_surgvu import ClipTransform, get_action_spec, get_build_metadata, load_surgvu
-
-    data_kwargs = {"labels_dir": data_args.labels_dir, "fps": data_args.fps, "frames_per_clip": data_args.frames_per_clip,
-                   "validation_fraction": data_args.validation_fraction, "seed": train_args.seed,
-                   "cache_dir": data_args.dataset_cache_dir}
     with accelerator.main_process_first():
-        dataset = load_surgvu(data_args.data_root, **data_kwargs)
+        dataset = load_dataset_splits(data_args)
     metadata = get_build_metadata(dataset)
     if metadata.get("corrupt_videos"):
         logger.warning(f"skipped {len(metadata['corrupt_videos'])} unreadable video(s): "
@@ -451,10 +576,11 @@ def main(argv=None) -> None:
     total_steps = train_args.num_epochs * steps_per_epoch
     if train_args.max_train_steps is not None:
         total_steps = min(total_steps, train_args.max_train_steps)
-    # Stepped once per optimizer step by this script (not by accelerate), on every rank alike.
+    # The cosine reaches zero at the last step that will run; stepped once per optimizer step by this script (not
+    # by accelerate), on every rank alike.
     lr_scheduler = get_scheduler("cosine", optimizer=optimizer,
-                                 num_warmup_steps=int(train_args.warmup_epochs * steps_per_epoch),
-                                 num_training_steps=train_args.num_epochs * steps_per_epoch)
+                                 num_warmup_steps=min(int(train_args.warmup_epochs * steps_per_epoch), total_steps),
+                                 num_training_steps=total_steps)
     accelerator.register_for_checkpointing(lr_scheduler)
     if accelerator.is_main_process and train_args.report_to != "none":
         accelerator.init_trackers("surgical_wm", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -489,7 +615,8 @@ def main(argv=None) -> None:
         logger.info(f"resumed from {resume_path}: step {global_step}, epoch {start_epoch}, "
                     f"{resume_batches} batches into the epoch")
 
-    nan_steps = {int(s) for s in train_args.nan_at_steps.split(",")} if train_args.nan_at_steps else set()
+    guard = NonFiniteGuard(accelerator, train_args.max_grad_norm)
+    hooks = DebugHooks(train_args, accelerator.process_index)
     world_model = accelerator.unwrap_model(model)
     progress = None
     if accelerator.is_local_main_process:
@@ -503,7 +630,7 @@ def main(argv=None) -> None:
                 "history": history, "training_arguments": public_arguments(model_args, data_args, train_args)}
 
     # ---- loop
-    bad_in_a_row, step_is_bad, done = 0, False, global_step >= total_steps
+    bad_in_a_row, done = 0, global_step >= total_steps
     for epoch in range(start_epoch, train_args.num_epochs):
         if done:
             break
@@ -511,38 +638,25 @@ def main(argv=None) -> None:
         train_dataloader.set_epoch(epoch)
         batches_in_epoch = resume_batches if epoch == start_epoch else 0
         active = accelerator.skip_first_batches(train_dataloader, batches_in_epoch) if batches_in_epoch else train_dataloader
-        sums = torch.zeros(5, device=accelerator.device)
+        sums = {name: torch.zeros((), device=accelerator.device) for name in TRAIN_METRICS + ("clips",)}
         for batch in active:
             batches_in_epoch += 1
-            if train_args.sample_log:
-                with open(f"{train_args.sample_log}.rank{accelerator.process_index}", "a") as handle:
-                    handle.write(f"{global_step} {epoch} {batch['sample_id'].tolist()}\n")
+            hooks.on_batch(global_step, epoch, batch)
             with accelerator.accumulate(model):
                 output = model(batch["pixel_values_videos"], batch["actions"])
-                loss = output.loss
-                if global_step + 1 in nan_steps:
-                    loss = loss * float("nan")
-                # Every rank takes the same decision, or DDP would hang on a skipped all-reduce.
-                bad = accelerator.reduce((~torch.isfinite(loss.detach())).float(), reduction="sum").item() > 0
-                step_is_bad = step_is_bad or bad
-                if not step_is_bad:
-                    accelerator.backward(loss)
-                if accelerator.sync_gradients and not step_is_bad:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
-                    step_is_bad = not math.isfinite(float(grad_norm))
-                if accelerator.sync_gradients and not step_is_bad:
-                    optimizer.step()
-                if accelerator.sync_gradients:
-                    optimizer.zero_grad(set_to_none=True)
-            if not bad:
-                mask = output.mask_loss.detach().float() if output.mask_loss is not None else loss.new_zeros(())
-                sums += torch.stack([loss.detach().float(), output.temporal_loss.detach().float(),
-                                     output.contrastive_loss.detach().float(), mask, loss.new_ones(()).float()])
-            if not accelerator.sync_gradients:
+                loss = hooks.on_loss(global_step + 1, output.loss)
+                loss_is_bad = guard.backward(loss)
+                updated = guard.step(model, optimizer) if accelerator.sync_gradients else None
+            if not loss_is_bad:
+                for name in TRAIN_METRICS:
+                    value = loss if name == "loss" else getattr(output, name)
+                    sums[name] += value.detach().float() if value is not None else 0.0
+                sums["clips"] += 1
+            if updated is None:
                 continue
 
             # ---- one optimizer step has ended (taken or skipped)
-            if step_is_bad:
+            if not updated:
                 skipped_steps += 1
                 bad_in_a_row += 1
                 logger.warning(f"step {global_step + 1}: non-finite loss or gradient, step skipped "
@@ -557,7 +671,6 @@ def main(argv=None) -> None:
             else:
                 bad_in_a_row = 0
                 world_model.update_target_encoder()
-            step_is_bad = False
             global_step += 1
             lr_scheduler.step()
             if progress is not None:
@@ -575,11 +688,10 @@ def main(argv=None) -> None:
                 break
 
         # ---- end of epoch: validation, the epoch's log line, best export
-        train_means = accelerator.reduce(sums, reduction="sum")
-        count = max(train_means[4].item(), 1.0)
-        train_metrics = {name: train_means[i].item() / count
-                         for i, name in enumerate(["loss", "temporal_loss", "contrastive_loss", "mask_loss"])}
-        val_metrics = run_validation(accelerator, model, val_dataloader) if len(dataset["validation"]) else {}
+        totals = accelerator.reduce(sums, reduction="sum")
+        train_metrics = {name: totals[name].item() / max(totals["clips"].item(), 1.0) for name in TRAIN_METRICS}
+        val_metrics = (run_validation(accelerator, model, val_dataloader, train_args.seed)
+                       if len(dataset["validation"]) else {})
         record = {"epoch": epoch + 1, "step": global_step, "lr": lr_scheduler.get_last_lr()[0],
                   **{f"train_{k}": v for k, v in train_metrics.items()},
                   **{f"val_{k}": v for k, v in val_metrics.items()}}
@@ -591,7 +703,7 @@ def main(argv=None) -> None:
             f"{train_metrics['mask_loss']:.4f})"
             + (f" | val loss {val_metrics['loss']:.4f} (temporal {val_metrics['temporal_loss']:.4f}, contrastive "
                f"{val_metrics['contrastive_loss']:.4f}, mask {val_metrics['mask_loss']:.4f}) | rollout error "
-               f"{val_metrics['rollout_error']:.4f} vs copy-last {val_metrics['copy_last_error']:.4f}"
+               f"{val_metrics['rollout_error']:.4f} vs copy-context {val_metrics['copy_context_error']:.4f}"
                if val_metrics else " | no validation clips")
         )
         score = val_metrics.get("loss", train_metrics["loss"])
@@ -605,12 +717,7 @@ def main(argv=None) -> None:
 
     # ---- final export, upload
     accelerator.wait_for_everyone()
-    if train_args.sample_log:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(world_model.state_dict().items()):
-            digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-        with open(f"{train_args.sample_log}.rank{accelerator.process_index}", "a") as handle:
-            handle.write(f"final weights {digest.hexdigest()}\n")
+    hooks.on_end(world_model)
     final_state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
     export_model(accelerator, model, output_dir / "final", final_state,
                  model_card(world_model.config, train_args, final_state, repo_id))

@@ -5,7 +5,7 @@
 2. builds a world model on that encoder (`scripts/load_vjepa2_pretrained.py`);
 3. trains it with `accelerate launch train_hf.py`, encoder frozen;
 4. reloads `output_dir/best` with `AutoModel.from_pretrained(..., trust_remote_code=True)` in a fresh process and
-   prints its rollout error next to the copy-the-last-latent baseline (`scripts/evaluate_rollout.py`).
+   prints its rollout error next to the copy-the-context-latent baseline (`scripts/evaluate_rollout.py`).
 """
 
 import argparse
@@ -48,7 +48,7 @@ def main() -> None:
          "--seed", str(args.seed)], TQDM_MININTERVAL="5")
     # A fresh process in another directory: the model code comes from the exported directory, not this clone.
     run([python, os.path.join(REPO_ROOT, "scripts", "evaluate_rollout.py"), "--model", os.path.join(run_dir, "best"),
-         "--data_root", data, "--dataset_cache_dir", cache, "--seed", str(args.seed)], cwd=out)
+         "--data_root", data, "--dataset_cache_dir", cache], cwd=out)
     print(f"\nexports: {run_dir}/best and {run_dir}/final; TensorBoard logs: {run_dir}/logs")
 
 

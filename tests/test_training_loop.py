@@ -1,0 +1,158 @@
+"""The training loop's step logic in process: the non-finite guard with a real GradScaler, inf gradients, gradient
+accumulation, the learning-rate schedule, seeded validation masks."""
+
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from train_hf import NonFiniteGuard, parse_args, seeded_token_masks
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps its state in process-wide singletons: each test starts from none."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def linear_setup(accumulation=1, scaler=None, lr=0.1):
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation,
+                              mixed_precision="fp16" if scaler is not None else "no")
+    model = accelerator.prepare(torch.nn.Linear(4, 2))
+    if scaler is not None:
+        # What Accelerate sets up for fp16 on a GPU; on CPU it makes no scaler, so the test installs a real one.
+        accelerator.native_amp, accelerator.scaler = True, scaler
+    optimizer = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=lr))
+    return accelerator, model, optimizer
+
+
+def micro_batch(index):
+    generator = torch.Generator().manual_seed(100 + index)
+    return torch.randn(3, 4, generator=generator), torch.randn(3, 2, generator=generator)
+
+
+def train_step(accelerator, model, optimizer, guard, index, nan_loss=False, inf_grad=False):
+    inputs, targets = micro_batch(index)
+    handle = model.weight.register_hook(lambda grad: grad * math.inf) if inf_grad else None
+    with accelerator.accumulate(model):
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        if nan_loss:
+            loss = loss * math.nan
+        loss_is_bad = guard.backward(loss)
+        updated = guard.step(model, optimizer) if accelerator.sync_gradients else None
+    if handle is not None:
+        handle.remove()
+    return loss_is_bad, updated
+
+
+def weights(model):
+    return [parameter.detach().clone() for parameter in model.parameters()]
+
+
+def test_fp16_overflow_skips_the_step_lowers_the_scale_and_training_goes_on():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000)
+    accelerator, model, optimizer = linear_setup(scaler=scaler)
+    guard = NonFiniteGuard(accelerator, max_grad_norm=1.0)
+    before = weights(model)
+
+    loss_is_bad, updated = train_step(accelerator, model, optimizer, guard, 0, inf_grad=True)
+    assert (loss_is_bad, updated) == (False, False)  # a finite loss, an overflowing gradient
+    assert scaler.get_scale() == 2.0**9  # the scaler saw the overflow and backed off
+    for old, new in zip(before, weights(model)):
+        assert torch.equal(old, new)
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+    for index in (1, 2):  # before the fix, the next step raised "unscale_() has already been called"
+        loss_is_bad, updated = train_step(accelerator, model, optimizer, guard, index)
+        assert (loss_is_bad, updated) == (False, True)
+    assert scaler.get_scale() == 2.0**9
+    assert all(not torch.equal(old, new) for old, new in zip(before, weights(model)))
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+
+
+def test_fp16_non_finite_loss_skips_backward_and_leaves_the_scaler_alone():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    accelerator, model, optimizer = linear_setup(scaler=scaler)
+    guard = NonFiniteGuard(accelerator, max_grad_norm=1.0)
+    before = weights(model)
+    assert train_step(accelerator, model, optimizer, guard, 0, nan_loss=True) == (True, False)
+    assert scaler.get_scale() == 2.0**10
+    assert all(torch.equal(old, new) for old, new in zip(before, weights(model)))
+    assert train_step(accelerator, model, optimizer, guard, 1) == (False, True)
+
+
+def test_inf_gradient_with_a_finite_loss_is_skipped_and_leaves_nothing_behind():
+    accelerator, model, optimizer = linear_setup()
+    guard = NonFiniteGuard(accelerator, max_grad_norm=1.0)
+    start = weights(model)
+    assert train_step(accelerator, model, optimizer, guard, 0, inf_grad=True) == (False, False)
+    assert all(torch.equal(old, new) for old, new in zip(start, weights(model)))
+    assert train_step(accelerator, model, optimizer, guard, 1) == (False, True)
+    after_skip = weights(model)
+
+    # The step after the skip is exactly a clean step from the start weights on the same batch.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    accelerator, reference, optimizer = linear_setup()
+    guard = NonFiniteGuard(accelerator, max_grad_norm=1.0)
+    assert train_step(accelerator, reference, optimizer, guard, 1) == (False, True)
+    for got, expected in zip(after_skip, weights(reference)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_accumulation_drops_the_whole_window_with_a_bad_micro_batch():
+    accelerator, model, optimizer = linear_setup(accumulation=2)
+    guard = NonFiniteGuard(accelerator, max_grad_norm=100.0)
+    start = weights(model)
+    outcomes = [train_step(accelerator, model, optimizer, guard, 0),  # good, but in the bad window
+                train_step(accelerator, model, optimizer, guard, 1, nan_loss=True)]
+    assert outcomes == [(False, None), (True, False)]
+    assert all(torch.equal(old, new) for old, new in zip(start, weights(model)))
+    outcomes = [train_step(accelerator, model, optimizer, guard, 2), train_step(accelerator, model, optimizer, guard, 3)]
+    assert outcomes == [(False, None), (False, True)]
+    got = weights(model)
+
+    # Only the clean window counts: no gradient of micro-batch 0 leaked into the step.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    accelerator, reference, optimizer = linear_setup(accumulation=2)
+    guard = NonFiniteGuard(accelerator, max_grad_norm=100.0)
+    train_step(accelerator, reference, optimizer, guard, 2)
+    train_step(accelerator, reference, optimizer, guard, 3)
+    for value, expected in zip(got, weights(reference)):
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-7)
+
+
+def test_a_bad_micro_batch_late_in_the_window_also_drops_the_window():
+    accelerator, model, optimizer = linear_setup(accumulation=2)
+    guard = NonFiniteGuard(accelerator, max_grad_norm=100.0)
+    start = weights(model)
+    train_step(accelerator, model, optimizer, guard, 0, nan_loss=True)
+    assert train_step(accelerator, model, optimizer, guard, 1) == (False, False)
+    assert all(torch.equal(old, new) for old, new in zip(start, weights(model)))
+
+
+def test_seeded_token_masks_depend_on_the_sample_only():
+    class Config:
+        tokens_per_step, mask_ratio = 16, 0.5
+
+    ids = torch.tensor([3, 7, 11])
+    masks = seeded_token_masks(Config, ids, 3, seed=5)
+    assert masks.shape == (3, 3, 16) and masks.dtype == torch.bool
+    assert torch.equal(seeded_token_masks(Config, ids[1:], 3, seed=5), masks[1:])  # another batch, same clips
+    assert not torch.equal(seeded_token_masks(Config, ids, 3, seed=6), masks)
+    assert 0.2 < masks.float().mean() < 0.8
+
+
+def test_split_seed_is_its_own_option(tmp_path):
+    _, data_args, train_args = parse_args(["--seed", "7"])
+    assert (data_args.split_seed, train_args.seed) == (0, 7)
+    _, data_args, _ = parse_args(["--split_seed", "3"])
+    assert data_args.split_seed == 3
