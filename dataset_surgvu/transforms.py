@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms.v2 import functional as tvF
 
-from .video import DecoderCache, decode_clip
+from .video import DecoderCache, _resolve_backend, decode_clip
 
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -72,7 +72,9 @@ class ClipTransform:
         self.crop_size = crop_size
         self.image_mean = tuple(image_mean)
         self.image_std = tuple(image_std)
-        self.backend = backend
+        # Resolved here, in the parent: workers get the backend's name, so the choice (and its one log line, or
+        # the error of a backend that cannot decode) happens once, not in every worker.
+        self.backend = _resolve_backend(backend)
         self.max_open_decoders = max_open_decoders
         self._cache = None
 

@@ -5,8 +5,9 @@ at those frame numbers, without decoding the video from its start: it seeks to t
 and decodes forward, picking frames by presentation time (first frame at `start_time`, frame `i` at
 `start_time + i / fps`), so streams whose first timestamp is not zero are handled. For a constant frame rate
 (SurgVU's 60 fps) frame `i` is the i-th frame of the stream; for a variable one, it is the frame on screen at that
-time on the stream's average-rate grid. torchcodec is used when it loads;
-PyAV otherwise (the fallback is logged). Both give identical frames.
+time on the stream's average-rate grid. torchcodec is used when it really decodes here (it needs the system's
+FFmpeg shared libraries: apt-get install ffmpeg); PyAV, whose wheels bundle FFmpeg, otherwise, with one warning.
+`SURGICAL_WM_VIDEO_BACKEND=pyav|torchcodec` forces one (see `select_backend`). Both give identical frames.
 
 Open decoders live in a `DecoderCache` that belongs to one process: a DataLoader worker opens its own decoders and
 closes the ones it evicts; a cache inherited through fork is dropped, never used.
@@ -17,9 +18,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import io
 import logging
 import os
+import re
 from fractions import Fraction
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +32,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torchcodec", "pyav")
+BACKEND_ENV = "SURGICAL_WM_VIDEO_BACKEND"  # forces a backend: "torchcodec" or "pyav"
+_FFMPEG_FIX = "apt-get install ffmpeg"
+_FASTER = "for the faster torchcodec path"
 _RESEEK_GAP_SECONDS = 2.0  # PyAV: requested frames further apart than this are reached by a new seek
 
 
@@ -150,22 +157,128 @@ def read_keyframes(path: str | os.PathLike, fractions: tuple[float, ...] = (0.25
 # --------------------------------------------------------------------------------------------------------------------
 # Backends
 # --------------------------------------------------------------------------------------------------------------------
-@functools.cache
-def default_backend() -> str:
-    """torchcodec when it imports and loads its FFmpeg libraries, PyAV otherwise (logged)."""
-    try:
-        from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads the FFmpeg shared libraries)
+class VideoBackendError(RuntimeError):
+    """The video backend asked for cannot decode on this machine."""
 
-        return "torchcodec"
-    except Exception as error:  # torchcodec raises several error types when FFmpeg is missing or mismatched
-        logger.warning("torchcodec is unavailable (%s); decoding video with PyAV instead", error)
-        return "pyav"
+
+class BackendChoice(NamedTuple):
+    """The backend `decode_clip` uses when none is given, and why (one line, with the fix when it is a fallback)."""
+
+    name: str
+    reason: str
+
+
+@functools.cache
+def torchcodec_problem() -> str | None:
+    """Why torchcodec cannot decode on this machine (one line naming the cause and the fix), or None when it can.
+
+    Importing torchcodec proves nothing: it loads its FFmpeg-linked libraries (libtorchcodec_core{4..9}, which need
+    the system's libavutil, libavcodec, ...) only when the first decoder is created. So this creates one, on a
+    two-frame clip written in memory with PyAV, and decodes a frame. Checked once per process.
+    """
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except ModuleNotFoundError:
+        return f"torchcodec is not installed; pip install torchcodec and {_FFMPEG_FIX} {_FASTER}"
+    except Exception as error:  # e.g. a torchcodec built for another torch
+        fix = f"install the torchcodec release matching torch {torch.__version__}"
+        return f"torchcodec cannot be imported ({_first_line(error)}); {fix}"
+    clip = _tiny_clip()
+    try:
+        decoder = VideoDecoder(clip, seek_mode="approximate")
+        decoder[len(decoder) - 1]
+    except Exception as error:
+        return _describe_torchcodec_failure(error)
+    return None
+
+
+def _describe_torchcodec_failure(error: Exception) -> str:
+    message = str(error)
+    if not message.startswith("Could not load libtorchcodec"):
+        return f"torchcodec cannot decode a test clip ({type(error).__name__}: {_first_line(error)})"
+    # The message holds one traceback per FFmpeg major version torchcodec tried; their last lines are the loader's
+    # errors, e.g. "OSError: libavutil.so.59: cannot open shared object file: No such file or directory" (torch's
+    # own "Could not load this library: <path>" wrappers say nothing more).
+    causes = [
+        match.group(1)
+        for match in re.finditer(r"^\w*Error: (.+)$", message, flags=re.MULTILINE)
+        if not match.group(1).startswith("Could not load this library")
+    ]
+    # A library that is there but fails to load (undefined symbol, ...) is the one that matters.
+    present = [cause for cause in causes if "cannot open shared object file" not in cause]
+    if present:
+        return (
+            f"torchcodec cannot load against this machine's FFmpeg ({present[0]}); install the torchcodec release "
+            f"matching torch {torch.__version__} and FFmpeg"
+        )
+    cause = causes[0] if causes else _first_line(error)
+    return f"torchcodec cannot load FFmpeg's shared libraries ({cause}); {_FFMPEG_FIX} {_FASTER}"
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _tiny_clip() -> bytes:
+    """Two 16x16 MPEG-4 frames in an MP4, written with PyAV (bundled FFmpeg), for torchcodec to decode."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for value in (0, 255):
+            image = np.full((16, 16, 3), value, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+@functools.cache
+def select_backend() -> BackendChoice:
+    """The backend `decode_clip` uses when none is given: torchcodec when it really decodes here, PyAV otherwise.
+
+    `SURGICAL_WM_VIDEO_BACKEND=pyav|torchcodec` forces one; forcing torchcodec where it cannot decode raises
+    `VideoBackendError` here, with the cause and the fix. The fallback to PyAV logs one warning. Decided once per
+    process: forked DataLoader workers inherit the decision (and the libraries it loaded), spawned ones decide once
+    each; `ClipTransform` and `DecoderCache` resolve it in the parent and hand workers the backend's name.
+
+    Raises:
+        ValueError: `SURGICAL_WM_VIDEO_BACKEND` is set to something else.
+        VideoBackendError: it forces torchcodec and torchcodec cannot decode.
+    """
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced and forced not in BACKENDS:
+        raise ValueError(
+            f"{BACKEND_ENV}={os.environ[BACKEND_ENV]!r} is not a video backend: use one of {', '.join(BACKENDS)}, "
+            "or unset it to use torchcodec when it loads and PyAV otherwise"
+        )
+    if forced == "pyav":
+        return BackendChoice("pyav", f"{BACKEND_ENV}=pyav")
+    problem = torchcodec_problem()
+    if forced == "torchcodec":
+        if problem is not None:
+            raise VideoBackendError(f"{BACKEND_ENV}=torchcodec, but {problem}; or unset it to decode with PyAV")
+        return BackendChoice("torchcodec", f"{BACKEND_ENV}=torchcodec")
+    if problem is None:
+        return BackendChoice("torchcodec", "torchcodec loads FFmpeg's shared libraries")
+    logger.warning("decoding video with PyAV: %s. %s=pyav silences this warning.", problem, BACKEND_ENV)
+    return BackendChoice("pyav", problem)
+
+
+def default_backend() -> str:
+    """The name of the backend `select_backend` chooses: "torchcodec" or "pyav"."""
+    return select_backend().name
 
 
 def _resolve_backend(backend: str | None) -> str:
-    backend = backend or default_backend()
+    if backend is None:
+        return select_backend().name
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "torchcodec" and (problem := torchcodec_problem()) is not None:
+        raise VideoBackendError(f"the torchcodec video backend was asked for, but {problem}")
     return backend
 
 
