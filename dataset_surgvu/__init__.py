@@ -12,18 +12,22 @@ from .labels import ARMS, TASK_CLASSES, TOOL_CLASSES, SurgVULabelError, action_n
 from .layout import scan_surgvu
 from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ClipTransform, vjepa2_preprocess
 from .video import (
+    BackendChoice,
     CorruptVideoError,
     DecoderCache,
     FrameUnavailableError,
+    VideoBackendError,
     VideoInfo,
     decode_clip,
     default_backend,
     probe_video,
+    select_backend,
 )
 
 
 __all__ = [
     "ARMS",
+    "BackendChoice",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
     "TASK_CLASSES",
@@ -37,6 +41,7 @@ __all__ = [
     "SurgVUClips",
     "SurgVUConfig",
     "SurgVULabelError",
+    "VideoBackendError",
     "VideoInfo",
     "action_names",
     "decode_clip",
@@ -46,5 +51,6 @@ __all__ = [
     "load_surgvu",
     "probe_video",
     "scan_surgvu",
+    "select_backend",
     "vjepa2_preprocess",
 ]
