@@ -7,6 +7,7 @@
 """
 
 from .builder import SurgVU, SurgVUConfig, get_action_spec, get_build_metadata, load_surgvu
+from .builder import SurgVUBuildInfo, get_build_info
 from .clips import EpochShuffleSampler, SurgVUClips
 from .labels import ARMS, TASK_CLASSES, TOOL_CLASSES, SurgVULabelError, action_names
 from .layout import scan_surgvu
@@ -38,6 +39,7 @@ __all__ = [
     "EpochShuffleSampler",
     "FrameUnavailableError",
     "SurgVU",
+    "SurgVUBuildInfo",
     "SurgVUClips",
     "SurgVUConfig",
     "SurgVULabelError",
@@ -47,6 +49,7 @@ __all__ = [
     "decode_clip",
     "default_backend",
     "get_action_spec",
+    "get_build_info",
     "get_build_metadata",
     "load_surgvu",
     "probe_video",

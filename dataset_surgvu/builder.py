@@ -2,7 +2,9 @@
 
 The builder reads only container metadata and label files; frames are decoded lazily by `ClipTransform`.
 datasets 4+ no longer runs loading scripts, so `load_surgvu` instantiates the builder directly and keeps its Arrow
-cache, keyed by the options and by a fingerprint of the files (paths, sizes, modification times).
+cache, keyed by the options and by a fingerprint of the files (paths, sizes, modification times). What a build found in
+the data (unreadable videos, cases without labels, the case split, label noise) is saved beside its Arrow files as
+`surgvu_build.json` and read back by `get_build_metadata`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import hashlib
 import json
 import logging
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import datasets
 import numpy as np
 from datasets.builder import Key
+from datasets.naming import filenames_for_dataset_split
 
 from .labels import (
     ARMS,
@@ -35,8 +40,8 @@ from .video import CorruptVideoError, probe_video, read_keyframes
 
 logger = logging.getLogger(__name__)
 
-_BUILD_VERSION = "1.0.0"
-_METADATA_MARKER = "\n\nBuild metadata (JSON):\n"
+_BUILD_VERSION = "1.1.0"  # 1.1: the build metadata moved from the description to surgvu_build.json
+BUILD_INFO_FILENAME = "surgvu_build.json"
 
 _DESCRIPTION = """\
 SurgVU (SurgVU 2024 challenge): da Vinci robotic training exercises on porcine tissue, 280 videos from 155 cases at
@@ -71,7 +76,7 @@ class SurgVUConfig(datasets.BuilderConfig):
     frames_per_clip: int = 8
     clip_stride: int | None = None  # sampled steps between clip starts; None: frames_per_clip (no overlap)
     validation_fraction: float = 0.2  # of the cases
-    seed: int = 0  # of the case split
+    split_seed: int = 0  # of the case split (not of training)
     exclude_cases: tuple[str, ...] = ()
     validation_cases: tuple[str, ...] = ()  # forced into validation
     train_cases: tuple[str, ...] = ()  # forced into train
@@ -104,6 +109,65 @@ class SurgVUConfig(datasets.BuilderConfig):
     @property
     def stride(self) -> int:
         return self.clip_stride or self.frames_per_clip
+
+
+@dataclasses.dataclass(frozen=True)
+class SurgVUBuildInfo:
+    """What one build found in the data; saved as `surgvu_build.json` beside the build's Arrow files."""
+
+    train_cases: tuple[str, ...]
+    validation_cases: tuple[str, ...]
+    excluded_cases: tuple[str, ...]  # asked for and present
+    cases_without_labels: tuple[str, ...]  # left out, or kept with has_labels=False (see options)
+    corrupt_videos: dict[str, str]  # video path -> why it could not be read; skipped
+    label_noise: dict[str, int]  # `tools/camera_in`, `tasks/out_of_class`, ... -> rows seen
+    options: dict[str, object]  # the builder options that shaped the rows
+
+    @property
+    def num_corrupt_videos(self) -> int:
+        return len(self.corrupt_videos)
+
+    def to_metadata(self) -> dict:
+        """The build info as a plain dict, with the action spec and the class lists."""
+        return {
+            "action_spec": action_names(),
+            "arms": list(ARMS),
+            "tool_classes": list(TOOL_CLASSES),
+            "task_classes": list(TASK_CLASSES),
+            "corrupt_videos": dict(self.corrupt_videos),
+            "num_corrupt_videos": self.num_corrupt_videos,
+            "cases_without_labels": list(self.cases_without_labels),
+            "excluded_cases": list(self.excluded_cases),
+            "train_cases": list(self.train_cases),
+            "validation_cases": list(self.validation_cases),
+            "label_noise": dict(self.label_noise),
+            "options": dict(self.options),
+        }
+
+    def save(self, directory) -> Path:
+        """Write `directory/surgvu_build.json` atomically (a temporary file renamed over it)."""
+        path = Path(directory) / BUILD_INFO_FILENAME
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{BUILD_INFO_FILENAME}.")
+        try:
+            with os.fdopen(handle, "w") as stream:
+                json.dump(dataclasses.asdict(self), stream, indent=1)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, directory) -> SurgVUBuildInfo:
+        path = Path(directory) / BUILD_INFO_FILENAME
+        try:
+            fields = json.loads(path.read_text())
+            values = {field.name: fields[field.name] for field in dataclasses.fields(cls)}
+            for name in ("train_cases", "validation_cases", "excluded_cases", "cases_without_labels"):
+                values[name] = tuple(values[name])
+            return cls(**values)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"{path}: not a SurgVU build info file ({type(error).__name__}: {error})") from error
 
 
 class SurgVU(datasets.GeneratorBasedBuilder):
@@ -176,21 +240,16 @@ class SurgVU(datasets.GeneratorBasedBuilder):
                 items[case.case_id] = {"case_id": case.case_id, "labels": labels, "offsets": offsets, "parts": parts}
 
         validation = assign_validation_cases(
-            sorted(items), config.validation_fraction, config.seed, config.validation_cases, config.train_cases
+            sorted(items), config.validation_fraction, config.split_seed, config.validation_cases, config.train_cases
         )
-        metadata = {
-            "action_spec": action_names(),
-            "arms": list(ARMS),
-            "tool_classes": list(TOOL_CLASSES),
-            "task_classes": list(TASK_CLASSES),
-            "corrupt_videos": corrupt,
-            "num_corrupt_videos": len(corrupt),
-            "cases_without_labels": sorted(unlabeled),
-            "excluded_cases": excluded,
-            "train_cases": sorted(set(items) - validation),
-            "validation_cases": sorted(validation),
-            "label_noise": _sum_noise(item["labels"] for item in items.values()),
-            "options": {
+        self._build_info = SurgVUBuildInfo(
+            train_cases=tuple(sorted(set(items) - validation)),
+            validation_cases=tuple(sorted(validation)),
+            excluded_cases=tuple(excluded),
+            cases_without_labels=tuple(sorted(unlabeled)),
+            corrupt_videos=corrupt,
+            label_noise=_sum_noise(item["labels"] for item in items.values()),
+            options={
                 "fps": config.fps,
                 "frames_per_clip": config.frames_per_clip,
                 "clip_stride": config.stride,
@@ -198,19 +257,21 @@ class SurgVU(datasets.GeneratorBasedBuilder):
                 "tool_band_fraction": config.tool_band_fraction,
                 "crop_black_margins": config.crop_black_margins,
                 "require_labels": config.require_labels,
-                "seed": config.seed,
+                "split_seed": config.split_seed,
                 "validation_fraction": config.validation_fraction,
             },
-        }
-        self.info.description = _DESCRIPTION + _METADATA_MARKER + json.dumps(metadata, indent=1)
+        )
         return [
+            datasets.SplitGenerator(datasets.Split.TRAIN, {"cases": [items[c] for c in self._build_info.train_cases]}),
             datasets.SplitGenerator(
-                name=datasets.Split.TRAIN, gen_kwargs={"cases": [items[c] for c in sorted(set(items) - validation)]}
-            ),
-            datasets.SplitGenerator(
-                name=datasets.Split.VALIDATION, gen_kwargs={"cases": [items[c] for c in sorted(validation)]}
+                datasets.Split.VALIDATION, {"cases": [items[c] for c in self._build_info.validation_cases]}
             ),
         ]
+
+    def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
+        super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
+        # `_output_dir` is still the `.incomplete` folder here: the file appears with the Arrow files, or not at all.
+        self._build_info.save(self._output_dir)
 
     def _crop_box(self, info) -> list[int]:
         height = info.height
@@ -329,7 +390,7 @@ def load_surgvu(
     frames_per_clip: int = 8,
     clip_stride: int | None = None,
     validation_fraction: float = 0.2,
-    seed: int = 0,
+    split_seed: int = 0,
     exclude_cases=None,
     validation_cases=None,
     train_cases=None,
@@ -348,12 +409,13 @@ def load_surgvu(
         fps, frames_per_clip, clip_stride: clips of `frames_per_clip` frames sampled at `fps`, starting every
             `clip_stride` sampled steps (default: `frames_per_clip`, no overlap). A part shorter than a clip yields
             none.
-        validation_fraction, seed: the share of cases in validation, chosen by a seeded hash of the case id.
+        validation_fraction, split_seed: the share of cases in validation, chosen by a hash of the case id seeded by
+            `split_seed` (its own seed: changing the training seed does not move cases between the splits).
         exclude_cases, validation_cases, train_cases: case ids (`case_012`) left out, or forced into a split.
         crop_tool_band, tool_band_fraction, crop_black_margins: what `crop_box` removes.
         require_labels: leave out cases without label files (default); False keeps them with `has_labels=False`.
         check_video_ends: demux each video's last packets to detect truncated files (skipped, listed in the info).
-        cache_dir: where the Arrow files go (default: the `datasets` cache).
+        cache_dir: where the Arrow files go (default: the `datasets` cache); `surgvu_build.json` goes beside them.
 
     Raises:
         SurgVULabelError: a label file has the wrong columns (the message names the file and the columns expected).
@@ -369,7 +431,7 @@ def load_surgvu(
         frames_per_clip=int(frames_per_clip),
         clip_stride=clip_stride,
         validation_fraction=float(validation_fraction),
-        seed=int(seed),
+        split_seed=int(split_seed),
         exclude_cases=tuple(exclude_cases or ()),
         validation_cases=tuple(validation_cases or ()),
         train_cases=tuple(train_cases or ()),
@@ -380,40 +442,77 @@ def load_surgvu(
         check_video_ends=check_video_ends,
     )
     builder.download_and_prepare()
+    build_info = Path(builder.cache_dir) / BUILD_INFO_FILENAME
+    if not build_info.is_file():  # Arrow files without it: an older build, or the file was removed
+        logger.warning("%s is missing beside the cached Arrow files: building the dataset again", build_info)
+        builder.download_and_prepare(download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD)
     splits = {}
     for split in ("train", "validation"):
         if builder.info.splits[split].num_examples > 0:
             splits[split] = builder.as_dataset(split=split)
-        else:  # the Arrow reader refuses an empty split; an empty table with the same features and info stands in
-            features = builder.info.features
-            empty = {name: [] for name in features}
-            splits[split] = datasets.Dataset.from_dict(empty, features=features, info=builder.info.copy(), split=split)
+        else:  # the Arrow reader refuses an empty split; its (empty) Arrow file still holds the features
+            (path,) = filenames_for_dataset_split(builder.cache_dir, builder.dataset_name, split, "arrow")
+            splits[split] = datasets.Dataset.from_file(path, info=builder.info.copy(), split=split)
     return datasets.DatasetDict(splits)
 
 
-def get_build_metadata(dataset) -> dict:
-    """The metadata `load_surgvu` stored in the dataset's info (action spec, corrupt videos, label noise, split)."""
+def get_build_info(dataset) -> SurgVUBuildInfo:
+    """The `SurgVUBuildInfo` saved beside the Arrow files of a dataset from `load_surgvu` (any split of it, or the
+    whole `DatasetDict`)."""
     if isinstance(dataset, datasets.DatasetDict):
-        if not dataset:
-            raise ValueError("empty DatasetDict")
-        dataset = next(iter(dataset.values()))
-    description = dataset.info.description or ""
-    if _METADATA_MARKER not in description:
-        raise ValueError("this dataset was not built by load_surgvu: its info holds no SurgVU build metadata")
-    return json.loads(description.split(_METADATA_MARKER, 1)[1])
+        splits = list(dataset.values())
+    elif isinstance(dataset, datasets.Dataset):
+        splits = [dataset]
+    else:
+        raise TypeError(f"expected a Dataset or DatasetDict from load_surgvu, got {type(dataset).__name__}")
+    folders = list(dict.fromkeys(Path(f["filename"]).parent for split in splits for f in split.cache_files))
+    if not folders:
+        raise ValueError(
+            "the dataset has no Arrow cache files (it lives in memory): the build info is read from beside the Arrow "
+            "files that load_surgvu writes"
+        )
+    for folder in folders:
+        if (folder / BUILD_INFO_FILENAME).is_file():
+            return SurgVUBuildInfo.load(folder)
+    raise FileNotFoundError(
+        f"no {BUILD_INFO_FILENAME} beside the dataset's Arrow files in {', '.join(map(str, folders))}: not built by "
+        "load_surgvu, or built before the build info had its own file (load_surgvu builds such a cache again)"
+    )
 
 
-def get_action_spec(dataset) -> list[str]:
-    """One name per action dimension (`USM1/needle driver`, ..., `task/Other`), read from the dataset's info."""
-    return list(get_build_metadata(dataset)["action_spec"])
+def get_build_metadata(dataset) -> dict:
+    """`get_build_info(dataset)` as a dict: action spec, class lists, corrupt videos, cases without labels, excluded,
+    train and validation cases, label noise and options."""
+    return get_build_info(dataset).to_metadata()
+
+
+def get_action_spec(dataset=None) -> list[str]:
+    """One name per action dimension (`USM1/needle driver`, ..., `task/Other`): fixed by the label vocabulary.
+
+    `dataset`, if given, is checked to hold SurgVU actions of that width.
+    """
+    spec = action_names()
+    if dataset is not None:
+        splits = dataset.values() if isinstance(dataset, datasets.DatasetDict) else [dataset]
+        for split in splits:
+            actions = split.features.get("actions")
+            if not isinstance(actions, datasets.Array2D) or actions.shape[-1] != len(spec):
+                raise ValueError(
+                    f"not a SurgVU clip dataset: its `actions` feature is {actions!r}, expected Array2D with "
+                    f"{len(spec)} columns (one per name in the action spec)"
+                )
+    return spec
 
 
 __all__ = [
     "SurgVU",
     "SurgVUConfig",
+    "SurgVUBuildInfo",
+    "BUILD_INFO_FILENAME",
     "SurgVULabelError",
     "load_surgvu",
     "get_action_spec",
+    "get_build_info",
     "get_build_metadata",
     "assign_validation_cases",
     "sample_frame_indices",

@@ -1,10 +1,13 @@
 """The SurgVU builder on SurgVU-format folders with real H.264 videos and real-style noisy labels."""
 
+import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 
@@ -18,7 +21,13 @@ from dataset_surgvu import (
     load_surgvu,
     scan_surgvu,
 )
-from dataset_surgvu.builder import assign_validation_cases, sample_frame_indices
+from dataset_surgvu.builder import (
+    BUILD_INFO_FILENAME,
+    SurgVUBuildInfo,
+    assign_validation_cases,
+    get_build_info,
+    sample_frame_indices,
+)
 from dataset_surgvu.labels import normalize_task_name, normalize_tool_name
 from dataset_surgvu.video import CorruptVideoError, FrameUnavailableError, decode_clip, default_backend, probe_video
 
@@ -138,6 +147,7 @@ def test_short_video_yields_no_clip(surgvu_sample, tmp_path):
     dataset = _load(short, tmp_path, validation_fraction=0.0)
     assert set(dataset["train"]["case_id"]) == {"case_001"}
     assert len(dataset["validation"]) == 0
+    assert get_build_metadata(dataset["validation"])["train_cases"] == ["case_000", "case_001"]  # an empty split too
 
 
 def test_case_without_labels_left_out_or_kept(surgvu_sample, tmp_path):
@@ -172,11 +182,14 @@ def test_label_file_with_wrong_columns_raises_naming_it(label_file, surgvu_sampl
 
 def test_split_is_by_case_deterministic_and_seeded(surgvu_sample, tmp_path):
     root, _ = surgvu_sample
-    first, again = _load(root, tmp_path, seed=5), _load(root, tmp_path / "other", seed=5)
+    first, again = _load(root, tmp_path, split_seed=5), _load(root, tmp_path / "other", split_seed=5)
     train_cases, validation_cases = set(first["train"]["case_id"]), set(first["validation"]["case_id"])
     assert train_cases and validation_cases and not train_cases & validation_cases
     assert validation_cases == set(again["validation"]["case_id"])
     assert first["train"]["frame_indices"] == again["train"]["frame_indices"]
+    metadata = get_build_metadata(first)
+    assert metadata["options"]["split_seed"] == 5
+    assert (set(metadata["train_cases"]), set(metadata["validation_cases"])) == (train_cases, validation_cases)
 
     cases = [f"case_{n:03d}" for n in range(40)]
     splits = {seed: assign_validation_cases(cases, 0.2, seed) for seed in range(4)}
@@ -209,15 +222,55 @@ def test_cache_is_reused_and_follows_data_and_options(surgvu_sample, tmp_path):
     assert changed["train"].cache_files != first["train"].cache_files
 
 
-def test_action_spec_is_stored_in_the_info(surgvu_sample, tmp_path):
+def test_action_spec_follows_the_label_vocabulary(surgvu_sample, tmp_path):
     root, _ = surgvu_sample
     dataset = _load(root, tmp_path)
-    spec = get_action_spec(dataset)
-    assert spec == get_action_spec(dataset["validation"])
+    spec = get_action_spec()
+    assert spec == get_action_spec(dataset) == get_action_spec(dataset["validation"])
     assert len(spec) == np.asarray(dataset["train"][0]["actions"]).shape[-1] == 4 * 12 + 8
     assert spec[0] == "USM1/needle driver" and spec[47] == "USM4/grasping retractor" and spec[-1] == "task/Other"
+    with pytest.raises(ValueError, match="not a SurgVU clip dataset"):
+        get_action_spec(datasets.Dataset.from_dict({"actions": [[0.0, 1.0]]}))
     assert "CC BY-NC-SA 4.0" in dataset["train"].info.license
     assert dataset["train"].features["tasks"].feature.names == list(TASK_CLASSES)
+
+
+def test_build_info_is_a_file_beside_the_arrow_files(surgvu_sample, tmp_path, caplog):
+    root, manifest = surgvu_sample
+    dataset = _load(root, tmp_path, split_seed=3)
+    folder = Path(dataset["train"].cache_files[0]["filename"]).parent
+    path = folder / BUILD_INFO_FILENAME
+    assert path.is_file() and Path(dataset["validation"].cache_files[0]["filename"]).parent == folder
+    assert dataset["train"].info.description.startswith("SurgVU") and "{" not in dataset["train"].info.description
+    info = get_build_info(dataset)
+    assert info == SurgVUBuildInfo.load(folder) and info.options["split_seed"] == 3
+    metadata = get_build_metadata(dataset)
+    assert set(metadata) == {
+        "action_spec", "arms", "tool_classes", "task_classes", "corrupt_videos", "num_corrupt_videos",
+        "cases_without_labels", "excluded_cases", "train_cases", "validation_cases", "label_noise", "options",
+    }  # fmt: skip
+    assert metadata["action_spec"] == get_action_spec() and metadata["num_corrupt_videos"] == 1
+    assert metadata["train_cases"] == sorted(set(dataset["train"]["case_id"]))
+    assert json.loads(path.read_text())["train_cases"] == metadata["train_cases"]
+    assert get_build_metadata(dataset["validation"]) == metadata
+    assert metadata["label_noise"]["tools/camera_in"] == sum(
+        case["noise"]["tools/camera_in"] for case in manifest["cases"].values() if case["labeled"]
+    )
+
+    path.unlink()  # the Arrow files without the build info: a clear error, and load_surgvu builds again
+    with pytest.raises(FileNotFoundError, match=re.escape(str(folder))):
+        get_build_metadata(dataset)
+    with caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
+        again = _load(root, tmp_path, split_seed=3)
+    assert any(str(path) in record.getMessage() and "again" in record.getMessage() for record in caplog.records)
+    assert again["train"].cache_files == dataset["train"].cache_files
+    assert get_build_metadata(again) == metadata
+
+    path.write_text("{")
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        get_build_metadata(again)
+    with pytest.raises(ValueError, match="no Arrow cache files"):
+        get_build_metadata(datasets.Dataset.from_dict({"case_id": ["case_000"]}))
 
 
 def test_crop_box_removes_tool_band_and_black_margins(surgvu_sample, tmp_path):
