@@ -40,7 +40,7 @@ class SurgicalWorldModelOutput(ModelOutput):
     target_latents (`torch.FloatTensor` of shape `(batch_size, steps - 1, tokens, dim)`):
         The true z_{t+1} (from the EMA target encoder when the encoder trains).
     temporal_loss (`torch.FloatTensor` of shape `()`):
-        `teacher_forcing_loss + rollout_loss`.
+        `teacher_forcing_loss + rollout_loss`, the batch mean of `clip_temporal_loss`.
     teacher_forcing_loss (`torch.FloatTensor` of shape `()`):
         L1 between `predicted_latents` and `target_latents`.
     rollout_loss (`torch.FloatTensor` of shape `()`):
@@ -48,7 +48,19 @@ class SurgicalWorldModelOutput(ModelOutput):
     contrastive_loss (`torch.FloatTensor` of shape `()`):
         InfoNCE between pooled predicted and true future latents, other clips of the batch as negatives.
     mask_loss (`torch.FloatTensor` of shape `()`, *optional*):
-        L1 on the masked tokens of the mask-denoising prediction (when `use_mask_aux`).
+        L1 on the masked tokens of the mask-denoising prediction, the batch mean of `clip_mask_loss`
+        (when `use_mask_aux`).
+    clip_temporal_loss (`torch.FloatTensor` of shape `(batch_size,)`):
+        Teacher-forcing plus rollout L1 of each clip; a clip's value does not depend on the rest of the batch, so
+        validation can average it over clips whatever the batch size or the number of processes.
+    clip_mask_loss (`torch.FloatTensor` of shape `(batch_size,)`, *optional*):
+        Mean L1 over the masked tokens of each clip (0 for a clip without masked tokens; when `use_mask_aux`).
+    rollout_error (`torch.FloatTensor` of shape `(batch_size, steps - 1)`, *optional*):
+        L1 per clip and per horizon of a rollout from the first step over all later steps (with
+        `return_rollout_error=True`; no gradient).
+    copy_context_error (`torch.FloatTensor` of shape `(batch_size, steps - 1)`, *optional*):
+        The same error for the baseline that copies the first (context) latent to every later step: "nothing
+        moves" (with `return_rollout_error=True`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -59,6 +71,57 @@ class SurgicalWorldModelOutput(ModelOutput):
     rollout_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     mask_loss: torch.FloatTensor | None = None
+    clip_temporal_loss: torch.FloatTensor | None = None
+    clip_mask_loss: torch.FloatTensor | None = None
+    rollout_error: torch.FloatTensor | None = None
+    copy_context_error: torch.FloatTensor | None = None
+
+
+def frames_to_steps(values: torch.Tensor, frames_per_step: int) -> torch.Tensor:
+    """
+    Per-frame values `(batch, frames, dim)` (SurgVU's actions are per-frame labels) to per-step values
+    `(batch, frames / frames_per_step, dim)`: the mean over the frames of each step. For multi-hot labels this is
+    the fraction of the step each label holds, so a change inside a step stays visible instead of being dropped.
+    """
+    batch_size, num_frames, dim = values.shape
+    if not values.is_floating_point():
+        values = values.float()
+    return values.reshape(batch_size, num_frames // frames_per_step, frames_per_step, dim).mean(2)  # (B, S, dim)
+
+
+def l1_per_clip(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of each clip `(batch,)` over its steps, tokens and channels, computed in float32."""
+    return (predicted.float() - target.float()).abs().flatten(1).mean(1)
+
+
+def masked_l1_per_clip(predicted: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of each clip `(batch,)` over its masked tokens only (0 where none is masked)."""
+    per_token = (predicted.float() - target.float()).abs().mean(-1)  # (B, S, N)
+    masked = per_token * token_mask
+    return masked.flatten(1).sum(1) / token_mask.flatten(1).sum(1).clamp(min=1)
+
+
+def rollout_errors(imagined: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    L1 per clip and per horizon `(batch, steps - 1)` of `imagined` `(batch, steps - 1, tokens, dim)`, a rollout from
+    the first step of `latents` `(batch, steps, tokens, dim)`, and of the copy-the-context-latent baseline.
+    """
+    targets = latents.float()
+    model_error = (imagined.float() - targets[:, 1:]).abs().mean(dim=(2, 3))
+    copy_context_error = (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3))
+    return model_error, copy_context_error
+
+
+def contrastive_loss(predicted: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE at each step: a clip's pooled prediction must pick its own future among the batch's."""
+    batch_size = predicted.shape[0]
+    if batch_size < 2:
+        return predicted.new_zeros((), dtype=torch.float32)
+    predicted = F.normalize(predicted.float().mean(2), dim=-1)  # (B, S, D), no CLS token: mean-pool patches
+    target = F.normalize(target.float().mean(2), dim=-1)  # (B, S, D)
+    logits = torch.einsum("bsd,csd->sbc", predicted, target) / temperature  # (S, B, B)
+    labels = torch.arange(batch_size, device=logits.device).expand(logits.shape[0], -1)  # (S, B)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
 
 
 def eager_attention_forward(
@@ -271,7 +334,8 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
     V-JEPA 2 encoder + action-conditioned block-causal predictor.
 
     Seams: `encode` (pixels -> latents), `predict` (teacher-forced next latents), `rollout` (autoregressive
-    imagination under actions), `forward` (the training losses).
+    imagination under per-step actions), `rollout_error` (evaluation of clips), `forward` (the training losses and
+    per-clip validation metrics). The losses are the module's `*_loss` / `*_per_clip` functions.
     """
 
     def __init__(self, config: SurgicalWorldModelConfig):
@@ -430,6 +494,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
     def _step_inputs(
         self, name: str, values: torch.Tensor | None, dim: int, batch_size: int, num_steps: int, reference: torch.Tensor
     ) -> torch.Tensor | None:
+        """Checks per-step `actions` or `states` and keeps their first `num_steps` steps."""
         if dim == 0:
             if values is not None:
                 raise ValueError(f"This model takes no {name} ({name[:-1]}_dim=0) but {name} were given.")
@@ -441,13 +506,26 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             return reference.new_zeros(batch_size, num_steps, dim)
         if values.ndim != 3 or values.shape[0] != batch_size or values.shape[2] != dim:
             raise ValueError(f"`{name}` must have shape ({batch_size}, steps, {dim}), got {tuple(values.shape)}.")
-        frames_per_step = self.config.frames_per_step
-        if values.shape[1] != num_steps and frames_per_step > 1 and values.shape[1] == num_steps * frames_per_step:
-            # Given per frame: average the frames of each step.
-            values = values.view(batch_size, num_steps, frames_per_step, dim).mean(2)
         if values.shape[1] < num_steps:
-            raise ValueError(f"`{name}` cover {values.shape[1]} steps but {num_steps} are needed.")
+            raise ValueError(
+                f"`{name}` cover {values.shape[1]} steps but {num_steps} are needed (one per step; per-frame {name} "
+                "go through `frames_to_steps` first)."
+            )
         return values[:, :num_steps]
+
+    def _clip_step_inputs(self, name: str, values: torch.Tensor | None, num_frames: int) -> torch.Tensor | None:
+        """The `actions` or `states` of a clip of `num_frames` frames, given per step or per frame, to per step."""
+        frames_per_step = self.config.frames_per_step
+        num_steps = num_frames // frames_per_step
+        if values is None or values.ndim != 3 or values.shape[1] == num_steps:
+            return values  # per step already, or malformed: `_step_inputs` says what is wrong
+        if values.shape[1] == num_frames:
+            return frames_to_steps(values, frames_per_step)
+        expected = f"{num_steps}" if frames_per_step == 1 else f"{num_steps} (per step) or {num_frames} (per frame)"
+        raise ValueError(
+            f"The clip has {num_frames} frames in {num_steps} steps of {frames_per_step} frames: `{name}` must cover "
+            f"{expected}, got {values.shape[1]}."
+        )
 
     def predict(
         self,
@@ -461,8 +539,9 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
 
         Args:
             latents: `(batch, steps, tokens, dim)` from `encode`.
-            actions: `(batch, steps, action_dim)`, the action taken at each step; None gives zero actions.
-            states: `(batch, steps, state_dim)` when the model has a state token.
+            actions: `(batch, >= steps, action_dim)`, the action taken at each step (per step, not per frame: see
+                `frames_to_steps`); steps past `steps` are ignored; None gives zero actions.
+            states: `(batch, >= steps, state_dim)` per step, when the model has a state token.
             token_mask: `(batch, steps, tokens)` bool, tokens replaced by the mask token (mask-denoising).
         """
         batch_size, num_steps = latents.shape[:2]
@@ -479,7 +558,8 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
     ) -> torch.Tensor:
         """
         Autoregressive imagination: from `context_latents` `(batch, context, tokens, dim)`, predicts `steps` future
-        latents, each fed back as input. `actions` (and `states`) cover `context + steps - 1` steps.
+        latents, each fed back as input. `actions` (and `states`) are per step (per-frame values go through
+        `frames_to_steps` first) and cover at least the horizon `context + steps - 1`; later steps are ignored.
         Returns `(batch, steps, tokens, dim)`. The batch may hold many candidate action sequences (planning).
         """
         if steps < 1:
@@ -499,6 +579,50 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             latents = torch.cat([latents, next_latent.to(latents.dtype)], dim=1)
         return latents[:, num_context:]
 
+    # ----------------------------------------------------------------------------------------------- clips
+    def _encode_clip(
+        self, pixel_values_videos: torch.Tensor, actions: torch.Tensor | None, states: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """
+        The common start of `forward` and `rollout_error`: the clip's latents `(B, S, N, D)`, its target latents,
+        and its actions and states brought to one per step, once, where the number of frames is known.
+        """
+        latents = self.encode(pixel_values_videos)  # (B, S, N, D)
+        # A frozen encoder is its own target: no second encoding of the clip.
+        targets = latents.detach() if self.target_encoder is None else self.encode_targets(pixel_values_videos)
+        batch_size, num_steps = latents.shape[:2]
+        if num_steps < 2:
+            raise ValueError(f"A clip needs at least 2 steps to predict the future, got {num_steps}.")
+        num_frames = pixel_values_videos.shape[1]
+        actions = self._clip_step_inputs("actions", actions, num_frames)
+        states = self._clip_step_inputs("states", states, num_frames)
+        actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, num_steps, latents)
+        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_steps, latents)
+        return latents, targets, actions, states
+
+    def _rollout_from_first_step(
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor | None,
+        states: torch.Tensor | None,
+        steps: int,
+        graph_steps: int,
+    ) -> torch.Tensor:
+        """
+        `steps` latents `(B, steps, N, D)` imagined from the first step of `latents`. Only the first `graph_steps`
+        keep an autograd graph (the rollout loss); the rest continues from them without one. The predictor is
+        block-causal, so this is exactly one long rollout, and its first steps are exactly a shorter one.
+        """
+        first = latents[:, :1]
+        graph_steps = min(graph_steps, steps)
+        imagined = self.rollout(first, actions, graph_steps, states) if graph_steps > 0 else first[:, :0]
+        if steps > graph_steps:
+            with torch.no_grad():
+                context = torch.cat([first, imagined], dim=1).detach()  # (B, 1 + graph_steps, N, D)
+                continued = self.rollout(context, actions, steps - graph_steps, states)
+            imagined = torch.cat([imagined, continued], dim=1)  # outside no_grad: the first steps keep their graph
+        return imagined
+
     @torch.no_grad()
     def rollout_error(
         self,
@@ -507,83 +631,95 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        L1 error of a rollout from the first step of each clip to its later steps, next to the copy-the-first-latent
-        baseline ("nothing moves"). Returns two `(batch, steps - 1)` tensors: per clip and per horizon.
+        L1 error of a rollout from the first step of each clip over all its later steps, next to the baseline that
+        copies the first (context) latent ("nothing moves"). Actions and states as in `forward` (per step or per
+        frame). Returns `(model_error, copy_context_error)`, each `(batch, steps - 1)`: per clip and per horizon; the
+        same values as `forward(..., return_rollout_error=True)`.
         """
-        latents = self.encode_targets(pixel_values_videos)  # (B, S, N, D)
-        # A frozen encoder is its own target: no second encoding of the clip.
-        context = latents[:, :1] if self.target_encoder is None else self.encode(pixel_values_videos)[:, :1]
-        imagined = self.rollout(context, actions, steps=latents.shape[1] - 1, states=states).float()
-        targets = latents.float()
-        model_error = (imagined - targets[:, 1:]).abs().mean(dim=(2, 3))
-        copy_last_error = (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3))
-        return model_error, copy_last_error
-
-    # ---------------------------------------------------------------------------------------------- losses
-    def contrastive_loss(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """InfoNCE at each step: a clip's pooled prediction must pick its own future among the batch's."""
-        batch_size = predicted.shape[0]
-        if batch_size < 2:
-            return predicted.new_zeros((), dtype=torch.float32)
-        predicted = F.normalize(predicted.float().mean(2), dim=-1)  # (B, S, D), no CLS token: mean-pool patches
-        target = F.normalize(target.float().mean(2), dim=-1)  # (B, S, D)
-        logits = torch.einsum("bsd,csd->sbc", predicted, target) / self.config.contrastive_temperature  # (S, B, B)
-        labels = torch.arange(batch_size, device=logits.device).expand(logits.shape[0], -1)  # (S, B)
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        latents, targets, actions, states = self._encode_clip(pixel_values_videos, actions, states)
+        imagined = self._rollout_from_first_step(latents, actions, states, latents.shape[1] - 1, graph_steps=0)
+        return rollout_errors(imagined, targets)
 
     def forward(
         self,
         pixel_values_videos: torch.Tensor,
         actions: torch.Tensor | None = None,
         states: torch.Tensor | None = None,
+        token_mask: torch.BoolTensor | None = None,
+        return_rollout_error: bool = False,
         return_dict: bool | None = None,
     ) -> SurgicalWorldModelOutput | tuple:
         r"""
         pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, frames, 3, crop_size, crop_size)`):
-            A clip preprocessed as V-JEPA 2 expects; `frames / frames_per_step` steps, at least 2.
-        actions (`torch.FloatTensor` of shape `(batch_size, steps, action_dim)`, *optional*):
-            The action at every step (see `config.action_spec`); None trains a pure video world model.
-        states (`torch.FloatTensor` of shape `(batch_size, steps, state_dim)`, *optional*):
-            Proprioceptive state per step, when `config.state_dim > 0`.
+            A clip preprocessed as V-JEPA 2 expects; `steps = frames / frames_per_step`, at least 2.
+        actions (`torch.FloatTensor` of shape `(batch_size, steps or frames, action_dim)`, *optional*):
+            The action at every step (see `config.action_spec`), or at every frame (SurgVU's labels): per-frame
+            actions become per-step ones by averaging the frames of each step (`frames_to_steps`), here, once.
+            None trains a pure video world model.
+        states (`torch.FloatTensor` of shape `(batch_size, steps or frames, state_dim)`, *optional*):
+            Proprioceptive state per step (or per frame, averaged alike), when `config.state_dim > 0`.
+        token_mask (`torch.BoolTensor` of shape `(batch_size, steps - 1, tokens)`, *optional*):
+            The context tokens the mask-denoising loss hides (needs `use_mask_aux`); None draws a fresh random mask
+            of `mask_ratio`. Give one seeded per clip for reproducible validation.
+        return_rollout_error (`bool`, *optional*, defaults to `False`):
+            Also return `rollout_error` and `copy_context_error` per clip and horizon, from one rollout over all
+            later steps whose first `rollout_steps` steps also give the rollout loss.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        context = self.encode(pixel_values_videos)  # (B, S, N, D)
-        targets = context.detach() if self.target_encoder is None else self.encode_targets(pixel_values_videos)
-        batch_size, num_steps = context.shape[:2]
-        if num_steps < 2:
-            raise ValueError(f"A clip needs at least 2 steps to predict the future, got {num_steps}.")
-        actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, num_steps, context)
-        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_steps, context)
+        latents, targets, actions, states = self._encode_clip(pixel_values_videos, actions, states)
+        num_steps = latents.shape[1]
+        context_shape = latents[:, :-1].shape[:3]  # (B, S - 1, N): the tokens a mask may hide
+        if token_mask is not None:
+            if not self.config.use_mask_aux:
+                raise ValueError("A `token_mask` is for the mask-denoising loss: it needs `use_mask_aux=True`.")
+            if token_mask.dtype != torch.bool or token_mask.shape != context_shape:
+                raise ValueError(
+                    f"`token_mask` must be a bool tensor of shape (batch, steps - 1, tokens) = {tuple(context_shape)}, "
+                    f"got {token_mask.dtype} of shape {tuple(token_mask.shape)}."
+                )
         past_actions = None if actions is None else actions[:, :-1]
         past_states = None if states is None else states[:, :-1]
-        future = targets[:, 1:].float()
+        future = targets[:, 1:]
 
-        predicted = self.predict(context[:, :-1], past_actions, past_states)  # (B, S - 1, N, D)
-        teacher_forcing_loss = F.l1_loss(predicted.float(), future)
+        predicted = self.predict(latents[:, :-1], past_actions, past_states)  # (B, S - 1, N, D)
+        clip_teacher_forcing_loss = l1_per_clip(predicted, future)
         rollout_steps = min(self.config.rollout_steps, num_steps - 1)
-        rolled = self.rollout(context[:, :1], actions, rollout_steps, states)  # (B, k, N, D)
-        rollout_loss = F.l1_loss(rolled.float(), future[:, :rollout_steps])
-        temporal_loss = teacher_forcing_loss + rollout_loss
-        contrastive = self.contrastive_loss(predicted, future)
+        imagined = self._rollout_from_first_step(
+            latents, actions, states, num_steps - 1 if return_rollout_error else rollout_steps, rollout_steps
+        )  # (B, S - 1 or rollout_steps, N, D)
+        clip_rollout_loss = l1_per_clip(imagined[:, :rollout_steps], future[:, :rollout_steps])
+        clip_temporal_loss = clip_teacher_forcing_loss + clip_rollout_loss
+        temporal_loss = clip_temporal_loss.mean()
+        contrastive = contrastive_loss(predicted, future, self.config.contrastive_temperature)
         loss = temporal_loss + self.config.contrastive_weight * contrastive
 
-        mask_loss = None
+        mask_loss = clip_mask_loss = None
         if self.config.use_mask_aux:
-            token_mask = torch.rand(context[:, :-1].shape[:3], device=context.device) < self.config.mask_ratio
-            denoised = self.predict(context[:, :-1], past_actions, past_states, token_mask=token_mask)
-            per_token = (denoised.float() - future).abs().mean(-1)  # (B, S - 1, N)
-            mask_loss = (per_token * token_mask).sum() / token_mask.sum().clamp(min=1)
+            if token_mask is None:
+                token_mask = torch.rand(context_shape, device=latents.device) < self.config.mask_ratio
+            token_mask = token_mask.to(latents.device)
+            denoised = self.predict(latents[:, :-1], past_actions, past_states, token_mask=token_mask)
+            clip_mask_loss = masked_l1_per_clip(denoised, future, token_mask)
+            mask_loss = clip_mask_loss.mean()
             loss = loss + self.config.lambda_mask * mask_loss
+
+        rollout_error = copy_context_error = None
+        if return_rollout_error:
+            rollout_error, copy_context_error = rollout_errors(imagined.detach(), targets)
 
         output = SurgicalWorldModelOutput(
             loss=loss,
             predicted_latents=predicted,
-            target_latents=targets[:, 1:],
+            target_latents=future,
             temporal_loss=temporal_loss,
-            teacher_forcing_loss=teacher_forcing_loss,
-            rollout_loss=rollout_loss,
+            teacher_forcing_loss=clip_teacher_forcing_loss.mean(),
+            rollout_loss=clip_rollout_loss.mean(),
             contrastive_loss=contrastive,
             mask_loss=mask_loss,
+            clip_temporal_loss=clip_temporal_loss,
+            clip_mask_loss=clip_mask_loss,
+            rollout_error=rollout_error,
+            copy_context_error=copy_context_error,
         )
         return output if return_dict else output.to_tuple()
 

@@ -40,8 +40,13 @@ def test_shapes_of_encode_predict_rollout_and_forward():
     assert output.predicted_latents.shape == output.target_latents.shape == (2, 3, 4, 32)
     for name in ("loss", "temporal_loss", "teacher_forcing_loss", "rollout_loss", "contrastive_loss"):
         assert torch.isfinite(output[name]), name
-    assert output.mask_loss is None
+    assert output.mask_loss is None and output.clip_mask_loss is None
+    assert output.rollout_error is None and output.copy_context_error is None
     torch.testing.assert_close(output.temporal_loss, output.teacher_forcing_loss + output.rollout_loss)
+    assert output.clip_temporal_loss.shape == (2,)
+    torch.testing.assert_close(output.temporal_loss, output.clip_temporal_loss.mean())
+    with_errors = model(pixels, actions, return_rollout_error=True)
+    assert with_errors.rollout_error.shape == with_errors.copy_context_error.shape == (2, 3)
 
 
 def test_real_tubelet_steps_halve_the_steps():
@@ -132,19 +137,156 @@ def test_rollout_feeds_its_predictions_back():
 
 
 @pytest.mark.parametrize("freeze_encoder", [True, False])
-def test_rollout_error_against_copy_last(freeze_encoder):
+def test_rollout_error_against_copy_context(freeze_encoder):
     model = build(freeze_encoder=freeze_encoder).eval()
     if not freeze_encoder:
         with torch.no_grad():
             for parameter in model.target_encoder.parameters():
                 parameter.mul_(0.9)
     pixels, actions = clip(), actions_for()
-    model_error, copy_last = model.rollout_error(pixels, actions)
-    assert model_error.shape == copy_last.shape == (2, 3)
+    model_error, copy_context = model.rollout_error(pixels, actions)
+    assert model_error.shape == copy_context.shape == (2, 3)
     targets = model.encode_targets(pixels)
     imagined = model.rollout(model.encode(pixels)[:, :1], actions, steps=3)
     torch.testing.assert_close(model_error, (imagined - targets[:, 1:]).abs().mean(dim=(2, 3)))
-    torch.testing.assert_close(copy_last, (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3)))
+    torch.testing.assert_close(copy_context, (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3)))
+    output = model(pixels, actions, return_rollout_error=True)
+    torch.testing.assert_close(output.rollout_error, model_error)
+    torch.testing.assert_close(output.copy_context_error, copy_context)
+
+
+def per_step_mean(values, frames_per_step):
+    batch, frames, dim = values.shape
+    return values.float().view(batch, frames // frames_per_step, frames_per_step, dim).mean(2)
+
+
+@pytest.mark.parametrize("frames_per_step", [1, 2])
+def test_latent_level_seams_ignore_steps_past_their_horizon(frames_per_step):
+    model = build(frames_per_step=frames_per_step).eval()
+    latents = model.encode(clip(frames=4 * frames_per_step))  # (2, 4, N, D)
+    # Per-step actions for 6 steps: with 2 frames per step, 6 is also "3 steps x 2 frames", which must not matter.
+    actions = actions_for(steps=6)
+    rolled = model.rollout(latents[:, :1], actions, steps=3)
+    torch.testing.assert_close(rolled, model.rollout(latents[:, :1], actions[:, :3], steps=3), rtol=0, atol=0)
+    predicted = model.predict(latents[:, :3], actions)
+    torch.testing.assert_close(predicted, model.predict(latents[:, :3], actions[:, :3]), rtol=0, atol=0)
+    # ...and the actions do matter, so the comparisons above can fail.
+    assert not torch.allclose(rolled, model.rollout(latents[:, :1], actions[:, 3:], steps=3))
+    with pytest.raises(ValueError, match="cover 2 steps but 3"):
+        model.rollout(latents[:, :1], actions[:, :2], steps=3)
+    with pytest.raises(ValueError, match="cover 2 steps but 3"):
+        model.predict(latents[:, :3], actions[:, :2])
+
+
+def test_forward_takes_per_frame_actions_and_states_as_their_per_step_mean():
+    model = build(frames_per_step=2, state_dim=2).eval()
+    pixels, actions = clip(frames=8), actions_for(steps=8)
+    states = torch.randn(2, 8, 2, generator=torch.Generator().manual_seed(2))
+    per_frame = model(pixels, actions, states, return_rollout_error=True)
+    per_step = model(pixels, per_step_mean(actions, 2), per_step_mean(states, 2), return_rollout_error=True)
+    for name in ("loss", "predicted_latents", "rollout_loss", "clip_temporal_loss", "rollout_error"):
+        torch.testing.assert_close(per_frame[name], per_step[name], rtol=0, atol=0, msg=name)
+    first_frames = model(pixels, actions[:, ::2], states[:, ::2])
+    assert not torch.allclose(first_frames.loss, per_frame.loss)
+    # SurgVU labels are multi-hot: integer or bool labels per frame become the fraction of the step they hold.
+    labels = actions > 0
+    torch.testing.assert_close(model(pixels, labels, states).loss, model(pixels, per_step_mean(labels, 2), states).loss)
+    with pytest.raises(ValueError, match=r"4 \(per step\) or 8 \(per frame\), got 6"):
+        model(pixels, actions[:, :6], states)
+    with pytest.raises(ValueError, match="states"):
+        model.rollout_error(pixels, actions, states[:, :5])
+
+
+@pytest.mark.parametrize("frames_per_step", [1, 2])
+def test_forward_rollout_loss_uses_the_actions_of_an_explicit_rollout(frames_per_step):
+    model = build(frames_per_step=frames_per_step, rollout_steps=2).eval()
+    pixels, actions = clip(frames=4 * frames_per_step), actions_for(steps=4 * frames_per_step)  # per frame
+    per_step = per_step_mean(actions, frames_per_step)
+    latents = model.encode(pixels)
+    output = model(pixels, actions)
+    for step_actions in (per_step, per_step[:, :2]):
+        rolled = model.rollout(latents[:, :1], step_actions, steps=2)
+        torch.testing.assert_close(output.rollout_loss, (rolled - latents[:, 1:3]).abs().mean())
+    # The long rollout of the validation metrics gives the same rollout loss: its first steps are the short one.
+    long = model(pixels, actions, return_rollout_error=True)
+    torch.testing.assert_close(long.rollout_loss, output.rollout_loss)
+    torch.testing.assert_close(long.clip_temporal_loss, output.clip_temporal_loss)
+
+
+def test_rollout_error_in_training_leaves_the_gradients_unchanged():
+    model = build(rollout_steps=1)
+    model.train()
+    pixels, actions = clip(), actions_for()
+    model(pixels, actions).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    output = model(pixels, actions, return_rollout_error=True)
+    assert not output.rollout_error.requires_grad and output.rollout_error.shape == (2, 3)
+    output.loss.backward()
+    for name, grad in reference.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, msg=name)
+
+
+@pytest.mark.parametrize("frames_per_step", [1, 2])
+def test_rollout_error_uses_the_actions_of_forward(frames_per_step):
+    model = build(frames_per_step=frames_per_step).eval()
+    pixels, actions = clip(frames=4 * frames_per_step), actions_for(steps=4 * frames_per_step)  # per frame
+    per_step = per_step_mean(actions, frames_per_step)
+    model_error, copy_context = model.rollout_error(pixels, actions)
+    output = model(pixels, actions, return_rollout_error=True)
+    torch.testing.assert_close(output.rollout_error, model_error)
+    torch.testing.assert_close(output.copy_context_error, copy_context)
+    torch.testing.assert_close(model.rollout_error(pixels, per_step)[0], model_error)
+    latents = model.encode(pixels)
+    imagined = model.rollout(latents[:, :1], per_step[:, :3], steps=3)
+    torch.testing.assert_close(model_error, (imagined - latents[:, 1:]).abs().mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("frames_per_step", [1, 2])
+def test_per_clip_metrics_do_not_depend_on_the_rest_of_the_batch(frames_per_step):
+    model = build(frames_per_step=frames_per_step, use_mask_aux=True).eval()
+    pixels, actions = clip(batch=3, frames=4 * frames_per_step), actions_for(batch=3, steps=4 * frames_per_step)
+    token_mask = torch.rand(3, 3, 4, generator=torch.Generator().manual_seed(3)) < 0.5
+    token_mask[1] = False  # a clip without masked tokens counts 0, whatever the others hold
+    batch = model(pixels, actions, token_mask=token_mask, return_rollout_error=True)
+    assert batch.clip_temporal_loss.shape == batch.clip_mask_loss.shape == (3,)
+    assert batch.rollout_error.shape == batch.copy_context_error.shape == (3, 3)
+    assert batch.clip_mask_loss[1] == 0
+    torch.testing.assert_close(batch.temporal_loss, batch.clip_temporal_loss.mean())
+    torch.testing.assert_close(batch.mask_loss, batch.clip_mask_loss.mean())
+    names = ("clip_temporal_loss", "clip_mask_loss", "rollout_error", "copy_context_error")
+    for index in range(3):
+        alone = model(pixels[index : index + 1], actions[index : index + 1],
+                      token_mask=token_mask[index : index + 1], return_rollout_error=True)
+        for name in names:
+            torch.testing.assert_close(batch[name][index : index + 1], alone[name], msg=f"{name} of clip {index}")
+
+
+def test_a_given_token_mask_replaces_the_random_one():
+    model = build(use_mask_aux=True).eval()
+    pixels, actions = clip(), actions_for()
+    token_mask = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(4)) < 0.5
+    torch.manual_seed(0)
+    first = model(pixels, actions, token_mask=token_mask)
+    torch.manual_seed(1)
+    second = model(pixels, actions, token_mask=token_mask)
+    torch.testing.assert_close(first.mask_loss, second.mask_loss, rtol=0, atol=0)
+    latents = model.encode(pixels)
+    denoised = model.predict(latents[:, :-1], actions, token_mask=token_mask)
+    per_token = (denoised - latents[:, 1:]).abs().mean(-1)  # (B, S - 1, N)
+    expected = torch.stack([per_token[i][token_mask[i]].mean() for i in range(2)])
+    torch.testing.assert_close(first.clip_mask_loss, expected)
+    # Without one, each call draws its own mask.
+    torch.manual_seed(0)
+    drawn = model(pixels, actions).mask_loss
+    torch.manual_seed(1)
+    assert not torch.allclose(drawn, model(pixels, actions).mask_loss)
+    with pytest.raises(ValueError, match=r"token_mask.*\(2, 3, 4\)"):
+        model(pixels, actions, token_mask=token_mask[:, :2])
+    with pytest.raises(ValueError, match="bool"):
+        model(pixels, actions, token_mask=token_mask.float())
+    with pytest.raises(ValueError, match="use_mask_aux"):
+        build().eval()(pixels, actions, token_mask=token_mask)
 
 
 def test_frozen_encoder_gets_no_gradient_no_optimizer_state_and_stays_in_eval():
@@ -219,6 +361,8 @@ def test_bad_inputs_raise_clear_errors():
         model(clip(frames=1))
     with pytest.raises(ValueError, match="actions"):
         model(clip(), torch.randn(2, 4, 5))
+    with pytest.raises(ValueError, match="`actions` must cover 4, got 3"):
+        model(clip(), torch.randn(2, 3, 3))
 
 
 @pytest.mark.parametrize(
