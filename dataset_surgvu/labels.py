@@ -276,25 +276,37 @@ def part_offsets(labels: CaseLabels, durations: dict[int, float | None]) -> dict
     return offsets
 
 
+def to_microseconds(seconds) -> np.ndarray:
+    """Seconds -> whole microseconds (int64), the resolution at which the label files write their times."""
+    return np.round(np.asarray(seconds, dtype=np.float64) * 1e6).astype(np.int64)
+
+
 def labels_at(
     labels: CaseLabels, offsets: dict[int, float], part: int, timestamps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-arm tools [N, 4, 12] uint8 and task indices [N] int64 at `timestamps` (seconds from the part's start).
 
     A tool counts while installed (install <= t < uninstall), even off screen (the labels are weak). Frames covered by
-    no task segment are Other; where segments overlap, the later row in the file wins.
+    no task segment are Other; where segments overlap, the later row in the file wins. Times are compared on the case
+    timeline in whole microseconds, the resolution of the label files: a frame exactly on a boundary is on it even
+    when the file rounds the boundary (frame 8 at 30 fps is 0.2666...s, written `0.266667`).
     """
-    times = offsets[part] + np.asarray(timestamps, dtype=np.float64)
+    offsets = {number: int(to_microseconds(offset)) for number, offset in offsets.items()}
+    times = offsets[part] + to_microseconds(timestamps)
+
+    def case_time(interval_part: int, seconds: float) -> int:
+        return offsets[interval_part] + int(to_microseconds(seconds))
+
     arm_tools = np.zeros((len(times), len(ARMS), len(TOOL_CLASSES)), dtype=np.uint8)
     for interval in labels.tools:
         if interval.class_index is None or interval.arm is None:
             continue
-        start = offsets[interval.start_part] + interval.start_time
-        stop = offsets[interval.stop_part] + interval.stop_time
+        start = case_time(interval.start_part, interval.start_time)
+        stop = case_time(interval.stop_part, interval.stop_time)
         arm_tools[(times >= start) & (times < stop), interval.arm, interval.class_index] = 1
     tasks = np.full(len(times), OTHER_TASK, dtype=np.int64)
     for segment in labels.tasks:
-        start = offsets[segment.start_part] + segment.start_time
-        stop = offsets[segment.stop_part] + segment.stop_time
+        start = case_time(segment.start_part, segment.start_time)
+        stop = case_time(segment.stop_part, segment.stop_time)
         tasks[(times >= start) & (times < stop)] = segment.class_index
     return arm_tools, tasks

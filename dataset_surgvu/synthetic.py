@@ -4,6 +4,8 @@
 `labels/case_NNN/tools.csv` + `tasks.csv`, deterministically from a seed:
 
 - some cases in two parts, with a tool interval and a task segment that span the two parts;
+- label times half a frame from any frame, except in each part the first in-class tool interval and the first task
+  segment, whose ends fall exactly on frames that the builder samples at 4 fps (the edges of [start, stop));
 - frames with black side margins, a bottom band listing the installed tool names (the real label leak) and
   instrument-like shapes: an instrument is drawn for each arm with a tool installed, its tip colour and jaws depend on
   the tool and its motion on the current task, so the frames follow the per-step actions;
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .builder import sample_frame_indices
 from .labels import ARMS, OTHER_TASK, TASK_CLASSES, TOOL_CLASSES
 
 
@@ -53,6 +56,7 @@ OUT_OF_CLASS_TASKS = ('retraction arm positioning"', " camera adjustments", "dis
 
 TOOL_BAND_FRACTION = 0.07  # inside the 8% that the builder crops by default
 MARGIN_FRACTION = 0.08
+EDGE_SAMPLE_FPS = 4.0  # the builder's default sampling rate: some label edges fall exactly on its frames
 
 _TOOL_COLOURS = np.array(
     [
@@ -101,6 +105,24 @@ def _case_timeline(rng, duration, boundary):
         segments = _fill(rng, 0, duration, 4, 10, 3, 9)
     tasks = [{"task": int(rng.integers(OTHER_TASK)), "start": start, "stop": stop} for start, stop in segments]
     return tools, tasks
+
+
+def _put_edges_on_sampled_frames(tools, tasks, part_frames, fps):
+    """In each part, move both ends of the first in-class tool interval and of the first task segment that lie well
+    inside the part onto the nearest frames of the `EDGE_SAMPLE_FPS` grid (by at most half a grid step)."""
+    in_class_tools = [tool for tool in tools if isinstance(tool["tool"], int)]
+    first_frame = 0
+    for count in part_frames:
+        part_start, part_stop = first_frame / fps, (first_frame + count) / fps
+        grid_times = sample_frame_indices(count, fps, EDGE_SAMPLE_FPS) / fps  # from the part's start
+        for items in (in_class_tools, tasks):
+            # well inside the part: clips of 8 frames at 4 fps leave at most its last 1.75 s out
+            inside = [item for item in items if item["start"] >= part_start + 0.5 and item["stop"] <= part_stop - 2.5]
+            if inside:
+                item = min(inside, key=lambda item: item["start"])
+                for end in ("start", "stop"):  # part start + frame index / fps, as the tests compute frame times
+                    item[end] = part_start + float(grid_times[np.argmin(np.abs(part_start + grid_times - item[end]))])
+        first_frame += count
 
 
 def _state_at(tools, tasks, time):
@@ -346,7 +368,8 @@ def _make_case(out_dir, number, case_id, options):
         return (math.floor(time * fps) + 0.5) / fps
 
     for item in tools + tasks:
-        item["start"], item["stop"] = on_frame(item["start"]), on_frame(min(item["stop"], duration - 1 / fps))
+        item["start"], item["stop"] = on_frame(max(item["start"], 0.0)), on_frame(min(item["stop"], duration - 1 / fps))
+    _put_edges_on_sampled_frames(tools, tasks, part_frames, fps)
     labeled = not (unlabeled_case and number == num_cases - 1 and num_cases > 1)
     case_noise = {}
     if labeled:

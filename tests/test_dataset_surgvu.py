@@ -1,5 +1,6 @@
 """The SurgVU builder on SurgVU-format folders with real H.264 videos and real-style noisy labels."""
 
+import collections
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from dataset_surgvu.builder import (
     get_build_info,
     sample_frame_indices,
 )
-from dataset_surgvu.labels import normalize_task_name, normalize_tool_name
+from dataset_surgvu.labels import labels_at, normalize_task_name, normalize_tool_name, part_offsets, read_case_labels
 from dataset_surgvu.video import CorruptVideoError, FrameUnavailableError, decode_clip, default_backend, probe_video
 
 
@@ -93,6 +94,64 @@ def test_labels_agree_with_the_label_files(sample, request, tmp_path):
     assert spanning_steps > 0, "no step of a second part was covered by an interval starting in the first"
     tasks_seen = {task for row in rows for task in row["tasks"]}
     assert len(tasks_seen) >= 3
+
+
+@pytest.mark.parametrize("sample", ["surgvu_sample", "surgvu_sample_30fps"])
+def test_label_edges_on_sampled_frames(sample, request, tmp_path):
+    """The generator puts some label ends exactly on sampled frames: a frame at a start belongs to the interval, a
+    frame at its stop does not (at 30 fps such times are rounded to microseconds in the label files)."""
+    root, manifest = request.getfixturevalue(sample)
+    fps = manifest["fps"]
+    dataset = _load(root, tmp_path)
+    hits = collections.Counter()
+    for row in (row for split in dataset.values() for row in split):
+        case = manifest["cases"][row["case_id"]]
+        _, _, times = _expected(case, row["part"], row["frame_indices"], fps)
+        arm_tools, tasks = np.asarray(row["arm_tools"]), np.asarray(row["tasks"])
+        where = f"{row['case_id']} part {row['part']} at"
+        for tool in case["tools"]:
+            arm, index = ARMS.index(tool["arm"]), TOOL_CLASSES.index(tool["tool"])
+            for step in np.nonzero(times == tool["start"])[0]:
+                assert arm_tools[step, arm, index] == 1, f"{where} {times[step]}: {tool} not installed at its start"
+                hits["tool start"] += 1
+            for step in np.nonzero(times == tool["stop"])[0]:
+                assert arm_tools[step, arm, index] == 0, f"{where} {times[step]}: {tool} still installed at its stop"
+                hits["tool stop"] += 1
+        for segment in case["tasks"]:
+            task = TASK_CLASSES.index(segment["task"])
+            for step in np.nonzero(times == segment["start"])[0]:
+                assert tasks[step] == task, f"{where} {times[step]}: {segment} does not cover its start"
+                hits["task start"] += 1
+            for step in np.nonzero(times == segment["stop"])[0]:
+                assert tasks[step] != task, f"{where} {times[step]}: {segment} covers its stop"
+                hits["task stop"] += 1
+    assert all(hits[kind] >= 2 for kind in ("tool start", "tool stop", "task start", "task stop")), hits
+
+
+def test_labels_at_edges_with_times_rounded_in_the_files(tmp_path):
+    """Frame 8 of 30 fps is 0.2666...s, written 0.266667: exactly at a start it is in, exactly at a stop it is out,
+    in the first part and in the second, which starts after part 1's 301 frames."""
+    tools_csv, tasks_csv = tmp_path / "tools.csv", tmp_path / "tasks.csv"
+    tools_csv.write_text(
+        "index,install_case_part,install_case_time,uninstall_case_part,uninstall_case_time,arm,commercial_toolname,"
+        "groundtruth_toolname\n0,1.0,00:00:00.266667,2.0,00:00:00.266667,USM2,Cadiere Forceps,cadiere forceps\n"
+    )
+    tasks_csv.write_text(
+        "index,start_part,start_time,stop_part,stop_time,groundtruth_taskname\n"
+        "0,1,0.266667,1,0.500000,Suturing\n1,2,0.266667,2,0.766667,suturing\n"
+    )
+    labels = read_case_labels(tools_csv, tasks_csv)
+    offsets = part_offsets(labels, {1: 301 / 30, 2: 5.0})
+    frames = np.array([0, 8, 15, 23, 30]) / 30  # the 4 fps grid of a 30 fps video
+    suturing, other = TASK_CLASSES.index("Suturing"), TASK_CLASSES.index("Other")
+    arm, cadiere = ARMS.index("USM2"), TOOL_CLASSES.index("cadiere forceps")
+    arm_tools, tasks = labels_at(labels, offsets, 1, frames)
+    assert tasks.tolist() == [other, suturing, other, other, other]
+    assert arm_tools[:, arm, cadiere].tolist() == [0, 1, 1, 1, 1]
+    arm_tools, tasks = labels_at(labels, offsets, 2, frames)
+    assert tasks.tolist() == [other, suturing, suturing, other, other]
+    assert arm_tools[:, arm, cadiere].tolist() == [1, 0, 0, 0, 0]
+    assert arm_tools.sum() == 1
 
 
 @pytest.mark.parametrize("sample", ["surgvu_sample", "surgvu_sample_30fps"])
@@ -357,9 +416,13 @@ def test_synthetic_sample_script_is_deterministic(tmp_path):
 
     for name, workers in (("a", "2"), ("b", "1")):  # in parallel or not, the same sample
         arguments = ["--out", str(tmp_path / name), "--num_cases", "2", "--seconds", "3", "--seed", "7"]
-        assert main(arguments + ["--num_workers", workers]) == 0
-    for relative in ("labels/case_000/tools.csv", "labels/case_000/tasks.csv", "synthetic_manifest.json"):
-        assert (tmp_path / "a" / relative).read_text() == (tmp_path / "b" / relative).read_text()
+        assert main(arguments + ["--no_unlabeled_case", "--num_workers", workers]) == 0
+    for case_id in ("case_000", "case_001"):  # case_001: two parts and a truncated third
+        for relative in (f"labels/{case_id}/tools.csv", f"labels/{case_id}/tasks.csv"):
+            text = (tmp_path / "a" / relative).read_text()
+            assert text == (tmp_path / "b" / relative).read_text()
+            assert ",-" not in text  # no negative time, even where a spanning interval starts within 6 s of 0
+    assert (tmp_path / "a/synthetic_manifest.json").read_text() == (tmp_path / "b/synthetic_manifest.json").read_text()
     frames = [decode_first(tmp_path / name / "surgvu24/case_000/case_000_video_part_001.mp4") for name in "ab"]
     np.testing.assert_array_equal(frames[0], frames[1])
     assert (tmp_path / "a" / "__MACOSX").is_dir()
