@@ -13,12 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from dataset_surgvu.synthetic import make_synthetic_surgvu
 
-try:
-    from dataset_surgvu.synthetic import make_synthetic_surgvu
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from dataset_surgvu.synthetic import make_synthetic_surgvu
 
 __all__ = ["make_synthetic_surgvu", "main"]
 

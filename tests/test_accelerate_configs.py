@@ -112,8 +112,6 @@ def test_fsdp_wraps_the_model_layers_and_shards_checkpoints():
     vjepa2 = Path(importlib.util.find_spec("transformers.models.vjepa2.modeling_vjepa2").origin)
     assert "VJEPA2Layer" in _classes_in(vjepa2)
     modeling = ROOT / "modeling_surgical_wm.py"
-    if not modeling.exists():
-        pytest.skip("modeling_surgical_wm.py is not there yet")
     assert "SurgicalWorldModelPredictorLayer" in _classes_in(modeling)
     assert wrapped == _no_split_modules(modeling), "FSDP wrap classes and _no_split_modules disagree"
 
