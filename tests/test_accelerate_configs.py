@@ -133,19 +133,23 @@ def test_deepspeed_is_zero2_bf16_and_leaves_accumulation_to_the_script():
 
 RANK_SCRIPT = """
 import json
+import sys
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator
 
 accelerator = Accelerator()
 total = accelerator.reduce(torch.tensor([accelerator.process_index + 1.0]), reduction="sum")
-print(json.dumps({
+# One file per rank: two ranks printing to one stdout can interleave their lines.
+Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps({
     "rank": accelerator.process_index,
     "world": accelerator.num_processes,
     "type": str(accelerator.distributed_type),
     "backend": accelerator.state.backend,
     "device": accelerator.device.type,
     "sum": total.item(),
-}), flush=True)
+}))
 accelerator.wait_for_everyone()
 """
 
@@ -156,12 +160,12 @@ def test_cpu_2proc_starts_two_gloo_processes(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(RANK_SCRIPT)
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(config_path("cpu_2proc")), str(script)]
+    command = [str(accelerate), "launch", "--config_file", str(config_path("cpu_2proc")), str(script), str(tmp_path)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, f"launch failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert sorted(r["rank"] for r in reports) == [0, 1], result.stdout
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
+    assert [r["rank"] for r in reports] == [0, 1], result.stdout
     for report in reports:
         assert report["world"] == 2
         assert report["type"] == "DistributedType.MULTI_CPU"
