@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -26,8 +27,6 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # package import name -> why training needs it. Missing any of these blocks training.
 REQUIRED_PACKAGES = {
@@ -146,8 +145,8 @@ def check_devices(report: Report, torch) -> None:
 def check_ffmpeg(report: Report) -> str | None:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        detail = "not on PATH (torchcodec needs FFmpeg's shared libraries; PyAV bundles its own)"
-        report.add("video", "ffmpeg binary", "warn", detail)
+        detail = "not on PATH (not needed: what decoding needs is in the backend line below)"
+        report.add("video", "ffmpeg binary", "info", detail)
         return None
     try:
         first_line = subprocess.run(
@@ -190,12 +189,14 @@ def _write_test_video(path: Path, ffmpeg: str | None, av) -> str | None:
 
 
 def check_video_backends(report: Report, ffmpeg: str | None) -> None:
+    """PyAV and torchcodec versions, then the backend the data loader will really use (chosen by
+    `dataset_surgvu.video.select_backend`, as in training) and a decode of a test clip with it."""
     try:
         import av
     except Exception as error:
         av = None
-        detail = f"cannot import ({type(error).__name__}: {error}); it is the fallback decoder"
-        report.add("video", "PyAV", "warn", detail)
+        detail = f"cannot import ({type(error).__name__}: {error}); dataset_surgvu reads every video with it"
+        report.add("video", "PyAV", "fail", detail)
     else:
         libraries = av.library_versions
         versions = ", ".join(
@@ -205,58 +206,42 @@ def check_video_backends(report: Report, ffmpeg: str | None) -> None:
         report.add("video", "PyAV", "ok", f"{av.__version__}, bundled FFmpeg {bundled} ({versions})")
 
     try:
-        from torchcodec.decoders import VideoDecoder
-    except Exception as error:  # torchcodec raises RuntimeError when it finds no usable FFmpeg libraries
-        VideoDecoder = None
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        report.add("video", "torchcodec", "warn", f"cannot import ({message}); PyAV will be used instead")
-    else:
         import torchcodec
+    except Exception as error:  # optional: without it, PyAV decodes
+        report.add("video", "torchcodec", "info", f"cannot import ({type(error).__name__}: {error}); optional")
+    else:
+        report.add("video", "torchcodec", "ok", str(getattr(torchcodec, "__version__", "unknown version")))
 
-        try:
-            from torchcodec._core import get_ffmpeg_library_versions
+    try:
+        from dataset_surgvu.video import BACKEND_ENV, decode_clip, select_backend
+    except Exception as error:
+        report.add("video", "backend", "fail", f"cannot import dataset_surgvu.video ({type(error).__name__}: {error})")
+        return
+    # The report line below says what the fallback warning would say; without a handler logging prints it again.
+    logging.getLogger("dataset_surgvu.video").addHandler(logging.NullHandler())
+    try:
+        backend, reason = select_backend()
+    except (ValueError, RuntimeError) as error:  # an invalid value, or a forced backend that cannot decode here
+        report.add("video", "backend", "fail", str(error))
+        return
+    fallback = backend == "pyav" and not reason.startswith(BACKEND_ENV)
+    report.add("video", "backend", "warn" if fallback else "ok", f"{backend} ({reason})")
 
-            ffmpeg_used = get_ffmpeg_library_versions().get("ffmpeg_version", "unknown")
-        except Exception:
-            ffmpeg_used = "unknown"
-        report.add("video", "torchcodec", "ok", f"{torchcodec.__version__}, using FFmpeg {ffmpeg_used}")
-
-    decoders_ok = []
     with tempfile.TemporaryDirectory(prefix="check_setup_") as tmp:
         video = Path(tmp) / "test.mp4"
         problem = _write_test_video(video, ffmpeg, av)
         if problem is not None:
             report.add("video", "decode test", "warn", problem)
-            if av is None and VideoDecoder is None:
-                report.add("video", "decoder", "fail", "no video decoder: install torchcodec (with FFmpeg) or av")
             return
-        if VideoDecoder is not None:
-            try:
-                decoder = VideoDecoder(str(video))
-                frames = decoder.get_frames_in_range(0, 8).data
-                if tuple(frames.shape) != (8, 3, 64, 64):
-                    raise RuntimeError(f"decoded shape {tuple(frames.shape)}, expected (8, 3, 64, 64)")
-                detail = f"decoded 8 frames of a test clip ({decoder.metadata.num_frames} in file)"
-                report.add("video", "torchcodec decode", "ok", detail)
-                decoders_ok.append("torchcodec")
-            except Exception as error:
-                detail = f"failed on a test clip: {type(error).__name__}: {error}"
-                report.add("video", "torchcodec decode", "warn", detail)
-        if av is not None:
-            try:
-                with av.open(str(video)) as container:
-                    count = sum(1 for _ in container.decode(video=0))
-                if count != 16:
-                    raise RuntimeError(f"decoded {count} frames, expected 16")
-                report.add("video", "PyAV decode", "ok", "decoded all 16 frames of a test clip")
-                decoders_ok.append("PyAV")
-            except Exception as error:
-                report.add("video", "PyAV decode", "warn", f"failed on a test clip: {type(error).__name__}: {error}")
-    if decoders_ok:
-        report.add("video", "decoder", "ok", f"usable: {', '.join(decoders_ok)}")
-    else:
-        detail = "neither torchcodec nor PyAV can decode a test clip: SurgVU cannot be read"
-        report.add("video", "decoder", "fail", detail)
+        try:
+            frames = decode_clip(video, list(range(0, 16, 2)), backend=backend)
+            if tuple(frames.shape) != (8, 64, 64, 3):
+                raise RuntimeError(f"decoded shape {tuple(frames.shape)}, expected (8, 64, 64, 3)")
+        except Exception as error:
+            detail = f"{backend} failed on a test clip ({type(error).__name__}: {error}): SurgVU cannot be read"
+            report.add("video", "decode test", "fail", detail)
+            return
+        report.add("video", "decode test", "ok", f"{backend} decoded 8 frames of a test clip")
 
 
 # -- Hub ----------------------------------------------------------------------------------------------------------
@@ -298,8 +283,6 @@ def check_data(report: Report, data_root: str, labels_dir: str | None) -> None:
     if not any(root.iterdir()):
         report.add("data", "folder", "fail", f"{root} is empty (expected surgvu24/case_NNN/... and labels/)")
         return
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     try:
         from dataset_surgvu import scan_surgvu
     except ImportError as error:

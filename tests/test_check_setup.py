@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+import no_ffmpeg
+from dataset_surgvu.synthetic import make_synthetic_surgvu
+from dataset_surgvu.video import BACKEND_ENV, select_backend
 from tests.hub_server import LoopbackHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +63,10 @@ def test_passes_on_this_machine_and_never_prints_the_token(tmp_path):
         assert any(line.startswith(f"[  ok] {package}: ") for line in lines), f"no ok line for {package}"
     for device in ("cpu", "cuda", "mps"):
         assert any(line.split("] ")[-1].startswith(f"{device}: ") for line in lines), f"no line for {device}"
-    assert any(line.startswith("[  ok] decoder: usable: ") for line in lines)
+    backend = select_backend().name  # what the data loader uses on this machine
+    assert any(line.split("] ")[-1].startswith(f"backend: {backend} (") for line in lines), "no backend line"
+    assert f"[  ok] decode test: {backend} decoded 8 frames of a test clip" in lines
+    assert "Traceback" not in output
     hub_line = next(line for line in lines if "] reachability: " in line)
     assert hub_line.startswith("[  ok]") and hub.endpoint in hub_line and "a token is configured" in hub_line
 
@@ -121,13 +128,6 @@ def test_checkpoint_without_safetensors_or_config_blocks_training(tmp_path):
 
 def test_synthetic_surgvu_folder_is_reported(tmp_path):
     """The data check on a real SurgVU-format folder, through dataset_surgvu.scan_surgvu."""
-    if importlib.util.find_spec("dataset_surgvu") is None:
-        pytest.skip("dataset_surgvu is not there yet")
-    try:
-        from dataset_surgvu import scan_surgvu  # noqa: F401
-        from dataset_surgvu.synthetic import make_synthetic_surgvu
-    except ImportError as error:
-        pytest.skip(f"dataset_surgvu.scan_surgvu / make_synthetic_surgvu not available yet: {error}")
     check_setup = load_script()
 
     make_synthetic_surgvu(tmp_path, num_cases=2, width=64, height=48, fps=8, seconds=30)
@@ -139,3 +139,41 @@ def test_synthetic_surgvu_folder_is_reported(tmp_path):
     assert checks["label noise"].status == "info"
     assert any(c.name == "unreadable video" for c in report.checks)  # and one corrupt video
     assert not report.blockers
+
+
+def without_ffmpeg_env(backend: str = "") -> dict:
+    """A machine without FFmpeg's shared libraries for torchcodec (tests/no_ffmpeg), a backend forced or not."""
+    return {**os.environ, "PYTHONPATH": no_ffmpeg.pythonpath(), BACKEND_ENV: backend}
+
+
+def test_reports_the_pyav_fallback_without_ffmpeg_in_one_line():
+    result = run_check("--skip_hub", env=without_ffmpeg_env())
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    backend_lines = [line for line in result.stdout.splitlines() if "] backend: " in line]
+    assert len(backend_lines) == 1 and backend_lines[0].startswith("[warn] backend: pyav (torchcodec cannot load")
+    assert "libavutil.so." in backend_lines[0] and "apt-get install ffmpeg" in backend_lines[0]
+    assert "[  ok] decode test: pyav decoded 8 frames of a test clip" in result.stdout
+    assert "Traceback" not in output and "Could not load libtorchcodec" not in output  # no traceback wall
+    assert "decoding video with PyAV" not in output  # the library's warning is not printed again
+
+
+@pytest.mark.parametrize("backend", ["torchcodec", "ffmpeg"])
+def test_a_forced_backend_that_cannot_decode_blocks_training(backend):
+    code, report = run_json("--skip_hub", env=without_ffmpeg_env(backend))
+    assert code == 1 and not report["ok"]
+    check = checks_named(report, "video")["backend"]
+    assert check["status"] == "fail" and check["detail"].startswith(f"{BACKEND_ENV}=")
+    if backend == "torchcodec":
+        assert "libavutil.so." in check["detail"] and "apt-get install ffmpeg" in check["detail"]
+    else:
+        assert "is not a video backend" in check["detail"]
+    assert report["blockers"] == [f"video/backend: {check['detail']}"]
+
+
+def test_forced_pyav_is_ok_without_ffmpeg():
+    code, report = run_json("--skip_hub", env=without_ffmpeg_env("pyav"))
+    checks = checks_named(report, "video")
+    assert code == 0 and report["ok"]
+    assert (checks["backend"]["status"], checks["backend"]["detail"]) == ("ok", f"pyav ({BACKEND_ENV}=pyav)")
+    assert checks["decode test"]["status"] == "ok"
