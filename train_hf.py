@@ -337,7 +337,7 @@ dimensions per step.
 from transformers import AutoModel
 model = AutoModel.from_pretrained("{load_id}", trust_remote_code=True)
 latents = model.encode(pixel_values_videos)          # (B, T, 3, {config.encoder_config.crop_size}, {config.encoder_config.crop_size}) -> (B, T, N, D)
-future = model.rollout(latents[:, :1], actions, steps=4)
+future = model.rollout(latents[:, :1], actions, steps=4)  # actions: one per step, (B, steps, {config.action_dim})
 ```
 
 ## Training
