@@ -3,7 +3,8 @@
 
 Three loaders fetch the same 8-frame clips sampled at 4 fps (frames 15 apart) at random places in a synthetic
 SurgVU-like video (made once, cached under benchmarks/.cache/):
-- ours: `decode_clip` with a `DecoderCache` (default backend; PyAV shown too), returning uint8 RGB frames;
+- ours: `decode_clip` with a `DecoderCache` on the backend the data loader uses (`--backend auto`: torchcodec when
+  it loads FFmpeg's shared libraries, PyAV otherwise; or the one named), PyAV timed too, returning uint8 RGB frames;
 - naive: the common OpenCV-style loop: open the video, decode and convert every frame from the start up to the
   clip's last frame, keep the wanted ones (slow, so it runs on the first `--naive_clips` clips only);
 - bound: a bare PyAV decoder on an open file: seek to the keyframe before the clip, decode up to its last frame,
@@ -15,19 +16,17 @@ the bound's). Targets: at least 20x and at most 1.5x.
 import argparse
 import csv
 import os
-import sys
 import time
 
+import av
 import numpy as np
+
+from dataset_surgvu import DecoderCache, decode_clip, probe_video, select_backend
+from dataset_surgvu.synthetic import make_synthetic_surgvu
+from dataset_surgvu.video import BACKENDS, torchcodec_problem
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import av  # noqa: E402
-
-from dataset_surgvu import DecoderCache, decode_clip, default_backend, probe_video  # noqa: E402
-from dataset_surgvu.synthetic import make_synthetic_surgvu  # noqa: E402
 
 
 def make_video(cache_dir: str, seconds: float, width: int, height: int, fps: int) -> str:
@@ -102,9 +101,15 @@ def main() -> None:
     parser.add_argument("--sample_fps", type=float, default=4.0)
     parser.add_argument("--naive_clips", type=int, default=5, help="clips timed with the naive loader")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                        help="our backend: auto (what the data loader chooses, SURGICAL_WM_VIDEO_BACKEND included) or "
+                        "one of them; a backend that cannot decode here is an error")
     parser.add_argument("--cache_dir", default=os.path.join(REPO_ROOT, "benchmarks", ".cache"))
     parser.add_argument("--csv", default=os.path.join(REPO_ROOT, "benchmarks", "results", "decode.csv"))
     args = parser.parse_args()
+    backend, reason = select_backend() if args.backend == "auto" else (args.backend, "--backend")
+    if backend == "torchcodec" and (problem := torchcodec_problem()) is not None:
+        parser.error(problem)
 
     path = make_video(args.cache_dir, args.seconds, args.width, args.height, args.fps)
     info = probe_video(path)
@@ -117,10 +122,9 @@ def main() -> None:
         return [[int(round(start + k * step)) for k in range(args.frames)] for start in starts]
 
     warm_up, clips = random_clips(3), random_clips(args.clips)
-    backend = default_backend()
     print(f"video: {info.width}x{info.height} at {info.fps:g} fps, {info.num_frames} frames ({info.duration:.0f}s)")
     print(f"clips: {args.clips} random clips of {args.frames} frames at {args.sample_fps:g} fps (span {span} frames)")
-    print(f"our backend: {backend}; CPU threads available: {os.cpu_count()}")
+    print(f"our backend: {backend} ({reason}); CPU threads available: {os.cpu_count()}")
 
     results = {}
     for name in dict.fromkeys([backend, "pyav"]):

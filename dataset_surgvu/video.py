@@ -33,8 +33,7 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("torchcodec", "pyav")
 BACKEND_ENV = "SURGICAL_WM_VIDEO_BACKEND"  # forces a backend: "torchcodec" or "pyav"
-_FFMPEG_FIX = "apt-get install ffmpeg"
-_FASTER = "for the faster torchcodec path"
+_FFMPEG_FIX = "apt-get install ffmpeg"  # gives torchcodec the FFmpeg shared libraries it loads
 _RESEEK_GAP_SECONDS = 2.0  # PyAV: requested frames further apart than this are reached by a new seek
 
 
@@ -179,7 +178,7 @@ def torchcodec_problem() -> str | None:
     try:
         from torchcodec.decoders import VideoDecoder
     except ModuleNotFoundError:
-        return f"torchcodec is not installed; pip install torchcodec and {_FFMPEG_FIX} {_FASTER}"
+        return f"torchcodec is not installed; pip install torchcodec and {_FFMPEG_FIX} to decode with torchcodec"
     except Exception as error:  # e.g. a torchcodec built for another torch
         fix = f"install the torchcodec release matching torch {torch.__version__}"
         return f"torchcodec cannot be imported ({_first_line(error)}); {fix}"
@@ -212,7 +211,7 @@ def _describe_torchcodec_failure(error: Exception) -> str:
             f"matching torch {torch.__version__} and FFmpeg"
         )
     cause = causes[0] if causes else _first_line(error)
-    return f"torchcodec cannot load FFmpeg's shared libraries ({cause}); {_FFMPEG_FIX} {_FASTER}"
+    return f"torchcodec cannot load FFmpeg's shared libraries ({cause}); {_FFMPEG_FIX} to decode with torchcodec"
 
 
 def _first_line(error: Exception) -> str:
