@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import importlib.util
 import io
 import logging
 import os
@@ -161,7 +162,8 @@ class VideoBackendError(RuntimeError):
 
 
 class BackendChoice(NamedTuple):
-    """The backend `decode_clip` uses when none is given, and why (one line, with the fix when it is a fallback)."""
+    """The backend `decode_clip` uses when none is given, and why, in one line: `SURGICAL_WM_VIDEO_BACKEND=<name>`
+    when forced; the cause and the fix when PyAV stands in for torchcodec."""
 
     name: str
     reason: str
@@ -175,10 +177,10 @@ def torchcodec_problem() -> str | None:
     the system's libavutil, libavcodec, ...) only when the first decoder is created. So this creates one, on a
     two-frame clip written in memory with PyAV, and decodes a frame. Checked once per process.
     """
+    if importlib.util.find_spec("torchcodec") is None:
+        return f"torchcodec is not installed; pip install torchcodec and {_FFMPEG_FIX} to decode with torchcodec"
     try:
         from torchcodec.decoders import VideoDecoder
-    except ModuleNotFoundError:
-        return f"torchcodec is not installed; pip install torchcodec and {_FFMPEG_FIX} to decode with torchcodec"
     except Exception as error:  # e.g. a torchcodec built for another torch
         fix = f"install the torchcodec release matching torch {torch.__version__}"
         return f"torchcodec cannot be imported ({_first_line(error)}); {fix}"

@@ -60,6 +60,22 @@ def test_the_simulation_gives_the_reason_this_machine_gives():
         assert simulated == real
 
 
+def test_an_ffmpeg_that_is_there_but_does_not_load_is_the_reason_given():
+    """With FFmpeg 6 installed but a torchcodec built for another torch, the FFmpeg 6 error is the one that matters."""
+    message = "\n".join([
+        "Could not load libtorchcodec. Likely causes:",
+        "FFmpeg version 7:",
+        "OSError: libavutil.so.59: cannot open shared object file: No such file or directory",
+        "OSError: Could not load this library: /site-packages/torchcodec/libtorchcodec_core7.so",
+        "FFmpeg version 6:",
+        "OSError: /site-packages/torchcodec/libtorchcodec_core6.so: undefined symbol: _ZN3c104impl3cow",
+        "OSError: Could not load this library: /site-packages/torchcodec/libtorchcodec_core6.so",
+    ])
+    reason = video._describe_torchcodec_failure(RuntimeError(message))
+    assert "undefined symbol: _ZN3c104impl3cow" in reason and f"torch {torch.__version__}" in reason
+    assert "libavutil.so.59" not in reason
+
+
 def test_falls_back_to_pyav_and_logs_once_with_cause_and_fix(without_ffmpeg, video_path, caplog):
     with caplog.at_level(logging.WARNING, logger=video.__name__):
         name, reason = video.select_backend()
