@@ -2,7 +2,7 @@
 
     python tests/distributed_checks.py validation WORLD_MODEL DATA_ROOT ARROW_CACHE OUT.json
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml tests/distributed_checks.py validation ...
-    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml tests/distributed_checks.py fsdp2 WORLD_MODEL OUT_DIR
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml tests/distributed_checks.py fsdp2 MODEL OUT_DIR
 
 `validation`: the training script's validation on the first clips of the sample's train split (a count that does not
 divide evenly between processes); rank 0 writes the per-clip metrics by sample id.

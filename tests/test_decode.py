@@ -9,7 +9,15 @@ import pytest
 import torch
 
 import no_ffmpeg
-from dataset_surgvu import ClipTransform, DecoderCache, FrameUnavailableError, decode_clip, load_surgvu, probe_video
+from dataset_surgvu import (
+    ClipTransform,
+    DecoderCache,
+    FrameUnavailableError,
+    SurgVUClips,
+    decode_clip,
+    load_surgvu,
+    probe_video,
+)
 from dataset_surgvu import video as video_module
 from dataset_surgvu.transforms import vjepa2_preprocess
 
@@ -186,23 +194,12 @@ def test_clip_transform_outputs_and_crop(surgvu_sample, tmp_path):
     transform.close()
 
 
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, dataset, transform):
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        return self.transform(self.dataset[index])
-
-
 def test_clip_transform_in_dataloader_workers(surgvu_sample, tmp_path):
     root, _ = surgvu_sample
     dataset = load_surgvu(root, cache_dir=tmp_path / "cache")["train"].select(range(6))
     transform = ClipTransform(crop_size=32, max_open_decoders=2)
     transform(dataset[0])  # a decoder opened in the parent must not reach the workers
-    loader = torch.utils.data.DataLoader(_Rows(dataset, transform), batch_size=3, num_workers=2, timeout=120)
+    loader = torch.utils.data.DataLoader(SurgVUClips(dataset, transform), batch_size=3, num_workers=2, timeout=120)
     batches = list(loader)
     assert [batch["pixel_values_videos"].shape for batch in batches] == [(3, 8, 3, 32, 32)] * 2
     expected = torch.stack([transform(dataset[index])["pixel_values_videos"] for index in range(3)])

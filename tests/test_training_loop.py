@@ -115,7 +115,7 @@ def test_accumulation_drops_the_whole_window_with_a_bad_micro_batch():
                 train_step(accelerator, model, optimizer, guard, 1, nan_loss=True)]
     assert outcomes == [(False, None), (True, False)]
     assert all(torch.equal(old, new) for old, new in zip(start, weights(model)))
-    outcomes = [train_step(accelerator, model, optimizer, guard, 2), train_step(accelerator, model, optimizer, guard, 3)]
+    outcomes = [train_step(accelerator, model, optimizer, guard, index) for index in (2, 3)]
     assert outcomes == [(False, None), (False, True)]
     got = weights(model)
 
