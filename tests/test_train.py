@@ -251,3 +251,6 @@ def test_finetuned_encoder_in_bf16_trains_the_encoder_and_exports_its_ema_target
     # The EMA target moved by (1 - momentum) per step: between the start and the online encoder, close to the start.
     assert 0 < (target - start[key]).abs().max() < (final[key] - start[key]).abs().max()
     assert json.loads((out / "final" / "config.json").read_text())["freeze_encoder"] is False
+    # --max_train_steps 3 ends the cosine schedule: the learning rate reaches zero at step 3, not epochs later.
+    state = json.loads((out / "final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and state["history"][-1]["lr"] == 0.0
