@@ -580,20 +580,45 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         return latents[:, num_context:]
 
     # ----------------------------------------------------------------------------------------------- clips
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        if self.target_encoder is not None:
+            raise ValueError(
+                "Precomputed `latents` stand in for the encoder only when it is frozen: a trained encoder changes "
+                "them at every step, and its targets come from the EMA encoder. Pass `pixel_values_videos`."
+            )
+        expected = (self.config.tokens_per_step, self.config.latent_dim)
+        if latents.ndim != 4 or tuple(latents.shape[2:]) != expected:
+            raise ValueError(
+                f"`latents` must have shape (batch, steps, {expected[0]}, {expected[1]}) as `encode` returns them, "
+                f"got {tuple(latents.shape)}."
+            )
+
     def _encode_clip(
-        self, pixel_values_videos: torch.Tensor, actions: torch.Tensor | None, states: torch.Tensor | None
+        self,
+        pixel_values_videos: torch.Tensor | None,
+        latents: torch.Tensor | None,
+        actions: torch.Tensor | None,
+        states: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """
-        The common start of `forward` and `rollout_error`: the clip's latents `(B, S, N, D)`, its target latents,
-        and its actions and states brought to one per step, once, where the number of frames is known.
+        The common start of `forward` and `rollout_error`: the clip's latents `(B, S, N, D)` (encoded here, or given
+        as `encode` returned them, e.g. from a latent cache), its target latents, and its actions and states brought
+        to one per step, once, where the number of frames is known.
         """
-        latents = self.encode(pixel_values_videos)  # (B, S, N, D)
-        # A frozen encoder is its own target: no second encoding of the clip.
-        targets = latents.detach() if self.target_encoder is None else self.encode_targets(pixel_values_videos)
+        if (pixel_values_videos is None) == (latents is None):
+            raise ValueError("Give either `pixel_values_videos` or precomputed `latents`, not both or neither.")
+        if latents is not None:
+            self._check_latents(latents)
+            targets = latents  # a frozen encoder is its own target
+            num_frames = latents.shape[1] * self.config.frames_per_step
+        else:
+            latents = self.encode(pixel_values_videos)  # (B, S, N, D)
+            # A frozen encoder is its own target: no second encoding of the clip.
+            targets = latents.detach() if self.target_encoder is None else self.encode_targets(pixel_values_videos)
+            num_frames = pixel_values_videos.shape[1]
         batch_size, num_steps = latents.shape[:2]
         if num_steps < 2:
             raise ValueError(f"A clip needs at least 2 steps to predict the future, got {num_steps}.")
-        num_frames = pixel_values_videos.shape[1]
         actions = self._clip_step_inputs("actions", actions, num_frames)
         states = self._clip_step_inputs("states", states, num_frames)
         actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, num_steps, latents)
@@ -626,32 +651,37 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
     @torch.no_grad()
     def rollout_error(
         self,
-        pixel_values_videos: torch.Tensor,
+        pixel_values_videos: torch.Tensor | None = None,
         actions: torch.Tensor | None = None,
         states: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         L1 error of a rollout from the first step of each clip over all its later steps, next to the baseline that
         copies the first (context) latent ("nothing moves"). Actions and states as in `forward` (per step or per
         frame). Returns `(model_error, copy_context_error)`, each `(batch, steps - 1)`: per clip and per horizon; the
-        same values as `forward(..., return_rollout_error=True)`.
+        same values as `forward(..., return_rollout_error=True)`. `latents` may replace the pixels as in `forward`.
         """
-        latents, targets, actions, states = self._encode_clip(pixel_values_videos, actions, states)
+        latents, targets, actions, states = self._encode_clip(pixel_values_videos, latents, actions, states)
         imagined = self._rollout_from_first_step(latents, actions, states, latents.shape[1] - 1, graph_steps=0)
         return rollout_errors(imagined, targets)
 
     def forward(
         self,
-        pixel_values_videos: torch.Tensor,
+        pixel_values_videos: torch.Tensor | None = None,
         actions: torch.Tensor | None = None,
         states: torch.Tensor | None = None,
         token_mask: torch.BoolTensor | None = None,
         return_rollout_error: bool = False,
+        latents: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> SurgicalWorldModelOutput | tuple:
         r"""
         pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, frames, 3, crop_size, crop_size)`):
             A clip preprocessed as V-JEPA 2 expects; `steps = frames / frames_per_step`, at least 2.
+        latents (`torch.FloatTensor` of shape `(batch_size, steps, tokens, dim)`, *optional*):
+            The clip's latents exactly as `encode` returns them (normalization included), instead of its pixels: a
+            latent cache for frozen-encoder training. Only with a frozen encoder, which is then its own target.
         actions (`torch.FloatTensor` of shape `(batch_size, steps or frames, action_dim)`, *optional*):
             The action at every step (see `config.action_spec`), or at every frame (SurgVU's labels): per-frame
             actions become per-step ones by averaging the frames of each step (`frames_to_steps`), here, once.
@@ -666,7 +696,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             later steps whose first `rollout_steps` steps also give the rollout loss.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        latents, targets, actions, states = self._encode_clip(pixel_values_videos, actions, states)
+        latents, targets, actions, states = self._encode_clip(pixel_values_videos, latents, actions, states)
         num_steps = latents.shape[1]
         context_shape = latents[:, :-1].shape[:3]  # (B, S - 1, N): the tokens a mask may hide
         if token_mask is not None:

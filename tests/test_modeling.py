@@ -559,3 +559,35 @@ def test_parity_with_real_vjepa2_weights():
         bare = vjepa2(pixels[:, 1:].expand(-1, 2, -1, -1, -1), skip_predictor=True).last_hidden_state
     ours = model.encode(pixels)[:, 1]
     torch.testing.assert_close(ours, torch.nn.functional.layer_norm(bare, (bare.shape[-1],)), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("frames_per_step", [1, 2])
+def test_precomputed_latents_give_the_outputs_of_the_pixels(frames_per_step):
+    """A latent cache feeds `forward` what `encode` returned: every output must be the pixels' one."""
+    model = build(frames_per_step=frames_per_step, use_mask_aux=True).eval()
+    pixels, per_frame_actions = clip(frames=4), actions_for(steps=4)
+    latents = model.encode(pixels)
+    mask = torch.rand(latents[:, :-1].shape[:3], generator=torch.Generator().manual_seed(2)) < 0.5
+    with torch.no_grad():
+        from_pixels = model(pixels, per_frame_actions, token_mask=mask, return_rollout_error=True)
+        from_latents = model(latents=latents, actions=per_frame_actions, token_mask=mask, return_rollout_error=True)
+    for name in ("loss", "predicted_latents", "clip_temporal_loss", "clip_mask_loss", "rollout_error",
+                 "copy_context_error", "contrastive_loss"):
+        torch.testing.assert_close(getattr(from_latents, name), getattr(from_pixels, name), rtol=0, atol=0, msg=name)
+    for got, expected in zip(model.rollout_error(latents=latents, actions=per_frame_actions),
+                             model.rollout_error(pixels, per_frame_actions)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_precomputed_latents_are_refused_where_they_cannot_stand_in_for_the_encoder():
+    frozen = build().eval()
+    latents = frozen.encode(clip())
+    with pytest.raises(ValueError, match="either"):
+        frozen(clip(), latents=latents)
+    with pytest.raises(ValueError, match="either"):
+        frozen()
+    with pytest.raises(ValueError, match=r"\(batch, steps, 4, 32\)"):
+        frozen(latents=latents[..., :16])
+    trained = build(freeze_encoder=False).eval()
+    with pytest.raises(ValueError, match="frozen"):
+        trained(latents=latents)
