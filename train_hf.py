@@ -39,6 +39,15 @@ from dataset_surgvu import (
     get_build_metadata,
     load_surgvu,
 )
+from dataset_surgvu.latent_cache import (
+    PRECISIONS,
+    LatentCache,
+    LatentCacheBuilder,
+    LatentCacheKey,
+    LatentClips,
+    module_fingerprint,
+    shard_clips,
+)
 from modeling_surgical_wm import SurgicalWorldModel
 
 
@@ -77,6 +86,14 @@ class DataArguments:
     )
     num_workers: int = field(default=8, metadata={"help": "DataLoader workers (capped at the available cores)."})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Where the Arrow files of the dataset go."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Latent cache of a frozen encoder's outputs (default: output_dir/latent_cache)."}
+    )
+    no_cache: bool = field(default=False, metadata={"help": "Decode and encode every clip at every epoch."})
+    cache_precision: str = field(
+        default="float16", metadata={"help": "Latent cache storage: float16, or int8 with a scale per token."}
+    )
+    cache_shard_size: int = field(default=128, metadata={"help": "Clips per latent cache shard."})
 
 
 @dataclass
@@ -142,6 +159,9 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
         raise SystemExit(f"error: --report_to must be tensorboard, trackio, wandb or none, got {train_args.report_to}")
     if train_args.device not in {None, "cuda", "mps", "cpu"}:
         raise SystemExit(f"error: --device must be cuda, mps or cpu, got {train_args.device}")
+    if data_args.cache_precision not in PRECISIONS:
+        raise SystemExit(f"error: --cache_precision must be one of {', '.join(PRECISIONS)}, got "
+                         f"{data_args.cache_precision}")
     return model_args, data_args, train_args
 
 
@@ -165,6 +185,78 @@ def load_dataset_splits(data_args: DataArguments):
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def clip_inputs(batch: dict) -> dict:
+    """The model's clip input of a batch: cached `latents`, or `pixel_values_videos` to encode."""
+    if "latents" in batch:
+        return {"latents": batch["latents"]}
+    return {"pixel_values_videos": batch["pixel_values_videos"]}
+
+
+# -------------------------------------------------------------------------------------------------- latent cache
+def latent_cache_off_reason(model_args: ModelArguments, data_args: DataArguments, transform) -> str | None:
+    """Why the latent cache cannot serve this run, or None when it can."""
+    if data_args.no_cache:
+        return "--no_cache"
+    if not model_args.encoder_frozen:
+        return "the encoder trains, so its latents change at every step"
+    if not transform.deterministic:
+        return "the clip transform is random, so a clip's pixels change between epochs"
+    return None
+
+
+def latent_cache_key(accelerator: Accelerator, model, split, transform, data_args: DataArguments) -> LatentCacheKey:
+    config = model.config
+    return LatentCacheKey(
+        encoder_hash=module_fingerprint(model.encoder),
+        preprocessing={"crop_size": transform.crop_size, "image_mean": list(transform.image_mean),
+                       "image_std": list(transform.image_std), "fps": data_args.fps,
+                       "frames_per_clip": data_args.frames_per_clip, "frames_per_step": config.frames_per_step,
+                       "normalize_latents": config.normalize_latents, "autocast": str(accelerator.mixed_precision)},
+        dataset_fingerprint=split._fingerprint,
+        precision=data_args.cache_precision,
+    )
+
+
+@torch.no_grad()
+def build_latent_cache(accelerator: Accelerator, model, split, transform, directory: Path, key: LatentCacheKey,
+                       shard_size: int, batch_size: int, num_workers: int) -> LatentCache:
+    """Encodes the clips of `split` once into `directory`, or reuses and verifies what is there.
+
+    Every process encodes its share of the shards; rank 0 writes the manifest last. Shards already done (record
+    present, checksum right) are kept: a killed build resumes, and a corrupted shard is rewritten.
+    """
+    builder = LatentCacheBuilder(directory, key, len(split), shard_size)
+    if accelerator.is_main_process:
+        builder.reset_if_stale()
+    accelerator.wait_for_everyone()
+    pending = builder.prepare(accelerator.process_index, accelerator.num_processes)
+    if pending:
+        logger.info(f"latent cache {directory}: encoding {len(pending)} of {builder.num_shards} shards on process "
+                    f"{accelerator.process_index}", main_process_only=False)
+        indices = [index for shard in pending for index in shard_clips(shard, len(split), shard_size)]
+        loader = DataLoader(torch.utils.data.Subset(SurgVUClips(split, transform), indices), batch_size=batch_size,
+                            num_workers=num_workers)
+        model.to(accelerator.device).eval()
+        buffered, written = [], 0
+        for batch in loader:
+            with accelerator.autocast():
+                buffered.append(model.encode(batch["pixel_values_videos"].to(accelerator.device)).float().cpu())
+            while pending and sum(len(latents) for latents in buffered) >= len(shard_clips(pending[0], len(split),
+                                                                                           shard_size)):
+                latents = torch.cat(buffered)
+                size = len(shard_clips(pending[0], len(split), shard_size))
+                builder.write_shard(pending.pop(0), latents[:size])
+                buffered, written = [latents[size:]], written + 1
+                if written % 10 == 0 or not pending:
+                    logger.info(f"latent cache: {written} shard(s) written by process {accelerator.process_index}",
+                                main_process_only=False)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        builder.finish()
+    accelerator.wait_for_everyone()
+    return LatentCache(directory, key)
 
 
 # ------------------------------------------------------------------------------------------------------ model
@@ -469,16 +561,17 @@ def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int) 
     per_clip = {"sample_id": [], "temporal_loss": [], "mask_loss": [], "contrastive_loss": [], "rollout_error": [],
                 "copy_context_error": []}
     for batch in dataloader:
-        pixels, sample_ids = batch["pixel_values_videos"], batch["sample_id"]
-        num_steps = pixels.shape[1] // config.frames_per_step
+        inputs, sample_ids = clip_inputs(batch), batch["sample_id"]
+        batch_size = len(sample_ids)
+        num_steps = (batch["latents"].shape[1] if "latents" in batch
+                                    else batch["pixel_values_videos"].shape[1] // config.frames_per_step)
         token_mask = seeded_token_masks(config, sample_ids, num_steps - 1, seed) if config.use_mask_aux else None
-        output = model(pixels, batch["actions"], token_mask=token_mask, return_rollout_error=True)
-        batch_size = pixels.shape[0]
+        output = model(**inputs, actions=batch["actions"], token_mask=token_mask, return_rollout_error=True)
         values = {
             "sample_id": sample_ids,
             "temporal_loss": output.clip_temporal_loss.float(),
             "mask_loss": (output.clip_mask_loss.float() if output.clip_mask_loss is not None
-                          else pixels.new_zeros(batch_size, dtype=torch.float32)),
+                          else torch.zeros(batch_size, device=sample_ids.device)),
             "contrastive_loss": output.contrastive_loss.float().expand(batch_size),
             "rollout_error": output.rollout_error.float(),  # (B, S - 1): per horizon
             "copy_context_error": output.copy_context_error.float(),
@@ -555,10 +648,25 @@ def main(argv=None) -> None:
     train_sampler = EpochShuffleSampler(len(dataset["train"]), train_args.seed)
     loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
                      "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available()}
+    clips = {name: SurgVUClips(split, transform) for name, split in dataset.items()}
+    cache_off = latent_cache_off_reason(model_args, data_args, transform)
+    if cache_off is None:
+        cache_root = Path(data_args.cache_dir) if data_args.cache_dir else output_dir / "latent_cache"
+        caches = {}
+        for name, split in dataset.items():
+            key = latent_cache_key(accelerator, model, split, transform, data_args)
+            caches[name] = build_latent_cache(accelerator, model, split, transform, cache_root / name, key,
+                                              data_args.cache_shard_size, train_args.batch_size, num_workers)
+            clips[name] = LatentClips(split, caches[name])
+        logger.info(f"latent cache: {cache_root} ({data_args.cache_precision}, "
+                    f"{caches['train'].bytes_per_clip / 2**20:.2f} MiB per clip): the encoder and the video decoder "
+                    "are not run again while training")
+    else:
+        logger.info(f"latent cache: off ({cache_off})")
     # The loaders draw worker seeds from their own generators, never from the global RNG that resuming restores.
-    train_dataloader = DataLoader(SurgVUClips(dataset["train"], transform), sampler=train_sampler, drop_last=True,
+    train_dataloader = DataLoader(clips["train"], sampler=train_sampler, drop_last=True,
                                   generator=torch.Generator().manual_seed(train_args.seed), **loader_kwargs)
-    val_dataloader = DataLoader(SurgVUClips(dataset["validation"], transform), shuffle=False,
+    val_dataloader = DataLoader(clips["validation"], shuffle=False,
                                 generator=torch.Generator().manual_seed(train_args.seed), **loader_kwargs)
 
     # ---- optimizer over trainable parameters only
@@ -643,7 +751,7 @@ def main(argv=None) -> None:
             batches_in_epoch += 1
             hooks.on_batch(global_step, epoch, batch)
             with accelerator.accumulate(model):
-                output = model(batch["pixel_values_videos"], batch["actions"])
+                output = model(**clip_inputs(batch), actions=batch["actions"])
                 loss = hooks.on_loss(global_step + 1, output.loss)
                 loss_is_bad = guard.backward(loss)
                 updated = guard.step(model, optimizer) if accelerator.sync_gradients else None

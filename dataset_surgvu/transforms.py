@@ -59,6 +59,9 @@ class ClipTransform:
     `max_open_decoders` at a time.
     """
 
+    # No random augmentation: a row always gives the same pixels, so its latents can be cached (LatentCache).
+    deterministic = True
+
     def __init__(
         self,
         crop_size: int = 256,

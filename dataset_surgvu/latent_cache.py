@@ -1,0 +1,312 @@
+"""A latent cache for frozen-encoder training: each clip is decoded, preprocessed and encoded once, then read back.
+
+With a frozen encoder a clip's latents never change, so every epoch after the first can skip video decoding and the
+V-JEPA 2 forward pass. One cache directory holds one split:
+
+    manifest.json               the key, the layout and every shard's checksum; written last, by one process
+    shard-00000.safetensors     `latents` (clips, steps, tokens, dim) in float16, or int8 with `scales`
+    shard-00000.json            the shard's completion record: its key digest, clip count and SHA-256
+
+Shards are written atomically (temporary file, then rename) and count as done only once their record exists, so a
+build killed half way resumes with the missing shards and a half-written shard is never read. Every build verifies
+the finished shards' checksums and rewrites the ones that do not match. The key (encoder weights, preprocessing,
+dataset fingerprint, precision) decides whether a cache fits a run: a changed key rebuilds. Reading opens the
+shards memory-mapped (`safetensors.safe_open`) and copies out one clip at a time.
+
+Building needs the model, so it is driven by the training script (`train_hf.build_latent_cache`); this module holds
+the format: key, shard writing, verification, the manifest and the reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+PRECISIONS = ("float16", "int8")
+_INT8_MAX = 127.0
+
+
+class LatentCacheError(RuntimeError):
+    """A latent cache cannot be used: missing or incomplete manifest, wrong key, or a shard that does not verify."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentCacheKey:
+    """Everything a cached latent depends on. Two runs may share a cache only when their keys are equal."""
+
+    encoder_hash: str  # SHA-256 of the encoder's weights (`module_fingerprint`)
+    preprocessing: dict  # crop size, mean and std, fps, frames per clip and per step, latent normalization
+    dataset_fingerprint: str  # the split's `datasets` fingerprint: its rows, crop boxes included
+    precision: str  # "float16" or "int8"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def changes_from(self, other: dict) -> list[str]:
+        """The names of the fields that differ from an older key (as stored in a manifest)."""
+        mine = self.to_dict()
+        return sorted(name for name in mine if mine[name] != other.get(name))
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes): the identity of an encoder's weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}"
+
+
+def num_shards(num_clips: int, shard_size: int) -> int:
+    return math.ceil(num_clips / shard_size)
+
+
+def shard_clips(shard: int, num_clips: int, shard_size: int) -> range:
+    return range(shard * shard_size, min((shard + 1) * shard_size, num_clips))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, value: dict) -> None:
+    partial = path.with_name(f".partial-{path.name}")
+    partial.write_text(json.dumps(value, indent=1))
+    os.replace(partial, path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Storage precision
+# --------------------------------------------------------------------------------------------------------------------
+def quantize(latents: torch.Tensor, precision: str) -> dict[str, torch.Tensor]:
+    """Latents `(..., dim)` as stored: float16, or int8 with one float32 scale per token (symmetric, max-abs)."""
+    latents = latents.detach().float().cpu()
+    if precision == "float16":
+        return {"latents": latents.to(torch.float16).contiguous()}
+    if precision == "int8":
+        scales = latents.abs().amax(dim=-1).clamp(min=1e-12) / _INT8_MAX  # (..., ) one per token
+        values = torch.round(latents / scales[..., None]).clamp(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+        return {"latents": values.contiguous(), "scales": scales.contiguous()}
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def dequantize(stored: dict[str, torch.Tensor]) -> torch.Tensor:
+    latents = stored["latents"]
+    if "scales" in stored:
+        return latents.float() * stored["scales"].float()[..., None]
+    return latents.float()
+
+
+def bytes_per_clip(latent_shape: tuple[int, ...], precision: str) -> int:
+    """Stored bytes of one clip of latents `(steps, tokens, dim)`."""
+    steps, tokens, dim = latent_shape
+    if precision == "float16":
+        return steps * tokens * dim * 2
+    return steps * tokens * (dim + 4)  # int8 values and one float32 scale per token
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------------------------------
+class LatentCacheBuilder:
+    """Writes the shards of one cache directory; several processes may each write their share.
+
+    Usage: `pending = builder.prepare(rank, world)` (on every process, after rank 0 ran `builder.reset_if_stale()`),
+    then `builder.write_shard(shard, latents)` for each pending shard, then, once every process is done, rank 0
+    calls `builder.finish()`, which writes the manifest.
+    """
+
+    def __init__(self, directory, key: LatentCacheKey, num_clips: int, shard_size: int = 256):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        self.directory = Path(directory)
+        self.key = key
+        self.num_clips = num_clips
+        self.shard_size = shard_size
+
+    @property
+    def num_shards(self) -> int:
+        return num_shards(self.num_clips, self.shard_size)
+
+    def reset_if_stale(self) -> None:
+        """One process, before any writes: a manifest of another key or layout is removed (its shards get rewritten
+        one by one, as their records no longer match), so no reader can take the old cache for this run's."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        manifest = self.directory / MANIFEST
+        if not manifest.is_file():
+            return
+        try:
+            old = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("key_digest") == self.key.digest and old.get("shard_size") == self.shard_size:
+            return
+        changed = self.key.changes_from(old.get("key", {})) or ["shard_size"]
+        logger.warning("%s: built for another %s: rebuilding", self.directory, ", ".join(changed))
+        manifest.unlink()
+
+    def shard_is_done(self, shard: int) -> bool:
+        """The shard's record exists, matches this key and layout, and the file's checksum matches the record."""
+        record_path = self.directory / f"{shard_name(shard)}.json"
+        path = self.directory / f"{shard_name(shard)}.safetensors"
+        if not record_path.is_file() or not path.is_file():
+            return False
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            return False
+        expected = len(shard_clips(shard, self.num_clips, self.shard_size))
+        if record.get("key_digest") != self.key.digest or record.get("num_clips") != expected:
+            return False
+        if file_sha256(path) != record.get("sha256"):
+            logger.warning("%s: checksum mismatch (corrupted): rebuilding it", path)
+            return False
+        return True
+
+    def prepare(self, process_index: int = 0, num_processes: int = 1) -> list[int]:
+        """The shards this process must (re)write: its share (every `num_processes`-th) not already done."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        mine = range(process_index, self.num_shards, num_processes)
+        return [shard for shard in mine if not self.shard_is_done(shard)]
+
+    def write_shard(self, shard: int, latents: torch.Tensor) -> None:
+        """Stores the latents `(clips, steps, tokens, dim)` of one shard's clips, in order, atomically."""
+        expected = len(shard_clips(shard, self.num_clips, self.shard_size))
+        if latents.shape[0] != expected:
+            raise ValueError(f"shard {shard} holds {expected} clips, got latents for {latents.shape[0]}")
+        name = shard_name(shard)
+        path, partial = self.directory / f"{name}.safetensors", self.directory / f".partial-{name}.safetensors"
+        (self.directory / f"{name}.json").unlink(missing_ok=True)  # not done until the new record exists
+        save_file(quantize(latents, self.key.precision), str(partial),
+                  metadata={"key_digest": self.key.digest, "first_clip": str(shard * self.shard_size)})
+        os.replace(partial, path)
+        _write_json(self.directory / f"{name}.json", {
+            "key_digest": self.key.digest, "num_clips": expected, "sha256": file_sha256(path),
+            "latent_shape": list(latents.shape[1:]),
+        })
+
+    def finish(self) -> "LatentCache":
+        """Rank 0, after every process wrote its shards: checks every record and writes the manifest last."""
+        shards, latent_shape = [], None
+        for shard in range(self.num_shards):
+            record_path = self.directory / f"{shard_name(shard)}.json"
+            if not record_path.is_file():
+                raise LatentCacheError(f"{self.directory}: {shard_name(shard)} was not written; build again")
+            record = json.loads(record_path.read_text())
+            if record.get("key_digest") != self.key.digest:
+                raise LatentCacheError(f"{record_path}: written for another key; build again")
+            latent_shape = latent_shape or record["latent_shape"]
+            shards.append({"file": f"{shard_name(shard)}.safetensors", "num_clips": record["num_clips"],
+                           "sha256": record["sha256"]})
+        manifest = {
+            "format": CACHE_FORMAT, "key": self.key.to_dict(), "key_digest": self.key.digest,
+            "num_clips": self.num_clips, "shard_size": self.shard_size, "latent_shape": latent_shape,
+            "bytes_per_clip": bytes_per_clip(tuple(latent_shape), self.key.precision) if latent_shape else 0,
+            "shards": shards,
+        }
+        _write_json(self.directory / MANIFEST, manifest)
+        return LatentCache(self.directory, self.key)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------------------------
+class LatentCache:
+    """A finished cache directory, read memory-mapped one clip at a time; safe to pickle into DataLoader workers
+    (each process opens its own shard handles)."""
+
+    def __init__(self, directory, key: LatentCacheKey | None = None):
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.is_file():
+            raise LatentCacheError(f"{self.directory}: no {MANIFEST}: the cache was never finished")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except ValueError as error:
+            raise LatentCacheError(f"{manifest_path}: unreadable ({error})") from error
+        if self.manifest.get("format") != CACHE_FORMAT:
+            raise LatentCacheError(f"{manifest_path}: format {self.manifest.get('format')}, expected {CACHE_FORMAT}")
+        if key is not None and self.manifest.get("key_digest") != key.digest:
+            changed = ", ".join(key.changes_from(self.manifest.get("key", {})))
+            raise LatentCacheError(f"{self.directory}: built for another {changed}")
+        self.shard_size = self.manifest["shard_size"]
+        self.latent_shape = tuple(self.manifest["latent_shape"] or ())  # () for an empty split
+        self._handles: dict = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self.manifest["num_clips"]
+
+    @property
+    def bytes_per_clip(self) -> int:
+        return self.manifest["bytes_per_clip"]
+
+    def _shard(self, shard: int):
+        if self._pid != os.getpid():  # inherited through fork: open our own
+            self._handles, self._pid = {}, os.getpid()
+        if shard not in self._handles:
+            path = self.directory / self.manifest["shards"][shard]["file"]
+            self._handles[shard] = safe_open(str(path), framework="pt")
+        return self._handles[shard]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Latents `(steps, tokens, dim)` of clip `index`, float32."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"clip {index} is outside the cache's {len(self)} clips")
+        shard, offset = divmod(index, self.shard_size)
+        handle = self._shard(shard)
+        stored = {name: handle.get_slice(name)[offset] for name in handle.keys()}
+        return dequantize(stored)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_handles": {}}
+
+
+class LatentClips(Dataset):
+    """Rows of a `load_surgvu` split with their cached latents instead of their frames: `latents` `(S, N, D)`,
+    `actions` and `sample_id`, the same as `SurgVUClips` gives apart from the pixels."""
+
+    def __init__(self, split, cache: LatentCache):
+        if len(split) != len(cache):
+            raise LatentCacheError(f"{cache.directory}: {len(cache)} clips cached, the split has {len(split)}")
+        self.split = split
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.split[index]
+        return {
+            "latents": self.cache[index],
+            "actions": torch.as_tensor(row["actions"], dtype=torch.float32),
+            "sample_id": torch.tensor(index),
+        }

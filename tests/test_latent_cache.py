@@ -1,0 +1,224 @@
+"""The latent cache: storage precision, resuming a killed build, corrupted shards, stale keys, and training with the
+cache equal to training without it."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT, train
+from dataset_surgvu import ClipTransform, load_surgvu
+from dataset_surgvu.latent_cache import (
+    LatentCache,
+    LatentCacheError,
+    LatentCacheKey,
+    bytes_per_clip,
+    dequantize,
+    quantize,
+)
+from modeling_surgical_wm import SurgicalWorldModel
+from train_hf import DataArguments, build_latent_cache, latent_cache_key
+
+FLOAT16_UNIT_ROUNDOFF = 2.0**-11  # float16 keeps 11 significant bits: a stored value is within this relative error
+
+
+@pytest.fixture
+def accelerator():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def sample_split(surgvu_sample, train_inputs):
+    root, _ = surgvu_sample
+    cache = train_inputs[train_inputs.index("--dataset_cache_dir") + 1]
+    return load_surgvu(root, cache_dir=cache)["validation"]
+
+
+def build(accelerator, model, split, directory, precision="float16", shard_size=3):
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    data_args = DataArguments(cache_precision=precision)
+    key = latent_cache_key(accelerator, model, split, transform, data_args)
+    return build_latent_cache(accelerator, model, split, transform, Path(directory), key, shard_size, batch_size=3,
+                              num_workers=0)
+
+
+def encoded(model, split, indices):
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    pixels = torch.stack([transform(split[index])["pixel_values_videos"] for index in indices])
+    with torch.no_grad():
+        return model.encode(pixels)
+
+
+def shard_tensors(directory):
+    """Every shard's tensors, copied out of the memory-mapped files (whose bytes also hold metadata in no fixed
+    order)."""
+    return {path.name: {name: tensor.clone() for name, tensor in load_file(path).items()}
+            for path in sorted(Path(directory).glob("shard-*.safetensors"))}
+
+
+def assert_same_shards(got, expected):
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name].keys() == expected[name].keys()
+        for tensor_name in expected[name]:
+            torch.testing.assert_close(got[name][tensor_name], expected[name][tensor_name], rtol=0, atol=0)
+
+
+def test_float16_and_int8_storage_errors():
+    latents = torch.nn.functional.layer_norm(torch.randn(4, 3, 16, 64) * 3, (64,))
+    stored = dequantize(quantize(latents, "float16"))
+    assert ((stored - latents).abs() <= FLOAT16_UNIT_ROUNDOFF * latents.abs() + 1e-7).all()
+
+    packed = quantize(latents, "int8")
+    assert packed["latents"].dtype == torch.int8 and packed["scales"].shape == (4, 3, 16)
+    error = (dequantize(packed) - latents).abs()
+    # Symmetric rounding to 127 levels: at most half a step, i.e. each token's max-abs / 254.
+    assert (error <= latents.abs().amax(-1, keepdim=True) / 254 + 1e-6).all()
+    assert error.mean() / latents.abs().mean() < 0.01  # measured: about 0.5% of the mean magnitude
+    assert bytes_per_clip((8, 256, 1024), "float16") == 8 * 256 * 1024 * 2
+    assert bytes_per_clip((8, 256, 1024), "int8") == 8 * 256 * (1024 + 4)
+
+
+def test_cache_holds_what_encode_returns_and_is_memory_mapped(accelerator, world_model_dir, sample_split, tmp_path):
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    cache = build(accelerator, model, sample_split, tmp_path / "f16")
+    assert len(cache) == len(sample_split) and len(cache.manifest["shards"]) == -(-len(sample_split) // 3)
+    reference = encoded(model, sample_split, range(len(sample_split)))
+    got = torch.stack([cache[index] for index in range(len(cache))])
+    assert ((got - reference).abs() <= FLOAT16_UNIT_ROUNDOFF * reference.abs() + 1e-7).all()
+    assert cache.bytes_per_clip == bytes_per_clip(tuple(reference.shape[1:]), "float16")
+
+    int8 = build(accelerator, model, sample_split, tmp_path / "int8", precision="int8")
+    got = torch.stack([int8[index] for index in range(len(int8))])
+    relative = ((got - reference).abs().mean() / reference.abs().mean()).item()
+    assert relative < 0.01, relative  # the 8-bit mode's measured latent error, stated: under 1% of the mean |z|
+    assert int8.bytes_per_clip < cache.bytes_per_clip * 0.6
+
+
+def test_a_corrupted_shard_is_detected_and_rebuilt_never_read(accelerator, world_model_dir, sample_split, tmp_path,
+                                                              caplog):
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    directory = tmp_path / "cache"
+    build(accelerator, model, sample_split, directory)
+    clean = shard_tensors(directory)
+    victim = directory / "shard-00001.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[-100:] = bytes(100)  # zeroed latent values: the file still parses, only the checksum can tell
+    victim.write_bytes(bytes(data))
+    others = {name: (directory / name).stat().st_mtime_ns for name in clean if name != victim.name}
+    with caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
+        cache = build(accelerator, model, sample_split, directory)
+    assert f"{victim}: checksum mismatch (corrupted): rebuilding it" in caplog.text
+    assert_same_shards(shard_tensors(directory), clean)
+    assert {name: (directory / name).stat().st_mtime_ns for name in others} == others  # the rest was kept
+    reference = encoded(model, sample_split, [3, 4, 5])
+    torch.testing.assert_close(torch.stack([cache[i] for i in (3, 4, 5)]), reference, rtol=1e-3, atol=1e-3)
+
+
+def test_a_changed_encoder_or_crop_rebuilds_the_cache(accelerator, world_model_dir, surgvu_sample, sample_split,
+                                                       tmp_path, caplog):
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    directory = tmp_path / "cache"
+    first = build(accelerator, model, sample_split, directory)
+    before = shard_tensors(directory)
+
+    with torch.no_grad():
+        model.encoder.layer[0].mlp.fc1.weight.add_(0.05)  # another encoder
+    with caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
+        second = build(accelerator, model, sample_split, directory)
+    assert "built for another encoder_hash: rebuilding" in caplog.text
+    assert second.manifest["key"]["encoder_hash"] != first.manifest["key"]["encoder_hash"]
+    after = shard_tensors(directory)
+    assert after.keys() == before.keys()
+    assert all(not torch.equal(after[name]["latents"], before[name]["latents"]) for name in before)
+    torch.testing.assert_close(second[0], encoded(model, sample_split, [0])[0], rtol=1e-3, atol=1e-3)
+    with pytest.raises(LatentCacheError, match="encoder_hash"):
+        LatentCache(directory, LatentCacheKey(**first.manifest["key"]))
+
+    root, _ = surgvu_sample  # another crop: the tool-name band kept, so the rows' crop boxes change
+    uncropped = load_surgvu(root, cache_dir=tmp_path / "arrow", crop_tool_band=False)["validation"]
+    assert uncropped[0]["crop_box"] != sample_split[0]["crop_box"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
+        third = build(accelerator, model, uncropped, directory)
+    assert "built for another dataset_fingerprint: rebuilding" in caplog.text
+    torch.testing.assert_close(third[0], encoded(model, uncropped, [0])[0], rtol=1e-3, atol=1e-3)
+
+
+def test_a_killed_build_resumes_where_it_stopped(train_inputs, tmp_path):
+    common = [*train_inputs, "--num_epochs", "1", "--max_train_steps", "1", "--checkpointing_steps", "100",
+              "--cache_shard_size", "2"]  # batches of 2: a shard is encoded from the same batch in every run
+    reference = train([*common, "--output_dir", str(tmp_path / "reference")])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    cache = killed / "latent_cache" / "train"
+    process = subprocess.Popen([sys.executable, "train_hf.py", *common, "--output_dir", str(killed)], cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "TQDM_DISABLE": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not (cache / "shard-00002.json").exists():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (cache / "shard-00002.json").exists() and not (cache / "manifest.json").exists(), "killed too late"
+    done = {path.name: path.stat().st_mtime_ns for path in cache.glob("shard-*.safetensors")
+            if (cache / path.name.replace(".safetensors", ".json")).exists()}
+
+    resumed = train([*common, "--output_dir", str(killed)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    kept = {name: (cache / name).stat().st_mtime_ns for name in done}
+    assert kept == done  # the shards finished before the kill were verified and kept, not encoded again
+    reference_cache = tmp_path / "reference" / "latent_cache" / "train"
+    got = shard_tensors(cache)
+    assert len(got) > len(done)
+    assert_same_shards(got, shard_tensors(reference_cache))
+    assert not list(cache.glob(".partial-*"))
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["num_clips"] == sum(shard["num_clips"] for shard in manifest["shards"])
+
+
+def test_training_from_the_cache_equals_training_without_it(train_inputs, tmp_path):
+    """The same seeded run, cached (float16) and uncached: the predictor sees the same latents up to float16
+    rounding, so every loss agrees within a tolerance derived from that rounding.
+
+    Storing a latent z in float16 moves it by at most u|z|, with u = 2^-11 (unit roundoff). The losses are L1
+    distances between latents, so at equal weights a loss moves by at most u times the mean |z| of the two sides,
+    below u * 2 for layer-normed latents (mean |z| about 0.8). Over the run, the weights then drift apart by
+    gradients that differ in the same proportion: the test allows 8u (= 0.0039), four times the one-step bound.
+    """
+    tolerance = 8 * FLOAT16_UNIT_ROUNDOFF
+    common = [*train_inputs, "--num_epochs", "2", "--checkpointing_steps", "100"]
+    runs = {}
+    for name, flags in (("uncached", ["--no_cache"]), ("cached", [])):
+        result = train([*common, *flags, "--output_dir", str(tmp_path / name)])
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "final" / "trainer_state.json").read_text())["history"]
+        runs[name + "_log"] = result.stderr
+    assert "latent cache: off (--no_cache)" in runs["uncached_log"]
+    assert "the encoder and the video decoder are not run again while training" in runs["cached_log"]
+    first_uncached, first_cached = runs["uncached"][0], runs["cached"][0]
+    for name in ("train_loss", "train_temporal_loss", "train_contrastive_loss", "val_loss", "val_temporal_loss",
+                 "val_rollout_error", "val_copy_context_error"):
+        assert abs(first_cached[name] - first_uncached[name]) <= tolerance, (name, first_cached, first_uncached)
+    assert abs(runs["cached"][-1]["val_loss"] - runs["uncached"][-1]["val_loss"]) <= tolerance
+    # The validation loss moved by more than the tolerance during the run: the agreement is not that of two
+    # models that did not learn.
+    assert runs["cached"][-1]["val_loss"] < runs["cached"][0]["val_loss"] - tolerance
+    differences = {name: abs(first_cached[name] - first_uncached[name]) for name in first_cached
+                   if isinstance(first_cached[name], float)}
+    print("largest first-epoch difference:", max(differences.items(), key=lambda item: item[1]))
