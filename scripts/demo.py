@@ -3,7 +3,8 @@
 
 1. writes the synthetic SurgVU-format sample (6 cases, H.264, noisy labels) and a tiny V-JEPA 2 checkpoint;
 2. builds a world model on that encoder (`scripts/load_vjepa2_pretrained.py`);
-3. trains it with `accelerate launch train_hf.py`, encoder frozen;
+3. trains it with `accelerate launch train_hf.py`, encoder frozen: each clip is decoded and encoded once, into the
+   latent cache, and every epoch trains from there;
 4. reloads `output_dir/best` with `AutoModel.from_pretrained(..., trust_remote_code=True)` in a fresh process and
    prints its rollout error next to the copy-the-context-latent baseline (`scripts/evaluate_rollout.py`).
 """
