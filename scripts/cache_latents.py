@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Builds the latent cache of a frozen-encoder run ahead of training, e.g. on a GPU node before a long run.
+
+    python scripts/cache_latents.py --data_root /data/surgvu --pretrained_checkpoint checkpoints/vjepa2_vitl_surgical
+    accelerate launch scripts/cache_latents.py --data_root /data/surgvu --output_dir outputs/surgical_wm --split train
+
+The model, data and cache options are the training script's (same flags, same defaults), and so is the place:
+`--cache_dir`, else `<output_dir>/latent_cache/<split>`. A later `train_hf.py` run with the same options finds the
+cache, verifies it and trains from it without decoding or encoding again; the key records the mixed precision, so
+give the run's `--mixed_precision` here too. Under `accelerate launch` each process encodes its share of the
+shards. Prints the shards written, the bytes per clip and what the whole of SurgVU would take at these settings.
+Exits with status 2 when the cache cannot serve such a run (`--no_cache`, a trained encoder, a random transform).
+"""
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import HfArgumentParser
+
+from dataset_surgvu import ClipTransform, get_action_spec
+from dataset_surgvu.latent_cache import PRECISIONS, bytes_per_clip
+from train_hf import (
+    DataArguments,
+    ModelArguments,
+    TrainArguments,
+    available_cores,
+    build_latent_cache,
+    latent_cache_key,
+    latent_cache_off_reason,
+    load_dataset_splits,
+    load_world_model,
+)
+
+
+SURGVU_HOURS = 840  # "280 videos from 155 training sessions, 60 fps, 1280x720, over 840 hours" (the dataset paper)
+
+
+@dataclass
+class CacheArguments:
+    output_dir: str = field(
+        default=TrainArguments.output_dir,
+        metadata={"help": "The training run's output_dir: the cache goes to <output_dir>/latent_cache/<split> "
+                          "unless --cache_dir is given."},
+    )
+    split: str = field(default="all", metadata={"help": "train, validation or all."})
+    batch_size: int = field(default=TrainArguments.batch_size, metadata={"help": "Clips per encoder forward pass."})
+    device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: what accelerate picks)."})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "no, fp16 or bf16: the training run's (the cache key records it)."}
+    )
+
+
+def format_bytes(size: float) -> str:
+    """Decimal units, as disks are sold: TB from 10^12 bytes, GB from 10^9, MB below."""
+    if size >= 1e12:
+        return f"{size / 1e12:.2f} TB"
+    if size >= 1e9:
+        return f"{size / 1e9:.2f} GB"
+    return f"{size / 1e6:.2f} MB"
+
+
+def clip_bytes_formula(latent_shape: tuple[int, int, int], precision: str) -> str:
+    steps, tokens, dim = latent_shape
+    if precision == "float16":
+        return f"{steps} steps x {tokens} tokens x {dim} dims x 2 B"
+    return f"{steps} steps x {tokens} tokens x ({dim} int8 + 4 B scale)"
+
+
+def shard_records(directory: Path) -> dict[str, int]:
+    """Each shard's completion record and its modification time: what a build wrote shows as new or changed."""
+    return {path.name: path.stat().st_mtime_ns for path in directory.glob("shard-*.json")} if directory.is_dir() else {}
+
+
+def main(argv=None) -> int:
+    parser = HfArgumentParser((CacheArguments, ModelArguments, DataArguments), description=__doc__.splitlines()[0])
+    args, model_args, data_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.finetune_encoder:  # as train_hf.parse_args does
+        model_args.encoder_frozen = False
+    if args.split not in ("train", "validation", "all"):
+        parser.error(f"--split must be train, validation or all, got {args.split}")
+    if args.device not in (None, "cuda", "mps", "cpu"):
+        parser.error(f"--device must be cuda, mps or cpu, got {args.device}")
+    if data_args.cache_precision not in PRECISIONS:
+        parser.error(f"--cache_precision must be one of {', '.join(PRECISIONS)}, got {data_args.cache_precision}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is visible.", file=sys.stderr)
+        return 2
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO if accelerator.is_local_main_process else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+
+    model = load_world_model(model_args, get_action_spec())
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    off_reason = latent_cache_off_reason(model_args, data_args, transform)
+    if off_reason is not None:
+        print(f"error: the latent cache cannot serve this run: {off_reason}", file=sys.stderr)
+        return 2
+
+    with accelerator.main_process_first():
+        dataset = load_dataset_splits(data_args)
+    names = ["train", "validation"] if args.split == "all" else [args.split]
+    cache_root = Path(data_args.cache_dir) if data_args.cache_dir else Path(args.output_dir) / "latent_cache"
+    num_workers = min(data_args.num_workers, available_cores())
+    config = model.config
+    latent_shape = (data_args.frames_per_clip // config.frames_per_step, config.tokens_per_step, config.latent_dim)
+    per_clip = bytes_per_clip(latent_shape, data_args.cache_precision)
+
+    total_clips, disk_bytes = 0, 0
+    for name in names:
+        split, directory = dataset[name], cache_root / name
+        before = shard_records(directory)
+        started = time.perf_counter()
+        key = latent_cache_key(accelerator, model, split, transform, data_args)
+        cache = build_latent_cache(accelerator, model, split, transform, directory, key, data_args.cache_shard_size,
+                                   args.batch_size, num_workers)
+        after = shard_records(directory)
+        written = sum(before.get(record) != mtime for record, mtime in after.items())
+        shards = cache.manifest["shards"]
+        assert not len(cache) or cache.bytes_per_clip == per_clip, (cache.bytes_per_clip, per_clip)
+        total_clips += len(cache)
+        disk_bytes += sum((directory / shard["file"]).stat().st_size for shard in shards)
+        if accelerator.is_main_process:
+            print(f"{name}: {len(shards)} shard(s) of up to {cache.shard_size} clips, {len(cache)} clips in "
+                  f"{directory} ({written} written now, {len(shards) - written} kept; "
+                  f"{time.perf_counter() - started:.1f}s)")
+
+    if not accelerator.is_main_process:
+        return 0
+    precision = data_args.cache_precision
+    print(f"bytes per clip: {per_clip:,} ({precision}, latents {latent_shape}: "
+          f"{clip_bytes_formula(latent_shape, precision)})")
+    print(f"this dataset ({' + '.join(names)}): {total_clips:,} clips x {per_clip:,} B = {total_clips * per_clip:,} B "
+          f"= {format_bytes(total_clips * per_clip)} ({format_bytes(disk_bytes)} on disk with the shard headers)")
+    # Non-overlapping clips (train_hf's layout): every frame sampled at `fps` belongs to at most one clip.
+    frames = round(SURGVU_HOURS * 3600 * data_args.fps)
+    clips = frames // data_args.frames_per_clip
+    print(f"SurgVU projection ({SURGVU_HOURS} h of video at {data_args.fps:g} fps, {precision}): "
+          f"{SURGVU_HOURS} h x 3600 s/h x {data_args.fps:g} fps = {frames:,} frames; "
+          f"{frames:,} / {data_args.frames_per_clip} frames per clip = {clips:,} clips; "
+          f"{clips:,} x {per_clip:,} B = {clips * per_clip:,} B = {format_bytes(clips * per_clip)}")
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""scripts/cache_latents.py on the synthetic SurgVU sample and a tiny world model: the cache it builds is the one
+train_hf.py would look for (same place, same key), and its printed sizes are the arithmetic they claim to be."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+SCRIPT_OPTIONS = {"--data_root", "--dataset_cache_dir", "--pretrained_checkpoint", "--device", "--num_workers",
+                  "--batch_size"}
+
+
+def script_inputs(train_inputs: list[str]) -> list[str]:
+    """The training options this script shares (data, model, device, workers, batch size)."""
+    pairs = zip(train_inputs[::2], train_inputs[1::2])
+    return [value for option, argument in pairs if option in SCRIPT_OPTIONS for value in (option, argument)]
+
+
+def cache_latents(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/cache_latents.py", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "TQDM_DISABLE": "1"})
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def splits_and_model(args: list[str]):
+    from dataset_surgvu import get_action_spec
+    from train_hf import DataArguments, ModelArguments, load_dataset_splits, load_world_model
+
+    data_args = DataArguments(data_root=option(args, "--data_root"),
+                              dataset_cache_dir=option(args, "--dataset_cache_dir"))
+    model = load_world_model(ModelArguments(pretrained_checkpoint=option(args, "--pretrained_checkpoint")),
+                             get_action_spec())
+    return load_dataset_splits(data_args), model, data_args
+
+
+def check_printed_sizes(stdout: str, latent_shape: tuple[int, int, int], precision: str, fps: float = 4.0,
+                        frames_per_clip: int = 8) -> None:
+    from dataset_surgvu.latent_cache import bytes_per_clip
+
+    expected = bytes_per_clip(latent_shape, precision)
+    (printed,) = re.findall(r"^bytes per clip: ([\d,]+) \(" + precision, stdout, flags=re.M)
+    assert number(printed) == expected
+
+    match = re.search(r"^SurgVU projection \((\d+) h of video at ([\d.]+) fps, " + precision + r"\): "
+                      r"\d+ h x 3600 s/h x [\d.]+ fps = ([\d,]+) frames; [\d,]+ / (\d+) frames per clip = ([\d,]+) "
+                      r"clips; [\d,]+ x ([\d,]+) B = ([\d,]+) B = ([\d.]+) (GB|TB)$", stdout, flags=re.M)
+    assert match, stdout
+    hours, printed_fps, frames, per_clip_frames, clips, per_clip, total, scaled, unit = match.groups()
+    assert (int(hours), float(printed_fps), int(per_clip_frames)) == (840, fps, frames_per_clip)
+    assert number(frames) == 840 * 3600 * fps
+    assert number(clips) == number(frames) // frames_per_clip  # non-overlapping clips
+    assert number(per_clip) == expected
+    assert number(total) == number(clips) * expected
+    assert scaled == f"{number(total) / (1e12 if unit == 'TB' else 1e9):.2f}"
+
+
+def test_builds_the_cache_train_hf_looks_for(train_inputs, tmp_path):
+    from dataset_surgvu.latent_cache import MANIFEST, LatentCache
+    from dataset_surgvu import ClipTransform
+    from train_hf import latent_cache_key
+
+    output_dir = tmp_path / "run"
+    args = script_inputs(train_inputs) + ["--output_dir", str(output_dir), "--cache_shard_size", "4"]
+    result = cache_latents(args)
+    assert result.returncode == 0, result.stderr
+
+    dataset, model, data_args = splits_and_model(args)
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    no_mixed_precision = SimpleNamespace(mixed_precision="no")  # what a CPU Accelerator reports
+    for name, split in dataset.items():
+        directory = output_dir / "latent_cache" / name  # train_hf's default place
+        manifest = json.loads((directory / MANIFEST).read_text())
+        assert manifest["num_clips"] == len(split)
+        assert len(manifest["shards"]) == math.ceil(len(split) / 4)
+        assert len(list(directory.glob("shard-*.safetensors"))) == math.ceil(len(split) / 4)
+        # The key train_hf computes for this run opens it: training reuses it instead of building again.
+        key = latent_cache_key(no_mixed_precision, model, split, transform, data_args)
+        assert len(LatentCache(directory, key)) == len(split)
+        assert re.search(rf"^{name}: {math.ceil(len(split) / 4)} shard\(s\) .* \({math.ceil(len(split) / 4)} "
+                         r"written now, 0 kept", result.stdout, flags=re.M), result.stdout
+
+    config = model.config
+    latent_shape = (8 // config.frames_per_step, config.tokens_per_step, config.latent_dim)
+    check_printed_sizes(result.stdout, latent_shape, "float16")
+    total = sum(len(split) for split in dataset.values())
+    assert re.search(rf"^this dataset \(train \+ validation\): {total:,} clips x ", result.stdout, flags=re.M)
+
+    again = cache_latents(args)  # everything verified and kept, nothing rewritten
+    assert again.returncode == 0, again.stderr
+    shards = math.ceil(len(dataset["train"]) / 4)
+    assert re.search(rf"^train: {shards} shard\(s\) .* \(0 written now, {shards} kept", again.stdout, flags=re.M)
+
+
+def test_int8_cache_of_one_split_in_cache_dir(train_inputs, tmp_path):
+    cache_dir = tmp_path / "latents"
+    args = script_inputs(train_inputs) + ["--cache_dir", str(cache_dir), "--split", "train", "--cache_precision",
+                                          "int8", "--fps", "2", "--output_dir", str(tmp_path / "unused")]
+    result = cache_latents(args)
+    assert result.returncode == 0, result.stderr
+    assert (cache_dir / "train" / "manifest.json").is_file()
+    assert not (cache_dir / "validation").exists() and not (tmp_path / "unused").exists()
+
+    from configuration_surgical_wm import SurgicalWorldModelConfig
+
+    config = SurgicalWorldModelConfig.from_pretrained(option(args, "--pretrained_checkpoint"))
+    latent_shape = (8 // config.frames_per_step, config.tokens_per_step, config.latent_dim)
+    check_printed_sizes(result.stdout, latent_shape, "int8", fps=2.0)
+
+
+@pytest.mark.parametrize("flag, reason", [("--no_cache", "--no_cache"), ("--finetune_encoder", "the encoder trains")])
+def test_refuses_a_run_the_cache_cannot_serve(train_inputs, tmp_path, flag, reason):
+    result = cache_latents(script_inputs(train_inputs) + ["--output_dir", str(tmp_path), flag])
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and reason in errors[0], result.stderr
+    assert not (tmp_path / "latent_cache").exists()
