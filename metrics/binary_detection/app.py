@@ -1,0 +1,10 @@
+import os
+
+import evaluate
+from evaluate.utils import launch_gradio_widget
+
+
+# Load the script that sits next to this file, locally and in a Space alike
+# (a bare evaluate.load("binary_detection") would look for evaluate-metric/binary_detection on the Hub).
+module = evaluate.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "binary_detection.py"))
+launch_gradio_widget(module)
