@@ -1,6 +1,8 @@
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
 """Configuration of the surgical world model: a V-JEPA 2 encoder and an action-conditioned predictor."""
 
+import math
+
 from transformers import PreTrainedConfig, VJEPA2Config
 
 
@@ -82,6 +84,22 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             Standard deviation of the truncated normal initialiser of the predictor.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the predictor's layer norms.
+        probe_num_layers (`int`, *optional*, defaults to 3):
+            Self-attention blocks of the attentive probe of [`SurgicalWorldModelForVideoClassification`] before its
+            cross-attention block with a learned query (V-JEPA 2's `num_pooler_layers`); 0 keeps only the latter.
+        probe_use_predictor (`bool`, *optional*, defaults to `False`):
+            The probe also reads the predictor's last hidden states (after its final norm) over the clip's patch
+            tokens, computed with zero actions so that no action (in SurgVU, the labels themselves) reaches the probe.
+            Needs `state_dim=0`.
+        probe_target (`str`, *optional*):
+            What the probe's labels are (e.g. `"task"` or `"tools"`); provenance only.
+        probe_class_weights (`list[float]`, *optional*):
+            One non-negative weight per label (`num_labels` of them): the cross-entropy `weight` for
+            `problem_type="single_label_classification"`, the BCE `pos_weight` for `"multi_label_classification"`.
+            Rare classes (e.g. sterility breaches) get a larger weight.
+
+    The classification head also reads PreTrainedConfig's own `num_labels`, `id2label`, `label2id` and
+    `problem_type` (`"single_label_classification"` or `"multi_label_classification"`).
 
     Example:
 
@@ -123,6 +141,11 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     # initialisation
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-6
+    # attentive probe (SurgicalWorldModelForVideoClassification)
+    probe_num_layers: int = 3
+    probe_use_predictor: bool = False
+    probe_target: str | None = None
+    probe_class_weights: list[float] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -184,6 +207,33 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             raise ValueError(
                 f"The encoder's crop_size ({encoder.crop_size}) must be a multiple of its patch_size "
                 f"({encoder.patch_size})."
+            )
+        self._check_probe_values()
+
+    def _check_probe_values(self):
+        """Checks the attentive probe's fields (also called by the classification model, after `from_pretrained`
+        has set fields given as keyword arguments)."""
+        if isinstance(self.probe_num_layers, bool) or not isinstance(self.probe_num_layers, int):
+            raise ValueError(f"`probe_num_layers` must be an integer, got {self.probe_num_layers!r}.")
+        if self.probe_num_layers < 0:
+            raise ValueError(f"`probe_num_layers` must be >= 0, got {self.probe_num_layers}.")
+        if not isinstance(self.probe_use_predictor, bool):
+            raise ValueError(f"`probe_use_predictor` must be a bool, got {self.probe_use_predictor!r}.")
+        if self.probe_target is not None and not isinstance(self.probe_target, str):
+            raise ValueError(f"`probe_target` must be a string or None, got {self.probe_target!r}.")
+        weights = self.probe_class_weights
+        if weights is None:
+            return
+        if not isinstance(weights, (list, tuple)) or not all(
+            not isinstance(w, bool) and isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights
+        ):
+            raise ValueError(
+                f"`probe_class_weights` must be a list of finite non-negative numbers, one per label, got {weights!r}."
+            )
+        if len(weights) != self.num_labels:
+            raise ValueError(
+                f"`probe_class_weights` has {len(weights)} weights but there are {self.num_labels} labels "
+                "(`num_labels` / `id2label`): give one weight per label."
             )
 
     @property

@@ -3,8 +3,9 @@
 
 Each step of a clip (one frame repeated into a tubelet, or one real tubelet) is encoded on its own by the V-JEPA 2
 encoder into latent patch tokens z_t. A block-causal transformer over steps, fed `[action, (state), patches]` tokens
-per step, predicts z_{t+1}. This file travels to the Hub with `save_pretrained`: it imports only torch,
-transformers and its configuration.
+per step, predicts z_{t+1}. `SurgicalWorldModelForVideoClassification` is V-JEPA 2's attentive probe on the frozen
+world model's latents. This file travels to the Hub with `save_pretrained`: it imports only torch, transformers and
+its configuration.
 """
 
 from collections.abc import Callable
@@ -16,9 +17,10 @@ from torch import nn
 
 from transformers import PreTrainedModel, VJEPA2Model, initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2Encoder, rotate_queries_or_keys
-from transformers.utils import ModelOutput, logging
+from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler, VJEPA2Encoder, rotate_queries_or_keys
+from transformers.utils import CONFIG_NAME, ModelOutput, logging
 
 
 try:
@@ -61,6 +63,17 @@ class SurgicalWorldModelOutput(ModelOutput):
     copy_context_error (`torch.FloatTensor` of shape `(batch_size, steps - 1)`, *optional*):
         The same error for the baseline that copies the first (context) latent to every later step: "nothing
         moves" (with `return_rollout_error=True`).
+    encoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_hidden_states=True` and a clip given as pixels: the encoder's embeddings followed by the output
+        of each encoder layer (`num_hidden_layers + 1` tensors, before the encoder's final layer norm, as V-JEPA 2
+        returns them), each of shape `(batch_size, steps, tokens, dim)` (every step is encoded on its own). None
+        when the clip came as `latents`.
+    predictor_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_hidden_states=True`: the predictor's input (projected latents after the action / state tokens
+        of each step) followed by the output of each predictor layer in the teacher-forced pass
+        (`predictor_num_hidden_layers + 1` tensors, before the predictor's final norm), each of shape
+        `(batch_size, steps - 1, condition_tokens + tokens, predictor_hidden_size)`, where `condition_tokens` is 1
+        per action and 1 per state token (0, 1 or 2).
     """
 
     loss: torch.FloatTensor | None = None
@@ -75,6 +88,8 @@ class SurgicalWorldModelOutput(ModelOutput):
     clip_mask_loss: torch.FloatTensor | None = None
     rollout_error: torch.FloatTensor | None = None
     copy_context_error: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    predictor_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 def frames_to_steps(values: torch.Tensor, frames_per_step: int) -> torch.Tensor:
@@ -272,7 +287,13 @@ class SurgicalWorldModelPredictor(nn.Module):
         actions: torch.Tensor | None = None,
         states: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        output_hidden_states: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """
+        The predictions `(B, T, N, latent_dim)`; with `output_hidden_states=True`, `(predictions, hidden_states)`
+        where `hidden_states` holds the input of the first layer and the output of every layer (before the final
+        norm), each `(B, T, condition_tokens + N, hidden)`.
+        """
         batch_size, num_steps, num_tokens, _ = latents.shape
         if num_tokens != self.grid_size**2:
             raise ValueError(f"Expected {self.grid_size**2} tokens per step, got {num_tokens}.")
@@ -291,8 +312,11 @@ class SurgicalWorldModelPredictor(nn.Module):
         hidden_states = hidden_states.reshape(batch_size, num_steps * tokens_per_step, -1)  # (B, L, hidden)
 
         attention_mask, positions = self.step_layout(num_steps, latents.device)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask, positions)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
 
         hidden_states = self.norm(hidden_states).view(batch_size, num_steps, tokens_per_step, -1)
         prediction = self.output_proj(hidden_states[:, :, self.num_condition_tokens :])  # (B, T, N, latent_dim)
@@ -301,6 +325,9 @@ class SurgicalWorldModelPredictor(nn.Module):
             # Masked tokens contribute no residual, or the denoising target would leak through it.
             base = latents if token_mask is None else latents.masked_fill(token_mask[..., None], 0.0)
             prediction = prediction + base.to(prediction.dtype)
+        if output_hidden_states:
+            shape = (batch_size, num_steps, tokens_per_step, -1)
+            return prediction, tuple(states.view(shape) for states in all_hidden_states)
         return prediction
 
 
@@ -327,6 +354,16 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, SurgicalWorldModelPredictor) and module.mask_token is not None:
             init.trunc_normal_(module.mask_token, std=std)
+        elif isinstance(module, VJEPA2AttentivePooler):
+            # V-JEPA 2's scheme (VJEPA2PreTrainedModel._init_weights): its linear layers and norms are initialised
+            # above, first (children come first); then the query and the depth-scaled residual projections.
+            init.trunc_normal_(module.query_tokens, std=std)
+            for depth, layer in enumerate(module.self_attention_layers, 1):
+                init.trunc_normal_(layer.self_attn.out_proj.weight, std=std / depth**0.5)
+                init.trunc_normal_(layer.mlp.fc2.weight, std=std / depth**0.5)
+            init.trunc_normal_(
+                module.cross_attention_layer.mlp.fc2.weight, std=std / (len(module.self_attention_layers) + 1) ** 0.5
+            )
 
 
 class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
@@ -454,7 +491,10 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
                 f"{num_frames} frames do not split into steps of frames_per_step={self.config.frames_per_step}."
             )
 
-    def _encode_with(self, encoder: VJEPA2Encoder, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    def _encode_with(
+        self, encoder: VJEPA2Encoder, pixel_values_videos: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The latents `(B, S, N, D)` of a clip and, with `output_hidden_states`, the encoder's hidden states."""
         batch_size, num_frames, channels, height, width = pixel_values_videos.shape
         frames_per_step = self.config.frames_per_step
         num_steps = num_frames // frames_per_step
@@ -463,10 +503,38 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         if frames_per_step < tubelet:
             # One frame repeated into a tubelet: the encoder never sees another step, so no future leaks backwards.
             steps = steps.expand(-1, tubelet, -1, -1, -1)  # (B * S, tubelet, C, H, W)
-        hidden_states = encoder(pixel_values_videos=steps).last_hidden_state  # (B * S, N, D)
+        recorded = []
+        handles = []
+        if output_hidden_states:
+            # `VJEPA2Encoder.forward` returns no hidden states (in transformers 5.x `VJEPA2Model` records them with
+            # `capture_outputs` hooks on its `VJEPA2Layer`s: the first layer's input, then each layer's output).
+            # The same records, with hooks that live for this call only.
+            def record(module, args, output):
+                recorded.append(output[0] if isinstance(output, tuple) else output)
+
+            handles = [encoder.embeddings.register_forward_hook(record)]
+            handles += [layer.register_forward_hook(record) for layer in encoder.layer]
+        try:
+            hidden_states = encoder(pixel_values_videos=steps).last_hidden_state  # (B * S, N, D)
+        finally:
+            for handle in handles:
+                handle.remove()
         if self.config.normalize_latents:
             hidden_states = F.layer_norm(hidden_states, (hidden_states.shape[-1],))
-        return hidden_states.view(batch_size, num_steps, *hidden_states.shape[1:])  # (B, S, N, D)
+        latents = hidden_states.view(batch_size, num_steps, *hidden_states.shape[1:])  # (B, S, N, D)
+        if not output_hidden_states:
+            return latents, None
+        return latents, tuple(states.view(batch_size, num_steps, *states.shape[1:]) for states in recorded)
+
+    def _encode(
+        self, pixel_values_videos: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """`encode`, and with `output_hidden_states` the encoder's hidden states `(B, S, N, D)` per layer."""
+        self._check_pixels(pixel_values_videos)
+        if self.config.freeze_encoder:
+            with torch.no_grad():
+                return self._encode_with(self.encoder, pixel_values_videos, output_hidden_states)
+        return self._encode_with(self.encoder, pixel_values_videos, output_hidden_states)
 
     def encode(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         """
@@ -477,18 +545,14 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         Returns:
             latents `(batch, steps, tokens, dim)` with `steps = frames / frames_per_step`.
         """
-        self._check_pixels(pixel_values_videos)
-        if self.config.freeze_encoder:
-            with torch.no_grad():
-                return self._encode_with(self.encoder, pixel_values_videos)
-        return self._encode_with(self.encoder, pixel_values_videos)
+        return self._encode(pixel_values_videos)[0]
 
     @torch.no_grad()
     def encode_targets(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         """Latents used as prediction targets: the EMA encoder's when the encoder trains, else `encode`'s."""
         self._check_pixels(pixel_values_videos)
         encoder = self.target_encoder if self.target_encoder is not None else self.encoder
-        return self._encode_with(encoder, pixel_values_videos)
+        return self._encode_with(encoder, pixel_values_videos)[0]
 
     # --------------------------------------------------------------------------------------------- predict
     def _step_inputs(
@@ -599,20 +663,23 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         latents: torch.Tensor | None,
         actions: torch.Tensor | None,
         states: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
         """
         The common start of `forward` and `rollout_error`: the clip's latents `(B, S, N, D)` (encoded here, or given
-        as `encode` returned them, e.g. from a latent cache), its target latents, and its actions and states brought
-        to one per step, once, where the number of frames is known.
+        as `encode` returned them, e.g. from a latent cache), its target latents, its actions and states brought
+        to one per step, once, where the number of frames is known, and the encoder's hidden states (with
+        `output_hidden_states` and pixels; else None).
         """
         if (pixel_values_videos is None) == (latents is None):
             raise ValueError("Give either `pixel_values_videos` or precomputed `latents`, not both or neither.")
+        encoder_hidden_states = None
         if latents is not None:
             self._check_latents(latents)
             targets = latents  # a frozen encoder is its own target
             num_frames = latents.shape[1] * self.config.frames_per_step
         else:
-            latents = self.encode(pixel_values_videos)  # (B, S, N, D)
+            latents, encoder_hidden_states = self._encode(pixel_values_videos, output_hidden_states)  # (B, S, N, D)
             # A frozen encoder is its own target: no second encoding of the clip.
             targets = latents.detach() if self.target_encoder is None else self.encode_targets(pixel_values_videos)
             num_frames = pixel_values_videos.shape[1]
@@ -623,7 +690,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         states = self._clip_step_inputs("states", states, num_frames)
         actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, num_steps, latents)
         states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_steps, latents)
-        return latents, targets, actions, states
+        return latents, targets, actions, states, encoder_hidden_states
 
     def _rollout_from_first_step(
         self,
@@ -662,7 +729,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         frame). Returns `(model_error, copy_context_error)`, each `(batch, steps - 1)`: per clip and per horizon; the
         same values as `forward(..., return_rollout_error=True)`. `latents` may replace the pixels as in `forward`.
         """
-        latents, targets, actions, states = self._encode_clip(pixel_values_videos, latents, actions, states)
+        latents, targets, actions, states, _ = self._encode_clip(pixel_values_videos, latents, actions, states)
         imagined = self._rollout_from_first_step(latents, actions, states, latents.shape[1] - 1, graph_steps=0)
         return rollout_errors(imagined, targets)
 
@@ -675,6 +742,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         return_rollout_error: bool = False,
         latents: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> SurgicalWorldModelOutput | tuple:
         r"""
         pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, frames, 3, crop_size, crop_size)`):
@@ -694,9 +762,16 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         return_rollout_error (`bool`, *optional*, defaults to `False`):
             Also return `rollout_error` and `copy_context_error` per clip and horizon, from one rollout over all
             later steps whose first `rollout_steps` steps also give the rollout loss.
+        output_hidden_states (`bool`, *optional*, defaults to `config.output_hidden_states`):
+            Also return `encoder_hidden_states` (pixels only) and `predictor_hidden_states` (teacher-forced pass).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        latents, targets, actions, states = self._encode_clip(pixel_values_videos, latents, actions, states)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        latents, targets, actions, states, encoder_hidden_states = self._encode_clip(
+            pixel_values_videos, latents, actions, states, output_hidden_states=bool(output_hidden_states)
+        )
         num_steps = latents.shape[1]
         context_shape = latents[:, :-1].shape[:3]  # (B, S - 1, N): the tokens a mask may hide
         if token_mask is not None:
@@ -711,7 +786,14 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         past_states = None if states is None else states[:, :-1]
         future = targets[:, 1:]
 
-        predicted = self.predict(latents[:, :-1], past_actions, past_states)  # (B, S - 1, N, D)
+        predictor_hidden_states = None
+        if output_hidden_states:
+            # `predict` without its input checks: `_encode_clip` has checked the actions and states already.
+            predicted, predictor_hidden_states = self.predictor(
+                latents[:, :-1], past_actions, past_states, output_hidden_states=True
+            )
+        else:
+            predicted = self.predict(latents[:, :-1], past_actions, past_states)  # (B, S - 1, N, D)
         clip_teacher_forcing_loss = l1_per_clip(predicted, future)
         rollout_steps = min(self.config.rollout_steps, num_steps - 1)
         imagined = self._rollout_from_first_step(
@@ -750,6 +832,8 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             clip_mask_loss=clip_mask_loss,
             rollout_error=rollout_error,
             copy_context_error=copy_context_error,
+            encoder_hidden_states=encoder_hidden_states,
+            predictor_hidden_states=predictor_hidden_states,
         )
         return output if return_dict else output.to_tuple()
 
@@ -765,6 +849,260 @@ def _vjepa2_load_failure_message(checkpoint: str, error: Exception) -> str:
     )
 
 
-SurgicalWorldModel.register_for_auto_class("AutoModel")
+SURGICAL_WM_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
 
-__all__ = ["SurgicalWorldModel", "SurgicalWorldModelOutput", "SurgicalWorldModelPreTrainedModel"]
+# Keyword arguments of `from_world_model` that go to `from_pretrained` rather than to the config.
+_LOADING_KWARGS = (
+    "cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder", "dtype", "device_map",
+    "attn_implementation",
+)
+
+
+class SurgicalWorldModelForVideoClassification(SurgicalWorldModelPreTrainedModel):
+    """
+    V-JEPA 2's frozen-backbone attentive probe on the surgical world model: `probe_num_layers` self-attention
+    blocks, one cross-attention block with a learned query token (transformers' `VJEPA2AttentivePooler`), then a
+    linear classifier. The whole world model is frozen (no gradients, always in eval mode); only the pooler, the
+    optional predictor projection and the classifier train.
+
+    The pooler reads the clip's latents `(B, S, N, D)` flattened to `(B, S * N, D)`. With
+    `config.probe_use_predictor`, it also reads the predictor's last hidden states (after its final norm) over the
+    clip's patch tokens, projected to the latent width and appended along the token axis. The predictor then runs
+    with ZERO actions, always: in SurgVU the actions are the labels (task one-hot, tool per arm), so feeding the
+    clip's true actions would leak the label into the probe. A model with a state token (`state_dim > 0`) is
+    refused with `probe_use_predictor` rather than fed made-up states.
+
+    `config.problem_type` chooses the loss: `"single_label_classification"` (labels `(B,)` class indices,
+    cross-entropy) or `"multi_label_classification"` (labels `(B, num_labels)` multi-hot, BCE with logits);
+    `config.probe_class_weights` weights it per class (CE `weight`, BCE `pos_weight`).
+
+    Build it from a trained world model with `from_world_model`, or
+    `SurgicalWorldModelForVideoClassification.from_pretrained(world_model_dir, num_labels=..., problem_type=...)`.
+    """
+
+    def __init__(self, config: SurgicalWorldModelConfig):
+        super().__init__(config)
+        self._check_classification_config(config)
+        inverse = {label: index for index, label in config.id2label.items()}
+        if config.label2id != inverse:
+            # `from_pretrained(..., id2label=...)` sets `id2label` alone: keep `label2id` its inverse.
+            config.label2id = inverse
+        if not config.freeze_encoder:
+            # The probe freezes the whole world model: no EMA target encoder is needed (nor built).
+            logger.info("The attentive probe freezes the world model: setting `freeze_encoder=True`.")
+            config.freeze_encoder = True
+        self.num_labels = config.num_labels
+        self.world_model = SurgicalWorldModel(config)
+        # The pooler's layers take their sizes from a copy of the encoder config, with the probe's depth.
+        self.pooler_config = type(config.encoder_config).from_dict(config.encoder_config.to_dict())
+        self.pooler_config.num_pooler_layers = config.probe_num_layers
+        self.pooler_config._attn_implementation_internal = config._attn_implementation
+        self.pooler = VJEPA2AttentivePooler(self.pooler_config)
+        self.predictor_proj = (
+            nn.Linear(config.predictor_hidden_size, config.latent_dim) if config.probe_use_predictor else None
+        )
+        self.classifier = nn.Linear(config.latent_dim, config.num_labels)
+        self.post_init()
+        self._freeze_world_model()
+
+    @staticmethod
+    def _check_classification_config(config: SurgicalWorldModelConfig) -> None:
+        # `from_pretrained` sets the fields given as keyword arguments after the config's own checks: check again.
+        config._check_probe_values()
+        if config.problem_type not in SURGICAL_WM_PROBLEM_TYPES:
+            raise ValueError(
+                f"SurgicalWorldModelForVideoClassification needs `problem_type` set to one of "
+                f"{list(SURGICAL_WM_PROBLEM_TYPES)} (class indices and cross-entropy, or multi-hot labels and "
+                f"BCE), got {config.problem_type!r}."
+            )
+        if config.probe_use_predictor and config.state_dim > 0:
+            raise ValueError(
+                f"`probe_use_predictor` runs the predictor with zero actions and no states, but this world model has "
+                f"a state token (state_dim={config.state_dim}); the probe will not invent states. Use "
+                "`probe_use_predictor=False`."
+            )
+
+    def _freeze_world_model(self) -> None:
+        self.world_model.requires_grad_(False)
+        self.world_model.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.world_model.eval()  # frozen: no dropout / drop-path, ever
+        return self
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        self.pooler_config._attn_implementation_internal = self.config._attn_implementation
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        # Loading replaces the parameters, and with them requires_grad=False.
+        model._freeze_world_model()
+        return (model, loading_info) if output_loading_info else model
+
+    @classmethod
+    def from_world_model(
+        cls,
+        path: str,
+        id2label: dict[int, str],
+        problem_type: str,
+        probe_target: str | None = None,
+        **config_overrides,
+    ) -> "SurgicalWorldModelForVideoClassification":
+        """
+        An attentive probe on the world model saved at `path` (a directory or a Hub repository id): its weights are
+        loaded as they are and frozen, the pooler and classifier are initialised.
+
+        Args:
+            path: a world model checkpoint (its `config.json` must say `"model_type": "surgical_wm"`). Weights found
+                under the head's names (a classifier checkpoint) would be loaded too: start from the world model's.
+            id2label: the class names, `{index: name}`; `num_labels` and `label2id` follow from it.
+            problem_type: `"single_label_classification"` or `"multi_label_classification"`.
+            probe_target: what the labels are (e.g. `"task"`, `"tools"`), kept in the config.
+            config_overrides: other config fields (`probe_num_layers`, `probe_use_predictor`,
+                `probe_class_weights`, ...); `cache_dir`, `revision`, `token`, `local_files_only`,
+                `force_download`, `subfolder`, `dtype`, `device_map` and `attn_implementation` go to
+                `from_pretrained`.
+        """
+        loading = {name: config_overrides.pop(name) for name in _LOADING_KWARGS if name in config_overrides}
+        hub = {name: loading[name] for name in ("cache_dir", "revision", "token", "local_files_only",
+                                                 "force_download", "subfolder") if name in loading}
+        config_file = f"{str(path).rstrip('/')}/{CONFIG_NAME}"
+        try:
+            config_dict, _ = SurgicalWorldModelConfig.get_config_dict(path, **hub)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"{config_file} could not be read: {path!r} is not a surgical world model checkpoint "
+                f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})."
+            ) from None
+        model_type = config_dict.get("model_type")
+        if model_type != SurgicalWorldModelConfig.model_type:
+            raise ValueError(
+                f"{config_file} has model_type {model_type!r}, not {SurgicalWorldModelConfig.model_type!r}: "
+                f"{path!r} is not a surgical world model checkpoint."
+            )
+        unknown = sorted(name for name in config_overrides if not hasattr(SurgicalWorldModelConfig, name))
+        if unknown:
+            raise TypeError(f"Unknown config fields {unknown} (loading options: {list(_LOADING_KWARGS)}).")
+        id2label = {int(index): label for index, label in id2label.items()}
+        config_dict.pop("num_labels", None)
+        config = SurgicalWorldModelConfig.from_dict({
+            **config_dict,
+            **config_overrides,
+            "id2label": id2label,
+            "label2id": {label: index for index, label in id2label.items()},
+            "problem_type": problem_type,
+            "probe_target": probe_target,
+        })
+        return cls.from_pretrained(path, config=config, **loading)
+
+    # ------------------------------------------------------------------------------------------------ probe
+    def _predictor_tokens(self, latents: torch.Tensor, output_hidden_states: bool):
+        """The predictor's last hidden states (after its final norm) over the clip's patch tokens, projected to
+        `(B, S * N, D)`, and its hidden states when asked; always computed with zero actions."""
+        predictor = self.world_model.predictor
+        batch_size, num_steps = latents.shape[:2]
+        # ZERO actions, never the clip's own: in SurgVU the actions ARE the labels (task one-hot, tool per arm), so
+        # true actions would hand the label to the probe. No states either (refused in __init__).
+        actions = latents.new_zeros(batch_size, num_steps, self.config.action_dim) if self.config.action_dim else None
+        with torch.no_grad():  # the world model is frozen; gradients start at the projection
+            _, hidden_states = predictor(latents, actions, None, output_hidden_states=True)
+            last = predictor.norm(hidden_states[-1])[:, :, predictor.num_condition_tokens :]  # (B, S, N, hidden)
+        tokens = self.predictor_proj(last.flatten(1, 2))  # (B, S * N, D)
+        return tokens, (hidden_states if output_hidden_states else None)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Own loss rather than `self.loss_function`: transformers' classification loss takes no class weights.
+        weights = self.config.probe_class_weights
+        weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=logits.device)
+        labels = labels.to(logits.device)
+        if self.config.problem_type == "single_label_classification":
+            if labels.shape != logits.shape[:1] or labels.is_floating_point() or labels.dtype == torch.bool:
+                raise ValueError(
+                    f"Single-label classification takes class indices: integer `labels` of shape "
+                    f"({logits.shape[0]},), got {labels.dtype} of shape {tuple(labels.shape)}."
+                )
+            return F.cross_entropy(logits.float(), labels.long(), weight=weight)
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"Multi-label classification takes multi-hot `labels` of shape {tuple(logits.shape)} "
+                f"(batch, num_labels), got {tuple(labels.shape)}."
+            )
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weight)
+
+    def forward(
+        self,
+        pixel_values_videos: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, frames, 3, crop_size, crop_size)`):
+            A clip preprocessed as V-JEPA 2 expects; `steps = frames / frames_per_step` (one or more).
+        latents (`torch.FloatTensor` of shape `(batch_size, steps, tokens, dim)`, *optional*):
+            The clip's latents exactly as `SurgicalWorldModel.encode` returns them (a latent cache), instead of its
+            pixels; give exactly one of the two.
+        labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape
+            `(batch_size, num_labels)`, *optional*):
+            Class indices (`problem_type="single_label_classification"`) or multi-hot targets
+            (`"multi_label_classification"`).
+        output_hidden_states (`bool`, *optional*, defaults to `config.output_hidden_states`):
+            Return `hidden_states`: the encoder's embeddings and per-layer outputs `(batch, steps, tokens, dim)`
+            when pixels are given, then, with `probe_use_predictor`, the predictor's input and per-layer outputs
+            `(batch, steps, condition_tokens + tokens, predictor_hidden_size)` of its zero-action pass (None when
+            there is none of either).
+
+        No actions are taken: with `probe_use_predictor` the predictor runs with zero actions, since SurgVU's
+        actions are its labels.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if (pixel_values_videos is None) == (latents is None):
+            raise ValueError("Give either `pixel_values_videos` or precomputed `latents`, not both or neither.")
+        encoder_hidden_states = None
+        if latents is not None:
+            self.world_model._check_latents(latents)
+        else:
+            latents, encoder_hidden_states = self.world_model._encode(pixel_values_videos, output_hidden_states)
+        latents = latents.detach().to(self.classifier.weight.dtype)  # (B, S, N, D), frozen
+        tokens = latents.flatten(1, 2)  # (B, S * N, D)
+        predictor_hidden_states = None
+        if self.predictor_proj is not None:
+            predictor_tokens, predictor_hidden_states = self._predictor_tokens(latents, output_hidden_states)
+            tokens = torch.cat([tokens, predictor_tokens.to(tokens.dtype)], dim=1)  # (B, 2 * S * N, D)
+
+        logits = self.classifier(self.pooler(tokens))  # (B, num_labels)
+        loss = None if labels is None else self._loss(logits, labels)
+
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = (encoder_hidden_states or ()) + (predictor_hidden_states or ())
+            hidden_states = hidden_states or None
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=None)
+        return output if return_dict else output.to_tuple()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # The checkpoint also opens as the bare world model (its weights under the `world_model.` prefix):
+        # AutoModel -> SurgicalWorldModel, next to AutoConfig and AutoModelForVideoClassification.
+        module = type(self).__module__.split(".")[-1]
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                "AutoModel": f"{module}.{SurgicalWorldModel.__name__}"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+SurgicalWorldModel.register_for_auto_class("AutoModel")
+SurgicalWorldModelForVideoClassification.register_for_auto_class("AutoModelForVideoClassification")
+
+__all__ = [
+    "SurgicalWorldModel",
+    "SurgicalWorldModelForVideoClassification",
+    "SurgicalWorldModelOutput",
+    "SurgicalWorldModelPreTrainedModel",
+]
