@@ -137,9 +137,13 @@ class TrainArguments:
     )
 
 
-def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+def parse_dataclasses(dataclass_types: tuple, argv=None, description: str = "", defaults: dict | None = None):
+    """Arguments of `dataclass_types` from the command line, from a YAML or JSON file given first, or both (the
+    command line wins); `defaults` override the dataclasses' own defaults (a script's own choices)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainArguments), description=__doc__.splitlines()[0])
+    parser = HfArgumentParser(dataclass_types, description=description)
+    if defaults:
+        parser.set_defaults(**defaults)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         # A config file first, then command-line overrides.
         import yaml
@@ -152,9 +156,10 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
             raise SystemExit(f"error: {argv[0]}: unknown argument(s) {unknown}")
         parser.set_defaults(**values)
         argv = argv[1:]
-    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
-    if model_args.finetune_encoder:
-        model_args.encoder_frozen = False
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def check_common_arguments(data_args: DataArguments, train_args: TrainArguments) -> None:
     if train_args.report_to not in {"tensorboard", "trackio", "wandb", "none"}:
         raise SystemExit(f"error: --report_to must be tensorboard, trackio, wandb or none, got {train_args.report_to}")
     if train_args.device not in {None, "cuda", "mps", "cpu"}:
@@ -162,6 +167,14 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
     if data_args.cache_precision not in PRECISIONS:
         raise SystemExit(f"error: --cache_precision must be one of {', '.join(PRECISIONS)}, got "
                          f"{data_args.cache_precision}")
+
+
+def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+    model_args, data_args, train_args = parse_dataclasses((ModelArguments, DataArguments, TrainArguments), argv,
+                                                          __doc__.splitlines()[0])
+    if model_args.finetune_encoder:
+        model_args.encoder_frozen = False
+    check_common_arguments(data_args, train_args)
     return model_args, data_args, train_args
 
 
@@ -195,11 +208,11 @@ def clip_inputs(batch: dict) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- latent cache
-def latent_cache_off_reason(model_args: ModelArguments, data_args: DataArguments, transform) -> str | None:
+def latent_cache_off_reason(encoder_frozen: bool, data_args: DataArguments, transform) -> str | None:
     """Why the latent cache cannot serve this run, or None when it can."""
     if data_args.no_cache:
         return "--no_cache"
-    if not model_args.encoder_frozen:
+    if not encoder_frozen:
         return "the encoder trains, so its latents change at every step"
     if not transform.deterministic:
         return "the clip transform is random, so a clip's pixels change between epochs"
@@ -257,6 +270,56 @@ def build_latent_cache(accelerator: Accelerator, model, split, transform, direct
         builder.finish()
     accelerator.wait_for_everyone()
     return LatentCache(directory, key)
+
+
+# ------------------------------------------------------------------------------------------------- accelerator
+def make_accelerator(train_args: TrainArguments, output_dir: Path) -> Accelerator:
+    """The run's Accelerator (device, precision, accumulation, trackers), logging set up and the seed set: the
+    skeleton shared by the training scripts."""
+    if train_args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is visible.")
+    if train_args.device == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("error: --device mps but MPS is not available on this machine.")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        mixed_precision=train_args.mixed_precision,
+        cpu=train_args.device == "cpu",
+        log_with=None if train_args.report_to == "none" else train_args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-file save/load lines; ours say what matters
+    logger.info(
+        f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
+        f"mixed precision: {accelerator.mixed_precision}, distributed: {accelerator.distributed_type}",
+        main_process_only=True,
+    )
+    if not accelerator.is_local_main_process:
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(train_args.seed)
+    return accelerator
+
+
+def clip_datasets(accelerator: Accelerator, model, dataset, transform, data_args: DataArguments, output_dir: Path,
+                  cache_off: str | None, batch_size: int, num_workers: int) -> dict:
+    """The torch datasets of every split: from the latent cache of `model`'s frozen encoder (built or verified here,
+    under `--cache_dir` or `output_dir/latent_cache`) unless `cache_off` says why not, else decoded clips."""
+    clips = {name: SurgVUClips(split, transform) for name, split in dataset.items()}
+    if cache_off is not None:
+        logger.info(f"latent cache: off ({cache_off})")
+        return clips
+    cache_root = Path(data_args.cache_dir) if data_args.cache_dir else output_dir / "latent_cache"
+    caches = {}
+    for name, split in dataset.items():
+        key = latent_cache_key(accelerator, model, split, transform, data_args)
+        caches[name] = build_latent_cache(accelerator, model, split, transform, cache_root / name, key,
+                                          data_args.cache_shard_size, batch_size, num_workers)
+        clips[name] = LatentClips(split, caches[name])
+    logger.info(f"latent cache: {cache_root} ({data_args.cache_precision}, "
+                f"{caches['train'].bytes_per_clip / 2**20:.2f} MiB per clip): the encoder and the video decoder "
+                "are not run again while training")
+    return clips
 
 
 # ------------------------------------------------------------------------------------------------------ model
@@ -391,28 +454,39 @@ def export_model(accelerator: Accelerator, model, directory: Path, trainer_state
     accelerator.wait_for_everyone()
 
 
+def card_metadata(config, metrics: dict, repo_id: str | None) -> str:
+    """The model card's YAML header. A world model predicts latents under actions: its Hub task is robotics, not
+    video classification (the probes of scripts/train_probe.py are the video classifiers). Validation figures go
+    into the model-index, which scripts/evaluate_surgical_model.py --push_to_hub later replaces with its own."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    base_model = config.encoder_name_or_path or "facebook/vjepa2-vitl-fpc64-256"
+    results = [
+        EvalResult(task_type="robotics", task_name="Action-conditioned latent prediction", dataset_type="surgvu",
+                   dataset_name="SurgVU", dataset_split="validation", metric_type=name, metric_name=name,
+                   metric_value=round(float(value), 6))
+        for name, value in sorted(metrics.items())
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not name.endswith("num_clips")
+    ]
+    data = ModelCardData(
+        library_name="transformers", pipeline_tag="robotics",
+        base_model=base_model if "/" in base_model else "facebook/vjepa2-vitl-fpc64-256", datasets=["SurgVU"],
+        tags=["world-model", "v-jepa-2", "surgical-video", "action-conditioned"],
+        model_name=(repo_id or "surgical-world-model").split("/")[-1] if results else None,
+        eval_results=results or None,
+    )
+    return data.to_yaml()
+
+
 def model_card(config, train_args: TrainArguments, trainer_state: dict, repo_id: str | None) -> str:
     metrics = trainer_state.get("best_metrics") or {}
     base_model = config.encoder_name_or_path or "facebook/vjepa2-vitl-fpc64-256"
     metric_rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())
                             if isinstance(value, (int, float)))
-    model_index = "\n".join(f"    {name}: {value:.6f}" for name, value in sorted(metrics.items())
-                            if isinstance(value, (int, float)))
     spec = config.action_spec or []
     load_id = repo_id or "<user>/<repo>"
     return f"""---
-library_name: transformers
-pipeline_tag: video-classification
-base_model: {base_model if "/" in base_model else "facebook/vjepa2-vitl-fpc64-256"}
-datasets:
-- SurgVU
-tags:
-- world-model
-- v-jepa-2
-- surgical-video
-- action-conditioned
-metrics:
-{model_index or "    validation_loss: null"}
+{card_metadata(config, metrics, repo_id)}
 ---
 
 # Surgical world model on V-JEPA 2
@@ -598,28 +672,7 @@ def main(argv=None) -> None:
     checkpoints_dir = output_dir / "checkpoints"
 
     # ---- accelerator, logging, seed
-    if train_args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is visible.")
-    if train_args.device == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit("error: --device mps but MPS is not available on this machine.")
-    accelerator = Accelerator(
-        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
-        mixed_precision=train_args.mixed_precision,
-        cpu=train_args.device == "cpu",
-        log_with=None if train_args.report_to == "none" else train_args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-file save/load lines; ours say what matters
-    logger.info(
-        f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
-        f"mixed precision: {accelerator.mixed_precision}, distributed: {accelerator.distributed_type}",
-        main_process_only=True,
-    )
-    if not accelerator.is_local_main_process:
-        transformers.utils.logging.set_verbosity_error()
-    set_seed(train_args.seed)
+    accelerator = make_accelerator(train_args, output_dir)
 
     repo_id = None
     if train_args.push_to_hub and accelerator.is_main_process:
@@ -648,21 +701,9 @@ def main(argv=None) -> None:
     train_sampler = EpochShuffleSampler(len(dataset["train"]), train_args.seed)
     loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
                      "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available()}
-    clips = {name: SurgVUClips(split, transform) for name, split in dataset.items()}
-    cache_off = latent_cache_off_reason(model_args, data_args, transform)
-    if cache_off is None:
-        cache_root = Path(data_args.cache_dir) if data_args.cache_dir else output_dir / "latent_cache"
-        caches = {}
-        for name, split in dataset.items():
-            key = latent_cache_key(accelerator, model, split, transform, data_args)
-            caches[name] = build_latent_cache(accelerator, model, split, transform, cache_root / name, key,
-                                              data_args.cache_shard_size, train_args.batch_size, num_workers)
-            clips[name] = LatentClips(split, caches[name])
-        logger.info(f"latent cache: {cache_root} ({data_args.cache_precision}, "
-                    f"{caches['train'].bytes_per_clip / 2**20:.2f} MiB per clip): the encoder and the video decoder "
-                    "are not run again while training")
-    else:
-        logger.info(f"latent cache: off ({cache_off})")
+    cache_off = latent_cache_off_reason(model_args.encoder_frozen, data_args, transform)
+    clips = clip_datasets(accelerator, model, dataset, transform, data_args, output_dir, cache_off,
+                          train_args.batch_size, num_workers)
     # The loaders draw worker seeds from their own generators, never from the global RNG that resuming restores.
     train_dataloader = DataLoader(clips["train"], sampler=train_sampler, drop_last=True,
                                   generator=torch.Generator().manual_seed(train_args.seed), **loader_kwargs)

@@ -292,7 +292,7 @@ class LatentCache:
 
 class LatentClips(Dataset):
     """Rows of a `load_surgvu` split with their cached latents instead of their frames: `latents` `(S, N, D)`,
-    `actions` and `sample_id`, the same as `SurgVUClips` gives apart from the pixels."""
+    `actions`, `tasks`, `tools` and `sample_id`, the same as `SurgVUClips` gives apart from the pixels."""
 
     def __init__(self, split, cache: LatentCache):
         if len(split) != len(cache):
@@ -308,5 +308,7 @@ class LatentClips(Dataset):
         return {
             "latents": self.cache[index],
             "actions": torch.as_tensor(row["actions"], dtype=torch.float32),
+            "tasks": torch.as_tensor(row["tasks"], dtype=torch.int64),
+            "tools": torch.as_tensor(row["tools"], dtype=torch.float32),
             "sample_id": torch.tensor(index),
         }

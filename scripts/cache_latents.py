@@ -98,7 +98,7 @@ def main(argv=None) -> int:
 
     model = load_world_model(model_args, get_action_spec())
     transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
-    off_reason = latent_cache_off_reason(model_args, data_args, transform)
+    off_reason = latent_cache_off_reason(model_args.encoder_frozen, data_args, transform)
     if off_reason is not None:
         print(f"error: the latent cache cannot serve this run: {off_reason}", file=sys.stderr)
         return 2
