@@ -8,7 +8,8 @@
   segment, whose ends fall exactly on frames that the builder samples at 4 fps (the edges of [start, stop));
 - frames with black side margins, a bottom band listing the installed tool names (the real label leak) and
   instrument-like shapes: an instrument is drawn for each arm with a tool installed, its tip colour and jaws depend on
-  the tool and its motion on the current task, so the frames follow the per-step actions;
+  the tool and its motion on the current task, and each task but Other shows its own anatomy (a coloured region in
+  its own place), so the frames follow the per-step actions and the task and tool labels can be learnt from them;
 - label noise of every kind the real files show: `nan(camera in)` rows, empty names, `Single Site"`, trailing spaces,
   tools outside the class list, task names in two capitalisations, with stray quotes and leading spaces, and names
   outside the list; parts written `1.0` in tools.csv, times as `HH:MM:SS.ffffff` there and as seconds in tasks.csv;
@@ -67,6 +68,17 @@ _TOOL_COLOURS = np.array(
 )  # fmt: skip
 _ENTRY = np.array([[0.0, 0.9], [1.0, 0.9], [0.0, 0.1], [1.0, 0.1]])  # where each arm enters the view (x, y)
 _REST = np.array([[0.36, 0.62], [0.64, 0.62], [0.3, 0.36], [0.7, 0.36]])  # tip position at rest
+# The anatomy each task works on (every task but Other): where it lies in the view (x, y), its radius (a fraction of
+# the view's height) and its colour. Real tasks differ in what is in view, not only in how the instruments move.
+_TASK_ANATOMY = (
+    ((0.50, 0.50), 0.30, (235, 190, 170)),  # Range of motion: pale bowel
+    ((0.30, 0.70), 0.22, (120, 20, 60)),  # Rectal artery/vein: dark vessel
+    ((0.70, 0.30), 0.26, (250, 240, 120)),  # Retraction and collision avoidance: fat, yellow
+    ((0.50, 0.30), 0.20, (90, 160, 210)),  # Skills application: a blue training pad
+    ((0.25, 0.35), 0.24, (240, 140, 200)),  # Suspensory ligaments: pink band
+    ((0.75, 0.70), 0.18, (250, 250, 250)),  # Suturing: white suture pad
+    ((0.50, 0.75), 0.28, (200, 60, 30)),  # Uterine horn: bright red-orange
+)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -217,6 +229,10 @@ class _Renderer:
         image[: self.view_height, self.margin : self.margin + self.view_width] = self.background[
             :, shift : shift + self.view_width
         ]
+        if task < len(_TASK_ANATOMY):  # Other shows no particular anatomy
+            (x, y), radius, colour = _TASK_ANATOMY[task]
+            centre = self._to_pixels(np.array([x, y]))
+            _draw_segment(image, centre, centre, radius * self.view_height, colour)
         for arm, installed in enumerate(arms):
             if installed is None:
                 continue
