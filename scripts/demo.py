@@ -5,8 +5,12 @@
 2. builds a world model on that encoder (`scripts/load_vjepa2_pretrained.py`);
 3. trains it with `accelerate launch train_hf.py`, encoder frozen: each clip is decoded and encoded once, into the
    latent cache, and every epoch trains from there;
-4. reloads `output_dir/best` with `AutoModel.from_pretrained(..., trust_remote_code=True)` in a fresh process and
-   prints its rollout error next to the copy-the-context-latent baseline (`scripts/evaluate_rollout.py`).
+4. trains a task probe and a tool-presence probe on the frozen world model (`scripts/train_probe.py`), from the same
+   latent cache;
+5. evaluates in a fresh process (`scripts/evaluate_surgical_model.py`, which loads the exports with
+   `from_pretrained(..., trust_remote_code=True)`): world-model error per horizon next to the copy-context baseline,
+   with swapped actions, the surprise distribution, and the probes next to chance and majority; writes
+   `report.json` and PNG figures and prints the table.
 """
 
 import argparse
@@ -27,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--num_epochs", type=int, default=16)
+    parser.add_argument("--probe_epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = os.path.abspath(args.output_dir)
@@ -47,10 +52,25 @@ def main() -> None:
          "--learning_rate", "2e-3", "--warmup_epochs", "0.5", "--num_workers", "2", "--device", "cpu",
          "--checkpointing_steps", "50", "--checkpoints_total_limit", "2", "--report_to", "tensorboard",
          "--seed", str(args.seed)], TQDM_MININTERVAL="5")
-    # A fresh process in another directory: the model code comes from the exported directory, not this clone.
-    run([python, os.path.join(REPO_ROOT, "scripts", "evaluate_rollout.py"), "--model", os.path.join(run_dir, "best"),
-         "--data_root", data, "--dataset_cache_dir", cache], cwd=out)
-    print(f"\nexports: {run_dir}/best and {run_dir}/final; TensorBoard logs: {run_dir}/logs")
+    probes = {}
+    for target in ("task", "tools"):
+        probes[target] = os.path.join(out, f"probe_{target}")
+        run([python, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+             "--mixed_precision", "no", "--dynamo_backend", "no", "scripts/train_probe.py",
+             "--world_model", os.path.join(run_dir, "best"), "--target", target, "--data_root", data,
+             "--dataset_cache_dir", cache, "--cache_dir", os.path.join(run_dir, "latent_cache"),
+             "--output_dir", probes[target], "--num_epochs", str(args.probe_epochs), "--batch_size", "8",
+             "--learning_rate", "2e-3", "--probe_num_layers", "1", "--num_workers", "2", "--device", "cpu",
+             "--report_to", "none", "--seed", str(args.seed)], TQDM_MININTERVAL="5")
+    # A fresh process in another directory: the model code comes from the exported directories, not this clone.
+    run([python, os.path.join(REPO_ROOT, "scripts", "evaluate_surgical_model.py"),
+         "--checkpoint", os.path.join(run_dir, "best"), "--test_data", data, "--dataset_cache_dir", cache,
+         "--cache_dir", os.path.join(run_dir, "latent_cache"),
+         "--task_probe", os.path.join(probes["task"], "best"), "--tool_probe", os.path.join(probes["tools"], "best"),
+         "--output", os.path.join(out, "report.json"), "--plots", os.path.join(out, "plots"), "--device", "cpu"],
+        cwd=out)
+    print(f"\nexports: {run_dir}/best and {run_dir}/final, probes in {probes['task']}/best and {probes['tools']}/best; "
+          f"report: {out}/report.json, figures: {out}/plots; TensorBoard logs: {run_dir}/logs")
 
 
 if __name__ == "__main__":

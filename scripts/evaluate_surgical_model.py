@@ -1,0 +1,621 @@
+#!/usr/bin/env python
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""Evaluates a surgical world model on SurgVU: world-model quality, surprise, and the SurgVU probes.
+
+    python scripts/evaluate_surgical_model.py --checkpoint outputs/surgical_wm/best --test_data /data/surgvu \
+        [--task_probe outputs/probe_task/best --tool_probe outputs/probe_tools/best | --train_probes] \
+        [--split validation] [--output report.json] [--plots plots/]
+
+Clips are streamed through the model (decoded and encoded batch by batch, or read from a finished latent cache
+given with `--cache_dir`), never loaded whole. The data options are train_hf.py's (`--test_data` is `--data_root`;
+same defaults, same split seed), so `--split validation` is the split that training held out. The report:
+- world-model quality: latent L1 and cosine, teacher-forced (step t + 1 from the true steps 1..t) and rolled out
+  (horizon h from step 1), next to the copy-the-last-context baseline; the same with each clip's actions swapped
+  for another clip's; the distribution of per-step surprise (the teacher-forced L1 of each step);
+- SurgVU probes, when probes are given or trained (`--train_probes`): task recognition with the organisers' metric
+  (per-frame weighted F1 and accuracy per video, frames without a prediction counted as Other, plain mean over
+  videos; each clip's prediction is given to every frame of the clip), tool presence (mAP and class-averaged F1 per
+  clip), each next to chance and to a majority-class baseline.
+Metrics are the local `evaluate` modules in metrics/. It writes `--output` (JSON), prints a table and, with
+`--plots`, saves PNG figures. `--push_to_hub` puts the headline figures into the model card's model-index.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from train_hf import DataArguments, available_cores, load_dataset_splits, parse_dataclasses
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+METRICS_DIR = REPO_ROOT / "metrics"
+CHANCE_DRAWS = 5
+SURPRISE_PERCENTILES = (5, 25, 50, 75, 95, 99)
+
+
+@dataclass
+class EvaluationArguments:
+    checkpoint: str = field(
+        default="outputs/surgical_wm/best",
+        metadata={"help": "A world model (train_hf.py export) or a probe (train_probe.py export): a directory or a "
+                          "Hub id."},
+    )
+    test_data: str | None = field(default=None, metadata={"help": "SurgVU folder (surgvu24/ and labels/): "
+                                                                   "the same as --data_root."})
+    split: str = field(default="validation", metadata={"help": "train, validation or all."})
+    output: str = field(default="report.json", metadata={"help": "Where the JSON report goes."})
+    plots: str | None = field(default=None, metadata={"help": "A folder for the PNG figures (none without it)."})
+    task_probe: str | None = field(default=None, metadata={"help": "A task probe (train_probe.py --target task)."})
+    tool_probe: str | None = field(default=None, metadata={"help": "A tool probe (train_probe.py --target tools)."})
+    train_probes: bool = field(default=False, metadata={"help": "Train both probes first (scripts/train_probe.py, "
+                                                                "on the train split) into --probe_dir."})
+    probe_dir: str | None = field(default=None, metadata={"help": "Where --train_probes writes (default: next to "
+                                                                  "--output, <output>_probes/)."})
+    probe_epochs: int = field(default=20, metadata={"help": "Epochs of --train_probes."})
+    batch_size: int = field(default=8, metadata={"help": "Clips per forward pass."})
+    max_clips: int | None = field(default=None, metadata={"help": "Evaluate the first N clips of the split only."})
+    device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: cuda when available)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the chance baselines and of the action swap."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Put the headline figures into the model card of "
+                                                               "--hub_model_id."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "<user>/<repo> of the evaluated world model."})
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+def fail(message: str) -> None:
+    raise SystemExit(f"error: {message}")
+
+
+def checkpoint_config(path: str) -> tuple[dict, str]:
+    """The saved config of a checkpoint directory or Hub id, and where it was read from (for error messages)."""
+    config_file = Path(path) / "config.json"
+    if config_file.is_file():
+        try:
+            return json.loads(config_file.read_text()), str(config_file)
+        except ValueError as error:
+            fail(f"{config_file}: not valid JSON ({error})")
+    if Path(path).exists():
+        fail(f"{config_file}: missing: {path} is not a transformers checkpoint directory")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        downloaded = hf_hub_download(path, "config.json")
+    except Exception as error:  # offline, missing repo, no such file: all the same to the user
+        fail(f"{path}/config.json: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]})")
+    return json.loads(Path(downloaded).read_text()), f"{path}/config.json"
+
+
+def is_probe(config: dict) -> bool:
+    return any(name.endswith("ForVideoClassification") for name in config.get("architectures") or [])
+
+
+def load_checkpoint(path: str):
+    """(world model, probe or None) from `path`: a world model, or a probe (which holds its world model)."""
+    config, where = checkpoint_config(path)
+    if config.get("model_type") != "surgical_wm":
+        fail(f"{where}: model_type {config.get('model_type')!r}: not a surgical world model nor a probe of one "
+             "(expected model_type 'surgical_wm', from train_hf.py or scripts/train_probe.py)")
+    from transformers import AutoModel, AutoModelForVideoClassification
+
+    if is_probe(config):
+        probe = AutoModelForVideoClassification.from_pretrained(path, trust_remote_code=True).eval()
+        return probe.world_model, probe
+    return AutoModel.from_pretrained(path, trust_remote_code=True).eval(), None
+
+
+def load_probe(path: str, target: str, world_model):
+    """A probe for `target` ('task' or 'tools') that reads `world_model`'s latents; clear errors otherwise."""
+    from dataset_surgvu import TASK_CLASSES, TOOL_CLASSES
+    from dataset_surgvu.latent_cache import module_fingerprint
+
+    config, where = checkpoint_config(path)
+    if config.get("model_type") != "surgical_wm" or not is_probe(config):
+        fail(f"{where}: not a probe of a surgical world model (architectures {config.get('architectures')}); "
+             "train one with scripts/train_probe.py")
+    expected = list(TASK_CLASSES if target == "task" else TOOL_CLASSES)
+    labels = [config.get("id2label", {}).get(str(index)) for index in range(len(config.get("id2label", {})))]
+    if labels != expected:
+        flag = "--task_probe" if target == "task" else "--tool_probe"
+        fail(f"{where}: a probe for the labels {labels}, not the SurgVU {target} classes {expected} ({flag} "
+             f"expects a scripts/train_probe.py --target {target} export)")
+    _, probe = load_checkpoint(path)
+    if module_fingerprint(probe.world_model.encoder) != module_fingerprint(world_model.encoder):
+        fail(f"{path}: this probe was trained on the latents of another encoder than {world_model.name_or_path}'s; "
+             "train it on this world model (scripts/train_probe.py --world_model ...)")
+    return probe
+
+
+def train_probes(args: EvaluationArguments, data_args: DataArguments) -> tuple[str, str]:
+    """Trains the task and tool probes with scripts/train_probe.py (on the train split); returns their best/."""
+    probe_dir = Path(args.probe_dir) if args.probe_dir else Path(args.output).with_suffix("").parent / (
+        Path(args.output).stem + "_probes")
+    data_options = []
+    for item in fields(DataArguments):
+        value = getattr(data_args, item.name)
+        if value is not None:
+            data_options += [f"--{item.name}", str(value)]
+    found = {}
+    for target in ("task", "tools"):
+        output_dir = probe_dir / target
+        command = [sys.executable, str(REPO_ROOT / "scripts" / "train_probe.py"), "--world_model", args.checkpoint,
+                   "--target", target, "--output_dir", str(output_dir), "--num_epochs", str(args.probe_epochs),
+                   "--report_to", "none", "--seed", str(args.seed), *data_options]
+        if args.device:
+            command += ["--device", args.device]
+        print(f"training the {target} probe: {' '.join(command[1:])}", flush=True)
+        result = subprocess.run(command, env={**os.environ, "TQDM_DISABLE": "1"})
+        if result.returncode != 0:
+            fail(f"training the {target} probe failed (exit {result.returncode}); see its log above")
+        found[target] = str(output_dir / "best")
+    return found["task"], found["tools"]
+
+
+def load_metric(name: str):
+    import evaluate
+
+    return evaluate.load(str(METRICS_DIR / name))
+
+
+# ------------------------------------------------------------------------------------------------------- running
+class Accumulator:
+    """Sums over clips of per-clip, per-step values: `add(name, values (B, K))`, then `mean(name, clips)`."""
+
+    def __init__(self):
+        self.sums = {}
+
+    def add(self, name: str, values: torch.Tensor) -> None:
+        values = values.double().sum(0).cpu()
+        self.sums[name] = self.sums[name] + values if name in self.sums else values
+
+    def mean(self, name: str, clips: int) -> list[float]:
+        return (self.sums[name] / max(clips, 1)).tolist()
+
+
+def latent_errors(predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 and cosine similarity per clip and step `(B, K)`, over tokens (and dims), in float32."""
+    predicted, target = predicted.float(), target.float()
+    return (predicted - target).abs().mean((2, 3)), F.cosine_similarity(predicted, target, dim=-1).mean(2)
+
+
+def per_step_actions(world_model, actions: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """SurgVU's per-frame actions `(B, T, A)` as the model's per-step actions `(B, S, A)`."""
+    from modeling_surgical_wm import frames_to_steps
+
+    if actions.shape[1] == num_steps:
+        return actions
+    return frames_to_steps(actions, world_model.config.frames_per_step)
+
+
+@torch.no_grad()
+def world_model_errors(world_model, latents: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Teacher-forced and rolled-out L1 / cosine per clip and step, and their copy-the-last-context baselines."""
+    num_steps = latents.shape[1]
+    target = latents[:, 1:]
+    predicted = world_model.predict(latents[:, :-1], actions[:, :-1])  # step t + 1 from the true steps <= t
+    imagined = world_model.rollout(latents[:, :1], actions, steps=num_steps - 1)  # horizon h from step 1
+    errors = {}
+    errors["teacher_forced_l1"], errors["teacher_forced_cosine"] = latent_errors(predicted, target)
+    errors["teacher_forced_copy_l1"], errors["teacher_forced_copy_cosine"] = latent_errors(latents[:, :-1], target)
+    errors["rollout_l1"], errors["rollout_cosine"] = latent_errors(imagined, target)
+    errors["rollout_copy_l1"], errors["rollout_copy_cosine"] = latent_errors(latents[:, :1].expand_as(target), target)
+    return errors
+
+
+def swapped(actions: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor | None:
+    """Each clip's actions replaced by the next clip's in the stream: the batch's last clip takes the previous
+    batch's first clip's (the first batch wraps around within itself)."""
+    if previous is not None:
+        return torch.cat([actions[1:], previous[:1]])
+    if len(actions) > 1:
+        return actions.roll(-1, dims=0)
+    return None  # a single clip and nothing before it: no other clip to take actions from
+
+
+@torch.no_grad()
+def run(args, world_model, probes: dict, split, indices: list[int], clips, device) -> dict:
+    """Streams the clips once; returns the per-step error means, the surprise values and the probe outputs."""
+    rows = split.select_columns(["video_path", "frame_indices", "has_labels"])
+    video_paths, frame_indices, has_labels = rows["video_path"], rows["frame_indices"], rows["has_labels"]
+    loader = DataLoader(Subset(clips, indices), batch_size=args.batch_size, shuffle=False,
+                        num_workers=min(args.num_workers, available_cores()))
+    sums, swap_sums, count, swap_count, changed = Accumulator(), Accumulator(), 0, 0, 0
+    surprise, previous_actions = [], None
+    outputs = {target: {"scores": [], "labels": [], "frame_labels": [], "sample_ids": []} for target in probes}
+    for batch in loader:
+        if "latents" in batch:
+            latents = batch["latents"].to(device)
+        else:
+            latents = world_model.encode(batch["pixel_values_videos"].to(device))
+        actions = per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
+        errors = world_model_errors(world_model, latents, actions)
+        for name, values in errors.items():
+            sums.add(name, values)
+        count += len(latents)
+        surprise.append(errors["teacher_forced_l1"].flatten().cpu())
+        other = swapped(actions, previous_actions)
+        if other is not None:
+            for name, values in world_model_errors(world_model, latents, other).items():
+                if not name.endswith(("copy_l1", "copy_cosine")):
+                    swap_sums.add(name, values)
+            swap_count += len(latents)
+            changed += (other != actions).flatten(1).any(1).sum().item()
+        previous_actions = actions
+
+        labelled = torch.tensor([has_labels[int(i)] for i in batch["sample_id"]], dtype=torch.bool)
+        if labelled.any():
+            for target, probe in probes.items():
+                logits = probe(latents=latents[labelled.to(device)]).logits.float().cpu()
+                scores = logits.softmax(-1) if target == "task" else logits.sigmoid()
+                out = outputs[target]
+                out["scores"].append(scores)
+                out["labels"].append(batch["tasks"][labelled][:, -1] if target == "task"
+                                     else batch["tools"][labelled][:, -1])
+                out["frame_labels"].append(batch["tasks"][labelled])
+                out["sample_ids"].append(batch["sample_id"][labelled])
+    for out in outputs.values():
+        for name in list(out):
+            out[name] = torch.cat(out[name]) if out[name] else torch.zeros(0)
+    return {"sums": sums, "swap_sums": swap_sums, "count": count, "swap_count": swap_count, "swap_changed": changed,
+            "surprise": torch.cat(surprise) if surprise else torch.zeros(0), "probes": outputs,
+            "video_paths": video_paths, "frame_indices": frame_indices}
+
+
+# ------------------------------------------------------------------------------------------------------- report
+def world_model_section(result: dict) -> dict:
+    sums, swap_sums, count = result["sums"], result["swap_sums"], result["count"]
+    section = {"num_clips": count}
+    for mode, baseline_name in (("teacher_forced", "copy_last_context"), ("rollout", "copy_last_context")):
+        section[mode] = {
+            "l1": sums.mean(f"{mode}_l1", count), "cosine": sums.mean(f"{mode}_cosine", count),
+            f"{baseline_name}_l1": sums.mean(f"{mode}_copy_l1", count),
+            f"{baseline_name}_cosine": sums.mean(f"{mode}_copy_cosine", count),
+        }
+    section["horizons"] = list(range(1, len(section["rollout"]["l1"]) + 1))
+    section["teacher_forced"]["note"] = "entry t: step t + 1 predicted from the true steps 1..t; baseline: step t"
+    section["rollout"]["note"] = "entry h: step 1 + h imagined from step 1 alone; baseline: step 1 (nothing moves)"
+    swap_count = result["swap_count"]
+    section["swapped_actions"] = {
+        "num_clips": swap_count,
+        "clips_with_different_actions": result["swap_changed"],
+        "teacher_forced": {"l1": swap_sums.mean("teacher_forced_l1", swap_count),
+                           "cosine": swap_sums.mean("teacher_forced_cosine", swap_count)} if swap_count else None,
+        "rollout": {"l1": swap_sums.mean("rollout_l1", swap_count),
+                    "cosine": swap_sums.mean("rollout_cosine", swap_count)} if swap_count else None,
+    }
+    values = result["surprise"].double().numpy()
+    counts, edges = np.histogram(values, bins=30) if len(values) else (np.zeros(0), np.zeros(0))
+    section["surprise"] = {
+        "definition": "teacher-forced latent L1 of each predicted step (step t + 1 from the true steps 1..t)",
+        "num_steps": int(len(values)),
+        "mean": float(values.mean()) if len(values) else None,
+        "std": float(values.std()) if len(values) else None,
+        "percentiles": {str(p): float(np.percentile(values, p)) for p in SURPRISE_PERCENTILES} if len(values) else {},
+        "histogram": {"edges": edges.tolist(), "counts": counts.astype(int).tolist()},
+    }
+    return section
+
+
+def headline(values: dict, keys: tuple) -> dict:
+    return {key: values[key] for key in keys}
+
+
+def task_section(result: dict, train_counts: np.ndarray, seed: int) -> dict:
+    """The organisers' task metric for the probe, chance and the training-majority class, per frame."""
+    from dataset_surgvu import TASK_CLASSES
+
+    out = result["probes"]["task"]
+    predicted = out["scores"].argmax(-1).numpy()
+    frame_labels, sample_ids = out["frame_labels"].numpy(), out["sample_ids"].numpy()
+    metric = load_metric("surgvu_task")
+
+    def per_frame(clip_predictions: np.ndarray):
+        """Each clip's prediction on each of its frames; a frame in several clips keeps the last clip's."""
+        table = {}
+        for prediction, labels, sample in zip(clip_predictions, frame_labels, sample_ids):
+            video = result["video_paths"][sample]
+            for frame, label in zip(result["frame_indices"][sample], labels):
+                table[(video, frame)] = (int(prediction), int(label))
+        keys = sorted(table)
+        return ([table[k][0] for k in keys], [table[k][1] for k in keys], [k[0] for k in keys])
+
+    def score(clip_predictions):
+        predictions, references, videos = per_frame(clip_predictions)
+        values = metric.compute(predictions=predictions, references=references, video_ids=videos)
+        return values, references, predictions
+
+    probe, references, predictions = score(predicted)
+    rng = np.random.default_rng(seed)
+    draws = [score(rng.integers(len(TASK_CLASSES), size=len(predicted)))[0] for _ in range(CHANCE_DRAWS)]
+    chance = {key: float(np.mean([draw[key] for draw in draws])) for key in ("f1", "accuracy")}
+    majority_class = int(train_counts.argmax())
+    majority = score(np.full(len(predicted), majority_class))[0]
+    confusion = np.zeros((len(TASK_CLASSES), len(TASK_CLASSES)), dtype=int)
+    for reference, prediction in zip(references, predictions):
+        confusion[reference, prediction] += 1
+    return {
+        "metric": "SurgVU 2024 category 2: per-frame weighted F1 and accuracy per video, then the mean over videos; "
+                  "frames without a prediction count as Other",
+        "num_clips": int(len(predicted)), "num_frames": probe["num_frames"], "num_videos": probe["num_videos"],
+        "missing_frames": probe["missing_frames"],
+        "probe": headline(probe, ("f1", "accuracy", "precision", "recall")),
+        "chance": {**chance, "note": f"uniform random class per clip, mean of {CHANCE_DRAWS} draws"},
+        "majority": {**headline(majority, ("f1", "accuracy")), "class": TASK_CLASSES[majority_class],
+                     "note": "the most frequent last-step task of the training clips, everywhere"},
+        "per_video": probe["per_video"],
+        "classes": list(TASK_CLASSES),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def tools_section(result: dict, train_prevalence: np.ndarray, seed: int) -> dict:
+    from dataset_surgvu import TOOL_CLASSES
+    from sklearn.metrics import multilabel_confusion_matrix
+
+    out = result["probes"]["tools"]
+    scores, labels = out["scores"].numpy(), out["labels"].numpy().astype(int)
+    metric = load_metric("tool_presence")
+
+    def score(values):
+        return metric.compute(predictions=values.tolist(), references=labels.tolist(), class_names=list(TOOL_CLASSES))
+
+    probe = score(scores)
+    rng = np.random.default_rng(seed)
+    draws = [score(rng.random(scores.shape)) for _ in range(CHANCE_DRAWS)]
+    chance = {key: float(np.mean([draw[key] for draw in draws])) for key in ("mAP", "f1")}
+    majority = score(np.broadcast_to(train_prevalence, scores.shape).copy())
+    return {
+        "metric": "per clip (tools installed at its last step): mAP over the classes present, and F1 at 0.5 "
+                  "averaged over those classes (SurgToolLoc's)",
+        "num_clips": int(len(scores)), "classes_evaluated": probe["classes_evaluated"],
+        "probe": headline(probe, ("mAP", "f1")),
+        "chance": {**chance, "note": f"uniform random scores, mean of {CHANCE_DRAWS} draws"},
+        "majority": {**headline(majority, ("mAP", "f1")),
+                     "note": "each tool's training prevalence as its score for every clip"},
+        "average_precision": probe["average_precision"], "per_class_f1": probe["per_class_f1"],
+        "classes": list(TOOL_CLASSES),
+        "confusion_matrices": multilabel_confusion_matrix(labels, (scores >= 0.5).astype(int),
+                                                          labels=list(range(len(TOOL_CLASSES)))).tolist(),
+    }
+
+
+def print_table(report: dict) -> None:
+    section = report["world_model"]
+    print(f"\n{report['split']} split of {report['test_data']}: {section['num_clips']} clips")
+    print("World model: latent L1 (cosine)")
+    print(f"{'':>4} {'teacher-forced':>16} {'copy last':>16} {'rollout':>16} {'copy context':>16} "
+          f"{'rollout, swapped':>18}")
+    teacher, rollout = section["teacher_forced"], section["rollout"]
+    swap = section["swapped_actions"]["rollout"]
+    for index, horizon in enumerate(section["horizons"]):
+        cells = [(teacher["l1"][index], teacher["cosine"][index]),
+                 (teacher["copy_last_context_l1"][index], teacher["copy_last_context_cosine"][index]),
+                 (rollout["l1"][index], rollout["cosine"][index]),
+                 (rollout["copy_last_context_l1"][index], rollout["copy_last_context_cosine"][index])]
+        line = " ".join(f"{l1:8.4f} ({cos:5.3f})" for l1, cos in cells)
+        extra = f"{swap['l1'][index]:10.4f} ({swap['cosine'][index]:5.3f})" if swap else f"{'n/a':>18}"
+        print(f"{horizon:>4} {line} {extra}")
+    surprise = section["surprise"]
+    if surprise["num_steps"]:
+        print(f"surprise per step: mean {surprise['mean']:.4f}, std {surprise['std']:.4f}, median "
+              f"{surprise['percentiles']['50']:.4f}, 95th percentile {surprise['percentiles']['95']:.4f} "
+              f"({surprise['num_steps']} steps)")
+    probes = report.get("surgvu_probes", {})
+    if "task" in probes:
+        task = probes["task"]
+        print(f"\nTask recognition ({task['num_videos']} videos, {task['num_frames']} frames, {task['num_clips']} "
+              "clips), mean over videos")
+        print(f"{'':>10} {'weighted F1':>12} {'accuracy':>10}")
+        for name in ("probe", "chance", "majority"):
+            print(f"{name:>10} {task[name]['f1']:12.3f} {task[name]['accuracy']:10.3f}")
+    if "tools" in probes:
+        tools = probes["tools"]
+        print(f"\nTool presence ({tools['num_clips']} clips, {tools['classes_evaluated']} classes present)")
+        print(f"{'':>10} {'mAP':>8} {'F1':>8}")
+        for name in ("probe", "chance", "majority"):
+            print(f"{name:>10} {tools[name]['mAP']:8.3f} {tools[name]['f1']:8.3f}")
+    if not probes:
+        print("\nSurgVU probes: none given (--task_probe / --tool_probe, or --train_probes)")
+
+
+def save_plots(report: dict, surprise: np.ndarray, directory: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    section = report["world_model"]
+    horizons = section["horizons"]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(horizons, section["rollout"]["l1"], "o-", label="rollout")
+    axis.plot(horizons, section["rollout"]["copy_last_context_l1"], "o--", label="copy context (rollout baseline)")
+    axis.plot(horizons, section["teacher_forced"]["l1"], "s-", label="teacher-forced (step t + 1)")
+    axis.plot(horizons, section["teacher_forced"]["copy_last_context_l1"], "s--", label="copy last (teacher-forced)")
+    if section["swapped_actions"]["rollout"]:
+        axis.plot(horizons, section["swapped_actions"]["rollout"]["l1"], "x:", label="rollout, swapped actions")
+    axis.set_xlabel("horizon (steps)")
+    axis.set_ylabel("latent L1")
+    axis.set_title("World-model error per horizon")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    written.append(str(directory / "error_per_horizon.png"))
+    figure.savefig(written[-1], dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.hist(surprise, bins=30)
+    axis.set_xlabel("surprise: teacher-forced latent L1 per step")
+    axis.set_ylabel("steps")
+    axis.set_title(f"Surprise ({len(surprise)} steps)")
+    figure.tight_layout()
+    written.append(str(directory / "surprise_histogram.png"))
+    figure.savefig(written[-1], dpi=120)
+    plt.close(figure)
+
+    probes = report.get("surgvu_probes", {})
+    if "task" in probes:
+        task = probes["task"]
+        matrix = np.array(task["confusion_matrix"])
+        figure, axis = plt.subplots(figsize=(7, 6))
+        axis.imshow(matrix, cmap="Blues")
+        axis.set_xticks(range(len(task["classes"])), task["classes"], rotation=60, ha="right", fontsize=7)
+        axis.set_yticks(range(len(task["classes"])), task["classes"], fontsize=7)
+        for (row, column), value in np.ndenumerate(matrix):
+            axis.text(column, row, str(value), ha="center", va="center", fontsize=6)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_title(f"Task recognition, per frame (weighted F1 {task['probe']['f1']:.3f})")
+        figure.tight_layout()
+        written.append(str(directory / "confusion_task.png"))
+        figure.savefig(written[-1], dpi=120)
+        plt.close(figure)
+    if "tools" in probes:
+        tools = probes["tools"]
+        figure, axes = plt.subplots(3, 4, figsize=(10, 8))
+        for axis, name, matrix in zip(axes.flat, tools["classes"], tools["confusion_matrices"]):
+            axis.imshow(np.array(matrix), cmap="Blues")
+            for (row, column), value in np.ndenumerate(np.array(matrix)):
+                axis.text(column, row, str(value), ha="center", va="center", fontsize=8)
+            axis.set_title(name, fontsize=8)
+            axis.set_xticks([0, 1], ["absent", "present"], fontsize=6)
+            axis.set_yticks([0, 1], ["absent", "present"], fontsize=6)
+        figure.suptitle(f"Tool presence per clip (rows true, columns predicted at 0.5; mAP {tools['probe']['mAP']:.3f})")
+        figure.tight_layout()
+        written.append(str(directory / "confusion_tools.png"))
+        figure.savefig(written[-1], dpi=120)
+        plt.close(figure)
+    return written
+
+
+def model_index(report: dict, model_name: str) -> dict:
+    """The report's headline figures as the Hub's model-index (huggingface_hub's EvalResult)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    split, results = report["split"], []
+    section = report["world_model"]
+    rollout = section["rollout"]
+    mean_l1 = float(np.mean(rollout["l1"]))
+    results.append(EvalResult(task_type="robotics", task_name="Action-conditioned latent prediction",
+                              dataset_type="surgvu", dataset_name="SurgVU", dataset_split=split, metric_type="l1",
+                              metric_name="rollout latent L1 (mean over horizons)", metric_value=round(mean_l1, 6)))
+    results.append(EvalResult(task_type="robotics", task_name="Action-conditioned latent prediction",
+                              dataset_type="surgvu", dataset_name="SurgVU", dataset_split=split, metric_type="l1",
+                              metric_name="copy-context baseline L1",
+                              metric_value=round(float(np.mean(rollout["copy_last_context_l1"])), 6)))
+    probes = report.get("surgvu_probes", {})
+    if "task" in probes:
+        for key, name in (("f1", "weighted F1 (mean over videos)"), ("accuracy", "accuracy (mean over videos)")):
+            results.append(EvalResult(task_type="video-classification", task_name="Surgical task recognition (probe)",
+                                      dataset_type="surgvu", dataset_name="SurgVU", dataset_split=split,
+                                      metric_type=key, metric_name=name,
+                                      metric_value=round(probes["task"]["probe"][key], 6)))
+    if "tools" in probes:
+        for key, name in (("mAP", "mAP"), ("f1", "F1 averaged over classes")):
+            results.append(EvalResult(task_type="video-classification", task_name="Tool presence (probe)",
+                                      dataset_type="surgvu", dataset_name="SurgVU", dataset_split=split,
+                                      metric_type=key.lower(), metric_name=name,
+                                      metric_value=round(probes["tools"]["probe"][key], 6)))
+    return ModelCardData(model_name=model_name, eval_results=results).to_dict()
+
+
+def main(argv=None) -> int:
+    args, data_args = parse_dataclasses((EvaluationArguments, DataArguments), argv, __doc__.splitlines()[0])
+    if args.test_data:
+        data_args.data_root = args.test_data
+    if args.split not in ("train", "validation", "all"):
+        fail(f"--split must be train, validation or all, got {args.split}")
+    if args.push_to_hub and not args.hub_model_id:
+        fail("--push_to_hub needs --hub_model_id <user>/<repo>")
+    args.num_workers = data_args.num_workers
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    from dataset_surgvu import ClipTransform, SurgVUClips
+    from dataset_surgvu.latent_cache import LatentCache, LatentCacheError, LatentClips
+    from train_hf import latent_cache_key
+    from train_probe import labelled_indices, split_label_counts
+
+    world_model, checkpoint_probe = load_checkpoint(args.checkpoint)
+    world_model.to(device)
+    if args.train_probes:
+        args.task_probe, args.tool_probe = train_probes(args, data_args)
+    probes = {}
+    if checkpoint_probe is not None and checkpoint_probe.config.probe_target in ("task", "tools"):
+        probes[checkpoint_probe.config.probe_target] = checkpoint_probe
+    if args.task_probe:
+        probes["task"] = load_probe(args.task_probe, "task", world_model)
+    if args.tool_probe:
+        probes["tools"] = load_probe(args.tool_probe, "tools", world_model)
+    for probe in probes.values():
+        probe.to(device).eval()
+
+    dataset = load_dataset_splits(data_args)
+    if args.split == "all":
+        import datasets
+
+        split = datasets.concatenate_datasets([dataset["train"], dataset["validation"]])
+    else:
+        split = dataset[args.split]
+    indices = list(range(len(split) if args.max_clips is None else min(args.max_clips, len(split))))
+    if not indices:
+        fail(f"the {args.split} split of {data_args.data_root} has no clip (check the layout with "
+             "scripts/check_setup.py --data_root ...)")
+    transform = ClipTransform(crop_size=world_model.config.encoder_config.crop_size)
+    clips, source = SurgVUClips(split, transform), "decoded and encoded here"
+    if data_args.cache_dir and args.split != "all" and not data_args.no_cache:
+        # The evaluation runs without autocast: a cache built in float32 matches.
+        key = latent_cache_key(type("NoAutocast", (), {"mixed_precision": "no"})(), world_model, split, transform,
+                               data_args)
+        try:
+            clips = LatentClips(split, LatentCache(Path(data_args.cache_dir) / args.split, key))
+            source = f"latent cache {Path(data_args.cache_dir) / args.split}"
+        except LatentCacheError as error:
+            print(f"latent cache not used: {error}", flush=True)
+    print(f"evaluating {args.checkpoint} on {len(indices)} {args.split} clips ({source}); probes: "
+          f"{', '.join(probes) or 'none'}", flush=True)
+
+    result = run(args, world_model, probes, split, indices, clips, device)
+    report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
+              "clips": source, "world_model": world_model_section(result)}
+    if probes:
+        train_split = dataset["train"]
+        train_indices = labelled_indices(train_split)
+        report["surgvu_probes"] = {}
+        if "task" in probes:
+            if not len(result["probes"]["task"]["scores"]):
+                fail(f"the {args.split} split of {data_args.data_root} has no labelled clip for the task probe")
+            counts = split_label_counts(train_split, train_indices, "task").numpy()
+            report["surgvu_probes"]["task"] = task_section(result, counts, args.seed)
+        if "tools" in probes:
+            if not len(result["probes"]["tools"]["scores"]):
+                fail(f"the {args.split} split of {data_args.data_root} has no labelled clip for the tool probe")
+            prevalence = split_label_counts(train_split, train_indices, "tools").numpy() / max(len(train_indices), 1)
+            report["surgvu_probes"]["tools"] = tools_section(result, prevalence, args.seed)
+    if args.plots:
+        report["plots"] = save_plots(report, result["surprise"].numpy(), Path(args.plots))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    partial.write_text(json.dumps(report, indent=2))
+    os.replace(partial, output)
+    print_table(report)
+    print(f"\nreport: {output}" + (f"; figures: {', '.join(report['plots'])}" if args.plots else ""))
+    if args.push_to_hub:
+        from huggingface_hub import metadata_update
+
+        metadata_update(args.hub_model_id, model_index(report, Path(args.checkpoint).name or args.hub_model_id),
+                        overwrite=True, commit_message="Evaluation results (scripts/evaluate_surgical_model.py)")
+        print(f"model-index of {args.hub_model_id} updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+#!/usr/bin/env python
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""Trains a frozen attentive probe on a world model's latents: SurgVU task recognition or tool presence.
+
+    accelerate launch scripts/train_probe.py --world_model outputs/surgical_wm/best --data_root /data/surgvu \
+        --target task --output_dir outputs/probe_task
+    accelerate launch scripts/train_probe.py --world_model outputs/surgical_wm/best --data_root /data/surgvu \
+        --target tools --output_dir outputs/probe_tools
+
+The head is `SurgicalWorldModelForVideoClassification`: V-JEPA 2's attentive probe (self-attention blocks, a
+cross-attention block with a learned query, a linear layer) over the world model's latents, the world model frozen
+and out of the optimizer. Targets, per clip: `task`, the task of the clip's last step (8 classes, single-label);
+`tools`, the tools installed at the clip's last step (12 classes, multi-label). Clips of cases without labels are
+left out. The Accelerate skeleton, the data options, the latent cache (the world model's own cache is reused when
+`--cache_dir` points at it), checkpoints, resuming and the exports are train_hf.py's. `output_dir/best` (lowest
+validation loss) is what `scripts/evaluate_surgical_model.py` loads; it reloads alone with
+`AutoModelForVideoClassification.from_pretrained(dir, trust_remote_code=True)`.
+"""
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from accelerate.logging import get_logger
+from transformers import get_scheduler
+
+from dataset_surgvu import TASK_CLASSES, TOOL_CLASSES, ClipTransform, EpochShuffleSampler, get_build_metadata
+from modeling_surgical_wm import SurgicalWorldModelForVideoClassification
+from train_hf import (
+    DataArguments,
+    NonFiniteGuard,
+    TrainArguments,
+    available_cores,
+    check_common_arguments,
+    clip_datasets,
+    clip_inputs,
+    export_model,
+    latent_cache_off_reason,
+    load_dataset_splits,
+    make_accelerator,
+    parse_dataclasses,
+    public_arguments,
+    resolve_resume,
+    rng_fingerprint,
+    save_checkpoint,
+)
+
+
+logger = get_logger(__name__, log_level="INFO")
+
+TARGETS = {
+    "task": (list(TASK_CLASSES), "single_label_classification"),
+    "tools": (list(TOOL_CLASSES), "multi_label_classification"),
+}
+PROBE_DEFAULTS = {"output_dir": "outputs/probe", "num_epochs": 20, "learning_rate": 1e-3, "warmup_epochs": 1,
+                  "weight_decay": 0.01, "checkpointing_steps": 200}
+
+
+@dataclass
+class ProbeArguments:
+    world_model: str = field(
+        default="outputs/surgical_wm/best",
+        metadata={"help": "The world model to probe: a train_hf.py export (best/ or final/) or a Hub id."},
+    )
+    target: str = field(
+        default="task",
+        metadata={"help": "task (8 classes, the clip's last step) or tools (12 classes present at the clip's last "
+                          "step, multi-label)."},
+    )
+    probe_num_layers: int = field(default=3, metadata={"help": "Self-attention blocks before the cross-attention."})
+    probe_use_predictor: bool = field(
+        default=False, metadata={"help": "Also read the predictor's hidden states (run with zero actions)."}
+    )
+    class_weights: str = field(
+        default="none",
+        metadata={"help": "none, or balanced: inverse class frequency on the training clips (CE weight, or BCE "
+                          "pos_weight for tools)."},
+    )
+
+
+def probe_labels(target: str):
+    """(id2label, problem_type) of a probe target."""
+    names, problem_type = TARGETS[target]
+    return dict(enumerate(names)), problem_type
+
+
+def clip_labels(batch: dict, target: str) -> torch.Tensor:
+    """Per-clip labels: the last step's task `(B,)`, or the tools installed at the last step `(B, 12)` as floats."""
+    if target == "task":
+        return batch["tasks"][:, -1]
+    return batch["tools"][:, -1].float()
+
+
+def labelled_indices(split) -> list[int]:
+    """Rows whose case has label files (a case without labels would teach every clip to be Other)."""
+    return [index for index, has_labels in enumerate(split["has_labels"]) if has_labels]
+
+
+def split_label_counts(split, indices: list[int], target: str) -> torch.Tensor:
+    """Per-class counts of the clips' labels: task clips per class `(8,)`, or tool-present clips per class `(12,)`."""
+    if not indices:
+        return torch.zeros(len(TARGETS[target][0]))
+    if target == "task":
+        last = torch.tensor([split[index]["tasks"][-1] for index in indices])
+        return torch.bincount(last, minlength=len(TASK_CLASSES)).float()
+    tools = torch.tensor([split[index]["tools"][-1] for index in indices], dtype=torch.float32)  # (N, 12)
+    return tools.sum(0)
+
+
+def balanced_weights(counts: torch.Tensor, num_clips: int, target: str) -> list[float]:
+    """`balanced` class weights: N / (K * n_c) for the task classes; n_negative / n_positive per tool (pos_weight).
+    A class absent from the training clips gets 1."""
+    if target == "task":
+        present = counts > 0
+        weights = torch.where(present, num_clips / (len(counts) * counts.clamp(min=1)), torch.ones_like(counts))
+    else:
+        weights = torch.where(counts > 0, (num_clips - counts) / counts.clamp(min=1), torch.ones_like(counts))
+    return [round(float(weight), 6) for weight in weights]
+
+
+def load_probe_model(probe_args: ProbeArguments, class_weights: list[float] | None):
+    id2label, problem_type = probe_labels(probe_args.target)
+    try:
+        return SurgicalWorldModelForVideoClassification.from_world_model(
+            probe_args.world_model, id2label=id2label, problem_type=problem_type, probe_target=probe_args.target,
+            probe_num_layers=probe_args.probe_num_layers, probe_use_predictor=probe_args.probe_use_predictor,
+            probe_class_weights=class_weights,
+        )
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: --world_model {probe_args.world_model}: {error}") from None
+
+
+def probe_card(config, probe_args: ProbeArguments, train_args: TrainArguments, state: dict) -> str:
+    labels = [config.id2label[index] for index in range(config.num_labels)]
+    metrics = state.get("best_metrics") or {}
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())
+                     if isinstance(value, (int, float)))
+    kind = "single-label" if config.problem_type == "single_label_classification" else "multi-label"
+    return f"""---
+library_name: transformers
+pipeline_tag: video-classification
+datasets:
+- SurgVU
+tags:
+- v-jepa-2
+- surgical-video
+- attentive-probe
+---
+
+# SurgVU {probe_args.target} probe on a surgical world model
+
+A frozen attentive probe (V-JEPA 2's design: {config.probe_num_layers} self-attention blocks, a cross-attention block
+with a learned query, a linear layer) over the latents of the world model `{probe_args.world_model}`
+{"and its predictor's hidden states (computed with zero actions) " if config.probe_use_predictor else ""}trained with
+`scripts/train_probe.py`. {kind.capitalize()}, {config.num_labels} classes: {", ".join(labels)}.
+
+```python
+from transformers import AutoModelForVideoClassification
+model = AutoModelForVideoClassification.from_pretrained("<this directory or repo>", trust_remote_code=True)
+logits = model(pixel_values_videos=clips).logits  # clips: (B, T, 3, {config.encoder_config.crop_size}, {config.encoder_config.crop_size})
+```
+
+Epochs: {state.get("epoch")}; optimizer steps: {state.get("global_step")}; learning rate {train_args.learning_rate};
+class weights: {probe_args.class_weights}.
+
+| metric | value |
+| --- | --- |
+{rows or "| validation_loss | n/a |"}
+
+Trained on SurgVU (Intuitive Surgical), whose licence is reported as CC BY-NC-SA 4.0: check the dataset's terms
+before any use beyond non-commercial research.
+"""
+
+
+@torch.no_grad()
+def validate(accelerator, model, dataloader, target: str) -> dict:
+    """Mean unweighted loss (cross-entropy, or binary cross-entropy averaged over the classes) and accuracy (per
+    class for tools) over the validation clips, gathered from every process."""
+    model.eval()
+    loss_sum, hits, count = 0.0, 0.0, 0
+    for batch in dataloader:
+        logits = model(**clip_inputs(batch)).logits
+        logits, labels = accelerator.gather_for_metrics((logits.float(), clip_labels(batch, target)))
+        if target == "task":
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            hits += (logits.argmax(-1) == labels).sum().item()
+        else:
+            loss_sum += F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1).sum().item()
+            hits += ((logits > 0).float() == labels).float().mean(-1).sum().item()
+        count += len(labels)
+    model.train()
+    return {"loss": loss_sum / max(count, 1), "accuracy": hits / max(count, 1), "num_clips": count}
+
+
+def main(argv=None) -> None:
+    probe_args, data_args, train_args = parse_dataclasses((ProbeArguments, DataArguments, TrainArguments), argv,
+                                                          __doc__.splitlines()[0], PROBE_DEFAULTS)
+    if probe_args.target not in TARGETS:
+        raise SystemExit(f"error: --target must be task or tools, got {probe_args.target}")
+    if probe_args.class_weights not in ("none", "balanced"):
+        raise SystemExit(f"error: --class_weights must be none or balanced, got {probe_args.class_weights}")
+    check_common_arguments(data_args, train_args)
+    output_dir = Path(train_args.output_dir)
+    checkpoints_dir = output_dir / "checkpoints"
+    accelerator = make_accelerator(train_args, output_dir)
+
+    # ---- data: labelled clips only
+    with accelerator.main_process_first():
+        dataset = load_dataset_splits(data_args)
+    metadata = get_build_metadata(dataset)
+    indices = {name: labelled_indices(split) for name, split in dataset.items()}
+    if not indices["train"]:
+        raise SystemExit(f"error: no labelled training clip in {data_args.data_root} (cases need "
+                         "labels/case_NNN/tasks.csv and tools.csv; check with scripts/check_setup.py)")
+    counts = split_label_counts(dataset["train"], indices["train"], probe_args.target)
+    class_weights = (balanced_weights(counts, len(indices["train"]), probe_args.target)
+                     if probe_args.class_weights == "balanced" else None)
+
+    # ---- model: the frozen world model and a new head
+    model = load_probe_model(probe_args, class_weights)
+    world_model = model.world_model
+    transform = ClipTransform(crop_size=world_model.config.encoder_config.crop_size)
+    num_workers = min(data_args.num_workers, available_cores())
+    clips = clip_datasets(accelerator, world_model, dataset, transform, data_args, output_dir,
+                          latent_cache_off_reason(True, data_args, transform), train_args.batch_size, num_workers)
+    train_set, val_set = Subset(clips["train"], indices["train"]), Subset(clips["validation"], indices["validation"])
+    train_sampler = EpochShuffleSampler(len(train_set), train_args.seed)
+    loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
+                     "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available()}
+    train_dataloader = DataLoader(train_set, sampler=train_sampler, drop_last=len(train_set) >= train_args.batch_size,
+                                  generator=torch.Generator().manual_seed(train_args.seed), **loader_kwargs)
+    val_dataloader = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(train_args.seed),
+                                **loader_kwargs)
+
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
+    model, optimizer, train_dataloader, val_dataloader = accelerator.prepare(
+        model, optimizer, train_dataloader, val_dataloader
+    )
+    steps_per_epoch = max(math.ceil(len(train_dataloader) / train_args.gradient_accumulation_steps), 1)
+    total_steps = train_args.num_epochs * steps_per_epoch
+    if train_args.max_train_steps is not None:
+        total_steps = min(total_steps, train_args.max_train_steps)
+    lr_scheduler = get_scheduler("cosine", optimizer=optimizer,
+                                 num_warmup_steps=min(int(train_args.warmup_epochs * steps_per_epoch), total_steps),
+                                 num_training_steps=total_steps)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    label_names = TARGETS[probe_args.target][0]
+    logger.info(f"probe: {probe_args.target} ({len(label_names)} classes), world model {probe_args.world_model} "
+                f"frozen; trainable parameters {sum(p.numel() for p in trainable) / 1e6:.3f} M")
+    logger.info(f"  clips: {len(train_set)} train / {len(val_set)} validation (labelled; "
+                f"{len(metadata.get('train_cases', []))} / {len(metadata.get('validation_cases', []))} cases); "
+                f"training labels per class: " + ", ".join(f"{name} {int(n)}" for name, n in zip(label_names, counts)))
+    logger.info(f"  epochs: {train_args.num_epochs}, optimizer steps: {total_steps}; class weights: "
+                f"{class_weights or 'none'}")
+
+    global_step, start_epoch, resume_batches, skipped_steps = 0, 0, 0, 0
+    history, best_val, best_metrics = [], float("inf"), {}
+    resume_path = resolve_resume(train_args, checkpoints_dir)
+    if resume_path is not None:
+        state = json.loads((resume_path / "training_state.json").read_text())
+        accelerator.load_state(str(resume_path))
+        if state.get("rng") and accelerator.is_main_process and rng_fingerprint() != state["rng"]:
+            raise SystemExit(f"error: the RNG state of {resume_path} was not restored.")
+        global_step, start_epoch = state["global_step"], state["epoch"]
+        resume_batches, skipped_steps = state["batches_in_epoch"], state.get("skipped_steps", 0)
+        history, best_val = state.get("history", []), state.get("best_val_loss", float("inf"))
+        best_metrics = state.get("best_metrics", {})
+        logger.info(f"resumed from {resume_path}: step {global_step}, epoch {start_epoch}")
+
+    def trainer_state(epoch: int, batches_in_epoch: int) -> dict:
+        return {"global_step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                "skipped_steps": skipped_steps, "best_val_loss": best_val, "best_metrics": best_metrics,
+                "history": history, "probe_target": probe_args.target,
+                "training_arguments": public_arguments(probe_args, data_args, train_args)}
+
+    guard = NonFiniteGuard(accelerator, train_args.max_grad_norm)
+    probe = accelerator.unwrap_model(model)
+    done = global_step >= total_steps
+    model.train()
+    for epoch in range(start_epoch, train_args.num_epochs):
+        if done:
+            break
+        train_dataloader.set_epoch(epoch)
+        batches_in_epoch = resume_batches if epoch == start_epoch else 0
+        active = (accelerator.skip_first_batches(train_dataloader, batches_in_epoch) if batches_in_epoch
+                  else train_dataloader)
+        loss_sum, batches = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+        for batch in active:
+            batches_in_epoch += 1
+            with accelerator.accumulate(model):
+                output = model(**clip_inputs(batch), labels=clip_labels(batch, probe_args.target))
+                loss_is_bad = guard.backward(output.loss)
+                updated = guard.step(model, optimizer) if accelerator.sync_gradients else None
+            if not loss_is_bad:
+                loss_sum += output.loss.detach().float()
+                batches += 1
+            if updated is None:
+                continue
+            skipped_steps += int(not updated)
+            global_step += 1
+            lr_scheduler.step()
+            if global_step % train_args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, checkpoints_dir, trainer_state(epoch, batches_in_epoch),
+                                train_args.checkpoints_total_limit)
+            if global_step >= total_steps:
+                done = True
+                break
+        totals = accelerator.reduce(torch.stack([loss_sum, batches]), reduction="sum")
+        train_loss = (totals[0] / totals[1].clamp(min=1)).item()
+        val = validate(accelerator, model, val_dataloader, probe_args.target) if len(val_set) else {}
+        history.append({"epoch": epoch + 1, "step": global_step, "train_loss": train_loss,
+                        **{f"val_{name}": value for name, value in val.items()}})
+        logger.info(f"Epoch {epoch + 1}/{train_args.num_epochs} | train loss {train_loss:.4f}"
+                    + (f" | val loss {val['loss']:.4f}, accuracy {val['accuracy']:.3f} ({val['num_clips']} clips)"
+                       if val else " | no validation clips"))
+        score = val.get("loss", train_loss)
+        if score < best_val:
+            best_val = score
+            best_metrics = {f"validation_{k}": v for k, v in val.items()} or {"train_loss": train_loss}
+            state = trainer_state(epoch + 1, 0)
+            export_model(accelerator, model, output_dir / "best", state,
+                         probe_card(probe.config, probe_args, train_args, state))
+
+    accelerator.wait_for_everyone()
+    state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
+    export_model(accelerator, model, output_dir / "final", state, probe_card(probe.config, probe_args, train_args, state))
+    logger.info(f"done: {global_step} steps, {skipped_steps} skipped; best validation loss {best_val:.4f}; "
+                f"exports in {output_dir / 'best'} and {output_dir / 'final'}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""scripts/train_probe.py and scripts/evaluate_surgical_model.py on the synthetic SurgVU sample and a tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT
+
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(script: str, args: list[str], env: dict | None = None, timeout: int = 600):
+    """Runs a script of scripts/ in the environment `env` (whole; default this process's)."""
+    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "scripts", script), *map(str, args)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**(os.environ if env is None else env), "TQDM_DISABLE": "1"})
+
+
+@pytest.fixture(scope="module")
+def data_options(surgvu_sample, tmp_path_factory):
+    root, _ = surgvu_sample
+    return ["--data_root", root, "--dataset_cache_dir", tmp_path_factory.mktemp("eval-arrow"), "--num_workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def probes(world_model_dir, data_options, tmp_path_factory):
+    """A task probe and a tool probe trained briefly on the tiny world model; their output directories."""
+    out = tmp_path_factory.mktemp("probes")
+    cache = out / "latent_cache"
+    found = {}
+    for target in ("task", "tools"):
+        result = run_script("train_probe.py", ["--world_model", world_model_dir, "--target", target, *data_options,
+                                               "--cache_dir", cache, "--output_dir", out / target, "--num_epochs", 2,
+                                               "--batch_size", 4, "--probe_num_layers", 1, "--device", "cpu",
+                                               "--report_to", "none", "--checkpointing_steps", 5])
+        assert result.returncode == 0, result.stderr[-3000:]
+        found[target] = out / target
+    return found
+
+
+def test_probe_training_leaves_the_world_model_as_it_was(world_model_dir, probes):
+    world_model = load_file(os.path.join(world_model_dir, "model.safetensors"))
+    for target, directory in probes.items():
+        probe = load_file(str(directory / "best" / "model.safetensors"))
+        kept = {name[len("world_model."):]: tensor for name, tensor in probe.items() if name.startswith("world_model.")}
+        assert kept.keys() == world_model.keys()
+        for name, tensor in world_model.items():
+            assert torch.equal(kept[name], tensor), (target, name)
+        config = json.loads((directory / "best" / "config.json").read_text())
+        assert config["probe_target"] == target
+        assert config["problem_type"] == ("single_label_classification" if target == "task"
+                                          else "multi_label_classification")
+        assert len(config["id2label"]) == (8 if target == "task" else 12)
+        # The head trained: it differs from a fresh head of the same seed only if steps were taken.
+        state = json.loads((directory / "best" / "trainer_state.json").read_text())
+        assert state["global_step"] > 0 and state["history"]
+        assert any((directory / "checkpoints").iterdir()), "checkpointing_steps=5 wrote no checkpoint"
+
+
+def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_options, tmp_path):
+    report_path, plots = tmp_path / "report.json", tmp_path / "plots"
+    result = run_script("evaluate_surgical_model.py", [
+        "--checkpoint", world_model_dir, *data_options, "--task_probe", probes["task"] / "best",
+        "--tool_probe", probes["tools"] / "best", "--output", report_path, "--plots", plots, "--device", "cpu",
+        "--batch_size", 3])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+
+    section = report["world_model"]
+    steps = 8 - 1  # 8-frame clips, one frame per step: horizons 1..7
+    assert section["horizons"] == list(range(1, steps + 1))
+    for mode in ("teacher_forced", "rollout"):
+        for key in ("l1", "cosine", "copy_last_context_l1", "copy_last_context_cosine"):
+            assert len(section[mode][key]) == steps, (mode, key)
+        assert all(value > 0 for value in section[mode]["copy_last_context_l1"])  # the sample's frames move
+        assert all(-1 <= value <= 1 for value in section[mode]["cosine"])
+    # Horizon 1 is the same prediction both ways: step 2 from step 1.
+    assert section["teacher_forced"]["l1"][0] == pytest.approx(section["rollout"]["l1"][0], rel=1e-5)
+    swapped = section["swapped_actions"]
+    assert swapped["num_clips"] == section["num_clips"] and swapped["clips_with_different_actions"] > 0
+    assert len(swapped["rollout"]["l1"]) == steps and swapped["rollout"]["l1"] != section["rollout"]["l1"]
+    surprise = section["surprise"]
+    assert surprise["num_steps"] == section["num_clips"] * steps
+    assert sum(surprise["histogram"]["counts"]) == surprise["num_steps"]
+    assert surprise["percentiles"]["5"] <= surprise["percentiles"]["50"] <= surprise["percentiles"]["95"]
+
+    task = report["surgvu_probes"]["task"]
+    for name in ("probe", "chance", "majority"):
+        assert 0 <= task[name]["f1"] <= 1 and 0 <= task[name]["accuracy"] <= 1
+    assert task["majority"]["class"] in task["classes"]
+    assert sum(map(sum, task["confusion_matrix"])) == task["num_frames"]
+    assert task["num_frames"] == 8 * task["num_clips"]  # non-overlapping clips: every frame predicted once
+    assert task["missing_frames"] == 0
+    tools = report["surgvu_probes"]["tools"]
+    for name in ("probe", "chance", "majority"):
+        assert 0 <= tools[name]["mAP"] <= 1 and 0 <= tools[name]["f1"] <= 1
+    assert len(tools["confusion_matrices"]) == 12
+    assert all(sum(map(sum, matrix)) == tools["num_clips"] for matrix in tools["confusion_matrices"])
+
+    names = sorted(os.listdir(plots))
+    assert names == ["confusion_task.png", "confusion_tools.png", "error_per_horizon.png", "surprise_histogram.png"]
+    for name in names:
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for text in ("World model: latent L1", "Task recognition", "Tool presence", "majority", "chance"):
+        assert text in result.stdout
+
+
+def test_bad_input_gets_a_clear_error_naming_the_file(world_model_dir, probes, data_options, tmp_path):
+    not_a_model = tmp_path / "bert"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    result = run_script("evaluate_surgical_model.py", ["--checkpoint", not_a_model, *data_options])
+    assert result.returncode != 0
+    assert f"{not_a_model}/config.json" in result.stderr and "not a surgical world model" in result.stderr
+
+    result = run_script("evaluate_surgical_model.py", ["--checkpoint", tmp_path / "missing", *data_options])
+    assert result.returncode != 0 and "config.json" in result.stderr
+
+    # A task probe given as the tool probe: another label set.
+    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
+                                                       "--tool_probe", probes["task"] / "best"])
+    assert result.returncode != 0
+    assert f"{probes['task'] / 'best'}/config.json" in result.stderr and "tools classes" in result.stderr
+
+    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
+                                                       "--validation_fraction", "0", "--split", "validation"])
+    assert result.returncode != 0 and "has no clip" in result.stderr
+
+    result = run_script("train_probe.py", ["--world_model", not_a_model, *data_options, "--device", "cpu",
+                                           "--report_to", "none", "--output_dir", tmp_path / "probe"])
+    assert result.returncode != 0 and f"{not_a_model}" in result.stderr and "config.json" in result.stderr
+
+
+def test_push_to_hub_puts_the_headline_figures_in_the_model_index(world_model_dir, probes, data_options, tmp_path):
+    from tests.hub_server import LoopbackHub
+
+    import shutil
+
+    from train_hf import TrainArguments, model_card
+    from transformers import AutoConfig
+
+    with LoopbackHub() as hub:
+        repo_id = f"{hub.user}/surgical-wm-eval"
+        export = tmp_path / "export"  # the world model with the card train_hf.py writes
+        shutil.copytree(world_model_dir, export)
+        config = AutoConfig.from_pretrained(world_model_dir, trust_remote_code=True)
+        (export / "README.md").write_text(model_card(config, TrainArguments(), {"best_metrics": {"validation_loss": 0.5}},
+                                                     repo_id))
+        upload = (
+            "import sys\n"
+            "from huggingface_hub import create_repo, upload_folder\n"
+            f"create_repo({repo_id!r})\n"
+            f"upload_folder(repo_id={repo_id!r}, folder_path={str(export)!r})\n"
+        )
+        done = subprocess.run([sys.executable, "-c", upload], env=hub.env(tmp_path / "hf-up"), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        report_path = tmp_path / "report.json"
+        result = run_script("evaluate_surgical_model.py", [
+            "--checkpoint", world_model_dir, *data_options, "--task_probe", probes["task"] / "best",
+            "--output", report_path, "--device", "cpu", "--push_to_hub", "--hub_model_id", repo_id],
+            env=hub.env(tmp_path / "hf-eval"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        card = hub.repo_files(repo_id)["README.md"].decode()
+    report = json.loads(report_path.read_text())
+    metadata = yaml.safe_load(card.split("---")[1])
+    values = {(entry["task"]["name"], metric["name"]): metric["value"]
+              for entry in metadata["model-index"][0]["results"] for metric in entry["metrics"]}
+    task_f1 = values[("Surgical task recognition (probe)", "weighted F1 (mean over videos)")]
+    assert task_f1 == pytest.approx(report["surgvu_probes"]["task"]["probe"]["f1"], abs=1e-6)
+    rollout = values[("Action-conditioned latent prediction", "rollout latent L1 (mean over horizons)")]
+    assert rollout == pytest.approx(sum(report["world_model"]["rollout"]["l1"]) / 7, abs=1e-6)
+    assert metadata["pipeline_tag"] == "robotics"  # the world model's card, kept: not a video classifier
