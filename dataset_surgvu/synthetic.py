@@ -7,7 +7,7 @@
 - label times half a frame from any frame, except in each part the first in-class tool interval and the first task
   segment, whose ends fall exactly on frames that the builder samples at 4 fps (the edges of [start, stop));
 - frames with black side margins, a bottom band listing the installed tool names (the real label leak) and
-  instrument-like shapes: an instrument is drawn for each arm with a tool installed, its tip colour and jaws depend on
+  instrument-like shapes: an instrument is drawn for each arm with a tool installed, its colour, its wrist and its jaws depend on
   the tool and its motion on the current task, and each task but Other shows its own anatomy (a coloured region in
   its own place), so the frames follow the per-step actions and the task and tool labels can be learnt from them;
 - label noise of every kind the real files show: `nan(camera in)` rows, empty names, `Single Site"`, trailing spaces,
@@ -207,7 +207,7 @@ class _Renderer:
         self.view_height = height - self.band
         self.view_width = width - 2 * self.margin
         self.background = _background(rng, self.view_height, self.view_width + 2 * self.drift)
-        self.shaft_radius = max(1.5, height / 70)
+        self.shaft_radius = max(1.5, height / 40)  # da Vinci shafts are wide in the view (8 mm at close range)
         self.tip_radius = max(2.5, height / 32)
         self.text_scale = max(1, (self.band - 2) // 6)
         self._texts = {}
@@ -239,8 +239,11 @@ class _Renderer:
             tool, installed_at = installed
             tip = self._to_pixels(self._tip(arm, task, time, installed_at))
             entry = self._to_pixels(_ENTRY[arm])
-            _draw_segment(image, entry, tip, self.shaft_radius, (150, 150, 160))
             colour = _TOOL_COLOURS[tool] if isinstance(tool, int) else (250, 250, 250)
+            # The shaft is in the tool's colour and its wrist (the last third) thicker: what tells tools apart at the
+            # encoder's resolution, as the instruments' shapes do in real video.
+            _draw_segment(image, entry, tip, self.shaft_radius, colour)
+            _draw_segment(image, tip + (entry - tip) / 3, tip, self.shaft_radius * 2, colour)
             direction = (tip - entry) / max(1e-6, np.linalg.norm(tip - entry))
             normal = np.array([-direction[1], direction[0]])
             jaw = self.tip_radius * (1.6 if isinstance(tool, int) and tool % 3 == 0 else 0.9)
