@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The bundled demo, end to end on CPU in a few minutes (`make demo`):
 
-1. writes the synthetic SurgVU-format sample (6 cases, H.264, noisy labels) and a tiny V-JEPA 2 checkpoint;
+1. writes the synthetic SurgVU-format sample (12 cases, H.264, noisy labels) and a tiny V-JEPA 2 checkpoint;
 2. builds a world model on that encoder (`scripts/load_vjepa2_pretrained.py`);
 3. trains it with `accelerate launch train_hf.py`, encoder frozen: each clip is decoded and encoded once, into the
    latent cache, and every epoch trains from there;
@@ -40,7 +40,7 @@ def main() -> None:
     python = sys.executable
 
     if not os.path.exists(os.path.join(data, "synthetic_manifest.json")):
-        run([python, "scripts/make_synthetic_surgvu.py", "--out", data, "--seed", str(args.seed)])
+        run([python, "scripts/make_synthetic_surgvu.py", "--out", data, "--seed", str(args.seed), "--num_cases", "12"])
     run([python, "scripts/make_tiny_vjepa2.py", "--out", encoder, "--seed", str(args.seed)])
     run([python, "scripts/load_vjepa2_pretrained.py", "--encoder", encoder, "--save_path", start,
          "--action_dim", "56", "--predictor_hidden_size", "96", "--predictor_num_hidden_layers", "2",
@@ -60,7 +60,8 @@ def main() -> None:
              "--world_model", os.path.join(run_dir, "best"), "--target", target, "--data_root", data,
              "--dataset_cache_dir", cache, "--cache_dir", os.path.join(run_dir, "latent_cache"),
              "--output_dir", probes[target], "--num_epochs", str(args.probe_epochs), "--batch_size", "8",
-             "--learning_rate", "2e-3", "--probe_num_layers", "1", "--num_workers", "2", "--device", "cpu",
+             "--learning_rate", "2e-3", "--probe_num_layers", "1", "--class_weights", "balanced",
+             "--num_workers", "2", "--device", "cpu",
              "--report_to", "none", "--seed", str(args.seed)], TQDM_MININTERVAL="5")
     # A fresh process in another directory: the model code comes from the exported directories, not this clone.
     run([python, os.path.join(REPO_ROOT, "scripts", "evaluate_surgical_model.py"),
