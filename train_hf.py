@@ -405,6 +405,31 @@ def resolve_resume(train_args: TrainArguments, checkpoints_dir: Path) -> Path | 
     return path
 
 
+def cosine_schedule(accelerator: Accelerator, optimizer, train_dataloader, train_args: TrainArguments):
+    """(lr_scheduler, steps_per_epoch, total_steps): linear warmup, then a cosine that reaches zero at the last step
+    that will run (`--max_train_steps` included); stepped once per optimizer step by the script (not by accelerate),
+    on every rank alike, and saved with the checkpoints."""
+    steps_per_epoch = max(math.ceil(len(train_dataloader) / train_args.gradient_accumulation_steps), 1)
+    total_steps = train_args.num_epochs * steps_per_epoch
+    if train_args.max_train_steps is not None:
+        total_steps = min(total_steps, train_args.max_train_steps)
+    lr_scheduler = get_scheduler("cosine", optimizer=optimizer,
+                                 num_warmup_steps=min(int(train_args.warmup_epochs * steps_per_epoch), total_steps),
+                                 num_training_steps=total_steps)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    return lr_scheduler, steps_per_epoch, total_steps
+
+
+def restore_checkpoint(accelerator: Accelerator, resume_path: Path) -> dict:
+    """Loads a complete checkpoint's training state into the prepared objects; returns its `training_state.json`."""
+    state = json.loads((resume_path / TRAINING_STATE).read_text())
+    accelerator.load_state(str(resume_path))
+    if state.get("rng") and accelerator.is_main_process and rng_fingerprint() != state["rng"]:
+        raise SystemExit(f"error: the RNG state of {resume_path} was not restored; resuming would not replay "
+                         "the interrupted run.")
+    return state
+
+
 # ---------------------------------------------------------------------------------------------------- exports
 def full_state_dict(accelerator: Accelerator, model) -> dict:
     """The whole model's state dict; every rank must call it (FSDP and ZeRO-3 gather the shards collectively).
@@ -721,16 +746,7 @@ def main(argv=None) -> None:
     model, optimizer, train_dataloader, val_dataloader = accelerator.prepare(
         model, optimizer, train_dataloader, val_dataloader
     )
-    steps_per_epoch = max(math.ceil(len(train_dataloader) / train_args.gradient_accumulation_steps), 1)
-    total_steps = train_args.num_epochs * steps_per_epoch
-    if train_args.max_train_steps is not None:
-        total_steps = min(total_steps, train_args.max_train_steps)
-    # The cosine reaches zero at the last step that will run; stepped once per optimizer step by this script (not
-    # by accelerate), on every rank alike.
-    lr_scheduler = get_scheduler("cosine", optimizer=optimizer,
-                                 num_warmup_steps=min(int(train_args.warmup_epochs * steps_per_epoch), total_steps),
-                                 num_training_steps=total_steps)
-    accelerator.register_for_checkpointing(lr_scheduler)
+    lr_scheduler, steps_per_epoch, total_steps = cosine_schedule(accelerator, optimizer, train_dataloader, train_args)
     if accelerator.is_main_process and train_args.report_to != "none":
         accelerator.init_trackers("surgical_wm", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                          for k, v in public_arguments(model_args, data_args,
@@ -752,11 +768,7 @@ def main(argv=None) -> None:
     if train_args.resume_from_checkpoint and resume_path is None:
         logger.info(f"no complete checkpoint in {checkpoints_dir}: starting from scratch")
     if resume_path is not None:
-        state = json.loads((resume_path / TRAINING_STATE).read_text())
-        accelerator.load_state(str(resume_path))
-        if state.get("rng") and accelerator.is_main_process and rng_fingerprint() != state["rng"]:
-            raise SystemExit(f"error: the RNG state of {resume_path} was not restored; resuming would not replay "
-                             "the interrupted run.")
+        state = restore_checkpoint(accelerator, resume_path)
         global_step, start_epoch = state["global_step"], state["epoch"]
         resume_batches, skipped_steps = state["batches_in_epoch"], state.get("skipped_steps", 0)
         history, best_val = state.get("history", []), state.get("best_val_loss", float("inf"))

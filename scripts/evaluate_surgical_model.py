@@ -24,7 +24,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np

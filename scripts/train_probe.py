@@ -17,8 +17,6 @@ validation loss) is what `scripts/evaluate_surgical_model.py` loads; it reloads 
 `AutoModelForVideoClassification.from_pretrained(dir, trust_remote_code=True)`.
 """
 
-import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from accelerate.logging import get_logger
-from transformers import get_scheduler
 
 from dataset_surgvu import TASK_CLASSES, TOOL_CLASSES, ClipTransform, EpochShuffleSampler, get_build_metadata
 from modeling_surgical_wm import SurgicalWorldModelForVideoClassification
@@ -40,6 +37,7 @@ from train_hf import (
     check_common_arguments,
     clip_datasets,
     clip_inputs,
+    cosine_schedule,
     export_model,
     latent_cache_off_reason,
     load_dataset_splits,
@@ -47,7 +45,7 @@ from train_hf import (
     parse_dataclasses,
     public_arguments,
     resolve_resume,
-    rng_fingerprint,
+    restore_checkpoint,
     save_checkpoint,
 )
 
@@ -243,14 +241,7 @@ def main(argv=None) -> None:
     model, optimizer, train_dataloader, val_dataloader = accelerator.prepare(
         model, optimizer, train_dataloader, val_dataloader
     )
-    steps_per_epoch = max(math.ceil(len(train_dataloader) / train_args.gradient_accumulation_steps), 1)
-    total_steps = train_args.num_epochs * steps_per_epoch
-    if train_args.max_train_steps is not None:
-        total_steps = min(total_steps, train_args.max_train_steps)
-    lr_scheduler = get_scheduler("cosine", optimizer=optimizer,
-                                 num_warmup_steps=min(int(train_args.warmup_epochs * steps_per_epoch), total_steps),
-                                 num_training_steps=total_steps)
-    accelerator.register_for_checkpointing(lr_scheduler)
+    lr_scheduler, _, total_steps = cosine_schedule(accelerator, optimizer, train_dataloader, train_args)
     label_names = TARGETS[probe_args.target][0]
     logger.info(f"probe: {probe_args.target} ({len(label_names)} classes), world model {probe_args.world_model} "
                 f"frozen; trainable parameters {sum(p.numel() for p in trainable) / 1e6:.3f} M")
@@ -264,10 +255,7 @@ def main(argv=None) -> None:
     history, best_val, best_metrics = [], float("inf"), {}
     resume_path = resolve_resume(train_args, checkpoints_dir)
     if resume_path is not None:
-        state = json.loads((resume_path / "training_state.json").read_text())
-        accelerator.load_state(str(resume_path))
-        if state.get("rng") and accelerator.is_main_process and rng_fingerprint() != state["rng"]:
-            raise SystemExit(f"error: the RNG state of {resume_path} was not restored.")
+        state = restore_checkpoint(accelerator, resume_path)
         global_step, start_epoch = state["global_step"], state["epoch"]
         resume_batches, skipped_steps = state["batches_in_epoch"], state.get("skipped_steps", 0)
         history, best_val = state.get("history", []), state.get("best_val_loss", float("inf"))
