@@ -335,12 +335,25 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str]) -> Surg
     config_file = Path(source) / "config.json"
     saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
     if saved.get("model_type") == "surgical_wm":
+        model = SurgicalWorldModel.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
+        saved_spec = saved.get("action_spec")
         if saved.get("action_dim") != len(action_spec):
             logger.warning(
                 f"{source} was built for {saved.get('action_dim')} action dimensions, the data has {len(action_spec)}: "
                 "the action embedding starts from scratch."
             )
-        return SurgicalWorldModel.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
+        elif saved_spec is not None and list(saved_spec) != list(action_spec):
+            # Same size, other meaning (e.g. SurgVU's tools and tasks, then MM-OR's phases and next actions): the
+            # learnt embedding would map the new actions onto the old ones' directions.
+            changed = sum(old != new for old, new in zip(saved_spec, action_spec))
+            logger.warning(
+                f"{source} was trained with another action spec ({changed} of {len(action_spec)} dimensions name "
+                f"other actions, e.g. {saved_spec[0]!r} -> {action_spec[0]!r}): the action embedding is re-initialised."
+            )
+            with torch.no_grad():  # torch's own init: transformers' skips parameters it has loaded
+                torch.nn.init.trunc_normal_(model.predictor.action_proj.weight, std=model.config.initializer_range)
+                torch.nn.init.zeros_(model.predictor.action_proj.bias)
+        return model
     if source not in VJEPA2_PRESETS and not source.startswith("facebook/") and not Path(source).is_dir():
         raise SystemExit(
             f"error: --pretrained_checkpoint {source!r} is neither a directory nor a V-JEPA 2 checkpoint id. Build one "

@@ -156,3 +156,28 @@ def test_split_seed_is_its_own_option(tmp_path):
     assert (data_args.split_seed, train_args.seed) == (0, 7)
     _, data_args, _ = parse_args(["--split_seed", "3"])
     assert data_args.split_seed == 3
+
+
+@pytest.mark.parametrize("saved_spec", [["a/x", "a/y", "b/z"], None])
+def test_a_changed_action_spec_reinitialises_the_action_embedding(make_tiny_config, tmp_path, saved_spec, caplog):
+    from modeling_surgical_wm import SurgicalWorldModel
+    from train_hf import ModelArguments, load_world_model
+
+    Accelerator(cpu=True)  # train_hf logs through accelerate's logger
+    torch.manual_seed(0)
+    source = SurgicalWorldModel(make_tiny_config(action_dim=3, action_spec=saved_spec))
+    with torch.no_grad():
+        source.predictor.action_proj.weight.fill_(1.0)  # far from any fresh initialisation
+    source.save_pretrained(tmp_path)
+    new_spec = ["phase/x", "phase/y", "next_action/z"]  # the same size, other meanings
+    with caplog.at_level("WARNING"):
+        model = load_world_model(ModelArguments(pretrained_checkpoint=str(tmp_path)), new_spec)
+    reinitialised = not torch.equal(model.predictor.action_proj.weight, source.predictor.action_proj.weight)
+    # A spec that says what the actions mean and differs: re-initialised, and the log says so. No spec saved (a
+    # world model built from V-JEPA 2 alone): nothing to compare, the embedding is kept.
+    assert reinitialised == (saved_spec is not None)
+    assert ("action embedding is re-initialised" in caplog.text) == (saved_spec is not None)
+    assert model.config.action_spec == new_spec
+    for name, tensor in source.state_dict().items():
+        if not name.startswith("predictor.action_proj."):
+            assert torch.equal(model.state_dict()[name], tensor), name
