@@ -199,7 +199,7 @@ class MMOR(datasets.GeneratorBasedBuilder):
             "timestamps_file": timestamps,
             "timepoints": sampled,
             "paths": paths,
-            "labels": {key: (np.asarray(value) if key != "breach_triplets" else value) for key, value in per_step.items()},
+            "labels": per_step,
             "starts": kept,
             "dropped": len(starts) - len(kept),
             "noise": noise,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a small synthetic sample in the MM-OR layout (JPEG frames, timestamp lists, label files), deterministic by seed.
+"""Write a small synthetic sample in the MM-OR layout (JPEG frames, timestamp lists, label files), seeded.
 
     python scripts/make_synthetic_mmor.py --out data/mmor_synthetic
     python scripts/make_synthetic_mmor.py --out /tmp/m --width 320 --height 240 --seed 3

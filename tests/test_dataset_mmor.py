@@ -91,10 +91,8 @@ def test_timepoints_map_to_frames_through_the_timestamp_lists(sample, dataset, t
     for _, row in _rows(dataset):
         entry = manifest["takes"][row["take"]]
         assert row["folder"] == entry["folder"]
-        expected = [
-            str((root / entry["folder"] / "colorimage" / f"camera01_colorimage-{entry['azure_frames'][t]}.jpg").resolve())
-            for t in row["timepoints"]
-        ]
+        folder = (root / entry["folder"] / "colorimage").resolve()
+        expected = [str(folder / f"camera01_colorimage-{entry['azure_frames'][t]}.jpg") for t in row["timepoints"]]
         assert row["frame_paths"] == expected
         assert all(Path(path).is_file() for path in row["frame_paths"])
         seen.add(row["take"])
