@@ -76,7 +76,14 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_root: str = field(default="data/surgvu", metadata={"help": "Folder holding surgvu24/ and labels/."})
+    dataset: str = field(
+        default="surgvu",
+        metadata={"help": "surgvu (stage 1) or mmor (stage 2: MM-OR, official splits, actions = robot phase and next "
+                          "action)."},
+    )
+    data_root: str = field(default="data/surgvu", metadata={"help": "Folder holding surgvu24/ and labels/ (SurgVU), "
+                                                                    "or MM-OR_data/ (MM-OR)."})
+    camera: str = field(default="azure:1", metadata={"help": "MM-OR camera: azure:1..5 or simstation:0..3."})
     labels_dir: str | None = field(default=None, metadata={"help": "labels/ when it is not next to surgvu24/."})
     fps: float = field(default=4.0, metadata={"help": "Frames per second sampled from the videos."})
     frames_per_clip: int = field(default=8, metadata={"help": "Frames per training clip."})
@@ -164,6 +171,8 @@ def check_common_arguments(data_args: DataArguments, train_args: TrainArguments)
         raise SystemExit(f"error: --report_to must be tensorboard, trackio, wandb or none, got {train_args.report_to}")
     if train_args.device not in {None, "cuda", "mps", "cpu"}:
         raise SystemExit(f"error: --device must be cuda, mps or cpu, got {train_args.device}")
+    if data_args.dataset not in ("surgvu", "mmor"):
+        raise SystemExit(f"error: --dataset must be surgvu or mmor, got {data_args.dataset}")
     if data_args.cache_precision not in PRECISIONS:
         raise SystemExit(f"error: --cache_precision must be one of {', '.join(PRECISIONS)}, got "
                          f"{data_args.cache_precision}")
@@ -188,12 +197,37 @@ def public_arguments(*groups) -> dict:
 
 # ------------------------------------------------------------------------------------------------------- data
 def load_dataset_splits(data_args: DataArguments):
-    """The `train` and `validation` splits of SurgVU for these data options (one definition, shared by the scripts)."""
+    """The splits for these data options (one definition, shared by the scripts): SurgVU's `train` and `validation`
+    (split by case), or MM-OR's official `train`, `validation` and `test` takes."""
+    if data_args.dataset == "mmor":
+        from dataset_mmor import load_mmor
+
+        return load_mmor(data_args.data_root, data_args.camera, frames_per_clip=data_args.frames_per_clip,
+                         cache_dir=data_args.dataset_cache_dir)
     return load_surgvu(
         data_args.data_root, data_args.labels_dir, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
         validation_fraction=data_args.validation_fraction, split_seed=data_args.split_seed,
         cache_dir=data_args.dataset_cache_dir,
     )
+
+
+def dataset_action_spec(data_args: DataArguments, dataset) -> list[str]:
+    """One name per action dimension of the dataset: SurgVU's tools per arm and task, or MM-OR's robot phase and next
+    action."""
+    if data_args.dataset == "mmor":
+        from dataset_mmor import get_mmor_action_spec
+
+        return get_mmor_action_spec(dataset)
+    return get_action_spec(dataset)
+
+
+def clip_transform(data_args: DataArguments, crop_size: int):
+    """The dataset's clip transform (decoding in the loader workers, then the same V-JEPA 2 preprocessing)."""
+    if data_args.dataset == "mmor":
+        from dataset_mmor import MMORClipTransform
+
+        return MMORClipTransform(crop_size=crop_size)
+    return ClipTransform(crop_size=crop_size)
 
 
 def available_cores() -> int:
@@ -722,7 +756,7 @@ def main(argv=None) -> None:
     # ---- data (built once on the main process, read from the Arrow cache by the others)
     with accelerator.main_process_first():
         dataset = load_dataset_splits(data_args)
-    metadata = get_build_metadata(dataset)
+    metadata = get_build_metadata(dataset) if data_args.dataset == "surgvu" else {}
     if metadata.get("corrupt_videos"):
         logger.warning(f"skipped {len(metadata['corrupt_videos'])} unreadable video(s): "
                        + "; ".join(metadata["corrupt_videos"].values()))
@@ -731,10 +765,10 @@ def main(argv=None) -> None:
                          "scripts/check_setup.py --data_root ...).")
 
     # ---- model
-    model = load_world_model(model_args, get_action_spec(dataset))
+    model = load_world_model(model_args, dataset_action_spec(data_args, dataset))
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()
-    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    transform = clip_transform(data_args, model.config.encoder_config.crop_size)
     num_workers = min(data_args.num_workers, available_cores())
     train_sampler = EpochShuffleSampler(len(dataset["train"]), train_args.seed)
     loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,

@@ -292,13 +292,19 @@ class LatentCache:
 
 class LatentClips(Dataset):
     """Rows of a `load_surgvu` split with their cached latents instead of their frames: `latents` `(S, N, D)`,
-    `actions`, `tasks`, `tools` and `sample_id`, the same as `SurgVUClips` gives apart from the pixels."""
+    `actions`, the per-step labels (SurgVU's `tasks` and `tools`, or MM-OR's `phase`, `next_action`,
+    `seconds_to_next_action` and `breach`) and `sample_id`, as the clip transforms give them apart from the pixels."""
+
+    LABEL_COLUMNS = {"tasks": torch.int64, "tools": torch.float32,  # SurgVU
+                     "phase": torch.int64, "next_action": torch.int64, "seconds_to_next_action": torch.float32,
+                     "breach": torch.int64}  # MM-OR
 
     def __init__(self, split, cache: LatentCache):
         if len(split) != len(cache):
             raise LatentCacheError(f"{cache.directory}: {len(cache)} clips cached, the split has {len(split)}")
         self.split = split
         self.cache = cache
+        self.label_columns = [name for name in self.LABEL_COLUMNS if name in split.column_names]
 
     def __len__(self) -> int:
         return len(self.split)
@@ -308,7 +314,6 @@ class LatentClips(Dataset):
         return {
             "latents": self.cache[index],
             "actions": torch.as_tensor(row["actions"], dtype=torch.float32),
-            "tasks": torch.as_tensor(row["tasks"], dtype=torch.int64),
-            "tools": torch.as_tensor(row["tools"], dtype=torch.float32),
+            **{name: torch.as_tensor(row[name], dtype=self.LABEL_COLUMNS[name]) for name in self.label_columns},
             "sample_id": torch.tensor(index),
         }
