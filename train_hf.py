@@ -87,6 +87,10 @@ class DataArguments:
     labels_dir: str | None = field(default=None, metadata={"help": "labels/ when it is not next to surgvu24/."})
     fps: float = field(default=4.0, metadata={"help": "Frames per second sampled from the videos."})
     frames_per_clip: int = field(default=8, metadata={"help": "Frames per training clip."})
+    clip_stride: int | None = field(
+        default=None, metadata={"help": "Sampled frames (MM-OR: timepoints) between clip starts (default: "
+                                        "frames_per_clip, no overlap; 1 gives a clip ending at every frame)."}
+    )
     validation_fraction: float = field(default=0.2, metadata={"help": "Share of cases held out for validation."})
     split_seed: int = field(
         default=0, metadata={"help": "Seed of the case split (apart from --seed: evaluation finds the same split)."}
@@ -203,11 +207,11 @@ def load_dataset_splits(data_args: DataArguments):
         from dataset_mmor import load_mmor
 
         return load_mmor(data_args.data_root, data_args.camera, frames_per_clip=data_args.frames_per_clip,
-                         cache_dir=data_args.dataset_cache_dir)
+                         clip_stride=data_args.clip_stride, cache_dir=data_args.dataset_cache_dir)
     return load_surgvu(
         data_args.data_root, data_args.labels_dir, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
-        validation_fraction=data_args.validation_fraction, split_seed=data_args.split_seed,
-        cache_dir=data_args.dataset_cache_dir,
+        clip_stride=data_args.clip_stride, validation_fraction=data_args.validation_fraction,
+        split_seed=data_args.split_seed, cache_dir=data_args.dataset_cache_dir,
     )
 
 
@@ -802,7 +806,9 @@ def main(argv=None) -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("***** Running training *****")
     logger.info(f"  clips: {len(dataset['train'])} train / {len(dataset['validation'])} validation "
-                f"({len(metadata.get('train_cases', []))} / {len(metadata.get('validation_cases', []))} cases)")
+                + (f"({len(metadata.get('train_cases', []))} / {len(metadata.get('validation_cases', []))} cases)"
+                   if data_args.dataset == "surgvu" else
+                   f"({len(set(dataset['train']['take']))} / {len(set(dataset['validation']['take']))} takes)"))
     logger.info(f"  epochs: {train_args.num_epochs}, optimizer steps: {total_steps} ({steps_per_epoch} per epoch)")
     logger.info(f"  batch per device: {train_args.batch_size}, accumulation: {train_args.gradient_accumulation_steps}, "
                 f"global batch: {train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps}")

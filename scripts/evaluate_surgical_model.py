@@ -55,8 +55,13 @@ class EvaluationArguments:
     plots: str | None = field(default=None, metadata={"help": "A folder for the PNG figures (none without it)."})
     task_probe: str | None = field(default=None, metadata={"help": "A task probe (train_probe.py --target task)."})
     tool_probe: str | None = field(default=None, metadata={"help": "A tool probe (train_probe.py --target tools)."})
-    train_probes: bool = field(default=False, metadata={"help": "Train both probes first (scripts/train_probe.py, "
-                                                                "on the train split) into --probe_dir."})
+    phase_probe: str | None = field(default=None, metadata={"help": "MM-OR: a robot-phase probe."})
+    next_action_probe: str | None = field(default=None, metadata={"help": "MM-OR: a next-action probe."})
+    breach_probe: str | None = field(default=None, metadata={"help": "MM-OR: a sterility-breach probe."})
+    train_probes: bool = field(default=False, metadata={"help": "Train the dataset's probes first "
+                                                                "(scripts/train_probe.py, on the train split) into "
+                                                                "--probe_dir: task and tools, or phase, next_action "
+                                                                "and breach."})
     probe_dir: str | None = field(default=None, metadata={"help": "Where --train_probes writes (default: next to "
                                                                   "--output, <output>_probes/)."})
     probe_epochs: int = field(default=20, metadata={"help": "Epochs of --train_probes."})
@@ -113,18 +118,18 @@ def load_checkpoint(path: str):
 
 def load_probe(path: str, target: str, world_model):
     """A probe for `target` ('task' or 'tools') that reads `world_model`'s latents; clear errors otherwise."""
-    from dataset_surgvu import TASK_CLASSES, TOOL_CLASSES
     from dataset_surgvu.latent_cache import module_fingerprint
+    from train_probe import TARGETS
 
     config, where = checkpoint_config(path)
     if config.get("model_type") != "surgical_wm" or not is_probe(config):
         fail(f"{where}: not a probe of a surgical world model (architectures {config.get('architectures')}); "
              "train one with scripts/train_probe.py")
-    expected = list(TASK_CLASSES if target == "task" else TOOL_CLASSES)
+    expected = TARGETS[target][0]
     labels = [config.get("id2label", {}).get(str(index)) for index in range(len(config.get("id2label", {})))]
     if labels != expected:
-        flag = "--task_probe" if target == "task" else "--tool_probe"
-        fail(f"{where}: a probe for the labels {labels}, not the SurgVU {target} classes {expected} ({flag} "
+        flag = "--tool_probe" if target == "tools" else f"--{target}_probe"
+        fail(f"{where}: a probe for the labels {labels}, not the {target} classes {expected} ({flag} "
              f"expects a scripts/train_probe.py --target {target} export)")
     _, probe = load_checkpoint(path)
     if module_fingerprint(probe.world_model.encoder) != module_fingerprint(world_model.encoder):
@@ -133,8 +138,8 @@ def load_probe(path: str, target: str, world_model):
     return probe
 
 
-def train_probes(args: EvaluationArguments, data_args: DataArguments) -> tuple[str, str]:
-    """Trains the task and tool probes with scripts/train_probe.py (on the train split); returns their best/."""
+def train_probes(args: EvaluationArguments, data_args: DataArguments) -> dict[str, str]:
+    """Trains the dataset's probes with scripts/train_probe.py (on the train split); returns their best/ by target."""
     probe_dir = Path(args.probe_dir) if args.probe_dir else Path(args.output).with_suffix("").parent / (
         Path(args.output).stem + "_probes")
     data_options = []
@@ -142,12 +147,15 @@ def train_probes(args: EvaluationArguments, data_args: DataArguments) -> tuple[s
         value = getattr(data_args, item.name)
         if value is not None:
             data_options += [f"--{item.name}", str(value)]
+    targets = ("task", "tools") if data_args.dataset == "surgvu" else ("phase", "next_action", "breach")
     found = {}
-    for target in ("task", "tools"):
+    for target in targets:
         output_dir = probe_dir / target
         command = [sys.executable, str(REPO_ROOT / "scripts" / "train_probe.py"), "--world_model", args.checkpoint,
                    "--target", target, "--output_dir", str(output_dir), "--num_epochs", str(args.probe_epochs),
                    "--report_to", "none", "--seed", str(args.seed), *data_options]
+        if target == "breach":
+            command += ["--class_weights", "balanced"]  # breaches are rare
         if args.device:
             command += ["--device", args.device]
         print(f"training the {target} probe: {' '.join(command[1:])}", flush=True)
@@ -155,7 +163,7 @@ def train_probes(args: EvaluationArguments, data_args: DataArguments) -> tuple[s
         if result.returncode != 0:
             fail(f"training the {target} probe failed (exit {result.returncode}); see its log above")
         found[target] = str(output_dir / "best")
-    return found["task"], found["tools"]
+    return found
 
 
 def load_metric(name: str):
@@ -222,8 +230,12 @@ def swapped(actions: torch.Tensor, previous: torch.Tensor | None) -> torch.Tenso
 @torch.no_grad()
 def run(args, world_model, probes: dict, split, indices: list[int], clips, device) -> dict:
     """Streams the clips once; returns the per-step error means, the surprise values and the probe outputs."""
-    rows = split.select_columns(["video_path", "frame_indices", "has_labels"])
-    video_paths, frame_indices, has_labels = rows["video_path"], rows["frame_indices"], rows["has_labels"]
+    surgvu = "video_path" in split.column_names
+    if surgvu:
+        rows = split.select_columns(["video_path", "frame_indices", "has_labels"])
+        video_paths, frame_indices, has_labels = rows["video_path"], rows["frame_indices"], rows["has_labels"]
+    else:  # MM-OR: its probes are scored per timepoint by `run_mmor`
+        video_paths = frame_indices = has_labels = None
     loader = DataLoader(Subset(clips, indices), batch_size=args.batch_size, shuffle=False,
                         num_workers=min(args.num_workers, available_cores()))
     sums, swap_sums, count, swap_count, changed = Accumulator(), Accumulator(), 0, 0, 0
@@ -249,6 +261,8 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
             changed += (other != actions).flatten(1).any(1).sum().item()
         previous_actions = actions
 
+        if not probes:
+            continue
         labelled = torch.tensor([has_labels[int(i)] for i in batch["sample_id"]], dtype=torch.bool)
         if labelled.any():
             for target, probe in probes.items():
@@ -421,7 +435,25 @@ def print_table(report: dict) -> None:
         print(f"{'':>10} {'mAP':>8} {'F1':>8}")
         for name in ("probe", "chance", "majority"):
             print(f"{name:>10} {tools[name]['mAP']:8.3f} {tools[name]['f1']:8.3f}")
-    if not probes:
+    mmor = report.get("mmor")
+    if mmor:
+        print(f"\nMM-OR, {mmor['split']} takes {', '.join(mmor['takes'])}: {mmor['timepoints']} timepoints")
+        for target in ("phase", "next_action"):
+            if target in mmor:
+                pooled = mmor[target]["pooled"]
+                print(f"{target:>12}: accuracy {pooled['accuracy']:.3f}, macro F1 {pooled['macro_f1']:.3f} "
+                      f"({pooled['timepoints']} timepoints)")
+        breach = mmor["breach"]
+        print(f"sterility breach ({breach['positives']} of {breach['timepoints']} timepoints), breach class:")
+        print(f"{'':>12} {'precision':>9} {'recall':>7} {'F1':>6} {'AUROC':>6} {'AUPRC':>6} {'threshold':>10}")
+        for way in ("supervised", "surprise"):
+            if way in breach:
+                values = breach[way]["pooled"]
+                cells = [values[key] for key in ("precision", "recall", "f1", "auroc", "auprc")]
+                print(f"{way:>12} " + " ".join(f"{value:>{width}.3f}" if value is not None else f"{'n/a':>{width}}"
+                                                for value, width in zip(cells, (9, 7, 6, 6, 6)))
+                      + f" {breach[way]['threshold']:>10.4f}")
+    elif not probes:
         print("\nSurgVU probes: none given (--task_probe / --tool_probe, or --train_probes)")
 
 
@@ -527,33 +559,195 @@ def model_index(report: dict, model_name: str) -> dict:
     return ModelCardData(model_name=model_name, eval_results=results).to_dict()
 
 
+def clip_source(world_model, split, name: str, transform, data_args: DataArguments):
+    """The split's clips, read from a finished latent cache under `--cache_dir` when one matches, else decoded and
+    encoded here; and a line saying which."""
+    from dataset_surgvu import SurgVUClips
+    from dataset_surgvu.latent_cache import LatentCache, LatentCacheError, LatentClips
+    from train_hf import latent_cache_key
+
+    if data_args.cache_dir and name != "all" and not data_args.no_cache:
+        # The evaluation runs without autocast: a cache built in float32 matches.
+        key = latent_cache_key(type("NoAutocast", (), {"mixed_precision": "no"})(), world_model, split, transform,
+                               data_args)
+        try:
+            return (LatentClips(split, LatentCache(Path(data_args.cache_dir) / name, key)),
+                    f"latent cache {Path(data_args.cache_dir) / name}")
+        except LatentCacheError as error:
+            print(f"latent cache not used: {error}", flush=True)
+    return SurgVUClips(split, transform), "decoded and encoded here"
+
+
+# ---------------------------------------------------------------------------------------------------------- MM-OR
+MMOR_LABELS = ("phase", "next_action", "breach")
+SURPRISE_NOTE = (
+    "The world model's surprise (the latent L1 of predicting a timepoint from the timepoints before it) rises at any "
+    "change it did not expect, phase transitions, people moving, camera noise, not only at breaches, and a breach "
+    "that lasts several timepoints is unexpected only at its onset: its AUROC measures how much more surprising "
+    "breaches are than everything else, and is reported as it is."
+)
+
+
+@torch.no_grad()
+def run_mmor(args, world_model, probes: dict, split, clips, device, indices: list[int] | None = None) -> dict:
+    """One record per clip, for the timepoint it ends at: take, timepoint, labels, surprise and probe scores. With
+    `--clip_stride 1`, every timepoint after a take's first `frames_per_clip - 1` ends a clip."""
+    indices = list(range(len(split))) if indices is None else indices
+    rows = split.select_columns(["take", "timepoints"])
+    takes, timepoints = rows["take"], rows["timepoints"]
+    loader = DataLoader(Subset(clips, indices), batch_size=args.batch_size, shuffle=False,
+                        num_workers=min(args.num_workers, available_cores()))
+    records = {"take": [], "timepoint": [], "surprise": [], **{name: [] for name in MMOR_LABELS},
+               **{f"{target}_scores": [] for target in probes}}
+    for batch in loader:
+        if "latents" in batch:
+            latents = batch["latents"].to(device)
+        else:
+            latents = world_model.encode(batch["pixel_values_videos"].to(device))
+        actions = per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
+        predicted = world_model.predict(latents[:, :-1], actions[:, :-1])
+        last_l1, _ = latent_errors(predicted[:, -1:], latents[:, -1:])  # the clip's last timepoint
+        records["surprise"].append(last_l1[:, 0].cpu())
+        for name in MMOR_LABELS:
+            records[name].append(batch[name][:, -1].cpu())
+        for target, probe in probes.items():
+            records[f"{target}_scores"].append(probe(latents=latents).logits.float().softmax(-1).cpu())
+        for sample in batch["sample_id"].tolist():
+            records["take"].append(takes[sample])
+            records["timepoint"].append(int(timepoints[sample][-1]))
+    return {name: values if name in ("take", "timepoint") else (torch.cat(values).numpy() if values else np.zeros(0))
+            for name, values in records.items()}
+
+
+def classification_summary(labels: np.ndarray, predictions: np.ndarray, names: list[str], takes: list[str]) -> dict:
+    """The public MM-OR code's report: sklearn's classification_report pooled over all timepoints, and per take."""
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+    def summary(mask):
+        present = sorted(set(labels[mask].tolist()) | set(predictions[mask].tolist()))
+        return {"timepoints": int(mask.sum()), "accuracy": float(accuracy_score(labels[mask], predictions[mask])),
+                "macro_f1": float(f1_score(labels[mask], predictions[mask], average="macro", labels=present,
+                                           zero_division=0)),
+                "classification_report": classification_report(
+                    labels[mask], predictions[mask], labels=present, target_names=[names[i] for i in present],
+                    output_dict=True, zero_division=0)}
+
+    takes = np.array(takes)
+    return {"pooled": summary(np.ones(len(labels), dtype=bool)),
+            "per_take": {take: summary(takes == take) for take in sorted(set(takes.tolist()))}}
+
+
+def detection_summary(scores: np.ndarray, labels: np.ndarray, calibration_scores: np.ndarray,
+                      calibration_labels: np.ndarray, takes: list[str]) -> dict:
+    """Breach detection by `scores`: the threshold calibrated on the validation takes (the F1-best one there), then
+    precision, recall, F1 of the breach class, AUROC, AUPRC, pooled and per take, and a classification report."""
+    from sklearn.metrics import classification_report
+
+    metric = load_metric("binary_detection")
+    if calibration_labels.sum() == 0:
+        fail("the validation takes have no breach: the detection threshold cannot be calibrated on them")
+    threshold = metric.compute(predictions=calibration_scores.tolist(), references=calibration_labels.tolist())[
+        "threshold"]
+    pooled = metric.compute(predictions=scores.tolist(), references=labels.tolist(), threshold=threshold)
+    takes = np.array(takes)
+    per_take = {take: metric.compute(predictions=scores[takes == take].tolist(),
+                                     references=labels[takes == take].tolist(), threshold=threshold)
+                for take in sorted(set(takes.tolist()))}
+    report = classification_report(labels, (scores >= threshold).astype(int), labels=[0, 1],
+                                   target_names=["no breach", "breach"], output_dict=True, zero_division=0)
+    return {"threshold": threshold, "threshold_from": "validation takes (F1-best threshold)", "pooled": pooled,
+            "per_take": per_take, "classification_report": report}
+
+
+def mmor_section(records: dict, calibration: dict, split: str) -> dict:
+    """Phase and next action through their probes, and sterility-breach detection two ways, per timepoint."""
+    from dataset_mmor import NEXT_ACTIONS, ROBOT_PHASES
+
+    section = {"split": split, "timepoints": len(records["take"]), "takes": sorted(set(records["take"]))}
+    for target, names in (("phase", list(ROBOT_PHASES)), ("next_action", list(NEXT_ACTIONS))):
+        if f"{target}_scores" in records:
+            keep = records[target] >= 0  # null next actions are skipped, as the public code skips them
+            predictions = records[f"{target}_scores"].argmax(-1)
+            section[target] = classification_summary(records[target][keep], predictions[keep], names,
+                                                      [t for t, k in zip(records["take"], keep) if k])
+            section[target]["skipped_null"] = int((~keep).sum())
+    keep = records["breach"] >= 0
+    keep_calibration = calibration["breach"] >= 0
+    labels, calibration_labels = records["breach"][keep], calibration["breach"][keep_calibration]
+    takes = [t for t, k in zip(records["take"], keep) if k]
+    breach = {"positives": int(labels.sum()), "timepoints": int(keep.sum())}
+    if "breach_scores" in records:
+        breach["supervised"] = detection_summary(records["breach_scores"][keep, 1], labels,
+                                                 calibration["breach_scores"][keep_calibration, 1],
+                                                 calibration_labels, takes)
+        breach["supervised"]["score"] = "the breach probe's probability (class-weighted training)"
+    breach["surprise"] = detection_summary(records["surprise"][keep], labels, calibration["surprise"][keep_calibration],
+                                           calibration_labels, takes)
+    breach["surprise"]["score"] = "the world model's latent L1 at the timepoint (no breach label used)"
+    breach["surprise"]["note"] = SURPRISE_NOTE
+    section["breach"] = breach
+    return section
+
+
+def plot_surprise_over_time(records: dict, section: dict, directory: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    takes = section["takes"]
+    figure, axes = plt.subplots(len(takes), 1, figsize=(9, 2.4 * len(takes)), squeeze=False)
+    threshold = section["breach"]["surprise"]["threshold"]
+    for axis, take in zip(axes[:, 0], takes):
+        rows = [i for i, t in enumerate(records["take"]) if t == take]
+        order = sorted(rows, key=lambda i: records["timepoint"][i])
+        times = [records["timepoint"][i] for i in order]
+        axis.plot(times, records["surprise"][order], lw=1, label="surprise")
+        breaches = [records["timepoint"][i] for i in order if records["breach"][i] == 1]
+        for time in breaches:
+            axis.axvspan(time - 0.5, time + 0.5, color="red", alpha=0.3, lw=0)
+        axis.axhline(threshold, color="black", ls="--", lw=0.8, label="threshold (validation)")
+        axis.set_title(f"{take}: {len(breaches)} breach timepoints (red)", fontsize=9)
+        axis.set_ylabel("latent L1")
+    axes[-1, 0].set_xlabel("timepoint")
+    axes[0, 0].legend(fontsize=7)
+    figure.tight_layout()
+    path = directory / "surprise_over_time.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return str(path)
+
+
 def main(argv=None) -> int:
     args, data_args = parse_dataclasses((EvaluationArguments, DataArguments), argv, __doc__.splitlines()[0])
     if args.test_data:
         data_args.data_root = args.test_data
-    if args.split not in ("train", "validation", "all"):
-        fail(f"--split must be train, validation or all, got {args.split}")
+    splits = ("train", "validation", "all") if data_args.dataset == "surgvu" else ("train", "validation", "test")
+    if args.split not in splits:
+        fail(f"--split must be one of {', '.join(splits)} for --dataset {data_args.dataset}, got {args.split}")
     if args.push_to_hub and not args.hub_model_id:
         fail("--push_to_hub needs --hub_model_id <user>/<repo>")
     args.num_workers = data_args.num_workers
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    from dataset_surgvu import ClipTransform, SurgVUClips
-    from dataset_surgvu.latent_cache import LatentCache, LatentCacheError, LatentClips
-    from train_hf import latent_cache_key
-    from train_probe import labelled_indices, split_label_counts
+    from train_hf import clip_transform
+    from train_probe import TARGETS, labelled_indices, split_label_counts
 
     world_model, checkpoint_probe = load_checkpoint(args.checkpoint)
     world_model.to(device)
+    given = {"task": args.task_probe, "tools": args.tool_probe, "phase": args.phase_probe,
+             "next_action": args.next_action_probe, "breach": args.breach_probe}
     if args.train_probes:
-        args.task_probe, args.tool_probe = train_probes(args, data_args)
+        given.update(train_probes(args, data_args))
     probes = {}
-    if checkpoint_probe is not None and checkpoint_probe.config.probe_target in ("task", "tools"):
+    if checkpoint_probe is not None and checkpoint_probe.config.probe_target in TARGETS:
         probes[checkpoint_probe.config.probe_target] = checkpoint_probe
-    if args.task_probe:
-        probes["task"] = load_probe(args.task_probe, "task", world_model)
-    if args.tool_probe:
-        probes["tools"] = load_probe(args.tool_probe, "tools", world_model)
+    for target, path in given.items():
+        if path:
+            if TARGETS[target][2] != data_args.dataset:
+                fail(f"--{'tool' if target == 'tools' else target}_probe is a {TARGETS[target][2]} probe; the data "
+                     f"is --dataset {data_args.dataset}")
+            probes[target] = load_probe(path, target, world_model)
     for probe in probes.values():
         probe.to(device).eval()
 
@@ -568,39 +762,43 @@ def main(argv=None) -> int:
     if not indices:
         fail(f"the {args.split} split of {data_args.data_root} has no clip (check the layout with "
              "scripts/check_setup.py --data_root ...)")
-    transform = ClipTransform(crop_size=world_model.config.encoder_config.crop_size)
-    clips, source = SurgVUClips(split, transform), "decoded and encoded here"
-    if data_args.cache_dir and args.split != "all" and not data_args.no_cache:
-        # The evaluation runs without autocast: a cache built in float32 matches.
-        key = latent_cache_key(type("NoAutocast", (), {"mixed_precision": "no"})(), world_model, split, transform,
-                               data_args)
-        try:
-            clips = LatentClips(split, LatentCache(Path(data_args.cache_dir) / args.split, key))
-            source = f"latent cache {Path(data_args.cache_dir) / args.split}"
-        except LatentCacheError as error:
-            print(f"latent cache not used: {error}", flush=True)
+    transform = clip_transform(data_args, world_model.config.encoder_config.crop_size)
+    clips, source = clip_source(world_model, split, args.split, transform, data_args)
     print(f"evaluating {args.checkpoint} on {len(indices)} {args.split} clips ({source}); probes: "
           f"{', '.join(probes) or 'none'}", flush=True)
 
-    result = run(args, world_model, probes, split, indices, clips, device)
+    surgvu_probes = {target: probe for target, probe in probes.items() if TARGETS[target][2] == "surgvu"}
+    result = run(args, world_model, surgvu_probes, split, indices, clips, device)
     report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
               "clips": source, "world_model": world_model_section(result)}
-    if probes:
+    if surgvu_probes:
         train_split = dataset["train"]
         train_indices = labelled_indices(train_split)
         report["surgvu_probes"] = {}
-        if "task" in probes:
+        if "task" in surgvu_probes:
             if not len(result["probes"]["task"]["scores"]):
                 fail(f"the {args.split} split of {data_args.data_root} has no labelled clip for the task probe")
             counts = split_label_counts(train_split, train_indices, "task").numpy()
             report["surgvu_probes"]["task"] = task_section(result, counts, args.seed)
-        if "tools" in probes:
+        if "tools" in surgvu_probes:
             if not len(result["probes"]["tools"]["scores"]):
                 fail(f"the {args.split} split of {data_args.data_root} has no labelled clip for the tool probe")
             prevalence = split_label_counts(train_split, train_indices, "tools").numpy() / max(len(train_indices), 1)
             report["surgvu_probes"]["tools"] = tools_section(result, prevalence, args.seed)
+    mmor_records = None
+    if data_args.dataset == "mmor":
+        if "validation" not in dataset or not len(dataset["validation"]):
+            fail(f"the validation takes of {data_args.data_root} have no clip: the detection thresholds are "
+                 "calibrated on them")
+        mmor_probes = {target: probe for target, probe in probes.items() if TARGETS[target][2] == "mmor"}
+        validation_clips, _ = clip_source(world_model, dataset["validation"], "validation", transform, data_args)
+        calibration = run_mmor(args, world_model, mmor_probes, dataset["validation"], validation_clips, device)
+        mmor_records = run_mmor(args, world_model, mmor_probes, split, clips, device, indices)
+        report["mmor"] = mmor_section(mmor_records, calibration, args.split)
     if args.plots:
         report["plots"] = save_plots(report, result["surprise"].numpy(), Path(args.plots))
+        if mmor_records is not None:
+            report["plots"].append(plot_surprise_over_time(mmor_records, report["mmor"], Path(args.plots)))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")

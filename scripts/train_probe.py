@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
-"""Trains a frozen attentive probe on a world model's latents: SurgVU task recognition or tool presence.
+"""Trains a frozen attentive probe on a world model's latents: SurgVU task or tools, MM-OR phase, next action, breach.
 
     accelerate launch scripts/train_probe.py --world_model outputs/surgical_wm/best --data_root /data/surgvu \
         --target task --output_dir outputs/probe_task
@@ -9,9 +9,10 @@
 
 The head is `SurgicalWorldModelForVideoClassification`: V-JEPA 2's attentive probe (self-attention blocks, a
 cross-attention block with a learned query, a linear layer) over the world model's latents, the world model frozen
-and out of the optimizer. Targets, per clip: `task`, the task of the clip's last step (8 classes, single-label);
-`tools`, the tools installed at the clip's last step (12 classes, multi-label). Clips of cases without labels are
-left out. The Accelerate skeleton, the data options, the latent cache (the world model's own cache is reused when
+and out of the optimizer. Targets, per clip, the label of its last step: on SurgVU `task` (8 classes) and `tools` (the 12
+tools installed, multi-label); on MM-OR (`--dataset mmor`, with `--clip_stride 1` a clip ends at every timepoint)
+`phase` (9 robot phases), `next_action` (12; null timepoints are skipped) and `breach` (sterility breach, 2 classes;
+use `--class_weights balanced`, breaches are rare). Clips without the label are left out. The Accelerate skeleton, the data options, the latent cache (the world model's own cache is reused when
 `--cache_dir` points at it), checkpoints, resuming and the exports are train_hf.py's. `output_dir/best` (lowest
 validation loss) is what `scripts/evaluate_surgical_model.py` loads; it reloads alone with
 `AutoModelForVideoClassification.from_pretrained(dir, trust_remote_code=True)`.
@@ -27,7 +28,8 @@ from torch.utils.data import DataLoader, Subset
 
 from accelerate.logging import get_logger
 
-from dataset_surgvu import TASK_CLASSES, TOOL_CLASSES, ClipTransform, EpochShuffleSampler, get_build_metadata
+from dataset_mmor import NEXT_ACTIONS, ROBOT_PHASES
+from dataset_surgvu import TASK_CLASSES, TOOL_CLASSES, EpochShuffleSampler, get_build_metadata
 from modeling_surgical_wm import SurgicalWorldModelForVideoClassification
 from train_hf import (
     DataArguments,
@@ -36,6 +38,7 @@ from train_hf import (
     available_cores,
     check_common_arguments,
     clip_datasets,
+    clip_transform,
     clip_inputs,
     cosine_schedule,
     export_model,
@@ -52,9 +55,13 @@ from train_hf import (
 
 logger = get_logger(__name__, log_level="INFO")
 
+# target: (class names, problem type, dataset, label column). A clip's label is its last step's.
 TARGETS = {
-    "task": (list(TASK_CLASSES), "single_label_classification"),
-    "tools": (list(TOOL_CLASSES), "multi_label_classification"),
+    "task": (list(TASK_CLASSES), "single_label_classification", "surgvu", "tasks"),
+    "tools": (list(TOOL_CLASSES), "multi_label_classification", "surgvu", "tools"),
+    "phase": (list(ROBOT_PHASES), "single_label_classification", "mmor", "phase"),
+    "next_action": (list(NEXT_ACTIONS), "single_label_classification", "mmor", "next_action"),
+    "breach": (["no breach", "breach"], "single_label_classification", "mmor", "breach"),
 }
 PROBE_DEFAULTS = {"output_dir": "outputs/probe", "num_epochs": 20, "learning_rate": 1e-3, "warmup_epochs": 1,
                   "weight_decay": 0.01, "checkpointing_steps": 200}
@@ -84,37 +91,41 @@ class ProbeArguments:
 
 def probe_labels(target: str):
     """(id2label, problem_type) of a probe target."""
-    names, problem_type = TARGETS[target]
+    names, problem_type = TARGETS[target][:2]
     return dict(enumerate(names)), problem_type
 
 
 def clip_labels(batch: dict, target: str) -> torch.Tensor:
-    """Per-clip labels: the last step's task `(B,)`, or the tools installed at the last step `(B, 12)` as floats."""
-    if target == "task":
-        return batch["tasks"][:, -1]
-    return batch["tools"][:, -1].float()
+    """Per-clip labels, the last step's: a class index `(B,)`, or for tools the 12 installed tools `(B, 12)` as
+    floats."""
+    labels = batch[TARGETS[target][3]][:, -1]
+    return labels.float() if target == "tools" else labels
 
 
-def labelled_indices(split) -> list[int]:
-    """Rows whose case has label files (a case without labels would teach every clip to be Other)."""
-    return [index for index, has_labels in enumerate(split["has_labels"]) if has_labels]
+def labelled_indices(split, target: str = "task") -> list[int]:
+    """The clips that have a label for `target`: SurgVU clips of cases with label files (a case without labels would
+    teach every clip to be Other); MM-OR clips whose last timepoint has the label (null next actions are skipped, as
+    the public MM-OR code skips them)."""
+    if TARGETS[target][2] == "surgvu":
+        return [index for index, has_labels in enumerate(split["has_labels"]) if has_labels]
+    return [index for index, labels in enumerate(split[TARGETS[target][3]]) if labels[-1] >= 0]
 
 
 def split_label_counts(split, indices: list[int], target: str) -> torch.Tensor:
-    """Per-class counts of the clips' labels: task clips per class `(8,)`, or tool-present clips per class `(12,)`."""
+    """Per-class counts of the clips' labels `(num_classes,)`: clips per class, or for tools tool-present clips."""
+    names, _, _, column = TARGETS[target]
     if not indices:
-        return torch.zeros(len(TARGETS[target][0]))
-    if target == "task":
-        last = torch.tensor([split[index]["tasks"][-1] for index in indices])
-        return torch.bincount(last, minlength=len(TASK_CLASSES)).float()
-    tools = torch.tensor([split[index]["tools"][-1] for index in indices], dtype=torch.float32)  # (N, 12)
-    return tools.sum(0)
+        return torch.zeros(len(names))
+    last = [split[index][column][-1] for index in indices]
+    if target == "tools":
+        return torch.tensor(last, dtype=torch.float32).sum(0)
+    return torch.bincount(torch.tensor(last), minlength=len(names)).float()
 
 
 def balanced_weights(counts: torch.Tensor, num_clips: int, target: str) -> list[float]:
     """`balanced` class weights: N / (K * n_c) for the task classes; n_negative / n_positive per tool (pos_weight).
     A class absent from the training clips gets 1."""
-    if target == "task":
+    if target != "tools":
         present = counts > 0
         weights = torch.where(present, num_clips / (len(counts) * counts.clamp(min=1)), torch.ones_like(counts))
     else:
@@ -144,14 +155,14 @@ def probe_card(config, probe_args: ProbeArguments, train_args: TrainArguments, s
 library_name: transformers
 pipeline_tag: video-classification
 datasets:
-- SurgVU
+- {"SurgVU" if TARGETS[probe_args.target][2] == "surgvu" else "MM-OR"}
 tags:
 - v-jepa-2
 - surgical-video
 - attentive-probe
 ---
 
-# SurgVU {probe_args.target} probe on a surgical world model
+# {"SurgVU" if TARGETS[probe_args.target][2] == "surgvu" else "MM-OR"} {probe_args.target} probe on a surgical world model
 
 A frozen attentive probe (V-JEPA 2's design: {config.probe_num_layers} self-attention blocks, a cross-attention block
 with a learned query, a linear layer) over the latents of the world model `{probe_args.world_model}`
@@ -171,8 +182,8 @@ class weights: {probe_args.class_weights}.
 | --- | --- |
 {rows or "| validation_loss | n/a |"}
 
-Trained on SurgVU (Intuitive Surgical), whose licence is reported as CC BY-NC-SA 4.0: check the dataset's terms
-before any use beyond non-commercial research.
+Check the licence of the data it was trained on (SurgVU's is reported as CC BY-NC-SA 4.0; MM-OR is granted by a
+form) before any use beyond non-commercial research.
 """
 
 
@@ -185,7 +196,7 @@ def validate(accelerator, model, dataloader, target: str) -> dict:
     for batch in dataloader:
         logits = model(**clip_inputs(batch)).logits
         logits, labels = accelerator.gather_for_metrics((logits.float(), clip_labels(batch, target)))
-        if target == "task":
+        if target != "tools":
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             hits += (logits.argmax(-1) == labels).sum().item()
         else:
@@ -200,10 +211,13 @@ def main(argv=None) -> None:
     probe_args, data_args, train_args = parse_dataclasses((ProbeArguments, DataArguments, TrainArguments), argv,
                                                           __doc__.splitlines()[0], PROBE_DEFAULTS)
     if probe_args.target not in TARGETS:
-        raise SystemExit(f"error: --target must be task or tools, got {probe_args.target}")
+        raise SystemExit(f"error: --target must be one of {', '.join(TARGETS)}, got {probe_args.target}")
     if probe_args.class_weights not in ("none", "balanced"):
         raise SystemExit(f"error: --class_weights must be none or balanced, got {probe_args.class_weights}")
     check_common_arguments(data_args, train_args)
+    if TARGETS[probe_args.target][2] != data_args.dataset:
+        raise SystemExit(f"error: --target {probe_args.target} is a {TARGETS[probe_args.target][2]} label; the data is "
+                         f"--dataset {data_args.dataset}")
     output_dir = Path(train_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
     accelerator = make_accelerator(train_args, output_dir)
@@ -211,11 +225,11 @@ def main(argv=None) -> None:
     # ---- data: labelled clips only
     with accelerator.main_process_first():
         dataset = load_dataset_splits(data_args)
-    metadata = get_build_metadata(dataset)
-    indices = {name: labelled_indices(split) for name, split in dataset.items()}
+    metadata = get_build_metadata(dataset) if data_args.dataset == "surgvu" else {}
+    indices = {name: labelled_indices(split, probe_args.target) for name, split in dataset.items()}
     if not indices["train"]:
-        raise SystemExit(f"error: no labelled training clip in {data_args.data_root} (cases need "
-                         "labels/case_NNN/tasks.csv and tools.csv; check with scripts/check_setup.py)")
+        raise SystemExit(f"error: no training clip with a {probe_args.target} label in {data_args.data_root} (SurgVU "
+                         "cases need labels/case_NNN/tasks.csv and tools.csv; check with scripts/check_setup.py)")
     counts = split_label_counts(dataset["train"], indices["train"], probe_args.target)
     class_weights = (balanced_weights(counts, len(indices["train"]), probe_args.target)
                      if probe_args.class_weights == "balanced" else None)
@@ -223,7 +237,7 @@ def main(argv=None) -> None:
     # ---- model: the frozen world model and a new head
     model = load_probe_model(probe_args, class_weights)
     world_model = model.world_model
-    transform = ClipTransform(crop_size=world_model.config.encoder_config.crop_size)
+    transform = clip_transform(data_args, world_model.config.encoder_config.crop_size)
     num_workers = min(data_args.num_workers, available_cores())
     clips = clip_datasets(accelerator, world_model, dataset, transform, data_args, output_dir,
                           latent_cache_off_reason(True, data_args, transform), train_args.batch_size, num_workers)
@@ -245,8 +259,10 @@ def main(argv=None) -> None:
     label_names = TARGETS[probe_args.target][0]
     logger.info(f"probe: {probe_args.target} ({len(label_names)} classes), world model {probe_args.world_model} "
                 f"frozen; trainable parameters {sum(p.numel() for p in trainable) / 1e6:.3f} M")
-    logger.info(f"  clips: {len(train_set)} train / {len(val_set)} validation (labelled; "
-                f"{len(metadata.get('train_cases', []))} / {len(metadata.get('validation_cases', []))} cases); "
+    groups = (f"{len(metadata.get('train_cases', []))} / {len(metadata.get('validation_cases', []))} cases"
+              if data_args.dataset == "surgvu" else
+              f"{len(set(dataset['train']['take']))} / {len(set(dataset['validation']['take']))} takes")
+    logger.info(f"  clips: {len(train_set)} train / {len(val_set)} validation (labelled; {groups}); "
                 f"training labels per class: " + ", ".join(f"{name} {int(n)}" for name, n in zip(label_names, counts)))
     logger.info(f"  epochs: {train_args.num_epochs}, optimizer steps: {total_steps}; class weights: "
                 f"{class_weights or 'none'}")

@@ -1,38 +1,47 @@
-"""Stage 2: train_hf.py --dataset mmor continues a stage-1 (SurgVU) world model on MM-OR video."""
+"""Stage 2: train_hf.py --dataset mmor continues a stage-1 (SurgVU) world model on MM-OR video; the evaluation's
+MM-OR section (phase and next-action probes, sterility-breach detection supervised and by surprise)."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import train
+from conftest import REPO_ROOT, train
 
 
 pytestmark = pytest.mark.slow
 
 
-def test_stage_two_continues_a_stage_one_run_on_mmor(train_inputs, tmp_path):
-    from dataset_mmor import get_mmor_action_spec
+@pytest.fixture(scope="module")
+def stages(train_inputs, tmp_path_factory):
+    """A stage-1 run on the SurgVU sample, then stage 2 from its best/ on a synthetic MM-OR sample."""
     from dataset_mmor.synthetic import make_synthetic_mmor
 
-    stage1, stage2, mmor = tmp_path / "stage1", tmp_path / "stage2", tmp_path / "mmor"
+    root = tmp_path_factory.mktemp("stages")
+    stage1, stage2, mmor = root / "stage1", root / "stage2", root / "mmor"
     result = train([*train_inputs, "--output_dir", str(stage1), "--num_epochs", "1", "--max_train_steps", "2"])
     assert result.returncode == 0, result.stderr[-3000:]
     make_synthetic_mmor(mmor, seed=0)
-
-    result = train(["--dataset", "mmor", "--data_root", str(mmor), "--dataset_cache_dir", str(tmp_path / "arrow"),
+    result = train(["--dataset", "mmor", "--data_root", str(mmor), "--dataset_cache_dir", str(root / "arrow"),
                     "--pretrained_checkpoint", str(stage1 / "best"), "--output_dir", str(stage2), "--device", "cpu",
                     "--report_to", "none", "--num_workers", "0", "--batch_size", "2", "--num_epochs", "1",
                     "--max_train_steps", "3", "--learning_rate", "1e-3", "--seed", "7"])
     assert result.returncode == 0, result.stderr[-3000:]
-    # SurgVU's 56 action dimensions (tools per arm, task) become MM-OR's 21 (robot phase, next action).
-    assert "the action embedding starts from scratch" in result.stderr
-    assert "latent cache:" in result.stderr and "validation" in result.stderr
+    return {"root": root, "stage1": stage1, "stage2": stage2, "mmor": mmor, "log": result.stderr}
 
+
+def test_stage_two_continues_a_stage_one_run_on_mmor(stages):
+    from dataset_mmor import get_mmor_action_spec
     from transformers import AutoModel
 
+    stage1, stage2 = stages["stage1"], stages["stage2"]
+    # SurgVU's 56 action dimensions (tools per arm, task) become MM-OR's 21 (robot phase, next action).
+    assert "the action embedding starts from scratch" in stages["log"]
+    assert "latent cache:" in stages["log"]
     model = AutoModel.from_pretrained(str(stage2 / "best"), trust_remote_code=True).eval()
     assert model.config.action_spec == get_mmor_action_spec() and model.config.action_dim == 21
     # The encoder stayed frozen through both stages; the predictor's body came from stage 1 and trained on.
@@ -49,3 +58,37 @@ def test_stage_two_continues_a_stage_one_run_on_mmor(train_inputs, tmp_path):
         crop = model.config.encoder_config.crop_size
         output = model(torch.randn(1, 8, 3, crop, crop), torch.zeros(1, 8, 21))
     assert torch.isfinite(output.loss)
+
+
+def test_the_evaluation_has_an_mmor_section(stages, tmp_path):
+    data = ["--dataset", "mmor", "--data_root", str(stages["mmor"]), "--dataset_cache_dir",
+            str(stages["root"] / "arrow-stride1"), "--clip_stride", "1", "--num_workers", "0"]
+    report_path, plots = tmp_path / "report.json", tmp_path / "plots"
+    result = subprocess.run(
+        [sys.executable, "scripts/evaluate_surgical_model.py", "--checkpoint", str(stages["stage2"] / "best"), *data,
+         "--train_probes", "--probe_epochs", "2", "--probe_dir", str(tmp_path / "probes"), "--split", "test",
+         "--output", str(report_path), "--plots", str(plots), "--device", "cpu"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    manifest = json.loads((stages["mmor"] / "synthetic_manifest.json").read_text())
+    mmor = report["mmor"]
+    assert mmor["takes"] == ["004_PKA"]  # the official test take of the sample
+    # One record per timepoint that ends a clip of 8: every timepoint but the take's first 7.
+    assert mmor["timepoints"] == manifest["takes"]["004_PKA"]["timepoints"] - 7
+    for target in ("phase", "next_action"):
+        pooled = mmor[target]["pooled"]
+        assert 0 <= pooled["accuracy"] <= 1 and "macro avg" in pooled["classification_report"]
+        assert set(mmor[target]["per_take"]) == {"004_PKA"}
+    assert mmor["next_action"]["skipped_null"] > 0  # the sample's null next actions are skipped
+    breach = mmor["breach"]
+    assert breach["positives"] > 0
+    for way in ("supervised", "surprise"):
+        values = breach[way]["pooled"]
+        for key in ("precision", "recall", "f1", "auroc", "auprc"):
+            assert values[key] is None or 0 <= values[key] <= 1, (way, key)
+        assert values["threshold"] == breach[way]["threshold"]  # calibrated on validation, applied as is
+        assert "breach" in breach[way]["classification_report"]
+    assert "surprise" in breach["surprise"]["note"]
+    assert (plots / "surprise_over_time.png").read_bytes()[:4] == b"\x89PNG"
+    assert "sterility breach" in result.stdout
