@@ -16,6 +16,10 @@ same defaults, same split seed), so `--split validation` is the split that train
   (per-frame weighted F1 and accuracy per video, frames without a prediction counted as Other, plain mean over
   videos; each clip's prediction is given to every frame of the clip), tool presence (mAP and class-averaged F1 per
   clip), each next to chance and to a majority-class baseline.
+With `--dataset mmor` (MM-OR, per timepoint with `--clip_stride 1`) the report adds an MM-OR section: robot phase
+and next action through their probes (classification reports pooled over the takes and per take; null next actions
+skipped), and sterility-breach detection by a probe and by the world model's surprise, each thresholded at the
+F1-best threshold of the validation takes (precision, recall, F1 of the breach class, AUROC, AUPRC).
 Metrics are the local `evaluate` modules in metrics/. It writes `--output` (JSON), prints a table and, with
 `--plots`, saves PNG figures. `--push_to_hub` puts the headline figures into the model card's model-index.
 """
