@@ -206,6 +206,15 @@ def per_step_actions(world_model, actions: torch.Tensor, num_steps: int) -> torc
     return frames_to_steps(actions, world_model.config.frames_per_step)
 
 
+def clip_latents_and_actions(world_model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's latents (cached, or encoded here) and its actions, one per step."""
+    if "latents" in batch:
+        latents = batch["latents"].to(device)
+    else:
+        latents = world_model.encode(batch["pixel_values_videos"].to(device))
+    return latents, per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
+
+
 @torch.no_grad()
 def world_model_errors(world_model, latents: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
     """Teacher-forced and rolled-out L1 / cosine per clip and step, and their copy-the-last-context baselines."""
@@ -246,11 +255,7 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
     surprise, previous_actions = [], None
     outputs = {target: {"scores": [], "labels": [], "frame_labels": [], "sample_ids": []} for target in probes}
     for batch in loader:
-        if "latents" in batch:
-            latents = batch["latents"].to(device)
-        else:
-            latents = world_model.encode(batch["pixel_values_videos"].to(device))
-        actions = per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
+        latents, actions = clip_latents_and_actions(world_model, batch, device)
         errors = world_model_errors(world_model, latents, actions)
         for name, values in errors.items():
             sums.add(name, values)
@@ -604,11 +609,7 @@ def run_mmor(args, world_model, probes: dict, split, clips, device, indices: lis
     records = {"take": [], "timepoint": [], "surprise": [], **{name: [] for name in MMOR_LABELS},
                **{f"{target}_scores": [] for target in probes}}
     for batch in loader:
-        if "latents" in batch:
-            latents = batch["latents"].to(device)
-        else:
-            latents = world_model.encode(batch["pixel_values_videos"].to(device))
-        actions = per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
+        latents, actions = clip_latents_and_actions(world_model, batch, device)
         predicted = world_model.predict(latents[:, :-1], actions[:, :-1])
         last_l1, _ = latent_errors(predicted[:, -1:], latents[:, -1:])  # the clip's last timepoint
         records["surprise"].append(last_l1[:, 0].cpu())
