@@ -257,14 +257,16 @@ def latent_cache_off_reason(encoder_frozen: bool, data_args: DataArguments, tran
     return None
 
 
-def latent_cache_key(accelerator: Accelerator, model, split, transform, data_args: DataArguments) -> LatentCacheKey:
+def latent_cache_key(autocast: str, model, split, transform, data_args: DataArguments) -> LatentCacheKey:
+    """The key a latent cache of `split` is valid for; `autocast` is the run's mixed precision ("no", "bf16", ...),
+    which changes what the encoder outputs."""
     config = model.config
     return LatentCacheKey(
         encoder_hash=module_fingerprint(model.encoder),
         preprocessing={"crop_size": transform.crop_size, "image_mean": list(transform.image_mean),
                        "image_std": list(transform.image_std), "fps": data_args.fps,
                        "frames_per_clip": data_args.frames_per_clip, "frames_per_step": config.frames_per_step,
-                       "normalize_latents": config.normalize_latents, "autocast": str(accelerator.mixed_precision)},
+                       "normalize_latents": config.normalize_latents, "autocast": str(autocast)},
         dataset_fingerprint=split._fingerprint,
         precision=data_args.cache_precision,
     )
@@ -350,7 +352,7 @@ def clip_datasets(accelerator: Accelerator, model, dataset, transform, data_args
     cache_root = Path(data_args.cache_dir) if data_args.cache_dir else output_dir / "latent_cache"
     caches = {}
     for name, split in dataset.items():
-        key = latent_cache_key(accelerator, model, split, transform, data_args)
+        key = latent_cache_key(accelerator.mixed_precision, model, split, transform, data_args)
         caches[name] = build_latent_cache(accelerator, model, split, transform, cache_root / name, key,
                                           data_args.cache_shard_size, batch_size, num_workers)
         clips[name] = LatentClips(split, caches[name])

@@ -233,7 +233,7 @@ def main() -> None:
     trainer.reset()
     with tempfile.TemporaryDirectory(dir=args.cache_dir, prefix="latents-") as directory:
         started = time.perf_counter()
-        key = latent_cache_key(accelerator, model, split, transform, data_args)
+        key = latent_cache_key(accelerator.mixed_precision, model, split, transform, data_args)
         cache = build_latent_cache(accelerator, model, split, transform, directory, key, args.shard_size,
                                    args.batch_size, num_workers)
         build = time.perf_counter() - started

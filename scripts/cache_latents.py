@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         split, directory = dataset[name], cache_root / name
         before = shard_records(directory)
         started = time.perf_counter()
-        key = latent_cache_key(accelerator, model, split, transform, data_args)
+        key = latent_cache_key(accelerator.mixed_precision, model, split, transform, data_args)
         cache = build_latent_cache(accelerator, model, split, transform, directory, key, data_args.cache_shard_size,
                                    args.batch_size, num_workers)
         after = shard_records(directory)

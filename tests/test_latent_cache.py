@@ -51,7 +51,7 @@ def sample_split(surgvu_sample, train_inputs):
 def build(accelerator, model, split, directory, precision="float16", shard_size=3):
     transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
     data_args = DataArguments(cache_precision=precision)
-    key = latent_cache_key(accelerator, model, split, transform, data_args)
+    key = latent_cache_key(accelerator.mixed_precision, model, split, transform, data_args)
     return build_latent_cache(accelerator, model, split, transform, Path(directory), key, shard_size, batch_size=3,
                               num_workers=0)
 
