@@ -466,11 +466,26 @@ def print_table(report: dict) -> None:
         print("\nSurgVU probes: none given (--task_probe / --tool_probe, or --train_probes)")
 
 
-def save_plots(report: dict, surprise: np.ndarray, directory: Path) -> list[str]:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: Path, dpi: int = 120) -> str:
+    """Lays `figure` out, writes it to `path` and closes it; returns the path."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)
+    return str(path)
+
+
+def save_plots(report: dict, surprise: np.ndarray, directory: Path) -> list[str]:
+    plt = pyplot()
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -487,20 +502,14 @@ def save_plots(report: dict, surprise: np.ndarray, directory: Path) -> list[str]
     axis.set_ylabel("latent L1")
     axis.set_title("World-model error per horizon")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    written.append(str(directory / "error_per_horizon.png"))
-    figure.savefig(written[-1], dpi=120)
-    plt.close(figure)
+    written.append(save_figure(figure, directory / "error_per_horizon.png"))
 
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.hist(surprise, bins=30)
     axis.set_xlabel("surprise: teacher-forced latent L1 per step")
     axis.set_ylabel("steps")
     axis.set_title(f"Surprise ({len(surprise)} steps)")
-    figure.tight_layout()
-    written.append(str(directory / "surprise_histogram.png"))
-    figure.savefig(written[-1], dpi=120)
-    plt.close(figure)
+    written.append(save_figure(figure, directory / "surprise_histogram.png"))
 
     probes = report.get("surgvu_probes", {})
     if "task" in probes:
@@ -515,10 +524,7 @@ def save_plots(report: dict, surprise: np.ndarray, directory: Path) -> list[str]
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
         axis.set_title(f"Task recognition, per frame (weighted F1 {task['probe']['f1']:.3f})")
-        figure.tight_layout()
-        written.append(str(directory / "confusion_task.png"))
-        figure.savefig(written[-1], dpi=120)
-        plt.close(figure)
+        written.append(save_figure(figure, directory / "confusion_task.png"))
     if "tools" in probes:
         tools = probes["tools"]
         figure, axes = plt.subplots(3, 4, figsize=(10, 8))
@@ -530,10 +536,7 @@ def save_plots(report: dict, surprise: np.ndarray, directory: Path) -> list[str]
             axis.set_xticks([0, 1], ["absent", "present"], fontsize=6)
             axis.set_yticks([0, 1], ["absent", "present"], fontsize=6)
         figure.suptitle(f"Tool presence per clip (rows true, columns predicted at 0.5; mAP {tools['probe']['mAP']:.3f})")
-        figure.tight_layout()
-        written.append(str(directory / "confusion_tools.png"))
-        figure.savefig(written[-1], dpi=120)
-        plt.close(figure)
+        written.append(save_figure(figure, directory / "confusion_tools.png"))
     return written
 
 
@@ -577,8 +580,7 @@ def clip_source(world_model, split, name: str, transform, data_args: DataArgumen
 
     if data_args.cache_dir and name != "all" and not data_args.no_cache:
         # The evaluation runs without autocast: a cache built in float32 matches.
-        key = latent_cache_key(type("NoAutocast", (), {"mixed_precision": "no"})(), world_model, split, transform,
-                               data_args)
+        key = latent_cache_key("no", world_model, split, transform, data_args)
         try:
             return (LatentClips(split, LatentCache(Path(data_args.cache_dir) / name, key)),
                     f"latent cache {Path(data_args.cache_dir) / name}")
@@ -695,10 +697,7 @@ def mmor_section(records: dict, calibration: dict, split: str) -> dict:
 
 
 def plot_surprise_over_time(records: dict, section: dict, directory: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     takes = section["takes"]
     figure, axes = plt.subplots(len(takes), 1, figsize=(9, 2.4 * len(takes)), squeeze=False)
@@ -716,11 +715,7 @@ def plot_surprise_over_time(records: dict, section: dict, directory: Path) -> st
         axis.set_ylabel("latent L1")
     axes[-1, 0].set_xlabel("timepoint")
     axes[0, 0].legend(fontsize=7)
-    figure.tight_layout()
-    path = directory / "surprise_over_time.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return str(path)
+    return save_figure(figure, directory / "surprise_over_time.png", dpi=110)
 
 
 def main(argv=None) -> int:

@@ -116,7 +116,8 @@ def split_label_counts(split, indices: list[int], target: str) -> torch.Tensor:
     names, _, _, column = TARGETS[target]
     if not indices:
         return torch.zeros(len(names))
-    last = [split[index][column][-1] for index in indices]
+    values = split[column]  # one read of the column, not one decoded row per clip
+    last = [values[index][-1] for index in indices]
     if target == "tools":
         return torch.tensor(last, dtype=torch.float32).sum(0)
     return torch.bincount(torch.tensor(last), minlength=len(names)).float()
