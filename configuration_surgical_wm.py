@@ -59,6 +59,11 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             Size of the optional proprioceptive state vector per step (0: no state token).
         action_spec (`list[str]`, *optional*):
             One name per action dimension, saying what it means (e.g. `"USM1/needle driver"`).
+        discrete_action_groups (`list[str]`, *optional*):
+            Groups of action dimensions that together make one categorical choice, each named by the prefix of its
+            `action_spec` names before the first `/` (`"USM1"` for `"USM1/needle driver"`, ...): a one-hot over the
+            group's dimensions, or all zeros for none. Planning samples these from a categorical distribution and
+            every other dimension from a Gaussian. SurgVU: `["USM1", "USM2", "USM3", "USM4", "task"]`.
         frames_per_step (`int`, *optional*, defaults to 1):
             Frames that make one world-model step: 1 (the frame is repeated into a tubelet) or the encoder's
             `tubelet_size` (one real tubelet).
@@ -125,6 +130,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     action_dim: int = 7
     state_dim: int = 0
     action_spec: list[str] | None = None
+    discrete_action_groups: list[str] | None = None
     # time
     frames_per_step: int = 1
     rollout_steps: int = 2
@@ -203,12 +209,37 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             raise ValueError(
                 f"`action_spec` names {len(self.action_spec)} dimensions but `action_dim` is {self.action_dim}."
             )
+        self._check_action_groups()
         if encoder.crop_size % encoder.patch_size != 0:
             raise ValueError(
                 f"The encoder's crop_size ({encoder.crop_size}) must be a multiple of its patch_size "
                 f"({encoder.patch_size})."
             )
         self._check_probe_values()
+
+    def _check_action_groups(self):
+        groups = self.discrete_action_groups
+        if groups is None:
+            return
+        if not isinstance(groups, (list, tuple)) or not all(isinstance(group, str) and group for group in groups):
+            raise ValueError(f"`discrete_action_groups` must be a list of group names, got {groups!r}.")
+        if self.action_spec is None:
+            raise ValueError("`discrete_action_groups` names groups of `action_spec`, which is not set.")
+        if len(set(groups)) != len(groups):
+            raise ValueError(f"`discrete_action_groups` repeats a group: {list(groups)}.")
+        prefixes = {name.split("/", 1)[0] for name in self.action_spec if "/" in name}
+        unknown = [group for group in groups if group not in prefixes]
+        if unknown:
+            raise ValueError(
+                f"`discrete_action_groups` {unknown} name no dimension of `action_spec` (its names would start with "
+                f"'<group>/'; the groups there are {sorted(prefixes)})."
+            )
+
+    def action_groups(self) -> list[tuple[str, list[int]]]:
+        """The categorical groups of `discrete_action_groups` as `(group, [action dimension, ...])`, in order."""
+        spec = self.action_spec or []
+        return [(group, [index for index, name in enumerate(spec) if name.split("/", 1)[0] == group and "/" in name])
+                for group in self.discrete_action_groups or []]
 
     def _check_probe_values(self):
         """Checks the attentive probe's fields (also called by the classification model, after `from_pretrained`

@@ -92,6 +92,29 @@ class SurgicalWorldModelOutput(ModelOutput):
     predictor_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
+@dataclass
+class SurgicalWorldModelPlanOutput(ModelOutput):
+    r"""
+    actions (`torch.FloatTensor` of shape `(contexts, horizon, action_dim)`):
+        The best action sequence sampled (lowest energy), one action per step, as `config.action_spec` lays them out.
+    energy (`torch.FloatTensor` of shape `(contexts,)`):
+        Its energy: the mean L1 between the last latent its rollout imagines and the goal latent.
+    energy_per_iteration (`torch.FloatTensor` of shape `(contexts, iterations)`):
+        The lowest energy sampled at each CEM iteration.
+    elite_energy_per_iteration (`torch.FloatTensor` of shape `(contexts, iterations)`):
+        The mean energy of each iteration's `top_k` elites.
+    action_mean (`torch.FloatTensor` of shape `(contexts, horizon, action_dim)`):
+        The final search distribution in action space: the Gaussian means of continuous dimensions, and the
+        probability of each option of a categorical group in its dimension (`1 - sum` is the probability of none).
+    """
+
+    actions: torch.FloatTensor | None = None
+    energy: torch.FloatTensor | None = None
+    energy_per_iteration: torch.FloatTensor | None = None
+    elite_energy_per_iteration: torch.FloatTensor | None = None
+    action_mean: torch.FloatTensor | None = None
+
+
 def frames_to_steps(values: torch.Tensor, frames_per_step: int) -> torch.Tensor:
     """
     Per-frame values `(batch, frames, dim)` (SurgVU's actions are per-frame labels) to per-step values
@@ -102,6 +125,12 @@ def frames_to_steps(values: torch.Tensor, frames_per_step: int) -> torch.Tensor:
     if not values.is_floating_point():
         values = values.float()
     return values.reshape(batch_size, num_frames // frames_per_step, frames_per_step, dim).mean(2)  # (B, S, dim)
+
+
+def same_within_groups(values: torch.Tensor, group: int) -> bool:
+    """Whether each group of `group` consecutive rows of `values` holds one value."""
+    grouped = values.reshape(values.shape[0] // group, group, *values.shape[1:])
+    return bool((grouped == grouped[:, :1]).all())
 
 
 def l1_per_clip(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -162,6 +191,44 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+def attention_with_shared_prefix(
+    query: torch.Tensor,
+    shared_key: torch.Tensor,
+    shared_value: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """
+    Softmax attention of `query` `(B, heads, L, d)` over `[shared prefix, key]` with one softmax, where the shared
+    prefix `(B / G, heads, S, d)` belongs to each group of G consecutive rows. The queries of a group are stacked
+    along the sequence axis against their one copy of the prefix, so the prefix is never repeated G times.
+    `attention_mask` `(1, 1, L, K)` (True = may attend) applies to `key` only. Returns `(B, L, heads, d)`, as the
+    attention functions of transformers do.
+    """
+    batch_size, num_heads, seq_len, head_dim = query.shape
+    num_groups, _, prefix_len, _ = shared_key.shape
+    group = batch_size // num_groups
+    grouped = query.view(num_groups, group, num_heads, seq_len, head_dim).transpose(1, 2)  # (B/G, heads, G, L, d)
+    grouped = grouped.reshape(num_groups, num_heads, group * seq_len, head_dim)
+    prefix_scores = torch.matmul(grouped, shared_key.transpose(-1, -2)) * scaling  # (B/G, heads, G*L, S)
+    prefix_scores = prefix_scores.view(num_groups, num_heads, group, seq_len, prefix_len).transpose(1, 2)
+    prefix_scores = prefix_scores.reshape(batch_size, num_heads, seq_len, prefix_len)
+    own_scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, heads, L, K)
+    if attention_mask is not None:
+        own_scores = own_scores.masked_fill(~attention_mask, torch.finfo(own_scores.dtype).min)
+    weights = torch.softmax(torch.cat([prefix_scores, own_scores], dim=-1), dim=-1, dtype=torch.float32)
+    weights = weights.to(query.dtype)
+    prefix_weights, own_weights = weights.split([prefix_len, key.shape[2]], dim=-1)
+    prefix_weights = prefix_weights.reshape(num_groups, group, num_heads, seq_len, prefix_len).transpose(1, 2)
+    prefix_output = torch.matmul(prefix_weights.reshape(num_groups, num_heads, group * seq_len, prefix_len),
+                                 shared_value)  # (B/G, heads, G*L, d)
+    prefix_output = prefix_output.view(num_groups, num_heads, group, seq_len, head_dim).transpose(1, 2)
+    output = prefix_output.reshape(batch_size, num_heads, seq_len, head_dim) + torch.matmul(own_weights, value)
+    return output.transpose(1, 2)
+
+
 class SurgicalWorldModelPredictorAttention(nn.Module):
     """Multi-head self-attention with V-JEPA 2's 3D rotary positions (time, height, width) over step tokens."""
 
@@ -188,23 +255,47 @@ class SurgicalWorldModelPredictorAttention(nn.Module):
         return torch.cat(rotated, dim=-1)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        positions: torch.Tensor,
+        past_key: torch.Tensor | None = None,
+        past_value: torch.Tensor | None = None,
+        shared_key: torch.Tensor | None = None,
+        shared_value: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Attention of `hidden_states` `(B, L, hidden)`, the tokens of some steps, to themselves and to the keys and
+        values of earlier steps: `past_key` / `past_value` `(B, heads, P, head_dim)` of the same rows and
+        `shared_key` / `shared_value` `(B / G, heads, S, head_dim)`, a prefix common to each group of G consecutive
+        rows (one context, G candidate action sequences), read without being copied per row. `attention_mask`
+        `(1, 1, L, P + L)` is the block-causal rule over `[past, new]` (None: all visible); earlier steps are always
+        visible to the shared prefix. Returns the output `(B, L, hidden)` and this call's rotated keys and values
+        `(B, heads, L, head_dim)`, which the caller keeps for later steps: nothing is stored here, so a recomputation
+        under gradient checkpointing sees the same inputs.
+        """
         batch_size, seq_len, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
         positions = positions.to(query.dtype)
         query = self.apply_rotary(query, positions)
         key = self.apply_rotary(key, positions)
+        all_keys = key if past_key is None else torch.cat([past_key, key], dim=2)  # (B, heads, P + L, head_dim)
+        all_values = value if past_value is None else torch.cat([past_value, value], dim=2)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False
-        )
+        if shared_key is None:
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+            attn_output, _ = attention_interface(
+                self, query, all_keys, all_values, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False
+            )
+        else:
+            attn_output = attention_with_shared_prefix(
+                query, shared_key, shared_value, all_keys, all_values, attention_mask, self.scaling
+            )
         attn_output = attn_output.reshape(batch_size, seq_len, -1)  # (B, L, hidden)
-        return self.proj(attn_output), attn_weights
+        return self.proj(attn_output), key, value
 
 
 class SurgicalWorldModelPredictorMLP(nn.Module):
@@ -239,12 +330,23 @@ class SurgicalWorldModelPredictorLayer(GradientCheckpointingLayer):
         return hidden_states * keep / keep_prob
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
-    ) -> torch.Tensor:
-        attention_output, _ = self.attention(self.norm1(hidden_states), attention_mask, positions)
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        positions: torch.Tensor,
+        past_key: torch.Tensor | None = None,
+        past_value: torch.Tensor | None = None,
+        shared_key: torch.Tensor | None = None,
+        shared_value: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer's output and its attention's new keys and values (see `SurgicalWorldModelPredictorAttention`).
+        Past keys and values are positional so that reentrant gradient checkpointing also sends them gradients."""
+        attention_output, key, value = self.attention(
+            self.norm1(hidden_states), attention_mask, positions, past_key, past_value, shared_key, shared_value
+        )
         hidden_states = hidden_states + self.drop_path(attention_output)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
-        return hidden_states
+        return hidden_states, key, value
 
 
 class SurgicalWorldModelPredictor(nn.Module):
@@ -269,17 +371,27 @@ class SurgicalWorldModelPredictor(nn.Module):
     def num_condition_tokens(self) -> int:
         return int(self.action_proj is not None) + int(self.state_proj is not None)
 
-    def step_layout(self, num_steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block-causal mask `(1, 1, L, L)` (True = may attend) and RoPE positions `(3, L)` of `num_steps` steps."""
+    def step_layout(
+        self, num_steps: int, device: torch.device, past_steps: int = 0
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """
+        The block-causal mask `(1, 1, L, P + L)` (True = may attend) of `num_steps` steps after `past_steps` earlier
+        ones, over `[earlier steps, these steps]`, and the RoPE positions `(3, L)` of these steps, as (time, height,
+        width). A single step sees all of its own tokens and all earlier ones: its mask is None.
+        """
         num_cond = self.num_condition_tokens
         tokens_per_step = num_cond + self.grid_size**2
-        step_index = torch.arange(num_steps, device=device).repeat_interleave(tokens_per_step)  # (L,)
-        attention_mask = step_index[None, :] <= step_index[:, None]  # (L, L)
+        step_index = torch.arange(past_steps, past_steps + num_steps, device=device).repeat_interleave(tokens_per_step)
+        if num_steps == 1:
+            attention_mask = None
+        else:
+            key_index = torch.arange(past_steps + num_steps, device=device).repeat_interleave(tokens_per_step)
+            attention_mask = (key_index[None, :] <= step_index[:, None])[None, None]  # (1, 1, L, P + L)
         patch = torch.arange(self.grid_size**2, device=device)
         height = torch.cat([torch.zeros(num_cond, dtype=torch.long, device=device), patch // self.grid_size])
         width = torch.cat([torch.zeros(num_cond, dtype=torch.long, device=device), patch % self.grid_size])
         positions = torch.stack([step_index, height.repeat(num_steps), width.repeat(num_steps)])  # (3, L)
-        return attention_mask[None, None], positions
+        return attention_mask, positions
 
     def forward(
         self,
@@ -288,11 +400,16 @@ class SurgicalWorldModelPredictor(nn.Module):
         states: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        cache: "PredictorKVCache | None" = None,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """
         The predictions `(B, T, N, latent_dim)`; with `output_hidden_states=True`, `(predictions, hidden_states)`
         where `hidden_states` holds the input of the first layer and the output of every layer (before the final
         norm), each `(B, T, condition_tokens + N, hidden)`.
+
+        With a `cache`, the T steps given follow the steps whose keys and values the cache holds: they attend to
+        those instead of recomputing them, take the next time positions, and their own keys and values are added to
+        the cache (unless `cache.frozen`).
         """
         batch_size, num_steps, num_tokens, _ = latents.shape
         if num_tokens != self.grid_size**2:
@@ -311,12 +428,25 @@ class SurgicalWorldModelPredictor(nn.Module):
         tokens_per_step = hidden_states.shape[2]
         hidden_states = hidden_states.reshape(batch_size, num_steps * tokens_per_step, -1)  # (B, L, hidden)
 
-        attention_mask, positions = self.step_layout(num_steps, latents.device)
+        if cache is None:
+            attention_mask, positions = self.step_layout(num_steps, latents.device)
+        else:
+            cache.check_batch(batch_size)
+            attention_mask, positions = self.step_layout(num_steps, latents.device, cache.num_steps)
+            if attention_mask is not None:  # the shared prefix is outside the mask: drop its columns
+                attention_mask = attention_mask[..., cache.num_shared_steps * tokens_per_step :]
         all_hidden_states = [hidden_states] if output_hidden_states else None
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, positions)
+        new_keys, new_values = [], []
+        for index, layer in enumerate(self.layers):
+            past = cache.layer_inputs(index) if cache is not None else (None, None, None, None)
+            hidden_states, key, value = layer(hidden_states, attention_mask, positions, *past)
+            if cache is not None:
+                new_keys.append(key)
+                new_values.append(value)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
+        if cache is not None and not cache.frozen:
+            cache.append(new_keys, new_values, num_steps)
 
         hidden_states = self.norm(hidden_states).view(batch_size, num_steps, tokens_per_step, -1)
         prediction = self.output_proj(hidden_states[:, :, self.num_condition_tokens :])  # (B, T, N, latent_dim)
@@ -329,6 +459,64 @@ class SurgicalWorldModelPredictor(nn.Module):
             shape = (batch_size, num_steps, tokens_per_step, -1)
             return prediction, tuple(states.view(shape) for states in all_hidden_states)
         return prediction
+
+
+class PredictorKVCache:
+    """
+    The predictor's keys and values, per layer, of the steps it has seen, so that a rollout runs each new step once
+    instead of the whole history again. Two parts:
+
+    - a shared prefix `(B / G, heads, S, head_dim)` per layer: steps common to each group of G consecutive rows of the
+      batch (one context, G candidate action sequences), stored once per group;
+    - the rows' own steps `(B, heads, P, head_dim)` per layer, after the prefix.
+
+    Fill it by calling the predictor with `cache=`; `share(G)` turns what it holds into the shared prefix of G rows
+    each. Positions continue from `num_steps`. A cache belongs to one batch: rows cannot be added or reordered.
+    """
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] | None = None
+        self.values: list[torch.Tensor] | None = None
+        self.shared_keys: list[torch.Tensor] | None = None
+        self.shared_values: list[torch.Tensor] | None = None
+        self.group = 1
+        self.num_steps = 0
+        self.num_shared_steps = 0
+        self.frozen = False  # True: calls read the cache without adding their steps (the last step of a rollout)
+
+    def check_batch(self, batch_size: int) -> None:
+        if self.keys is not None and self.keys[0].shape[0] != batch_size:
+            raise ValueError(f"The cache holds {self.keys[0].shape[0]} rows, the input has {batch_size}.")
+        if self.shared_keys is not None and batch_size != self.shared_keys[0].shape[0] * self.group:
+            raise ValueError(
+                f"The cache's shared prefix serves {self.shared_keys[0].shape[0]} groups of {self.group} rows, the "
+                f"input has {batch_size} rows."
+            )
+
+    def layer_inputs(self, index: int) -> tuple[torch.Tensor | None, ...]:
+        """(past key, past value, shared key, shared value) of layer `index`, None where there are none."""
+        own = (None, None) if self.keys is None else (self.keys[index], self.values[index])
+        shared = (None, None) if self.shared_keys is None else (self.shared_keys[index], self.shared_values[index])
+        return own + shared
+
+    def append(self, keys: list[torch.Tensor], values: list[torch.Tensor], num_steps: int) -> None:
+        if self.keys is None:
+            self.keys, self.values = list(keys), list(values)
+        else:
+            self.keys = [torch.cat([old, new], dim=2) for old, new in zip(self.keys, keys)]
+            self.values = [torch.cat([old, new], dim=2) for old, new in zip(self.values, values)]
+        self.num_steps += num_steps
+
+    def share(self, group: int) -> "PredictorKVCache":
+        """Makes the steps held so far (by B rows) the shared prefix of B * `group` rows: row b's steps serve rows
+        b * group ... (b + 1) * group - 1. Nothing is copied."""
+        if self.shared_keys is not None or self.keys is None:
+            raise ValueError("Only a cache holding steps of its own, and no shared prefix yet, can be shared.")
+        self.shared_keys, self.shared_values = self.keys, self.values
+        self.keys = self.values = None
+        self.group = group
+        self.num_shared_steps = self.num_steps
+        return self
 
 
 class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
@@ -619,29 +807,311 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         actions: torch.Tensor | None = None,
         steps: int = 1,
         states: torch.Tensor | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """
-        Autoregressive imagination: from `context_latents` `(batch, context, tokens, dim)`, predicts `steps` future
+        Autoregressive imagination: from `context_latents` `(contexts, context, tokens, dim)`, predicts `steps` future
         latents, each fed back as input. `actions` (and `states`) are per step (per-frame values go through
         `frames_to_steps` first) and cover at least the horizon `context + steps - 1`; later steps are ignored.
-        Returns `(batch, steps, tokens, dim)`. The batch may hold many candidate action sequences (planning).
+
+        The rows of `actions` may be G times the contexts: G candidate action sequences per context, rows
+        `b * G ... b * G + G - 1` starting from context `b` (planning). Returns `(rows, steps, tokens, dim)`.
+
+        With `use_cache` (the default) each step runs through the predictor once and attends to the cached keys and
+        values of the earlier steps. When the candidates of a context agree on the actions (and states) of its first
+        `context - 1` steps, as when they continue one observed history, those steps are computed and cached once per
+        context. `use_cache=False` runs the predictor over the whole history again at every step: the same numbers
+        (within float rounding), about `steps / 2` times the work.
         """
         if steps < 1:
             raise ValueError(f"`steps` must be >= 1, got {steps}.")
-        batch_size, num_context = context_latents.shape[:2]
+        num_contexts, num_context = context_latents.shape[:2]
+        rows = next((values.shape[0] for values in (actions, states) if values is not None and values.ndim == 3),
+                    num_contexts)
+        if rows % num_contexts != 0:
+            raise ValueError(
+                f"{rows} rows of actions for {num_contexts} contexts: give the same number of candidate action "
+                "sequences for every context (a multiple of the contexts)."
+            )
+        group = rows // num_contexts
         horizon = num_context + steps - 1
-        actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, horizon, context_latents)
-        states = self._step_inputs("states", states, self.config.state_dim, batch_size, horizon, context_latents)
-        latents = context_latents
-        for _ in range(steps):
-            length = latents.shape[1]
-            next_latent = self.predictor(
-                latents,
-                None if actions is None else actions[:, :length],
-                None if states is None else states[:, :length],
-            )[:, -1:]
-            latents = torch.cat([latents, next_latent.to(latents.dtype)], dim=1)
-        return latents[:, num_context:]
+        actions = self._step_inputs("actions", actions, self.config.action_dim, rows, horizon, context_latents)
+        states = self._step_inputs("states", states, self.config.state_dim, rows, horizon, context_latents)
+
+        def take(values: torch.Tensor | None, start: int, stop: int, every: int = 1) -> torch.Tensor | None:
+            return None if values is None else values[::every, start:stop]
+
+        if not use_cache:
+            latents = context_latents.repeat_interleave(group, dim=0) if group > 1 else context_latents
+            for _ in range(steps):
+                length = latents.shape[1]
+                next_latent = self.predictor(latents, take(actions, 0, length), take(states, 0, length))[:, -1:]
+                latents = torch.cat([latents, next_latent.to(latents.dtype)], dim=1)
+            return latents[:, num_context:]
+
+        cache = PredictorKVCache()
+        prefix = num_context - 1
+        if group > 1 and prefix > 0 and all(
+            same_within_groups(values[:, :prefix], group) for values in (actions, states) if values is not None
+        ):
+            # One history, many candidates: its first steps once per context, then shared by its candidates.
+            self.predictor(context_latents[:, :prefix], take(actions, 0, prefix, group), take(states, 0, prefix, group),
+                           cache=cache)
+            cache.share(group)
+            inputs, start = context_latents[:, prefix:], prefix
+        else:
+            inputs, start = context_latents, 0
+        if group > 1:
+            inputs = inputs.repeat_interleave(group, dim=0)
+        imagined = []
+        for step in range(steps):
+            length = inputs.shape[1]
+            cache.frozen = step == steps - 1  # nothing attends to the last step: keep no keys for it
+            prediction = self.predictor(inputs, take(actions, start, start + length), take(states, start, start + length),
+                                        cache=cache)[:, -1:]
+            inputs = prediction.to(context_latents.dtype)
+            imagined.append(inputs)
+            start += length
+        return torch.cat(imagined, dim=1)
+
+    # ---------------------------------------------------------------------------------------------- planning
+    def _planning_latents(self, name: str, value: torch.Tensor | None) -> torch.Tensor:
+        """`context` / `goal` of `plan` as latents `(batch, steps, tokens, dim)`: a clip is encoded, latents checked."""
+        if value is None:
+            raise ValueError(
+                f"Planning needs a `{name}` observation: a clip `(batch, frames, 3, {self.config.encoder_config.crop_size}"
+                f", {self.config.encoder_config.crop_size})` or its latents from `encode`."
+                + (" The world model plans toward a goal; without one there is nothing to reach." if name == "goal" else "")
+            )
+        if value.ndim == 5:
+            try:
+                return self.encode(value)
+            except ValueError as error:
+                raise ValueError(f"`{name}`: {error}") from None
+        if value.ndim == 3 and name == "goal":
+            value = value[:, None]
+        expected = (self.config.tokens_per_step, self.config.latent_dim)
+        if value.ndim != 4 or tuple(value.shape[2:]) != expected:
+            raise ValueError(
+                f"`{name}` latents have shape {tuple(value.shape)}; this model's encoder makes (batch, steps, "
+                f"{expected[0]}, {expected[1]}) at {self.config.encoder_config.crop_size} px: they come from another "
+                "encoder or another resolution. Encode the frames with this model (`encode`)."
+            )
+        if self.config.normalize_latents:
+            # `encode` layer-norms every token: other latents of the same shape come from elsewhere.
+            tokens = value.detach().float()
+            if (tokens.mean(-1).abs().amax() > 0.05) or ((tokens.std(-1, unbiased=False) - 1).abs().amax() > 0.05):
+                raise ValueError(
+                    f"`{name}` latents are not layer-normed per token as this model's `encode` makes them: they come "
+                    "from another encoder or were not normalised. Encode the frames with this model."
+                )
+        return value.to(self.dtype)
+
+    def _plan_chunk_size(self, num_context: int, horizon: int, budget_bytes: int = 2**30) -> int:
+        """Candidates per predictor call so that one call's keys, values and attention scores stay near 1 GiB."""
+        config = self.config
+        tokens = self.predictor.num_condition_tokens + config.tokens_per_step
+        element = torch.finfo(self.dtype).bits // 8
+        kv_bytes = 2 * config.predictor_num_hidden_layers * (num_context + horizon) * tokens * config.predictor_hidden_size
+        score_bytes = 2 * config.predictor_num_attention_heads * tokens * (num_context + horizon) * tokens
+        activation_bytes = 6 * tokens * int(config.predictor_hidden_size * config.predictor_mlp_ratio)
+        return max(1, budget_bytes // ((kv_bytes + score_bytes + activation_bytes) * element))
+
+    @torch.no_grad()
+    def energy(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor,
+        actions: torch.Tensor,
+        context_actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """
+        How far candidate action sequences lead from `context` to `goal`: the mean L1, over tokens and channels,
+        between the last latent of the rollout under each sequence and the goal latent (V-JEPA 2-AC's energy).
+
+        Args:
+            context: a clip `(batch, frames, 3, H, W)` or its latents `(batch, steps, tokens, dim)`; the rollout
+                starts after its last step.
+            goal: a clip or latents as `context` (its last step is the goal), or goal latents `(batch, tokens, dim)`.
+            actions: `(batch, candidates, horizon, action_dim)`, or `(batch, horizon, action_dim)` for one each: the
+                action of each step from the context's last step on.
+            context_actions: `(batch, context_steps - 1, action_dim)`, the actions taken between the context's steps
+                (zeros when None).
+            states: `(batch, context_steps + horizon - 1, state_dim)` when the model has a state token.
+            chunk_size: candidates per predictor call (memory bound; None: about 1 GiB of keys, values and scores).
+            use_cache: the KV-cached rollout (`rollout`'s `use_cache`).
+        Returns:
+            `(batch, candidates)` energies in float32 (`(batch,)` for 3-D `actions`).
+        """
+        context = self._planning_latents("context", context)
+        goal = self._planning_latents("goal", goal)[:, -1]  # (B, N, D)
+        single = actions.ndim == 3
+        if single:
+            actions = actions[:, None]
+        energies = self._candidate_energies(context, goal, actions, context_actions, states, chunk_size, use_cache)
+        return energies[:, 0] if single else energies
+
+    def _context_actions(self, context: torch.Tensor, context_actions: torch.Tensor | None) -> torch.Tensor:
+        batch_size, num_context = context.shape[:2]
+        action_dim = self.config.action_dim
+        if context_actions is None:
+            return context.new_zeros(batch_size, num_context - 1, action_dim)
+        if context_actions.shape != (batch_size, num_context - 1, action_dim):
+            raise ValueError(
+                f"`context_actions` must have shape ({batch_size}, {num_context - 1}, {action_dim}): the actions "
+                f"between the context's {num_context} steps; got {tuple(context_actions.shape)}."
+            )
+        return context_actions.to(context.dtype)
+
+    def _candidate_energies(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor,
+        candidates: torch.Tensor,
+        context_actions: torch.Tensor | None,
+        states: torch.Tensor | None,
+        chunk_size: int | None,
+        use_cache: bool,
+    ) -> torch.Tensor:
+        """Energies `(B, K)` of candidates `(B, K, H, A)` from latents `context` `(B, C, N, D)` to `goal` `(B, N, D)`."""
+        batch_size, num_context = context.shape[:2]
+        if goal.shape[0] != batch_size:
+            raise ValueError(f"{batch_size} contexts but {goal.shape[0]} goals: give one goal per context.")
+        if candidates.ndim != 4 or candidates.shape[0] != batch_size or candidates.shape[3] != self.config.action_dim:
+            raise ValueError(
+                f"Candidate actions must have shape ({batch_size}, candidates, horizon, {self.config.action_dim}), got "
+                f"{tuple(candidates.shape)}."
+            )
+        num_candidates, horizon = candidates.shape[1:3]
+        history = self._context_actions(context, context_actions)
+        chunk_size = chunk_size or self._plan_chunk_size(num_context, horizon)
+        energies = []
+        for start in range(0, num_candidates, chunk_size):
+            chunk = candidates[:, start : start + chunk_size].to(context.device, context.dtype)  # (B, c, H, A)
+            size = chunk.shape[1]
+            sequences = torch.cat([history[:, None].expand(-1, size, -1, -1), chunk], dim=2).flatten(0, 1)
+            chunk_states = None if states is None else states.repeat_interleave(size, dim=0)
+            final = self.rollout(context, sequences, horizon, chunk_states, use_cache=use_cache)[:, -1]
+            final = final.view(batch_size, size, *final.shape[1:])  # (B, c, N, D)
+            energies.append((final.float() - goal[:, None].float()).abs().mean(dim=(2, 3)))
+        return torch.cat(energies, dim=1)
+
+    @torch.no_grad()
+    def plan(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor | None = None,
+        horizon: int = 2,
+        num_samples: int = 400,
+        iterations: int = 10,
+        top_k: int = 10,
+        momentum: float = 0.15,
+        bounds: tuple[float, float] | torch.Tensor = (-0.05, 0.05),
+        generator: torch.Generator | None = None,
+        context_actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        discrete_groups: list[str] | None = None,
+        chunk_size: int | None = None,
+        use_cache: bool = True,
+    ) -> SurgicalWorldModelPlanOutput:
+        """
+        Searches for the `horizon` actions that lead from `context` to `goal` with the cross-entropy method (CEM), as
+        V-JEPA 2-AC plans (its defaults: 400 samples, 10 iterations, top 10, horizon 2, momentum 0.15, actions within
+        +-0.05). Each iteration samples `num_samples` action sequences, scores them all with `energy` (batched, the
+        KV-cached rollout, `chunk_size` candidates per call), and refits the search distribution to the `top_k`
+        lowest: a Gaussian per step for continuous dimensions (clipped to `bounds`), a categorical distribution per
+        step for each group of `discrete_groups` (default `config.discrete_action_groups`; the options are the
+        group's dimensions and none). New statistics are mixed with the old as `momentum * old + (1 - momentum) *
+        new`. Also infers the actions that explain a stretch of video: the context is its start, the goal its end.
+
+        Args:
+            context, goal, context_actions, states: as in `energy`; clips or latents. Without a goal, a ValueError.
+            bounds: `(low, high)` of continuous dimensions, numbers or tensors of `action_dim` values.
+            generator: makes the search deterministic (sampling runs on the generator's device).
+        Returns:
+            [`SurgicalWorldModelPlanOutput`]: the best sequence found, its energy and the energy per iteration.
+        """
+        for name, value, low in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("iterations", iterations, 1),
+                                 ("top_k", top_k, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+        if top_k > num_samples:
+            raise ValueError(f"`top_k` ({top_k}) cannot exceed `num_samples` ({num_samples}).")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}.")
+        if self.config.action_dim == 0:
+            raise ValueError("This model takes no actions (action_dim=0): there is nothing to plan.")
+        context = self._planning_latents("context", context)
+        goal = self._planning_latents("goal", goal)[:, -1]
+        batch_size = context.shape[0]
+        action_dim = self.config.action_dim
+        sample_device = generator.device if generator is not None else torch.device("cpu")
+
+        groups = self.config.action_groups() if discrete_groups is None else self._named_groups(discrete_groups)
+        in_group = torch.zeros(action_dim, dtype=torch.bool)
+        for _, dims in groups:
+            in_group[dims] = True
+        continuous = (~in_group).nonzero().flatten().tolist()
+        low, high = (torch.as_tensor(bound, dtype=torch.float32, device=sample_device).expand(action_dim)
+                     for bound in bounds)
+        if not bool((low < high).all()):
+            raise ValueError(f"`bounds` must have low < high in every dimension, got {bounds!r}.")
+        low, high = low[continuous], high[continuous]
+        mean = ((low + high) / 2).expand(batch_size, horizon, -1).clone()  # (B, H, Dc)
+        std = ((high - low) / 2).expand(batch_size, horizon, -1).clone()
+        probabilities = [torch.full((batch_size, horizon, len(dims) + 1), 1.0 / (len(dims) + 1), device=sample_device)
+                         for _, dims in groups]  # the last option of each group: none
+
+        best_actions = torch.zeros(batch_size, horizon, action_dim, device=sample_device)
+        best_energy = torch.full((batch_size,), float("inf"), device=sample_device)
+        lowest, elite_mean = [], []
+        rows = torch.arange(batch_size, device=sample_device)[:, None]
+        for _ in range(iterations):
+            samples = torch.zeros(batch_size, num_samples, horizon, action_dim, device=sample_device)
+            noise = torch.randn(batch_size, num_samples, horizon, len(continuous), generator=generator,
+                                device=sample_device)
+            samples[..., continuous] = torch.maximum(torch.minimum(mean[:, None] + std[:, None] * noise, high), low)
+            choices = []
+            for (_, dims), probs in zip(groups, probabilities):
+                drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), num_samples, replacement=True,
+                                          generator=generator)  # (B * H, S)
+                drawn = drawn.view(batch_size, horizon, num_samples).transpose(1, 2)  # (B, S, H)
+                samples[..., dims] = F.one_hot(drawn, len(dims) + 1)[..., : len(dims)].to(samples.dtype)
+                choices.append(drawn)
+            energies = self._candidate_energies(context, goal, samples, context_actions, states, chunk_size, use_cache)
+            energies = energies.to(sample_device)
+            order = torch.argsort(energies, dim=1, stable=True)[:, :top_k]  # (B, k)
+            elites = samples[rows, order]  # (B, k, H, A)
+            elite_energies = energies[rows, order]
+            lowest.append(elite_energies[:, 0])
+            elite_mean.append(elite_energies.mean(1))
+            improved = elite_energies[:, 0] < best_energy
+            best_energy = torch.where(improved, elite_energies[:, 0], best_energy)
+            best_actions[improved] = elites[improved, 0]
+            elite_continuous = elites[..., continuous]
+            mean = momentum * mean + (1 - momentum) * elite_continuous.mean(1)
+            std = momentum * std + (1 - momentum) * elite_continuous.std(1, unbiased=False)
+            for index, ((_, dims), drawn) in enumerate(zip(groups, choices)):
+                counts = F.one_hot(drawn[rows, order], len(dims) + 1).float().mean(1)  # (B, H, options)
+                probabilities[index] = momentum * probabilities[index] + (1 - momentum) * counts
+
+        action_mean = torch.zeros(batch_size, horizon, action_dim, device=sample_device)
+        action_mean[..., continuous] = mean
+        for (_, dims), probs in zip(groups, probabilities):
+            action_mean[..., dims] = probs[..., : len(dims)]
+        return SurgicalWorldModelPlanOutput(
+            actions=best_actions, energy=best_energy, energy_per_iteration=torch.stack(lowest, dim=1),
+            elite_energy_per_iteration=torch.stack(elite_mean, dim=1), action_mean=action_mean,
+        )
+
+    def _named_groups(self, names: list[str]) -> list[tuple[str, list[int]]]:
+        """`config.action_groups()` for other group names (checked as the config checks its own)."""
+        config = self.config.to_dict()
+        config["discrete_action_groups"] = list(names)
+        return type(self.config).from_dict(config).action_groups()
 
     # ----------------------------------------------------------------------------------------------- clips
     def _check_latents(self, latents: torch.Tensor) -> None:
@@ -1104,5 +1574,6 @@ __all__ = [
     "SurgicalWorldModel",
     "SurgicalWorldModelForVideoClassification",
     "SurgicalWorldModelOutput",
+    "SurgicalWorldModelPlanOutput",
     "SurgicalWorldModelPreTrainedModel",
 ]

@@ -367,6 +367,8 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str]) -> Surg
     overrides = {
         "action_dim": len(action_spec),
         "action_spec": action_spec,
+        # SurgVU's and MM-OR's actions are one-hot choices: a tool per arm and a task; a phase and a next action.
+        "discrete_action_groups": list(dict.fromkeys(name.split("/", 1)[0] for name in action_spec if "/" in name)),
         "freeze_encoder": model_args.encoder_frozen,
         "use_mask_aux": model_args.use_mask_aux,
         "lambda_mask": model_args.lambda_mask,
