@@ -1091,9 +1091,10 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             improved = elite_energies[:, 0] < best_energy
             best_energy = torch.where(improved, elite_energies[:, 0], best_energy)
             best_actions[improved] = elites[improved, 0]
-            elite_continuous = elites[..., continuous]
-            mean = momentum * mean + (1 - momentum) * elite_continuous.mean(1)
-            std = momentum * std + (1 - momentum) * elite_continuous.std(1, unbiased=False)
+            if continuous:
+                elite_continuous = elites[..., continuous]
+                mean = momentum * mean + (1 - momentum) * elite_continuous.mean(1)
+                std = momentum * std + (1 - momentum) * elite_continuous.std(1, unbiased=False)
             for index, ((_, dims), drawn) in enumerate(zip(groups, choices)):
                 counts = F.one_hot(drawn[rows, order], len(dims) + 1).float().mean(1)  # (B, H, options)
                 probabilities[index] = momentum * probabilities[index] + (1 - momentum) * counts
