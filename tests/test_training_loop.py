@@ -178,6 +178,9 @@ def test_a_changed_action_spec_reinitialises_the_action_embedding(make_tiny_conf
     assert reinitialised == (saved_spec is not None)
     assert ("action embedding is re-initialised" in caplog.text) == (saved_spec is not None)
     assert model.config.action_spec == new_spec
+    # Planning samples each one-hot group from a categorical distribution: the groups come with the spec.
+    assert model.config.discrete_action_groups == ["phase", "next_action"]
+    assert model.config.action_groups() == [("phase", [0, 1]), ("next_action", [2])]
     for name, tensor in source.state_dict().items():
         if not name.startswith("predictor.action_proj."):
             assert torch.equal(model.state_dict()[name], tensor), name
