@@ -10,10 +10,14 @@
 5. evaluates in a fresh process (`scripts/evaluate_surgical_model.py`, which loads the exports with
    `from_pretrained(..., trust_remote_code=True)`): world-model error per horizon next to the copy-context baseline,
    with swapped actions, the surprise distribution, and the probes next to chance and majority; writes
-   `report.json` and PNG figures and prints the table.
+   `report.json` and PNG figures and prints the table;
+6. infers the actions of a few steps of a held-out video from their first and last frames (`scripts/plan.py`, the
+   world model's CEM planner), next to the labelled ones; writes `plan.json`.
 """
 
 import argparse
+import json
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +29,26 @@ def run(args: list[str], cwd: str = REPO_ROOT, **env) -> None:
     print("\n$ " + " ".join(os.path.relpath(a, REPO_ROOT) if a.startswith(REPO_ROOT) else a for a in args),
           flush=True)
     subprocess.run(args, check=True, cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+
+
+def plan_span(data: str, cache: str, steps: int = 4, fps: float = 4.0) -> tuple[str, float, float]:
+    """A validation video of the sample and a span of `steps` steps at `fps` inside one of its labelled task
+    segments (the manifest's clean ground truth), a step clear of either end of the segment."""
+    from dataset_surgvu import get_build_metadata, load_surgvu
+
+    validation = get_build_metadata(load_surgvu(data, cache_dir=cache))["validation_cases"]
+    with open(os.path.join(data, "synthetic_manifest.json")) as handle:
+        manifest = json.load(handle)
+    for case_id in validation:
+        case = manifest["cases"][case_id]
+        first = case["parts"][0]  # starts the case timeline, on which the segments are given
+        end = first["num_frames"] / manifest["fps"]
+        for segment in case["tasks"]:
+            start = (math.ceil(segment["start"] * fps) + 1) / fps
+            goal = start + steps / fps
+            if segment["task"] != "Other" and goal + 1 / fps <= min(segment["stop"], end):
+                return os.path.join(data, first["path"]), start, goal
+    raise SystemExit(f"error: no validation video of {data} has a task segment long enough for {steps} steps")
 
 
 def main() -> None:
@@ -70,8 +94,14 @@ def main() -> None:
          "--task_probe", os.path.join(probes["task"], "best"), "--tool_probe", os.path.join(probes["tools"], "best"),
          "--output", os.path.join(out, "report.json"), "--plots", os.path.join(out, "plots"), "--device", "cpu"],
         cwd=out)
+    # CEM at 200 samples x 10 iterations, top 10 (V-JEPA 2-AC plans with 400 x 10): this step takes 12-18 s on 2
+    # CPU cores (400 x 10: 14-20 s) and reaches the same lowest energy on the demo's model.
+    video, start, goal = plan_span(data, cache)
+    run([python, "scripts/plan.py", "--checkpoint", os.path.join(run_dir, "best"), "--video", video,
+         "--start", f"{start:g}", "--goal", f"{goal:g}", "--num_samples", "200", "--iterations", "10", "--top_k", "10",
+         "--seed", str(args.seed), "--device", "cpu", "--json", os.path.join(out, "plan.json")])
     print(f"\nexports: {run_dir}/best and {run_dir}/final, probes in {probes['task']}/best and {probes['tools']}/best; "
-          f"report: {out}/report.json, figures: {out}/plots; TensorBoard logs: {run_dir}/logs")
+          f"report: {out}/report.json, figures: {out}/plots; plan: {out}/plan.json; TensorBoard logs: {run_dir}/logs")
 
 
 if __name__ == "__main__":
