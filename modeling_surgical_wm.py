@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, VJEPA2Model, initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler, VJEPA2Encoder, rotate_queries_or_keys
+from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler, VJEPA2Encoder
 from transformers.utils import CONFIG_NAME, ModelOutput, logging
 
 
@@ -244,21 +244,22 @@ class SurgicalWorldModelPredictorAttention(nn.Module):
         # Same split of the head dimension as V-JEPA 2: equal even shares for time, height and width.
         self.rope_dim = 2 * ((self.head_dim // 3) // 2)
 
-    def apply_rotary(self, states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # states: (B, heads, L, head_dim); positions: (3, L) as (time, height, width)
-        rotated = []
-        start = 0
-        for axis in range(3):
-            rotated.append(rotate_queries_or_keys(states[..., start : start + self.rope_dim], pos=positions[axis]))
-            start += self.rope_dim
-        rotated.append(states[..., start:])
-        return torch.cat(rotated, dim=-1)
+    def apply_rotary(self, states: torch.Tensor, rotary: torch.Tensor) -> torch.Tensor:
+        """V-JEPA 2's 3D RoPE (`rotate_queries_or_keys` on each axis's share of the head dimension) with the tables
+        `rotary` `(2, L, 3 * rope_dim)` (cos, sin) that the predictor computes once per call for all layers."""
+        # states: (B, heads, L, head_dim)
+        cos, sin = rotary.to(states.dtype).unbind(0)
+        width = cos.shape[-1]
+        rope, rest = states[..., :width], states[..., width:]
+        pairs = rope.unflatten(-1, (-1, 2))
+        swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        return torch.cat([rope * cos + swapped * sin, rest], dim=-1)
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        positions: torch.Tensor,
+        rotary: torch.Tensor,
         past_key: torch.Tensor | None = None,
         past_value: torch.Tensor | None = None,
         shared_key: torch.Tensor | None = None,
@@ -270,16 +271,16 @@ class SurgicalWorldModelPredictorAttention(nn.Module):
         `shared_key` / `shared_value` `(B / G, heads, S, head_dim)`, a prefix common to each group of G consecutive
         rows (one context, G candidate action sequences), read without being copied per row. `attention_mask`
         `(1, 1, L, P + L)` is the block-causal rule over `[past, new]` (None: all visible); earlier steps are always
-        visible to the shared prefix. Returns the output `(B, L, hidden)` and this call's rotated keys and values
-        `(B, heads, L, head_dim)`, which the caller keeps for later steps: nothing is stored here, so a recomputation
-        under gradient checkpointing sees the same inputs.
+        visible to the shared prefix. `rotary`: the RoPE tables of these steps (see `apply_rotary`). Returns the
+        output `(B, L, hidden)` and the rotated keys and values of the rows' own steps, past and new, `(B, heads,
+        P + L, head_dim)`, which the caller keeps for later steps: nothing is stored here, so a recomputation under
+        gradient checkpointing sees the same inputs.
         """
         batch_size, seq_len, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
-        positions = positions.to(query.dtype)
-        query = self.apply_rotary(query, positions)
-        key = self.apply_rotary(key, positions)
+        query = self.apply_rotary(query, rotary)
+        key = self.apply_rotary(key, rotary)
         all_keys = key if past_key is None else torch.cat([past_key, key], dim=2)  # (B, heads, P + L, head_dim)
         all_values = value if past_value is None else torch.cat([past_value, value], dim=2)
 
@@ -295,7 +296,7 @@ class SurgicalWorldModelPredictorAttention(nn.Module):
                 query, shared_key, shared_value, all_keys, all_values, attention_mask, self.scaling
             )
         attn_output = attn_output.reshape(batch_size, seq_len, -1)  # (B, L, hidden)
-        return self.proj(attn_output), key, value
+        return self.proj(attn_output), all_keys, all_values
 
 
 class SurgicalWorldModelPredictorMLP(nn.Module):
@@ -333,16 +334,16 @@ class SurgicalWorldModelPredictorLayer(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        positions: torch.Tensor,
+        rotary: torch.Tensor,
         past_key: torch.Tensor | None = None,
         past_value: torch.Tensor | None = None,
         shared_key: torch.Tensor | None = None,
         shared_value: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The layer's output and its attention's new keys and values (see `SurgicalWorldModelPredictorAttention`).
+        """The layer's output and its attention's keys and values (see `SurgicalWorldModelPredictorAttention`).
         Past keys and values are positional so that reentrant gradient checkpointing also sends them gradients."""
         attention_output, key, value = self.attention(
-            self.norm1(hidden_states), attention_mask, positions, past_key, past_value, shared_key, shared_value
+            self.norm1(hidden_states), attention_mask, rotary, past_key, past_value, shared_key, shared_value
         )
         hidden_states = hidden_states + self.drop_path(attention_output)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
@@ -393,6 +394,21 @@ class SurgicalWorldModelPredictor(nn.Module):
         positions = torch.stack([step_index, height.repeat(num_steps), width.repeat(num_steps)])  # (3, L)
         return attention_mask, positions
 
+    def rotary_tables(self, positions: torch.Tensor) -> torch.Tensor:
+        """
+        V-JEPA 2's RoPE tables `(2, L, 3 * rope_dim)` (cos, sin) of positions `(3, L)`: per axis, angles
+        `position / 10000 ** (i / (rope_dim / 2))`, tiled twice over the axis's share of the head dimension, as
+        `rotate_queries_or_keys` builds them, in float32, once for every layer and for queries and keys.
+        """
+        rope_dim = self.layers[0].attention.rope_dim
+        omega = torch.arange(rope_dim // 2, dtype=torch.float32, device=positions.device)
+        omega /= rope_dim / 2.0
+        omega = 1.0 / 10000**omega  # (rope_dim / 2,)
+        angles = positions.to(torch.float32).unsqueeze(-1) * omega  # (3, L, rope_dim / 2)
+        angles = torch.cat([angles, angles], dim=-1)  # (3, L, rope_dim): repeated as V-JEPA 2 does
+        angles = angles.permute(1, 0, 2).flatten(1)  # (L, 3 * rope_dim): time, height, width shares
+        return torch.stack([angles.cos(), angles.sin()])
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -435,18 +451,19 @@ class SurgicalWorldModelPredictor(nn.Module):
             attention_mask, positions = self.step_layout(num_steps, latents.device, cache.num_steps)
             if attention_mask is not None:  # the shared prefix is outside the mask: drop its columns
                 attention_mask = attention_mask[..., cache.num_shared_steps * tokens_per_step :]
+        rotary = self.rotary_tables(positions)
         all_hidden_states = [hidden_states] if output_hidden_states else None
-        new_keys, new_values = [], []
+        keys, values = [], []
         for index, layer in enumerate(self.layers):
             past = cache.layer_inputs(index) if cache is not None else (None, None, None, None)
-            hidden_states, key, value = layer(hidden_states, attention_mask, positions, *past)
+            hidden_states, key, value = layer(hidden_states, attention_mask, rotary, *past)
             if cache is not None:
-                new_keys.append(key)
-                new_values.append(value)
+                keys.append(key)
+                values.append(value)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
         if cache is not None and not cache.frozen:
-            cache.append(new_keys, new_values, num_steps)
+            cache.update(keys, values, num_steps)
 
         hidden_states = self.norm(hidden_states).view(batch_size, num_steps, tokens_per_step, -1)
         prediction = self.output_proj(hidden_states[:, :, self.num_condition_tokens :])  # (B, T, N, latent_dim)
@@ -499,12 +516,10 @@ class PredictorKVCache:
         shared = (None, None) if self.shared_keys is None else (self.shared_keys[index], self.shared_values[index])
         return own + shared
 
-    def append(self, keys: list[torch.Tensor], values: list[torch.Tensor], num_steps: int) -> None:
-        if self.keys is None:
-            self.keys, self.values = list(keys), list(values)
-        else:
-            self.keys = [torch.cat([old, new], dim=2) for old, new in zip(self.keys, keys)]
-            self.values = [torch.cat([old, new], dim=2) for old, new in zip(self.values, values)]
+    def update(self, keys: list[torch.Tensor], values: list[torch.Tensor], num_steps: int) -> None:
+        """Takes each layer's own keys and values, past and `num_steps` new steps, as the attention returned them
+        (it concatenated them once already)."""
+        self.keys, self.values = list(keys), list(values)
         self.num_steps += num_steps
 
     def share(self, group: int) -> "PredictorKVCache":
@@ -927,6 +942,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         states: torch.Tensor | None = None,
         chunk_size: int | None = None,
         use_cache: bool = True,
+        deduplicate: bool = True,
     ) -> torch.Tensor:
         """
         How far candidate action sequences lead from `context` to `goal`: the mean L1, over tokens and channels,
@@ -943,6 +959,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             states: `(batch, context_steps + horizon - 1, state_dim)` when the model has a state token.
             chunk_size: candidates per predictor call (memory bound; None: about 1 GiB of keys, values and scores).
             use_cache: the KV-cached rollout (`rollout`'s `use_cache`).
+            deduplicate: roll out each distinct candidate of a context once (its copies share its energy).
         Returns:
             `(batch, candidates)` energies in float32 (`(batch,)` for 3-D `actions`).
         """
@@ -951,7 +968,9 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         single = actions.ndim == 3
         if single:
             actions = actions[:, None]
-        energies = self._candidate_energies(context, goal, actions, context_actions, states, chunk_size, use_cache)
+        energies = self._candidate_energies(
+            context, goal, actions, context_actions, states, chunk_size, use_cache, deduplicate
+        )
         return energies[:, 0] if single else energies
 
     def _context_actions(self, context: torch.Tensor, context_actions: torch.Tensor | None) -> torch.Tensor:
@@ -975,8 +994,10 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         states: torch.Tensor | None,
         chunk_size: int | None,
         use_cache: bool,
+        deduplicate: bool = True,
     ) -> torch.Tensor:
-        """Energies `(B, K)` of candidates `(B, K, H, A)` from latents `context` `(B, C, N, D)` to `goal` `(B, N, D)`."""
+        """Energies `(B, K)` of candidates `(B, K, H, A)` from latents `context` `(B, C, N, D)` to `goal` `(B, N, D)`;
+        `deduplicate` rolls out each distinct candidate of a context once."""
         batch_size, num_context = context.shape[:2]
         if goal.shape[0] != batch_size:
             raise ValueError(f"{batch_size} contexts but {goal.shape[0]} goals: give one goal per context.")
@@ -988,6 +1009,19 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         num_candidates, horizon = candidates.shape[1:3]
         history = self._context_actions(context, context_actions)
         chunk_size = chunk_size or self._plan_chunk_size(num_context, horizon)
+        if deduplicate and num_candidates > 1:
+            # A narrowing search over discrete actions draws the same sequences again and again: roll each one out
+            # once per context and hand its energy to all of its copies.
+            energies = torch.empty(batch_size, num_candidates, device=context.device)
+            for row in range(batch_size):
+                distinct, copies = torch.unique(candidates[row].flatten(1), dim=0, return_inverse=True)
+                row_states = None if states is None else states[row : row + 1]
+                found = self._candidate_energies(
+                    context[row : row + 1], goal[row : row + 1], distinct.view(1, -1, horizon, candidates.shape[3]),
+                    history[row : row + 1], row_states, chunk_size, use_cache, deduplicate=False,
+                )
+                energies[row] = found[0, copies.to(found.device)]
+            return energies
         energies = []
         for start in range(0, num_candidates, chunk_size):
             chunk = candidates[:, start : start + chunk_size].to(context.device, context.dtype)  # (B, c, H, A)
@@ -1016,6 +1050,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         discrete_groups: list[str] | None = None,
         chunk_size: int | None = None,
         use_cache: bool = True,
+        deduplicate: bool = True,
     ) -> SurgicalWorldModelPlanOutput:
         """
         Searches for the `horizon` actions that lead from `context` to `goal` with the cross-entropy method (CEM), as
@@ -1026,6 +1061,10 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         step for each group of `discrete_groups` (default `config.discrete_action_groups`; the options are the
         group's dimensions and none). New statistics are mixed with the old as `momentum * old + (1 - momentum) *
         new`. Also infers the actions that explain a stretch of video: the context is its start, the goal its end.
+
+        Each distinct sequence is rolled out once per iteration (`deduplicate`): once the categorical distributions
+        narrow, most of the samples repeat a few sequences. `chunk_size=1, use_cache=False, deduplicate=False` is the
+        naive per-sample loop, with the same result.
 
         Args:
             context, goal, context_actions, states: as in `energy`; clips or latents. Without a goal, a ValueError.
@@ -1081,7 +1120,9 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
                 drawn = drawn.view(batch_size, horizon, num_samples).transpose(1, 2)  # (B, S, H)
                 samples[..., dims] = F.one_hot(drawn, len(dims) + 1)[..., : len(dims)].to(samples.dtype)
                 choices.append(drawn)
-            energies = self._candidate_energies(context, goal, samples, context_actions, states, chunk_size, use_cache)
+            energies = self._candidate_energies(
+                context, goal, samples, context_actions, states, chunk_size, use_cache, deduplicate
+            )
             energies = energies.to(sample_device)
             order = torch.argsort(energies, dim=1, stable=True)[:, :top_k]  # (B, k)
             elites = samples[rows, order]  # (B, k, H, A)

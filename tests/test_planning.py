@@ -142,11 +142,23 @@ def test_batched_planning_equals_a_per_sample_loop():
                          discrete_action_groups=["arm0", "arm1", "task"])
     context, goal = normed(1, 3, 4, 32), normed(1, 4, 32)
     settings = dict(horizon=2, num_samples=20, iterations=3, top_k=5, context_actions=torch.zeros(1, 2, 7))
+    rolled_out = []
+    rollout = model.rollout
+
+    def counting_rollout(context_latents, actions=None, *args, **kwargs):
+        rolled_out.append(actions.shape[0])
+        return rollout(context_latents, actions, *args, **kwargs)
+
+    model.rollout = counting_rollout
     batched = model.plan(context, goal, generator=torch.Generator().manual_seed(0), **settings)
+    batched_rows, rolled_out[:] = sum(rolled_out), []
     loop = model.plan(context, goal, generator=torch.Generator().manual_seed(0), chunk_size=1, use_cache=False,
-                      **settings)
+                      deduplicate=False, **settings)
     assert torch.equal(batched.actions, loop.actions)
     torch.testing.assert_close(batched.energy_per_iteration, loop.energy_per_iteration, rtol=1e-5, atol=1e-6)
+    # The loop rolls out every sample alone; the batched search each distinct sample once, many per call.
+    assert rolled_out == [1] * 60
+    assert batched_rows < 60
 
 
 def test_plan_refuses_bad_input_clearly():
