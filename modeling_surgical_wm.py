@@ -922,8 +922,12 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
                 )
         return value.to(self.dtype)
 
-    def _plan_chunk_size(self, num_context: int, horizon: int, budget_bytes: int = 2**30) -> int:
-        """Candidates per predictor call so that one call's keys, values and attention scores stay near 1 GiB."""
+    def _plan_chunk_size(self, num_context: int, horizon: int) -> int:
+        """Candidates per predictor call so that one call's keys, values, attention scores and activations fit in
+        half the free memory of a CUDA device, or in 1 GiB elsewhere (on a CPU larger batches are no faster)."""
+        budget_bytes = 2**30
+        if self.device.type == "cuda":
+            budget_bytes = torch.cuda.mem_get_info(self.device)[0] // 2
         config = self.config
         tokens = self.predictor.num_condition_tokens + config.tokens_per_step
         element = torch.finfo(self.dtype).bits // 8
@@ -957,7 +961,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             context_actions: `(batch, context_steps - 1, action_dim)`, the actions taken between the context's steps
                 (zeros when None).
             states: `(batch, context_steps + horizon - 1, state_dim)` when the model has a state token.
-            chunk_size: candidates per predictor call (memory bound; None: about 1 GiB of keys, values and scores).
+            chunk_size: candidates per predictor call (None: what fits in half the free CUDA memory, or 1 GiB).
             use_cache: the KV-cached rollout (`rollout`'s `use_cache`).
             deduplicate: roll out each distinct candidate of a context once (its copies share its energy).
         Returns:
