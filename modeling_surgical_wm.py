@@ -191,44 +191,6 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-def attention_with_shared_prefix(
-    query: torch.Tensor,
-    shared_key: torch.Tensor,
-    shared_value: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-) -> torch.Tensor:
-    """
-    Softmax attention of `query` `(B, heads, L, d)` over `[shared prefix, key]` with one softmax, where the shared
-    prefix `(B / G, heads, S, d)` belongs to each group of G consecutive rows. The queries of a group are stacked
-    along the sequence axis against their one copy of the prefix, so the prefix is never repeated G times.
-    `attention_mask` `(1, 1, L, K)` (True = may attend) applies to `key` only. Returns `(B, L, heads, d)`, as the
-    attention functions of transformers do.
-    """
-    batch_size, num_heads, seq_len, head_dim = query.shape
-    num_groups, _, prefix_len, _ = shared_key.shape
-    group = batch_size // num_groups
-    grouped = query.view(num_groups, group, num_heads, seq_len, head_dim).transpose(1, 2)  # (B/G, heads, G, L, d)
-    grouped = grouped.reshape(num_groups, num_heads, group * seq_len, head_dim)
-    prefix_scores = torch.matmul(grouped, shared_key.transpose(-1, -2)) * scaling  # (B/G, heads, G*L, S)
-    prefix_scores = prefix_scores.view(num_groups, num_heads, group, seq_len, prefix_len).transpose(1, 2)
-    prefix_scores = prefix_scores.reshape(batch_size, num_heads, seq_len, prefix_len)
-    own_scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, heads, L, K)
-    if attention_mask is not None:
-        own_scores = own_scores.masked_fill(~attention_mask, torch.finfo(own_scores.dtype).min)
-    weights = torch.softmax(torch.cat([prefix_scores, own_scores], dim=-1), dim=-1, dtype=torch.float32)
-    weights = weights.to(query.dtype)
-    prefix_weights, own_weights = weights.split([prefix_len, key.shape[2]], dim=-1)
-    prefix_weights = prefix_weights.reshape(num_groups, group, num_heads, seq_len, prefix_len).transpose(1, 2)
-    prefix_output = torch.matmul(prefix_weights.reshape(num_groups, num_heads, group * seq_len, prefix_len),
-                                 shared_value)  # (B/G, heads, G*L, d)
-    prefix_output = prefix_output.view(num_groups, num_heads, group, seq_len, head_dim).transpose(1, 2)
-    output = prefix_output.reshape(batch_size, num_heads, seq_len, head_dim) + torch.matmul(own_weights, value)
-    return output.transpose(1, 2)
-
-
 class SurgicalWorldModelPredictorAttention(nn.Module):
     """Multi-head self-attention with V-JEPA 2's 3D rotary positions (time, height, width) over step tokens."""
 
@@ -269,7 +231,7 @@ class SurgicalWorldModelPredictorAttention(nn.Module):
         Attention of `hidden_states` `(B, L, hidden)`, the tokens of some steps, to themselves and to the keys and
         values of earlier steps: `past_key` / `past_value` `(B, heads, P, head_dim)` of the same rows and
         `shared_key` / `shared_value` `(B / G, heads, S, head_dim)`, a prefix common to each group of G consecutive
-        rows (one context, G candidate action sequences), read without being copied per row. `attention_mask`
+        rows (one context, G candidate action sequences), stored once per group. `attention_mask`
         `(1, 1, L, P + L)` is the block-causal rule over `[past, new]` (None: all visible); earlier steps are always
         visible to the shared prefix. `rotary`: the RoPE tables of these steps (see `apply_rotary`). Returns the
         output `(B, L, hidden)` and the rotated keys and values of the rows' own steps, past and new, `(B, heads,
@@ -284,17 +246,21 @@ class SurgicalWorldModelPredictorAttention(nn.Module):
         all_keys = key if past_key is None else torch.cat([past_key, key], dim=2)  # (B, heads, P + L, head_dim)
         all_values = value if past_value is None else torch.cat([past_value, value], dim=2)
 
-        if shared_key is None:
-            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention_forward
-            )
-            attn_output, _ = attention_interface(
-                self, query, all_keys, all_values, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False
-            )
-        else:
-            attn_output = attention_with_shared_prefix(
-                query, shared_key, shared_value, all_keys, all_values, attention_mask, self.scaling
-            )
+        attend_keys, attend_values = all_keys, all_values
+        if shared_key is not None:
+            # The prefix joins each row's keys for this layer's fused attention only (smaller than the score matrix
+            # a separate softmax over it would need); the cache keeps one copy per context.
+            group = batch_size // shared_key.shape[0]
+            attend_keys = torch.cat([shared_key.repeat_interleave(group, dim=0), all_keys], dim=2)
+            attend_values = torch.cat([shared_value.repeat_interleave(group, dim=0), all_values], dim=2)
+            if attention_mask is not None:  # earlier steps are always visible
+                attention_mask = F.pad(attention_mask, (shared_key.shape[2], 0), value=True)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, _ = attention_interface(
+            self, query, attend_keys, attend_values, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False
+        )
         attn_output = attn_output.reshape(batch_size, seq_len, -1)  # (B, L, hidden)
         return self.proj(attn_output), all_keys, all_values
 
@@ -523,15 +489,16 @@ class PredictorKVCache:
         self.num_steps += num_steps
 
     def share(self, group: int) -> "PredictorKVCache":
-        """Makes the steps held so far (by B rows) the shared prefix of B * `group` rows: row b's steps serve rows
-        b * group ... (b + 1) * group - 1. Nothing is copied."""
+        """A new cache whose shared prefix is the steps this one holds (for B rows), serving B * `group` rows: row
+        b's steps serve rows b * group ... (b + 1) * group - 1. Nothing is copied, and this cache is left as it is,
+        so one history can serve several batches of candidates."""
         if self.shared_keys is not None or self.keys is None:
             raise ValueError("Only a cache holding steps of its own, and no shared prefix yet, can be shared.")
-        self.shared_keys, self.shared_values = self.keys, self.values
-        self.keys = self.values = None
-        self.group = group
-        self.num_shared_steps = self.num_steps
-        return self
+        shared = PredictorKVCache()
+        shared.shared_keys, shared.shared_values = self.keys, self.values
+        shared.group = group
+        shared.num_steps = shared.num_shared_steps = self.num_steps
+        return shared
 
 
 class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
@@ -872,19 +839,36 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             # One history, many candidates: its first steps once per context, then shared by its candidates.
             self.predictor(context_latents[:, :prefix], take(actions, 0, prefix, group), take(states, 0, prefix, group),
                            cache=cache)
-            cache.share(group)
+            cache = cache.share(group)
             inputs, start = context_latents[:, prefix:], prefix
         else:
             inputs, start = context_latents, 0
         if group > 1:
             inputs = inputs.repeat_interleave(group, dim=0)
+        return self._continue_rollout(inputs, actions, states, start, steps, cache)
+
+    def _continue_rollout(
+        self,
+        inputs: torch.Tensor,
+        actions: torch.Tensor | None,
+        states: torch.Tensor | None,
+        start: int,
+        steps: int,
+        cache: PredictorKVCache,
+    ) -> torch.Tensor:
+        """The cached rollout from `inputs` `(rows, T, N, D)`, the context's steps `start ... start + T - 1` that
+        `cache` does not hold yet; `actions` / `states` are indexed from the context's first step."""
         imagined = []
         for step in range(steps):
             length = inputs.shape[1]
             cache.frozen = step == steps - 1  # nothing attends to the last step: keep no keys for it
-            prediction = self.predictor(inputs, take(actions, start, start + length), take(states, start, start + length),
-                                        cache=cache)[:, -1:]
-            inputs = prediction.to(context_latents.dtype)
+            prediction = self.predictor(
+                inputs,
+                None if actions is None else actions[:, start : start + length],
+                None if states is None else states[:, start : start + length],
+                cache=cache,
+            )[:, -1:]
+            inputs = prediction.to(inputs.dtype)
             imagined.append(inputs)
             start += length
         return torch.cat(imagined, dim=1)
@@ -931,7 +915,10 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         config = self.config
         tokens = self.predictor.num_condition_tokens + config.tokens_per_step
         element = torch.finfo(self.dtype).bits // 8
-        kv_bytes = 2 * config.predictor_num_hidden_layers * (num_context + horizon) * tokens * config.predictor_hidden_size
+        # A candidate's own keys and values: its steps after the shared history (the last context step and the
+        # imagined ones); attention reads the history besides, one layer at a time.
+        kv_bytes = 2 * config.predictor_num_hidden_layers * (horizon + 1) * tokens * config.predictor_hidden_size
+        kv_bytes += 2 * (num_context - 1) * tokens * config.predictor_hidden_size
         score_bytes = 2 * config.predictor_num_attention_heads * tokens * (num_context + horizon) * tokens
         activation_bytes = 6 * tokens * int(config.predictor_hidden_size * config.predictor_mlp_ratio)
         return max(1, budget_bytes // ((kv_bytes + score_bytes + activation_bytes) * element))
@@ -989,6 +976,19 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             )
         return context_actions.to(context.dtype)
 
+    def _history_cache(
+        self, context: torch.Tensor, history: torch.Tensor, states: torch.Tensor | None
+    ) -> PredictorKVCache | None:
+        """The cached keys and values of the context's first `C - 1` steps and their actions (None for a one-step
+        context): what every candidate continuing this history shares."""
+        num_history = context.shape[1] - 1
+        if num_history == 0:
+            return None
+        cache = PredictorKVCache()
+        self.predictor(context[:, :num_history], history if self.config.action_dim else None,
+                       None if states is None else states[:, :num_history], cache=cache)
+        return cache
+
     def _candidate_energies(
         self,
         context: torch.Tensor,
@@ -999,9 +999,14 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         chunk_size: int | None,
         use_cache: bool,
         deduplicate: bool = True,
+        history_cache: PredictorKVCache | None = None,
     ) -> torch.Tensor:
-        """Energies `(B, K)` of candidates `(B, K, H, A)` from latents `context` `(B, C, N, D)` to `goal` `(B, N, D)`;
-        `deduplicate` rolls out each distinct candidate of a context once."""
+        """
+        Energies `(B, K)` of candidates `(B, K, H, A)` from latents `context` `(B, C, N, D)` to `goal` `(B, N, D)`.
+        `deduplicate` rolls out each distinct candidate of a context once; with the cache, the context's history is
+        computed once (or taken from `history_cache`, computed by `_history_cache` for these contexts) and shared
+        by every chunk of candidates.
+        """
         batch_size, num_context = context.shape[:2]
         if goal.shape[0] != batch_size:
             raise ValueError(f"{batch_size} contexts but {goal.shape[0]} goals: give one goal per context.")
@@ -1012,27 +1017,36 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             )
         num_candidates, horizon = candidates.shape[1:3]
         history = self._context_actions(context, context_actions)
-        chunk_size = chunk_size or self._plan_chunk_size(num_context, horizon)
+        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_context + horizon - 1,
+                                   context)
         if deduplicate and num_candidates > 1:
             # A narrowing search over discrete actions draws the same sequences again and again: roll each one out
             # once per context and hand its energy to all of its copies.
             energies = torch.empty(batch_size, num_candidates, device=context.device)
             for row in range(batch_size):
                 distinct, copies = torch.unique(candidates[row].flatten(1), dim=0, return_inverse=True)
-                row_states = None if states is None else states[row : row + 1]
                 found = self._candidate_energies(
                     context[row : row + 1], goal[row : row + 1], distinct.view(1, -1, horizon, candidates.shape[3]),
-                    history[row : row + 1], row_states, chunk_size, use_cache, deduplicate=False,
+                    history[row : row + 1], None if states is None else states[row : row + 1], chunk_size, use_cache,
+                    deduplicate=False, history_cache=history_cache if batch_size == 1 else None,
                 )
                 energies[row] = found[0, copies.to(found.device)]
             return energies
+        chunk_size = chunk_size or self._plan_chunk_size(num_context, horizon)
+        if use_cache and history_cache is None:
+            history_cache = self._history_cache(context, history, states)
         energies = []
         for start in range(0, num_candidates, chunk_size):
             chunk = candidates[:, start : start + chunk_size].to(context.device, context.dtype)  # (B, c, H, A)
             size = chunk.shape[1]
             sequences = torch.cat([history[:, None].expand(-1, size, -1, -1), chunk], dim=2).flatten(0, 1)
             chunk_states = None if states is None else states.repeat_interleave(size, dim=0)
-            final = self.rollout(context, sequences, horizon, chunk_states, use_cache=use_cache)[:, -1]
+            if use_cache and history_cache is not None:
+                inputs = context[:, -1:].repeat_interleave(size, dim=0)
+                final = self._continue_rollout(inputs, sequences, chunk_states, num_context - 1, horizon,
+                                               history_cache.share(size))[:, -1]
+            else:
+                final = self.rollout(context, sequences, horizon, chunk_states, use_cache=use_cache)[:, -1]
             final = final.view(batch_size, size, *final.shape[1:])  # (B, c, N, D)
             energies.append((final.float() - goal[:, None].float()).abs().mean(dim=(2, 3)))
         return torch.cat(energies, dim=1)
@@ -1066,9 +1080,10 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         group's dimensions and none). New statistics are mixed with the old as `momentum * old + (1 - momentum) *
         new`. Also infers the actions that explain a stretch of video: the context is its start, the goal its end.
 
-        Each distinct sequence is rolled out once per iteration (`deduplicate`): once the categorical distributions
-        narrow, most of the samples repeat a few sequences. `chunk_size=1, use_cache=False, deduplicate=False` is the
-        naive per-sample loop, with the same result.
+        Each distinct sequence is rolled out once per plan (`deduplicate`): once the categorical distributions narrow,
+        most samples repeat sequences already scored. The observed history (a context of several steps) is computed
+        once per plan and shared by all candidates. `chunk_size=1, use_cache=False, deduplicate=False` is the naive
+        per-sample loop, with the same result.
 
         Args:
             context, goal, context_actions, states: as in `energy`; clips or latents. Without a goal, a ValueError.
@@ -1090,6 +1105,8 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         context = self._planning_latents("context", context)
         goal = self._planning_latents("goal", goal)[:, -1]
         batch_size = context.shape[0]
+        if goal.shape[0] != batch_size:
+            raise ValueError(f"{batch_size} contexts but {goal.shape[0]} goals: give one goal per context.")
         action_dim = self.config.action_dim
         sample_device = generator.device if generator is not None else torch.device("cpu")
 
@@ -1108,6 +1125,35 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         probabilities = [torch.full((batch_size, horizon, len(dims) + 1), 1.0 / (len(dims) + 1), device=sample_device)
                          for _, dims in groups]  # the last option of each group: none
 
+        history = self._context_actions(context, context_actions)
+        states = self._step_inputs("states", states, self.config.state_dim, batch_size,
+                                   context.shape[1] + horizon - 1, context)
+        rows_states = [None if states is None else states[row : row + 1] for row in range(batch_size)]
+        # The observed history is computed once per plan, and each distinct sequence rolled out once per plan: the
+        # later iterations of a search over discrete actions mostly draw sequences it has already scored.
+        history_caches = [self._history_cache(context[row : row + 1], history[row : row + 1], rows_states[row])
+                          if use_cache else None for row in range(batch_size)]
+        scored = [{} for _ in range(batch_size)]
+
+        def evaluate(samples: torch.Tensor) -> torch.Tensor:
+            if not deduplicate:
+                return self._candidate_energies(context, goal, samples, history, states, chunk_size, use_cache,
+                                                deduplicate=False)
+            energies = torch.empty(samples.shape[:2])
+            for row in range(batch_size):
+                keys = [sample.numpy().tobytes() for sample in samples[row].cpu().flatten(1)]
+                new = list({key: index for index, key in reversed(list(enumerate(keys))) if key not in scored[row]}
+                           .values())
+                if new:
+                    found = self._candidate_energies(
+                        context[row : row + 1], goal[row : row + 1], samples[row : row + 1, sorted(new)],
+                        history[row : row + 1], rows_states[row], chunk_size, use_cache, deduplicate=False,
+                        history_cache=history_caches[row],
+                    )
+                    scored[row].update(zip((keys[index] for index in sorted(new)), found[0].tolist()))
+                energies[row] = torch.tensor([scored[row][key] for key in keys])
+            return energies
+
         best_actions = torch.zeros(batch_size, horizon, action_dim, device=sample_device)
         best_energy = torch.full((batch_size,), float("inf"), device=sample_device)
         lowest, elite_mean = [], []
@@ -1124,10 +1170,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
                 drawn = drawn.view(batch_size, horizon, num_samples).transpose(1, 2)  # (B, S, H)
                 samples[..., dims] = F.one_hot(drawn, len(dims) + 1)[..., : len(dims)].to(samples.dtype)
                 choices.append(drawn)
-            energies = self._candidate_energies(
-                context, goal, samples, context_actions, states, chunk_size, use_cache, deduplicate
-            )
-            energies = energies.to(sample_device)
+            energies = evaluate(samples).to(sample_device)
             order = torch.argsort(energies, dim=1, stable=True)[:, :top_k]  # (B, k)
             elites = samples[rows, order]  # (B, k, H, A)
             elite_energies = energies[rows, order]

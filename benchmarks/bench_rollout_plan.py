@@ -14,7 +14,7 @@ Random weights (seeded), eval mode, fp32, no gradients. Inputs are random latent
 2. Planning: `plan` (CEM) with its defaults (chunking, cache, each distinct candidate rolled out once) against the
    per-sample loop (`chunk_size=1, use_cache=False, deduplicate=False`: each sample alone through the uncached
    rollout), on the same context, goal and generator seed, for every context length of `--context_steps` (a longer
-   observed history is computed once per chunk of candidates by the cached side and shared by them). The goal is
+   observed history is computed once per plan by the cached side and shared by every candidate). The goal is
    the layer-normed last latent of a rollout of the context under hidden actions (inferring the actions that explain
    a stretch of video). Whether both sides agree: best energy and energy per iteration within 1e-5 relative, and the
    same actions. Each side's predictor work is counted in step passes (one step's tokens through the predictor).
@@ -99,21 +99,21 @@ def load() -> str:
 
 class WorkCounter:
     """Counts, per side, the predictor's step passes (one step's tokens through the predictor: rows x steps of each
-    call) and the candidate sequences rolled out (rows of each `rollout` call), on this model instance."""
+    call) and the candidate sequences rolled out (the candidates `plan` hands to `_candidate_energies` without
+    deduplicating them again), on this model instance."""
 
     def __init__(self, model):
         self.side = None
         self.passes, self.rollouts = {}, {}
         model.predictor.register_forward_pre_hook(self._count_passes)
-        rollout = model.rollout
+        candidate_energies = model._candidate_energies
 
-        def counted_rollout(*args, **kwargs):
-            imagined = rollout(*args, **kwargs)
+        def counted(context, goal, candidates, *args, **kwargs):
             if self.side is not None:
-                self.rollouts[self.side] = self.rollouts.get(self.side, 0) + imagined.shape[0]
-            return imagined
+                self.rollouts[self.side] = self.rollouts.get(self.side, 0) + candidates.shape[0] * candidates.shape[1]
+            return candidate_energies(context, goal, candidates, *args, **kwargs)
 
-        model.rollout = counted_rollout  # this instance only: `_candidate_energies` calls `self.rollout`
+        model._candidate_energies = counted  # this instance only
 
     def _count_passes(self, module, args):
         if self.side is not None:
@@ -135,21 +135,22 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=2, help="predictor layers (the default config has 24)")
+    parser.add_argument("--depth", type=int, default=1, help="predictor layers (the default config has 24)")
     parser.add_argument("--width", type=int, default=1024, help="predictor width (default config: 1024)")
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--mlp_ratio", type=float, default=4.0)
     parser.add_argument("--rollout_steps", type=int, default=8)
     parser.add_argument("--rollout_batch", type=int, default=1, help="contexts of the rollout comparison")
     parser.add_argument("--repeats", type=int, default=5, help="alternating runs per side, rollout (median)")
-    parser.add_argument("--num_samples", type=int, default=16, help="CEM samples per iteration (V-JEPA 2-AC: 400)")
-    parser.add_argument("--iterations", type=int, default=3, help="CEM iterations (V-JEPA 2-AC: 10)")
+    parser.add_argument("--num_samples", type=int, default=64, help="CEM samples per iteration (V-JEPA 2-AC: 400)")
+    parser.add_argument("--iterations", type=int, default=10, help="CEM iterations (V-JEPA 2-AC: 10)")
     parser.add_argument("--top_k", type=int, default=4, help="CEM elites (V-JEPA 2-AC: 10)")
     parser.add_argument("--horizon", type=int, default=2, help="planned steps (V-JEPA 2-AC: 2)")
-    parser.add_argument("--context_steps", default="4,1",
+    parser.add_argument("--context_steps", default="1,4",
                         help="observed steps before planning, comma-separated; the last is the project's default use "
-                             "and goes on the last line (V-JEPA 2-AC plans from the current frame: 1)")
-    parser.add_argument("--plan_repeats", type=int, default=3, help="alternating runs per side, planning (median)")
+                             "and goes on the last line (V-JEPA 2-AC plans from the current frame: 1; scripts/plan.py's "
+                             "default: 4)")
+    parser.add_argument("--plan_repeats", type=int, default=1, help="alternating runs per side, planning (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", default=os.path.join(REPO_ROOT, "benchmarks", "results", "rollout_plan.csv"))
@@ -264,7 +265,7 @@ def main() -> None:
               f"(best sequence matches the hidden actions at {hidden_found} of {args.horizon} steps)")
         print(f"  predictor work per plan, in step passes: loop {passes['loop']:.0f} ({rolled_out['loop']:.0f} "
               f"candidates rolled out), batched {passes['batched']:.0f} ({rolled_out['batched']:.0f} distinct "
-              f"candidates rolled out, the shared history once per chunk): {passes['loop'] / passes['batched']:.2f}x "
+              f"candidates rolled out, the shared history once per plan): {passes['loop'] / passes['batched']:.2f}x "
               "(the speed-up if batching candidates adds no throughput)")
         print(f"  batched {plan_times['batched']:.2f} s (CPU {plan_cpu['batched']:.2f} s), loop "
               f"{plan_times['loop']:.2f} s (CPU {plan_cpu['loop']:.2f} s): {speed_up:.2f}x (target at least 10x: "

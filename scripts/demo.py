@@ -44,7 +44,8 @@ def plan_span(data: str, cache: str, steps: int = 4, fps: float = 4.0) -> tuple[
         first = case["parts"][0]  # starts the case timeline, on which the segments are given
         end = first["num_frames"] / manifest["fps"]
         for segment in case["tasks"]:
-            start = (math.ceil(segment["start"] * fps) + 1) / fps
+            # plan.py's context: the 4 steps ending at the start, inside the video
+            start = max((math.ceil(segment["start"] * fps) + 1) / fps, 4 / fps)
             goal = start + steps / fps
             if segment["task"] != "Other" and goal + 1 / fps <= min(segment["stop"], end):
                 return os.path.join(data, first["path"]), start, goal

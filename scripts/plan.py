@@ -55,7 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                            "(default: labels/ beside surgvu24/, as the builder finds it)")
     parser.add_argument("--fps", type=float, default=None, help="frames per second of the steps (default: the run's, "
                                                                 f"from {TRAINER_STATE}; else {DEFAULT_FPS})")
-    parser.add_argument("--context_steps", type=int, default=1, help="steps ending at --start that form the context")
+    parser.add_argument("--context_steps", type=int, default=4,
+                        help="steps ending at --start that form the context (default 4: the second before it at 4 fps, "
+                             "half a training clip; the labelled actions between them are given; 1: plan from the "
+                             "start frame alone)")
     parser.add_argument("--horizon", type=int, default=None, help="steps to plan (default: the steps from --start "
                                                                   "to --goal)")
     parser.add_argument("--num_samples", type=int, default=400, help="action sequences sampled per CEM iteration")

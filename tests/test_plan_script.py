@@ -17,7 +17,8 @@ from conftest import REPO_ROOT, TINY_PREDICTOR
 
 pytestmark = pytest.mark.slow
 
-CEM = ["--num_samples", "16", "--iterations", "2", "--top_k", "4", "--seed", "3", "--device", "cpu"]
+SEARCH = ["--num_samples", "16", "--iterations", "2", "--top_k", "4", "--seed", "3", "--device", "cpu"]
+CEM = [*SEARCH, "--context_steps", "1"]  # spans from 0.5 s: a context of the start frame alone
 GROUPS = ["USM1", "USM2", "USM3", "USM4", "task"]
 ROW = re.compile(r"^\s*(?:(\d+)\s{2,}(\S+ -> \S+)\s{2,})?(USM\d|task)\s{2,}(.+?)\s{2,}(.+?)(?:\s{2,}(yes|no))?$")
 
@@ -189,8 +190,9 @@ def test_a_case_without_labels_prints_the_inferred_actions_only(world_model, sur
     (unlabelled,) = [case for case in manifest["cases"].values() if not case["labeled"]]
     video = root / unlabelled["parts"][0]["path"]
     assert main(["--checkpoint", str(world_model), "--video", str(video), "--start", "1", "--goal", "1.5",
-                 *CEM]) == 0
+                 *SEARCH]) == 0
     stdout = capsys.readouterr().out
+    assert "context: 4 step(s) ending at 1.00 s" in stdout  # the default context: the second before the start
     assert "labels: none (no tools.csv and tasks.csv for" in stdout
     steps = printed_steps(stdout)
     assert sorted(steps) == [1, 2] and all(list(groups) == GROUPS for groups in steps.values())

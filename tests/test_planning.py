@@ -64,18 +64,17 @@ def test_a_shared_prefix_is_stored_once_per_context():
     cache = PredictorKVCache()
     with torch.no_grad():
         predictor(context[:, :2], actions[:, :2], cache=cache)
-        cache.share(5)
+        history = cache
+        cache = history.share(5)
         step = predictor(context[:, 2:].repeat_interleave(5, 0), actions[:, 2:].repeat_interleave(5, 0), cache=cache)
         full = predictor(context, actions)
     assert cache.shared_keys[0].shape[0] == 2 and cache.keys[0].shape[0] == 10
-    assert cache.num_steps == 3 and cache.num_shared_steps == 2
+    assert cache.shared_keys[0] is history.keys[0]  # the history's own tensors, not a copy
+    assert cache.num_steps == 3 and cache.num_shared_steps == 2 and history.num_steps == 2
     assert (step[:, -1] - full[:, -1].repeat_interleave(5, 0)).abs().max() < 1e-5
     with pytest.raises(ValueError, match="The cache holds 10 rows, the input has 2"):
         predictor(context[:, 2:], actions[:, 2:], cache=cache)
-    fresh = PredictorKVCache()
-    with torch.no_grad():
-        predictor(context[:, :2], actions[:, :2], cache=fresh)
-    fresh.share(5)
+    fresh = history.share(5)
     with pytest.raises(ValueError, match="serves 2 groups of 5 rows, the input has 4"):
         predictor(context[:, 2:].repeat_interleave(2, 0), actions[:, 2:].repeat_interleave(2, 0), cache=fresh)
 
@@ -142,23 +141,21 @@ def test_batched_planning_equals_a_per_sample_loop():
                          discrete_action_groups=["arm0", "arm1", "task"])
     context, goal = normed(1, 3, 4, 32), normed(1, 4, 32)
     settings = dict(horizon=2, num_samples=20, iterations=3, top_k=5, context_actions=torch.zeros(1, 2, 7))
-    rolled_out = []
-    rollout = model.rollout
-
-    def counting_rollout(context_latents, actions=None, *args, **kwargs):
-        rolled_out.append(actions.shape[0])
-        return rollout(context_latents, actions, *args, **kwargs)
-
-    model.rollout = counting_rollout
+    step_passes = []  # rows x steps through the predictor, per call
+    model.predictor.register_forward_hook(
+        lambda module, args, output: step_passes.append(args[0].shape[0] * args[0].shape[1])
+    )
     batched = model.plan(context, goal, generator=torch.Generator().manual_seed(0), **settings)
-    batched_rows, rolled_out[:] = sum(rolled_out), []
+    batched_passes, step_passes[:] = list(step_passes), []
     loop = model.plan(context, goal, generator=torch.Generator().manual_seed(0), chunk_size=1, use_cache=False,
                       deduplicate=False, **settings)
     assert torch.equal(batched.actions, loop.actions)
     torch.testing.assert_close(batched.energy_per_iteration, loop.energy_per_iteration, rtol=1e-5, atol=1e-6)
-    # The loop rolls out every sample alone; the batched search each distinct sample once, many per call.
-    assert rolled_out == [1] * 60
-    assert batched_rows < 60
+    # The loop runs each of the 60 samples alone over the whole history at every step: 3 + 4 step passes. The
+    # batched search runs the 2 history steps once, then each distinct sequence once, for its 2 steps, many per call.
+    assert step_passes == [3, 4] * 60
+    assert batched_passes[0] == 2 and len(batched_passes) < len(step_passes) / 10
+    assert sum(batched_passes[1:]) % 2 == 0 and 2 + sum(batched_passes[1:]) < 2 * 60
 
 
 def test_plan_refuses_bad_input_clearly():
