@@ -974,7 +974,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
                 f"`context_actions` must have shape ({batch_size}, {num_context - 1}, {action_dim}): the actions "
                 f"between the context's {num_context} steps; got {tuple(context_actions.shape)}."
             )
-        return context_actions.to(context.dtype)
+        return context_actions.to(context.device, context.dtype)
 
     def _history_cache(
         self, context: torch.Tensor, history: torch.Tensor, states: torch.Tensor | None
@@ -1019,6 +1019,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         history = self._context_actions(context, context_actions)
         states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_context + horizon - 1,
                                    context)
+        states = None if states is None else states.to(context.device)
         if deduplicate and num_candidates > 1:
             # A narrowing search over discrete actions draws the same sequences again and again: roll each one out
             # once per context and hand its energy to all of its copies.
@@ -1128,6 +1129,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         history = self._context_actions(context, context_actions)
         states = self._step_inputs("states", states, self.config.state_dim, batch_size,
                                    context.shape[1] + horizon - 1, context)
+        states = None if states is None else states.to(context.device)
         rows_states = [None if states is None else states[row : row + 1] for row in range(batch_size)]
         # The observed history is computed once per plan, and each distinct sequence rolled out once per plan: the
         # later iterations of a search over discrete actions mostly draw sequences it has already scored.
