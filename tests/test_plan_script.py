@@ -207,7 +207,7 @@ def test_bad_inputs_fail_clearly(world_model, span, tmp_path):
         options = {"checkpoint": world_model, "video": span["video"], "start": 0.5, "goal": 1.5, **changes}
         argv = [item for name, value in options.items() for item in (f"--{name}", str(value))]
         with pytest.raises(SystemExit) as raised:
-            main([*argv, *CEM])
+            main([*CEM, *argv])  # options given here come last, and win
         return str(raised.value)
 
     message = error(start=1.5, goal=1.0)
