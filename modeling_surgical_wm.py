@@ -1036,6 +1036,9 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         chunk_size = chunk_size or self._plan_chunk_size(num_context, horizon)
         if use_cache and history_cache is None:
             history_cache = self._history_cache(context, history, states)
+        if use_cache and batch_size == 1 and horizon > 1:
+            return self._shared_first_step_energies(context, goal, candidates, history, states, chunk_size,
+                                                    history_cache)
         energies = []
         for start in range(0, num_candidates, chunk_size):
             chunk = candidates[:, start : start + chunk_size].to(context.device, context.dtype)  # (B, c, H, A)
@@ -1051,6 +1054,55 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             final = final.view(batch_size, size, *final.shape[1:])  # (B, c, N, D)
             energies.append((final.float() - goal[:, None].float()).abs().mean(dim=(2, 3)))
         return torch.cat(energies, dim=1)
+
+    def _shared_first_step_energies(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor,
+        candidates: torch.Tensor,
+        history: torch.Tensor,
+        states: torch.Tensor | None,
+        chunk_size: int,
+        history_cache: PredictorKVCache | None,
+    ) -> torch.Tensor:
+        """
+        `_candidate_energies` of one context `(1, C, N, D)` whose candidates `(1, K, H, A)` often begin with the same
+        action: the context's last step runs once per distinct first action, and each candidate continues from its
+        first action's keys and values (a prefix tree of depth one over the candidates). Chunks of `chunk_size`
+        first actions, then of their candidates, bound the memory.
+        """
+        num_context = context.shape[1]
+        horizon = candidates.shape[2]
+        sequences = candidates[0].to(context.device, context.dtype)  # (K, H, A)
+        firsts, parent = torch.unique(sequences[:, 0], dim=0, return_inverse=True)  # (U, A), (K,)
+        parent = parent.to(context.device)
+        energies = torch.empty(sequences.shape[0], device=context.device)
+
+        def repeated(values: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+            return None if values is None else values.expand(rows, *values.shape[1:])
+
+        for first in range(0, firsts.shape[0], chunk_size):
+            heads = firsts[first : first + chunk_size]  # (u, A)
+            count = heads.shape[0]
+            step_cache = history_cache.share(count) if history_cache is not None else PredictorKVCache()
+            head_states = repeated(states, count)
+            predicted = self.predictor(
+                context[:, -1:].expand(count, -1, -1, -1), heads[:, None],
+                None if head_states is None else head_states[:, num_context - 1 : num_context], cache=step_cache,
+            )  # (u, 1, N, D): the latent after each first action
+            members = ((parent >= first) & (parent < first + count)).nonzero().flatten()
+            for start in range(0, members.shape[0], chunk_size):
+                rows = members[start : start + chunk_size]
+                local = parent[rows] - first
+                cache = history_cache.share(rows.shape[0]) if history_cache is not None else PredictorKVCache()
+                cache.keys = [key[local] for key in step_cache.keys]
+                cache.values = [value[local] for value in step_cache.values]
+                cache.num_steps += 1
+                full = torch.cat([repeated(history, rows.shape[0]), sequences[rows]], dim=1)  # (n, C - 1 + H, A)
+                final = self._continue_rollout(predicted[local].to(context.dtype), full,
+                                               repeated(states, rows.shape[0]), num_context, horizon - 1, cache)[:, -1]
+                energies[rows] = (final.float() - goal.float()).abs().mean(dim=(1, 2))
+        return energies[None]
 
     @torch.no_grad()
     def plan(

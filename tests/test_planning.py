@@ -152,10 +152,11 @@ def test_batched_planning_equals_a_per_sample_loop():
     assert torch.equal(batched.actions, loop.actions)
     torch.testing.assert_close(batched.energy_per_iteration, loop.energy_per_iteration, rtol=1e-5, atol=1e-6)
     # The loop runs each of the 60 samples alone over the whole history at every step: 3 + 4 step passes. The
-    # batched search runs the 2 history steps once, then each distinct sequence once, for its 2 steps, many per call.
+    # batched search runs the 2 history steps once, then the last context step once per distinct first action and
+    # the next step once per distinct sequence, many per call.
     assert step_passes == [3, 4] * 60
     assert batched_passes[0] == 2 and len(batched_passes) < len(step_passes) / 10
-    assert sum(batched_passes[1:]) % 2 == 0 and 2 + sum(batched_passes[1:]) < 2 * 60
+    assert sum(batched_passes[1:]) < 2 * 60
 
 
 def test_plan_refuses_bad_input_clearly():
