@@ -1135,8 +1135,8 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
 
         Each distinct sequence is rolled out once per plan (`deduplicate`): once the categorical distributions narrow,
         most samples repeat sequences already scored. The observed history (a context of several steps) is computed
-        once per plan and shared by all candidates, and the context's last step once per distinct first action. `chunk_size=1, use_cache=False, deduplicate=False` is the naive
-        per-sample loop, with the same result.
+        once per plan and shared by all candidates, and the context's last step once per distinct first action.
+        `chunk_size=1, use_cache=False, deduplicate=False` is the naive per-sample loop, with the same result.
 
         Args:
             context, goal, context_actions, states: as in `energy`; clips or latents. Without a goal, a ValueError.
