@@ -964,17 +964,25 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         )
         return energies[:, 0] if single else energies
 
-    def _context_actions(self, context: torch.Tensor, context_actions: torch.Tensor | None) -> torch.Tensor:
+    def _history_and_states(
+        self, context: torch.Tensor, context_actions: torch.Tensor | None, states: torch.Tensor | None, horizon: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The actions between the context's steps `(B, C - 1, A)` (zeros when None) and the states over context and
+        horizon `(B, C + horizon - 1, S)` (None without a state token), checked and on the context's device."""
         batch_size, num_context = context.shape[:2]
         action_dim = self.config.action_dim
         if context_actions is None:
-            return context.new_zeros(batch_size, num_context - 1, action_dim)
-        if context_actions.shape != (batch_size, num_context - 1, action_dim):
+            history = context.new_zeros(batch_size, num_context - 1, action_dim)
+        elif context_actions.shape != (batch_size, num_context - 1, action_dim):
             raise ValueError(
                 f"`context_actions` must have shape ({batch_size}, {num_context - 1}, {action_dim}): the actions "
                 f"between the context's {num_context} steps; got {tuple(context_actions.shape)}."
             )
-        return context_actions.to(context.device, context.dtype)
+        else:
+            history = context_actions.to(context.device, context.dtype)
+        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_context + horizon - 1,
+                                   context)
+        return history, None if states is None else states.to(context.device)
 
     def _history_cache(
         self, context: torch.Tensor, history: torch.Tensor, states: torch.Tensor | None
@@ -1016,10 +1024,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
                 f"{tuple(candidates.shape)}."
             )
         num_candidates, horizon = candidates.shape[1:3]
-        history = self._context_actions(context, context_actions)
-        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_context + horizon - 1,
-                                   context)
-        states = None if states is None else states.to(context.device)
+        history, states = self._history_and_states(context, context_actions, states, horizon)
         if deduplicate and num_candidates > 1:
             # A narrowing search over discrete actions draws the same sequences again and again: roll each one out
             # once per context and hand its energy to all of its copies.
@@ -1178,10 +1183,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         probabilities = [torch.full((batch_size, horizon, len(dims) + 1), 1.0 / (len(dims) + 1), device=sample_device)
                          for _, dims in groups]  # the last option of each group: none
 
-        history = self._context_actions(context, context_actions)
-        states = self._step_inputs("states", states, self.config.state_dim, batch_size,
-                                   context.shape[1] + horizon - 1, context)
-        states = None if states is None else states.to(context.device)
+        history, states = self._history_and_states(context, context_actions, states, horizon)
         rows_states = [None if states is None else states[row : row + 1] for row in range(batch_size)]
         # The observed history is computed once per plan, and each distinct sequence rolled out once per plan: the
         # later iterations of a search over discrete actions mostly draw sequences it has already scored.
