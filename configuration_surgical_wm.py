@@ -235,6 +235,11 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
                 f"'<group>/'; the groups there are {sorted(prefixes)})."
             )
 
+    @staticmethod
+    def spec_groups(action_spec: list[str]) -> list[str]:
+        """The groups an action spec names, in order: the prefixes before the first `/` (`USM1`, ..., `task`)."""
+        return list(dict.fromkeys(name.split("/", 1)[0] for name in action_spec if "/" in name))
+
     def action_groups(self) -> list[tuple[str, list[int]]]:
         """The categorical groups of `discrete_action_groups` as `(group, [action dimension, ...])`, in order."""
         spec = self.action_spec or []

@@ -30,7 +30,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from transformers import HfArgumentParser, get_scheduler
 
-from configuration_surgical_wm import VJEPA2_PRESETS
+from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
 from dataset_surgvu import (
     ClipTransform,
     EpochShuffleSampler,
@@ -368,7 +368,7 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str]) -> Surg
         "action_dim": len(action_spec),
         "action_spec": action_spec,
         # SurgVU's and MM-OR's actions are one-hot choices: a tool per arm and a task; a phase and a next action.
-        "discrete_action_groups": list(dict.fromkeys(name.split("/", 1)[0] for name in action_spec if "/" in name)),
+        "discrete_action_groups": SurgicalWorldModelConfig.spec_groups(action_spec),
         "freeze_encoder": model_args.encoder_frozen,
         "use_mask_aux": model_args.use_mask_aux,
         "lambda_mask": model_args.lambda_mask,

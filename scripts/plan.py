@@ -130,7 +130,7 @@ def action_groups(model: SurgicalWorldModel) -> tuple[list[tuple[str, list[int]]
     config = model.config
     if config.discrete_action_groups is not None:
         return config.action_groups(), None
-    names = list(dict.fromkeys(name.split("/", 1)[0] for name in config.action_spec if "/" in name))
+    names = config.spec_groups(config.action_spec)
     logger.info("the config names no discrete_action_groups (an older checkpoint, or one built without train_hf.py): "
                 "using the action_spec prefixes %s", names)
     return model._named_groups(names), names
