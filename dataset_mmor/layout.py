@@ -118,14 +118,21 @@ def frame_number_text(value) -> str:
     raise TypeError(f"not a frame number: {value!r}")
 
 
-def read_timepoint_frames(path: Path, group: str) -> list[str]:
-    """Frame number (file-name text) of camera `group` at each timepoint of a timestamp list file."""
+def read_json(path: Path, kind: type, described: str):
+    """A JSON file whose top level must be a `kind` (list or dict) `described` so: its value, or an MMORDataError
+    naming the file."""
     try:
-        entries = json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise MMORDataError(f"{path}: not a readable JSON file ({error})") from error
-    if not isinstance(entries, list):
-        raise MMORDataError(f"{path}: expected a JSON list indexed by timepoint, got {type(entries).__name__}")
+    if not isinstance(value, kind):
+        raise MMORDataError(f"{path}: expected a JSON {kind.__name__} {described}, got {type(value).__name__}")
+    return value
+
+
+def read_timepoint_frames(path: Path, group: str) -> list[str]:
+    """Frame number (file-name text) of camera `group` at each timepoint of a timestamp list file."""
+    entries = read_json(path, list, "indexed by timepoint")
     frames = []
     for timepoint, entry in enumerate(entries):
         try:
@@ -141,12 +148,7 @@ def read_label_file(path: Path) -> dict:
     """A downstream label file: a JSON dict keyed by 6-digit frame ids (`"000000"`, `"000001"`, ...)."""
     if not Path(path).is_file():
         raise MMORDataError(f"{path}: label file missing")
-    try:
-        labels = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise MMORDataError(f"{path}: not a readable JSON file ({error})") from error
-    if not isinstance(labels, dict):
-        raise MMORDataError(f"{path}: expected a JSON dict keyed by frame id, got {type(labels).__name__}")
+    labels = read_json(path, dict, "keyed by frame id")
     bad = [key for key in labels if not _FRAME_ID.match(key)]
     if bad:
         raise MMORDataError(
