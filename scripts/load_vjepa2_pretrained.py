@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames_per_step", type=int, default=1)
     parser.add_argument("--finetune_encoder", action="store_true", help="keep an EMA target encoder for fine-tuning")
     parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the new predictor's weights")
     args = parser.parse_args(argv)
     if args.model_size is None and args.encoder is None:
         args.model_size = "vitl"
@@ -42,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import torch
+
     from modeling_surgical_wm import SurgicalWorldModel
 
     overrides = {"state_dim": args.state_dim, "frames_per_step": args.frames_per_step,
@@ -57,6 +60,7 @@ def main(argv=None) -> int:
             overrides[name] = getattr(args, name)
 
     source = args.encoder if args.encoder is not None else args.model_size
+    torch.manual_seed(args.seed)  # the same predictor every time for the same settings
     try:
         model = SurgicalWorldModel.from_vjepa2(source, cache_dir=args.cache_dir, **overrides)
     except OSError as error:
