@@ -7,7 +7,7 @@ training split of non-overlapping 8-frame clips at 4 fps, one world model: the d
 weights). The same `--epochs` of frozen-encoder training run three ways, from the same initial weights, with the same
 batch size, AdamW, clip order (`EpochShuffleSampler`) and DataLoader settings (train_hf's: workers, persistent):
 - uncached: `SurgVUClips` + `ClipTransform` every epoch, `model(pixel_values_videos=..., actions=...)`;
-- cached: `train_hf.build_latent_cache` (key, encode, shards, checksums, manifest), then `LatentClips` every epoch,
+- cached: `training_surgical_wm.data.build_latent_cache` (key, encode, shards, checksums, manifest), then `LatentClips` every epoch,
   `model(latents=..., actions=...)`;
 - limit: one pass of decode, preprocess and encode (same loader), then predictor-only epochs on latents in memory.
 It also times each stage per clip on its own (decode, preprocess, encode, one predictor step) and prints the
@@ -36,7 +36,9 @@ from dataset_surgvu import ClipTransform, DecoderCache, EpochShuffleSampler, Sur
 from dataset_surgvu.latent_cache import LatentClips
 from dataset_surgvu.transforms import crop_frames, vjepa2_preprocess
 from modeling_surgical_wm import SurgicalWorldModel
-from train_hf import DataArguments, available_cores, build_latent_cache, latent_cache_key, load_dataset_splits
+from training_surgical_wm.accelerator import available_cores
+from training_surgical_wm.arguments import DataArguments
+from training_surgical_wm.data import build_latent_cache, latent_cache_key, load_dataset_splits
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

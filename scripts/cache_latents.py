@@ -24,17 +24,15 @@ from transformers import HfArgumentParser
 
 from dataset_surgvu import ClipTransform, get_action_spec
 from dataset_surgvu.latent_cache import PRECISIONS, bytes_per_clip
-from train_hf import (
-    DataArguments,
-    ModelArguments,
-    TrainArguments,
-    available_cores,
+from training_surgical_wm.accelerator import available_cores
+from training_surgical_wm.arguments import DataArguments, ModelArguments, TrainArguments
+from training_surgical_wm.data import (
     build_latent_cache,
     latent_cache_key,
     latent_cache_off_reason,
     load_dataset_splits,
-    load_world_model,
 )
+from training_surgical_wm.world_model import load_world_model
 
 
 SURGVU_HOURS = 840  # "280 videos from 155 training sessions, 60 fps, 1280x720, over 840 hours" (the dataset paper)
@@ -79,7 +77,7 @@ def shard_records(directory: Path) -> dict[str, int]:
 def main(argv=None) -> int:
     parser = HfArgumentParser((CacheArguments, ModelArguments, DataArguments), description=__doc__.splitlines()[0])
     args, model_args, data_args = parser.parse_args_into_dataclasses(args=argv)
-    if model_args.finetune_encoder:  # as train_hf.parse_args does
+    if model_args.finetune_encoder:  # as training_surgical_wm.arguments.parse_training_arguments does
         model_args.encoder_frozen = False
     if args.split not in ("train", "validation", "all"):
         parser.error(f"--split must be train, validation or all, got {args.split}")

@@ -36,7 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from train_hf import DataArguments, available_cores, load_dataset_splits, parse_dataclasses
+from modeling_surgical_wm import rollout_errors
+from training_surgical_wm.accelerator import available_cores
+from training_surgical_wm.arguments import DataArguments, parse_dataclasses
+from training_surgical_wm.data import clip_transform, latent_cache_key, load_dataset_splits
+from training_surgical_wm.loading import checkpoint_config, fail, is_probe
+from training_surgical_wm.probes import TARGETS, labelled_indices, split_label_counts
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,33 +84,6 @@ class EvaluationArguments:
 
 
 # ------------------------------------------------------------------------------------------------------- loading
-def fail(message: str) -> None:
-    raise SystemExit(f"error: {message}")
-
-
-def checkpoint_config(path: str) -> tuple[dict, str]:
-    """The saved config of a checkpoint directory or Hub id, and where it was read from (for error messages)."""
-    config_file = Path(path) / "config.json"
-    if config_file.is_file():
-        try:
-            return json.loads(config_file.read_text()), str(config_file)
-        except ValueError as error:
-            fail(f"{config_file}: not valid JSON ({error})")
-    if Path(path).exists():
-        fail(f"{config_file}: missing: {path} is not a transformers checkpoint directory")
-    from huggingface_hub import hf_hub_download
-
-    try:
-        downloaded = hf_hub_download(path, "config.json")
-    except Exception as error:  # offline, missing repo, no such file: all the same to the user
-        fail(f"{path}/config.json: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]})")
-    return json.loads(Path(downloaded).read_text()), f"{path}/config.json"
-
-
-def is_probe(config: dict) -> bool:
-    return any(name.endswith("ForVideoClassification") for name in config.get("architectures") or [])
-
-
 def load_checkpoint(path: str):
     """(world model, probe or None) from `path`: a world model, or a probe (which holds its world model)."""
     config, where = checkpoint_config(path)
@@ -123,7 +101,6 @@ def load_checkpoint(path: str):
 def load_probe(path: str, target: str, world_model):
     """A probe for `target` ('task' or 'tools') that reads `world_model`'s latents; clear errors otherwise."""
     from dataset_surgvu.latent_cache import module_fingerprint
-    from train_probe import TARGETS
 
     config, where = checkpoint_config(path)
     if config.get("model_type") != "surgical_wm" or not is_probe(config):
@@ -194,7 +171,12 @@ class Accumulator:
 def latent_errors(predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """L1 and cosine similarity per clip and step `(B, K)`, over tokens (and dims), in float32."""
     predicted, target = predicted.float(), target.float()
-    return (predicted - target).abs().mean((2, 3)), F.cosine_similarity(predicted, target, dim=-1).mean(2)
+    return (predicted - target).abs().mean((2, 3)), latent_cosine(predicted, target)
+
+
+def latent_cosine(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity per clip and step `(B, K)`, averaged over tokens, in float32."""
+    return F.cosine_similarity(predicted.float(), target.float(), dim=-1).mean(2)
 
 
 def per_step_actions(world_model, actions: torch.Tensor, num_steps: int) -> torch.Tensor:
@@ -216,17 +198,23 @@ def clip_latents_and_actions(world_model, batch: dict, device) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def world_model_errors(world_model, latents: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Teacher-forced and rolled-out L1 / cosine per clip and step, and their copy-the-last-context baselines."""
+def world_model_errors(world_model, latents: torch.Tensor, actions: torch.Tensor,
+                       baselines: bool = True) -> dict[str, torch.Tensor]:
+    """Teacher-forced and rolled-out L1 / cosine per clip and step, and (with `baselines`) their copy-the-last-context
+    baselines, which do not depend on the actions. The rollout's L1 and its baseline are the model's own
+    `rollout_errors`, the values training's validation reports."""
     num_steps = latents.shape[1]
     target = latents[:, 1:]
     predicted = world_model.predict(latents[:, :-1], actions[:, :-1])  # step t + 1 from the true steps <= t
     imagined = world_model.rollout(latents[:, :1], actions, steps=num_steps - 1)  # horizon h from step 1
     errors = {}
     errors["teacher_forced_l1"], errors["teacher_forced_cosine"] = latent_errors(predicted, target)
-    errors["teacher_forced_copy_l1"], errors["teacher_forced_copy_cosine"] = latent_errors(latents[:, :-1], target)
-    errors["rollout_l1"], errors["rollout_cosine"] = latent_errors(imagined, target)
-    errors["rollout_copy_l1"], errors["rollout_copy_cosine"] = latent_errors(latents[:, :1].expand_as(target), target)
+    errors["rollout_l1"], copy_context_l1 = rollout_errors(imagined, latents)
+    errors["rollout_cosine"] = latent_cosine(imagined, target)
+    if baselines:
+        errors["teacher_forced_copy_l1"], errors["teacher_forced_copy_cosine"] = latent_errors(latents[:, :-1], target)
+        errors["rollout_copy_l1"] = copy_context_l1
+        errors["rollout_copy_cosine"] = latent_cosine(latents[:, :1].expand_as(target), target)
     return errors
 
 
@@ -263,9 +251,8 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
         surprise.append(errors["teacher_forced_l1"].flatten().cpu())
         other = swapped(actions, previous_actions)
         if other is not None:
-            for name, values in world_model_errors(world_model, latents, other).items():
-                if not name.endswith(("copy_l1", "copy_cosine")):
-                    swap_sums.add(name, values)
+            for name, values in world_model_errors(world_model, latents, other, baselines=False).items():
+                swap_sums.add(name, values)
             swap_count += len(latents)
             changed += (other != actions).flatten(1).any(1).sum().item()
         previous_actions = actions
@@ -576,7 +563,6 @@ def clip_source(world_model, split, name: str, transform, data_args: DataArgumen
     encoded here; and a line saying which."""
     from dataset_surgvu import SurgVUClips
     from dataset_surgvu.latent_cache import LatentCache, LatentCacheError, LatentClips
-    from train_hf import latent_cache_key
 
     if data_args.cache_dir and name != "all" and not data_args.no_cache:
         # The evaluation runs without autocast: a cache built in float32 matches.
@@ -729,9 +715,6 @@ def main(argv=None) -> int:
         fail("--push_to_hub needs --hub_model_id <user>/<repo>")
     args.num_workers = data_args.num_workers
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-    from train_hf import clip_transform
-    from train_probe import TARGETS, labelled_indices, split_label_counts
 
     world_model, checkpoint_probe = load_checkpoint(args.checkpoint)
     world_model.to(device)

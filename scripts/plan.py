@@ -33,8 +33,8 @@ from dataset_surgvu import ClipTransform, CorruptVideoError, SurgVULabelError, a
 from dataset_surgvu.builder import SurgVU, SurgVUConfig, sample_frame_indices
 from dataset_surgvu.labels import build_actions, labels_at, part_offsets, read_case_labels
 from dataset_surgvu.layout import _PART_FILE, find_cases, resolve_dirs
-from evaluate_surgical_model import checkpoint_config, fail, is_probe
 from modeling_surgical_wm import SurgicalWorldModel, frames_to_steps
+from training_surgical_wm.loading import checkpoint_config, fail, is_probe
 
 
 logger = logging.getLogger("plan")

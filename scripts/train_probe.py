@@ -12,9 +12,13 @@ cross-attention block with a learned query, a linear layer) over the world model
 and out of the optimizer. Targets, per clip, the label of its last step: on SurgVU `task` (8 classes) and `tools` (the 12
 tools installed, multi-label); on MM-OR (`--dataset mmor`, with `--clip_stride 1` a clip ends at every timepoint)
 `phase` (9 robot phases), `next_action` (12; null timepoints are skipped) and `breach` (sterility breach, 2 classes;
-use `--class_weights balanced`, breaches are rare). Clips without the label are left out. The Accelerate skeleton, the data options, the latent cache (the world model's own cache is reused when
-`--cache_dir` points at it), checkpoints, resuming and the exports are train_hf.py's. `output_dir/best` (lowest
-validation loss) is what `scripts/evaluate_surgical_model.py` loads; it reloads alone with
+use `--class_weights balanced`, breaches are rare). Clips without the label are left out.
+
+The Accelerate skeleton, the data options, the latent cache (the world model's own cache is reused when `--cache_dir`
+points at it), checkpoints, resuming, the non-finite guard (`--max_bad_steps`), trackers (`--report_to`), the
+debugging hooks (`--sample_log`, `--nan_at_steps`), the exports and the Hub push (`--push_to_hub`: `best/` with its
+card) are train_hf.py's, from training_surgical_wm. `output_dir/best` (lowest validation loss) is what
+`scripts/evaluate_surgical_model.py` loads; it reloads alone with
 `AutoModelForVideoClassification.from_pretrained(dir, trust_remote_code=True)`.
 """
 
@@ -28,41 +32,31 @@ from torch.utils.data import DataLoader, Subset
 
 from accelerate.logging import get_logger
 
-from dataset_mmor import NEXT_ACTIONS, ROBOT_PHASES
-from dataset_surgvu import TASK_CLASSES, TOOL_CLASSES, EpochShuffleSampler, get_build_metadata
+from dataset_surgvu import EpochShuffleSampler, get_build_metadata
 from modeling_surgical_wm import SurgicalWorldModelForVideoClassification
-from train_hf import (
+from training_surgical_wm.accelerator import available_cores, cosine_schedule, init_trackers, make_accelerator
+from training_surgical_wm.arguments import (
     DataArguments,
-    NonFiniteGuard,
     TrainArguments,
-    available_cores,
     check_common_arguments,
-    clip_datasets,
-    clip_transform,
-    clip_inputs,
-    cosine_schedule,
-    export_model,
-    latent_cache_off_reason,
-    load_dataset_splits,
-    make_accelerator,
     parse_dataclasses,
     public_arguments,
-    resolve_resume,
-    restore_checkpoint,
-    save_checkpoint,
 )
+from training_surgical_wm.checkpoints import resume_progress, save_checkpoint
+from training_surgical_wm.data import (
+    clip_datasets,
+    clip_inputs,
+    clip_transform,
+    latent_cache_off_reason,
+    load_dataset_splits,
+)
+from training_surgical_wm.export import create_hub_repo, export_model, push_export
+from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
+from training_surgical_wm.probes import TARGETS, clip_labels, labelled_indices, probe_labels, split_label_counts
 
 
 logger = get_logger(__name__, log_level="INFO")
 
-# target: (class names, problem type, dataset, label column). A clip's label is its last step's.
-TARGETS = {
-    "task": (list(TASK_CLASSES), "single_label_classification", "surgvu", "tasks"),
-    "tools": (list(TOOL_CLASSES), "multi_label_classification", "surgvu", "tools"),
-    "phase": (list(ROBOT_PHASES), "single_label_classification", "mmor", "phase"),
-    "next_action": (list(NEXT_ACTIONS), "single_label_classification", "mmor", "next_action"),
-    "breach": (["no breach", "breach"], "single_label_classification", "mmor", "breach"),
-}
 PROBE_DEFAULTS = {"output_dir": "outputs/probe", "num_epochs": 20, "learning_rate": 1e-3, "warmup_epochs": 1,
                   "weight_decay": 0.01, "checkpointing_steps": 200}
 
@@ -89,40 +83,6 @@ class ProbeArguments:
     )
 
 
-def probe_labels(target: str):
-    """(id2label, problem_type) of a probe target."""
-    names, problem_type = TARGETS[target][:2]
-    return dict(enumerate(names)), problem_type
-
-
-def clip_labels(batch: dict, target: str) -> torch.Tensor:
-    """Per-clip labels, the last step's: a class index `(B,)`, or for tools the 12 installed tools `(B, 12)` as
-    floats."""
-    labels = batch[TARGETS[target][3]][:, -1]
-    return labels.float() if target == "tools" else labels
-
-
-def labelled_indices(split, target: str = "task") -> list[int]:
-    """The clips that have a label for `target`: SurgVU clips of cases with label files (a case without labels would
-    teach every clip to be Other); MM-OR clips whose last timepoint has the label (null next actions are skipped, as
-    the public MM-OR code skips them)."""
-    if TARGETS[target][2] == "surgvu":
-        return [index for index, has_labels in enumerate(split["has_labels"]) if has_labels]
-    return [index for index, labels in enumerate(split[TARGETS[target][3]]) if labels[-1] >= 0]
-
-
-def split_label_counts(split, indices: list[int], target: str) -> torch.Tensor:
-    """Per-class counts of the clips' labels `(num_classes,)`: clips per class, or for tools tool-present clips."""
-    names, _, _, column = TARGETS[target]
-    if not indices:
-        return torch.zeros(len(names))
-    values = split[column]  # one read of the column, not one decoded row per clip
-    last = [values[index][-1] for index in indices]
-    if target == "tools":
-        return torch.tensor(last, dtype=torch.float32).sum(0)
-    return torch.bincount(torch.tensor(last), minlength=len(names)).float()
-
-
 def balanced_weights(counts: torch.Tensor, num_clips: int, target: str) -> list[float]:
     """`balanced` class weights: N / (K * n_c) for the task classes; n_negative / n_positive per tool (pos_weight).
     A class absent from the training clips gets 1."""
@@ -146,7 +106,8 @@ def load_probe_model(probe_args: ProbeArguments, class_weights: list[float] | No
         raise SystemExit(f"error: --world_model {probe_args.world_model}: {error}") from None
 
 
-def probe_card(config, probe_args: ProbeArguments, train_args: TrainArguments, state: dict) -> str:
+def probe_card(config, probe_args: ProbeArguments, train_args: TrainArguments, state: dict,
+               repo_id: str | None = None) -> str:
     labels = [config.id2label[index] for index in range(config.num_labels)]
     metrics = state.get("best_metrics") or {}
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())
@@ -172,7 +133,7 @@ with a learned query, a linear layer) over the latents of the world model `{prob
 
 ```python
 from transformers import AutoModelForVideoClassification
-model = AutoModelForVideoClassification.from_pretrained("<this directory or repo>", trust_remote_code=True)
+model = AutoModelForVideoClassification.from_pretrained("{repo_id or '<this directory or repo>'}", trust_remote_code=True)
 logits = model(pixel_values_videos=clips).logits  # clips: (B, T, 3, {config.encoder_config.crop_size}, {config.encoder_config.crop_size})
 ```
 
@@ -221,7 +182,10 @@ def main(argv=None) -> None:
                          f"--dataset {data_args.dataset}")
     output_dir = Path(train_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
+
+    # ---- accelerator, logging, seed; the Hub repository
     accelerator = make_accelerator(train_args, output_dir)
+    repo_id = create_hub_repo(accelerator, train_args, output_dir)
 
     # ---- data: labelled clips only
     with accelerator.main_process_first():
@@ -251,12 +215,14 @@ def main(argv=None) -> None:
     val_dataloader = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(train_args.seed),
                                 **loader_kwargs)
 
+    # ---- optimizer over the head; prepare, scheduler, trackers
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
     model, optimizer, train_dataloader, val_dataloader = accelerator.prepare(
         model, optimizer, train_dataloader, val_dataloader
     )
     lr_scheduler, _, total_steps = cosine_schedule(accelerator, optimizer, train_dataloader, train_args)
+    init_trackers(accelerator, "surgical_wm_probe", train_args, probe_args, data_args, train_args)
     label_names = TARGETS[probe_args.target][0]
     logger.info(f"probe: {probe_args.target} ({len(label_names)} classes), world model {probe_args.world_model} "
                 f"frozen; trainable parameters {sum(p.numel() for p in trainable) / 1e6:.3f} M")
@@ -268,25 +234,23 @@ def main(argv=None) -> None:
     logger.info(f"  epochs: {train_args.num_epochs}, optimizer steps: {total_steps}; class weights: "
                 f"{class_weights or 'none'}")
 
-    global_step, start_epoch, resume_batches, skipped_steps = 0, 0, 0, 0
-    history, best_val, best_metrics = [], float("inf"), {}
-    resume_path = resolve_resume(train_args, checkpoints_dir)
-    if resume_path is not None:
-        state = restore_checkpoint(accelerator, resume_path)
-        global_step, start_epoch = state["global_step"], state["epoch"]
-        resume_batches, skipped_steps = state["batches_in_epoch"], state.get("skipped_steps", 0)
-        history, best_val = state.get("history", []), state.get("best_val_loss", float("inf"))
-        best_metrics = state.get("best_metrics", {})
-        logger.info(f"resumed from {resume_path}: step {global_step}, epoch {start_epoch}")
+    # ---- resume
+    progress = resume_progress(accelerator, train_args, checkpoints_dir)
+    global_step, start_epoch, resume_batches = progress["global_step"], progress["epoch"], progress["batches_in_epoch"]
+    history, best_val, best_metrics = progress["history"], progress["best_val_loss"], progress["best_metrics"]
 
     def trainer_state(epoch: int, batches_in_epoch: int) -> dict:
         return {"global_step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                "skipped_steps": skipped_steps, "best_val_loss": best_val, "best_metrics": best_metrics,
+                "skipped_steps": bad_steps.skipped_steps, "best_val_loss": best_val, "best_metrics": best_metrics,
                 "history": history, "probe_target": probe_args.target,
                 "training_arguments": public_arguments(probe_args, data_args, train_args)}
 
     guard = NonFiniteGuard(accelerator, train_args.max_grad_norm)
+    bad_steps = BadStepLimit(accelerator, train_args.max_bad_steps, checkpoints_dir, progress["skipped_steps"])
+    hooks = DebugHooks(train_args, accelerator.process_index)
     probe = accelerator.unwrap_model(model)
+
+    # ---- loop
     done = global_step >= total_steps
     model.train()
     for epoch in range(start_epoch, train_args.num_epochs):
@@ -299,29 +263,35 @@ def main(argv=None) -> None:
         loss_sum, batches = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
         for batch in active:
             batches_in_epoch += 1
+            hooks.on_batch(global_step, epoch, batch)
             with accelerator.accumulate(model):
                 output = model(**clip_inputs(batch), labels=clip_labels(batch, probe_args.target))
-                loss_is_bad = guard.backward(output.loss)
+                loss = hooks.on_loss(global_step + 1, output.loss)
+                loss_is_bad = guard.backward(loss)
                 updated = guard.step(model, optimizer) if accelerator.sync_gradients else None
             if not loss_is_bad:
-                loss_sum += output.loss.detach().float()
+                loss_sum += loss.detach().float()
                 batches += 1
             if updated is None:
                 continue
-            skipped_steps += int(not updated)
+            bad_steps.update(updated, global_step + 1)
             global_step += 1
             lr_scheduler.step()
+            accelerator.log({"train/loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
             if global_step % train_args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, checkpoints_dir, trainer_state(epoch, batches_in_epoch),
                                 train_args.checkpoints_total_limit)
             if global_step >= total_steps:
                 done = True
                 break
+
+        # ---- end of epoch: validation, the epoch's log line, best export
         totals = accelerator.reduce(torch.stack([loss_sum, batches]), reduction="sum")
         train_loss = (totals[0] / totals[1].clamp(min=1)).item()
         val = validate(accelerator, model, val_dataloader, probe_args.target) if len(val_set) else {}
         history.append({"epoch": epoch + 1, "step": global_step, "train_loss": train_loss,
                         **{f"val_{name}": value for name, value in val.items()}})
+        accelerator.log({f"epoch/{k}": v for k, v in history[-1].items()}, step=global_step)
         logger.info(f"Epoch {epoch + 1}/{train_args.num_epochs} | train loss {train_loss:.4f}"
                     + (f" | val loss {val['loss']:.4f}, accuracy {val['accuracy']:.3f} ({val['num_clips']} clips)"
                        if val else " | no validation clips"))
@@ -331,12 +301,16 @@ def main(argv=None) -> None:
             best_metrics = {f"validation_{k}": v for k, v in val.items()} or {"train_loss": train_loss}
             state = trainer_state(epoch + 1, 0)
             export_model(accelerator, model, output_dir / "best", state,
-                         probe_card(probe.config, probe_args, train_args, state))
+                         probe_card(probe.config, probe_args, train_args, state, repo_id))
 
+    # ---- final export, model card, upload
     accelerator.wait_for_everyone()
+    hooks.on_end(probe)
     state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
-    export_model(accelerator, model, output_dir / "final", state, probe_card(probe.config, probe_args, train_args, state))
-    logger.info(f"done: {global_step} steps, {skipped_steps} skipped; best validation loss {best_val:.4f}; "
+    export_model(accelerator, model, output_dir / "final", state,
+                 probe_card(probe.config, probe_args, train_args, state, repo_id))
+    push_export(accelerator, repo_id, output_dir / "best", f"Upload {probe_args.target} probe")
+    logger.info(f"done: {global_step} steps, {bad_steps.skipped_steps} skipped; best validation loss {best_val:.4f}; "
                 f"exports in {output_dir / 'best'} and {output_dir / 'final'}")
     accelerator.end_training()
 

@@ -21,7 +21,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from modeling_surgical_wm import SurgicalWorldModel
-from train_hf import export_model, validation_per_clip
+from training_surgical_wm.export import export_model
+from training_surgical_wm.world_model import validation_per_clip
 
 
 VALIDATION_CLIPS = 5  # over 2 processes with batches of 2: the last batch is padded with repeated clips

@@ -39,7 +39,9 @@ def option(args: list[str], name: str) -> str:
 
 def splits_and_model(args: list[str]):
     from dataset_surgvu import get_action_spec
-    from train_hf import DataArguments, ModelArguments, load_dataset_splits, load_world_model
+    from training_surgical_wm.arguments import DataArguments, ModelArguments
+    from training_surgical_wm.data import load_dataset_splits
+    from training_surgical_wm.world_model import load_world_model
 
     data_args = DataArguments(data_root=option(args, "--data_root"),
                               dataset_cache_dir=option(args, "--dataset_cache_dir"))
@@ -72,7 +74,7 @@ def check_printed_sizes(stdout: str, latent_shape: tuple[int, int, int], precisi
 def test_builds_the_cache_train_hf_looks_for(train_inputs, tmp_path):
     from dataset_surgvu.latent_cache import MANIFEST, LatentCache
     from dataset_surgvu import ClipTransform
-    from train_hf import latent_cache_key
+    from training_surgical_wm.data import latent_cache_key
 
     output_dir = tmp_path / "run"
     args = script_inputs(train_inputs) + ["--output_dir", str(output_dir), "--cache_shard_size", "4"]

@@ -143,7 +143,8 @@ def test_push_to_hub_puts_the_headline_figures_in_the_model_index(world_model_di
 
     import shutil
 
-    from train_hf import TrainArguments, model_card
+    from training_surgical_wm.arguments import TrainArguments
+    from training_surgical_wm.export import model_card
     from transformers import AutoConfig
 
     with LoopbackHub() as hub:

@@ -27,7 +27,8 @@ from dataset_surgvu.latent_cache import (
     quantize,
 )
 from modeling_surgical_wm import SurgicalWorldModel
-from train_hf import DataArguments, build_latent_cache, latent_cache_key
+from training_surgical_wm.arguments import DataArguments
+from training_surgical_wm.data import build_latent_cache, latent_cache_key
 
 FLOAT16_UNIT_ROUNDOFF = 2.0**-11  # float16 keeps 11 significant bits: a stored value is within this relative error
 

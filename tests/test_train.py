@@ -41,7 +41,7 @@ def test_help_lists_every_flag_of_the_original_guide():
 
 
 def test_arguments_from_a_yaml_file_with_command_line_overrides(tmp_path):
-    from train_hf import parse_args
+    from training_surgical_wm.arguments import parse_training_arguments as parse_args
 
     config = tmp_path / "run.yaml"
     config.write_text("num_epochs: 3\nbatch_size: 16\nfinetune_encoder: true\ndata_root: /data/surgvu\n")
@@ -54,7 +54,7 @@ def test_arguments_from_a_yaml_file_with_command_line_overrides(tmp_path):
 
 
 def test_half_written_checkpoints_are_never_resumed_from(tmp_path):
-    from train_hf import complete_checkpoints
+    from training_surgical_wm.checkpoints import complete_checkpoints
 
     for name, complete in [("checkpoint-4", True), ("checkpoint-12", False), ("checkpoint-8", True),
                            (".partial-checkpoint-16", True), ("checkpoint-x", True)]:

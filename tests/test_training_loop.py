@@ -8,7 +8,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from train_hf import NonFiniteGuard, parse_args, seeded_token_masks
+from training_surgical_wm.arguments import parse_training_arguments as parse_args
+from training_surgical_wm.guard import NonFiniteGuard
+from training_surgical_wm.world_model import seeded_token_masks
 
 
 @pytest.fixture(autouse=True)
@@ -161,9 +163,10 @@ def test_split_seed_is_its_own_option(tmp_path):
 @pytest.mark.parametrize("saved_spec", [["a/x", "a/y", "b/z"], None])
 def test_a_changed_action_spec_reinitialises_the_action_embedding(make_tiny_config, tmp_path, saved_spec, caplog):
     from modeling_surgical_wm import SurgicalWorldModel
-    from train_hf import ModelArguments, load_world_model
+    from training_surgical_wm.arguments import ModelArguments
+    from training_surgical_wm.world_model import load_world_model
 
-    Accelerator(cpu=True)  # train_hf logs through accelerate's logger
+    Accelerator(cpu=True)  # the library logs through accelerate's logger
     torch.manual_seed(0)
     source = SurgicalWorldModel(make_tiny_config(action_dim=3, action_spec=saved_spec))
     with torch.no_grad():

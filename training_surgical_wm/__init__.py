@@ -1,0 +1,14 @@
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""What the training scripts (train_hf.py, scripts/train_probe.py) and the tools around them (the evaluation, the
+latent cache, planning) share: modules of helpers, imported by name, no trainer class.
+
+- `arguments`: the model, data and training arguments and how they are read.
+- `accelerator`: the Accelerator with logging and seed, trackers, the cosine schedule.
+- `data`: the splits, action spec and transform of `--dataset`, the latent cache of a frozen encoder.
+- `world_model`: loading the world model to train, seeded validation per clip.
+- `checkpoints`: atomic step-named checkpoints, resuming.
+- `guard`: the non-finite guard, the bad-step limit, debugging hooks.
+- `export`: transformers exports, the world model's card, the Hub push.
+- `probes`: the probe targets and their labelled clips.
+- `loading`: reading a saved model's config (a directory or a Hub id) with clear errors.
+"""

@@ -1,0 +1,160 @@
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""Exports a training script writes: a transformers directory (gathered on every rank, written atomically by rank 0),
+the world model's card, and the Hub repository it is pushed to."""
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from .arguments import TrainArguments
+
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+def full_state_dict(accelerator: Accelerator, model) -> dict:
+    """The whole model's state dict; every rank must call it (FSDP and ZeRO-3 gather the shards collectively).
+
+    A model sharded with torch's FSDP2 (`fully_shard`) outside Accelerate, as on CPU processes where Accelerate
+    never applies FSDP, has DTensor parameters that Accelerate does not know to gather: they are gathered here.
+    """
+    from torch.distributed.tensor import DTensor
+
+    if not accelerator.is_fsdp2 and any(isinstance(parameter, DTensor) for parameter in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return accelerator.get_state_dict(model)
+
+
+@contextlib.contextmanager
+def own_class(model):
+    """The model under its own class while it saves itself.
+
+    FSDP2's `fully_shard` swaps a module's class for a generated `FSDP<Name>` subclass defined in torch; through it,
+    `save_pretrained` would write `architectures: ["FSDP<Name>"]` and copy torch's FSDP sources instead of
+    modeling_surgical_wm.py.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded_class = type(model)
+    model.__class__ = next(cls for cls in sharded_class.__mro__ if not issubclass(cls, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded_class
+
+
+def export_model(accelerator: Accelerator, model, directory: Path, trainer_state: dict, card: str) -> None:
+    """A transformers directory written atomically by rank 0; the state dict is gathered on every rank (FSDP)."""
+    state_dict = full_state_dict(accelerator, model)
+    if accelerator.is_main_process:
+        partial = directory.with_name(f".partial-{directory.name}")
+        shutil.rmtree(partial, ignore_errors=True)
+        with own_class(accelerator.unwrap_model(model)) as plain_model:
+            plain_model.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
+        (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
+        (partial / "README.md").write_text(card)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(partial, directory)
+    accelerator.wait_for_everyone()
+
+
+def card_metadata(config, metrics: dict, repo_id: str | None) -> str:
+    """The model card's YAML header. A world model predicts latents under actions: its Hub task is robotics, not
+    video classification (the probes of scripts/train_probe.py are the video classifiers). Validation figures go
+    into the model-index, which scripts/evaluate_surgical_model.py --push_to_hub later replaces with its own."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    base_model = config.encoder_name_or_path or "facebook/vjepa2-vitl-fpc64-256"
+    results = [
+        EvalResult(task_type="robotics", task_name="Action-conditioned latent prediction", dataset_type="surgvu",
+                   dataset_name="SurgVU", dataset_split="validation", metric_type=name, metric_name=name,
+                   metric_value=round(float(value), 6))
+        for name, value in sorted(metrics.items())
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not name.endswith("num_clips")
+    ]
+    data = ModelCardData(
+        library_name="transformers", pipeline_tag="robotics",
+        base_model=base_model if "/" in base_model else "facebook/vjepa2-vitl-fpc64-256", datasets=["SurgVU"],
+        tags=["world-model", "v-jepa-2", "surgical-video", "action-conditioned"],
+        model_name=(repo_id or "surgical-world-model").split("/")[-1] if results else None,
+        eval_results=results or None,
+    )
+    return data.to_yaml()
+
+
+def model_card(config, train_args: TrainArguments, trainer_state: dict, repo_id: str | None) -> str:
+    metrics = trainer_state.get("best_metrics") or {}
+    base_model = config.encoder_name_or_path or "facebook/vjepa2-vitl-fpc64-256"
+    metric_rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())
+                            if isinstance(value, (int, float)))
+    spec = config.action_spec or []
+    load_id = repo_id or "<user>/<repo>"
+    return f"""---
+{card_metadata(config, metrics, repo_id)}
+---
+
+# Surgical world model on V-JEPA 2
+
+An action-conditioned world model (V-JEPA 2-AC style) trained on SurgVU robotic surgery video with `train_hf.py`.
+The V-JEPA 2 encoder ({base_model}, {"frozen" if config.freeze_encoder else "fine-tuned with EMA targets"}) encodes
+each step; a block-causal predictor ({config.predictor_num_hidden_layers} layers, width
+{config.predictor_hidden_size}) predicts the next step's latent from the past and {config.action_dim} action
+dimensions per step.
+
+## Load
+
+```python
+from transformers import AutoModel
+model = AutoModel.from_pretrained("{load_id}", trust_remote_code=True)
+latents = model.encode(pixel_values_videos)          # (B, T, 3, {config.encoder_config.crop_size}, {config.encoder_config.crop_size}) -> (B, T, N, D)
+future = model.rollout(latents[:, :1], actions, steps=4)  # actions: one per step, (B, steps, {config.action_dim})
+```
+
+## Training
+
+Epochs: {trainer_state.get("epoch")}; optimizer steps: {trainer_state.get("global_step")}; batch size per device:
+{train_args.batch_size}; learning rate: {train_args.learning_rate}; seed: {train_args.seed}.
+
+| metric | value |
+| --- | --- |
+{metric_rows or "| validation_loss | n/a |"}
+
+## Actions
+
+Each step takes a {config.action_dim}-dimensional action: {", ".join(spec[:8])}{", ..." if len(spec) > 8 else ""}
+(full list in `config.action_spec`).
+
+## Data licence
+
+Trained on SurgVU (Intuitive Surgical), whose licence is reported as CC BY-NC-SA 4.0: check the dataset's terms
+before any use of these weights beyond non-commercial research.
+"""
+
+
+def create_hub_repo(accelerator: Accelerator, train_args: TrainArguments, output_dir: Path) -> str | None:
+    """With `--push_to_hub`, the Hub repository the run uploads to (created on the main process): `--hub_model_id`,
+    else output_dir's name; None otherwise and on the other processes."""
+    if not (train_args.push_to_hub and accelerator.is_main_process):
+        return None
+    from huggingface_hub import create_repo
+
+    return create_repo(train_args.hub_model_id or output_dir.name, private=train_args.hub_private,
+                       exist_ok=True).repo_id
+
+
+def push_export(accelerator: Accelerator, repo_id: str | None, directory: Path, commit_message: str) -> None:
+    """Uploads an export directory (weights, config, model files, card) from the main process; never checkpoints."""
+    if repo_id is None or not accelerator.is_main_process:
+        return
+    from huggingface_hub import upload_folder
+
+    upload_folder(repo_id=repo_id, folder_path=str(directory), commit_message=commit_message,
+                  ignore_patterns=["checkpoints/*", "*.pkl", "*.bin"])
+    logger.info(f"pushed {directory} to {repo_id}")

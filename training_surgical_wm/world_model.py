@@ -1,0 +1,120 @@
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""The world model of a training run: loaded from a checkpoint or V-JEPA 2 for the data's action spec, and validated
+per clip with seeded masks."""
+
+import json
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
+from modeling_surgical_wm import SurgicalWorldModel
+
+from .arguments import ModelArguments
+from .data import clip_inputs
+
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+def load_world_model(model_args: ModelArguments, action_spec: list[str]) -> SurgicalWorldModel:
+    overrides = {
+        "action_dim": len(action_spec),
+        "action_spec": action_spec,
+        # SurgVU's and MM-OR's actions are one-hot choices: a tool per arm and a task; a phase and a next action.
+        "discrete_action_groups": SurgicalWorldModelConfig.spec_groups(action_spec),
+        "freeze_encoder": model_args.encoder_frozen,
+        "use_mask_aux": model_args.use_mask_aux,
+        "lambda_mask": model_args.lambda_mask,
+    }
+    source = model_args.pretrained_checkpoint
+    config_file = Path(source) / "config.json"
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if saved.get("model_type") == "surgical_wm":
+        model = SurgicalWorldModel.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
+        saved_spec = saved.get("action_spec")
+        if saved.get("action_dim") != len(action_spec):
+            logger.warning(
+                f"{source} was built for {saved.get('action_dim')} action dimensions, the data has {len(action_spec)}: "
+                "the action embedding starts from scratch."
+            )
+        elif saved_spec is not None and list(saved_spec) != list(action_spec):
+            # Same size, other meaning (e.g. SurgVU's tools and tasks, then MM-OR's phases and next actions): the
+            # learnt embedding would map the new actions onto the old ones' directions.
+            changed = sum(old != new for old, new in zip(saved_spec, action_spec))
+            logger.warning(
+                f"{source} was trained with another action spec ({changed} of {len(action_spec)} dimensions name "
+                f"other actions, e.g. {saved_spec[0]!r} -> {action_spec[0]!r}): the action embedding is re-initialised."
+            )
+            with torch.no_grad():  # torch's own init: transformers' skips parameters it has loaded
+                torch.nn.init.trunc_normal_(model.predictor.action_proj.weight, std=model.config.initializer_range)
+                torch.nn.init.zeros_(model.predictor.action_proj.bias)
+        return model
+    if source not in VJEPA2_PRESETS and not source.startswith("facebook/") and not Path(source).is_dir():
+        raise SystemExit(
+            f"error: --pretrained_checkpoint {source!r} is neither a directory nor a V-JEPA 2 checkpoint id. Build one "
+            "with `python scripts/load_vjepa2_pretrained.py --model_size vitl --save_path "
+            f"{source}` or pass a facebook/vjepa2-* id."
+        )
+    try:
+        return SurgicalWorldModel.from_vjepa2(source, **overrides)
+    except OSError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def seeded_token_masks(config, sample_ids: torch.Tensor, num_steps: int, seed: int) -> torch.Tensor:
+    """Mask-denoising masks `(B, num_steps, tokens)` drawn from (seed, sample id): the same clip gets the same mask
+    whatever the batch, the process count or the epoch, so validation losses (and the `best/` choice) reproduce."""
+    masks = []
+    for sample_id in sample_ids.tolist():
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + int(sample_id))
+        masks.append(torch.rand(num_steps, config.tokens_per_step, generator=generator) < config.mask_ratio)
+    return torch.stack(masks).to(sample_ids.device)
+
+
+@torch.no_grad()
+def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int) -> dict[str, torch.Tensor]:
+    """Validation metrics of every clip of the split, in loader order, whatever the number of processes.
+
+    Everything comes from the wrapped model's forward (FSDP and DeepSpeed gather parameters there only). Per-clip
+    values are gathered with `gather_for_metrics`, which drops the samples padded in to even out the last batch.
+    The rollout error is that of a rollout from each clip's first step over all its later steps; its baseline copies
+    that first (context) latent. The contrastive loss compares a clip with the others of its batch, so it alone
+    depends on how the batches fall.
+    """
+    model.eval()
+    config = accelerator.unwrap_model(model).config
+    per_clip = {"sample_id": [], "temporal_loss": [], "mask_loss": [], "contrastive_loss": [], "rollout_error": [],
+                "copy_context_error": []}
+    for batch in dataloader:
+        inputs, sample_ids = clip_inputs(batch), batch["sample_id"]
+        batch_size = len(sample_ids)
+        num_steps = (batch["latents"].shape[1] if "latents" in batch
+                                    else batch["pixel_values_videos"].shape[1] // config.frames_per_step)
+        token_mask = seeded_token_masks(config, sample_ids, num_steps - 1, seed) if config.use_mask_aux else None
+        output = model(**inputs, actions=batch["actions"], token_mask=token_mask, return_rollout_error=True)
+        values = {
+            "sample_id": sample_ids,
+            "temporal_loss": output.clip_temporal_loss.float(),
+            "mask_loss": (output.clip_mask_loss.float() if output.clip_mask_loss is not None
+                          else torch.zeros(batch_size, device=sample_ids.device)),
+            "contrastive_loss": output.contrastive_loss.float().expand(batch_size),
+            "rollout_error": output.rollout_error.float(),  # (B, S - 1): per horizon
+            "copy_context_error": output.copy_context_error.float(),
+        }
+        for name, value in accelerator.gather_for_metrics(values).items():
+            per_clip[name].append(value.cpu())
+    return {name: torch.cat(values) for name, values in per_clip.items()}
+
+
+def run_validation(accelerator: Accelerator, model, dataloader, seed: int) -> dict:
+    """Mean validation metrics over the clips of the split (see `validation_per_clip`)."""
+    per_clip = validation_per_clip(accelerator, model, dataloader, seed)
+    config = accelerator.unwrap_model(model).config
+    metrics = {name: values.float().mean().item() for name, values in per_clip.items() if name != "sample_id"}
+    metrics["loss"] = (metrics["temporal_loss"] + config.contrastive_weight * metrics["contrastive_loss"]
+                       + (config.lambda_mask * metrics["mask_loss"] if config.use_mask_aux else 0.0))
+    metrics["num_clips"] = len(per_clip["temporal_loss"])
+    return metrics
