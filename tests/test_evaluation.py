@@ -64,6 +64,68 @@ def test_probe_training_leaves_the_world_model_as_it_was(world_model_dir, probes
         assert any((directory / "checkpoints").iterdir()), "checkpointing_steps=5 wrote no checkpoint"
 
 
+def probe_options(world_model_dir, probes, data_options, output_dir) -> list:
+    """A one-epoch task probe on the latent cache the `probes` fixture built."""
+    return ["--world_model", world_model_dir, "--target", "task", *data_options, "--cache_dir",
+            probes["task"].parent / "latent_cache", "--output_dir", output_dir, "--num_epochs", 1, "--batch_size", 4,
+            "--probe_num_layers", 1, "--device", "cpu", "--checkpointing_steps", 100]
+
+
+def test_probe_skips_a_bad_step_logs_to_its_tracker_and_its_sample_log(world_model_dir, probes, data_options,
+                                                                       tmp_path):
+    out, samples = tmp_path / "probe", tmp_path / "probe.samples"
+    result = run_script("train_probe.py", [*probe_options(world_model_dir, probes, data_options, out),
+                                           "--nan_at_steps", 2, "--sample_log", samples, "--report_to", "tensorboard"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 2: non-finite loss or gradient, step skipped (1 in a row, 1 in all)" in result.stderr
+    state = json.loads((out / "final" / "trainer_state.json").read_text())
+    assert state["skipped_steps"] == 1 and state["global_step"] >= 2
+    head = load_file(str(out / "final" / "model.safetensors"))
+    assert all(torch.isfinite(tensor).all() for tensor in head.values())
+    assert any(path.name.startswith("events.out.tfevents") for path in (out / "logs").rglob("*"))
+    lines = (tmp_path / "probe.samples.rank0").read_text().splitlines()
+    assert lines[0].startswith("0 0 [") and lines[-1].startswith("final weights ")
+    assert len(lines) - 1 == state["global_step"]  # one line per batch (no accumulation), then the weights
+
+    stopped = run_script("train_probe.py", [*probe_options(world_model_dir, probes, data_options, tmp_path / "stop"),
+                                            "--nan_at_steps", "1", "--max_bad_steps", 1, "--report_to", "none"])
+    assert stopped.returncode != 0
+    assert "1 consecutive optimizer steps had a non-finite loss or gradient (up to step 1)" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+
+
+def test_probe_push_to_hub_then_loads_from_the_loopback_hub(world_model_dir, probes, data_options, tmp_path):
+    from tests.hub_server import LoopbackHub
+
+    with LoopbackHub() as hub:
+        env = hub.env(tmp_path / "hf_home")
+        repo_id = f"{hub.user}/surgical-wm-task-probe"
+        out = tmp_path / "pushed"
+        result = run_script("train_probe.py", [*probe_options(world_model_dir, probes, data_options, out),
+                                               "--report_to", "none", "--push_to_hub", "--hub_model_id", repo_id],
+                            env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert hub.token not in result.stdout + result.stderr
+        files = hub.repo_files(repo_id)
+        assert "model.safetensors" in files and not any(name.startswith("checkpoints") for name in files)
+        card = files["README.md"].decode()
+        assert repo_id in card and "pipeline_tag: video-classification" in card
+        check = (
+            "import sys, torch\nfrom transformers import AutoModelForVideoClassification\n"
+            "remote = AutoModelForVideoClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+            "local = AutoModelForVideoClassification.from_pretrained(sys.argv[2], trust_remote_code=True).eval()\n"
+            "config = remote.config\ntorch.manual_seed(0)\n"
+            "latents = torch.randn(2, 8, config.tokens_per_step, config.encoder_config.hidden_size)\n"
+            "with torch.no_grad():\n"
+            "    torch.testing.assert_close(remote(latents=latents).logits, local(latents=latents).logits, rtol=0, atol=0)\n"
+            "print('same logits', remote.config.probe_target)\n"
+        )
+        loaded = subprocess.run([sys.executable, "-c", check, repo_id, str(out / "best")], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        assert "same logits task" in loaded.stdout
+
+
 def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_options, tmp_path):
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
     result = run_script("evaluate_surgical_model.py", [
