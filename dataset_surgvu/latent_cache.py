@@ -13,8 +13,15 @@ the finished shards' checksums and rewrites the ones that do not match. The key 
 dataset fingerprint, precision) decides whether a cache fits a run: a changed key rebuilds. Reading opens the
 shards memory-mapped (`safetensors.safe_open`) and copies out one clip at a time.
 
-Building needs the model, so it is driven by the training script (`train_hf.build_latent_cache`); this module holds
-the format: key, shard writing, verification, the manifest and the reader.
+This module holds the format (key, shard writing, verification, the manifest and the reader) and what a run does with
+it, from plain values: whether the cache can serve it (`latent_cache_off_reason`), its key (`latent_cache_key`), the
+build with a model and an `accelerate.Accelerator` (`build_latent_cache`) and the cached clip datasets of every split
+(`cached_clip_datasets`, under `latent_cache_root`). The training scripts and scripts/cache_latents.py call the same
+functions, so a cache built ahead of a run is the one the run looks for.
+
+    key = latent_cache_key(model, split, transform, fps=4.0, frames_per_clip=8, precision="float16", autocast="no")
+    cache = build_latent_cache(accelerator, model, split, transform, "cache/train", key, shard_size=128,
+                               batch_size=4, num_workers=8)
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .clips import SurgVUClips
 
 
 logger = logging.getLogger(__name__)
@@ -317,3 +326,100 @@ class LatentClips(Dataset):
             **{name: torch.as_tensor(row[name], dtype=self.LABEL_COLUMNS[name]) for name in self.label_columns},
             "sample_id": torch.tensor(index),
         }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A run's cache: whether it applies, its key, its place, building it
+# --------------------------------------------------------------------------------------------------------------------
+def latent_cache_off_reason(*, no_cache: bool, encoder_frozen: bool, transform) -> str | None:
+    """Why the latent cache cannot serve a run, or None when it can: `no_cache` asked for none, a trained encoder's
+    latents change at every step, a random transform's pixels change between epochs."""
+    if no_cache:
+        return "--no_cache"
+    if not encoder_frozen:
+        return "the encoder trains, so its latents change at every step"
+    if not transform.deterministic:
+        return "the clip transform is random, so a clip's pixels change between epochs"
+    return None
+
+
+def latent_cache_key(model, split, transform, *, fps: float, frames_per_clip: int, precision: str,
+                     autocast: str) -> LatentCacheKey:
+    """The key a latent cache of `split` is valid for: `model`'s encoder weights and latent options, the transform's
+    preprocessing, the data's `fps` and `frames_per_clip`, the split's fingerprint, the storage `precision`, and
+    `autocast`, the run's mixed precision ("no", "bf16", ...), which changes what the encoder outputs."""
+    config = model.config
+    return LatentCacheKey(
+        encoder_hash=module_fingerprint(model.encoder),
+        preprocessing={"crop_size": transform.crop_size, "image_mean": list(transform.image_mean),
+                       "image_std": list(transform.image_std), "fps": fps,
+                       "frames_per_clip": frames_per_clip, "frames_per_step": config.frames_per_step,
+                       "normalize_latents": config.normalize_latents, "autocast": str(autocast)},
+        dataset_fingerprint=split._fingerprint,
+        precision=precision,
+    )
+
+
+def latent_cache_root(cache_dir, output_dir) -> Path:
+    """Where a run's caches live, one folder per split: `cache_dir` when given, else `output_dir/latent_cache`."""
+    return Path(cache_dir) if cache_dir else Path(output_dir) / "latent_cache"
+
+
+@torch.no_grad()
+def build_latent_cache(accelerator, model, split, transform, directory, key: LatentCacheKey, *, shard_size: int,
+                       batch_size: int, num_workers: int) -> LatentCache:
+    """Encodes the clips of `split` once into `directory`, or reuses and verifies what is there; call it on every
+    process of `accelerator` (an `accelerate.Accelerator`).
+
+    Every process encodes its share of the shards; rank 0 writes the manifest last. Shards already done (record
+    present, checksum right) are kept: a killed build resumes, and a corrupted shard is rewritten.
+    """
+    directory = Path(directory)
+    builder = LatentCacheBuilder(directory, key, len(split), shard_size)
+    if accelerator.is_main_process:
+        builder.reset_if_stale()
+    accelerator.wait_for_everyone()
+    pending = builder.prepare(accelerator.process_index, accelerator.num_processes)
+    if pending:
+        logger.info("latent cache %s: encoding %d of %d shards on process %d", directory, len(pending),
+                    builder.num_shards, accelerator.process_index)
+        indices = [index for shard in pending for index in shard_clips(shard, len(split), shard_size)]
+        loader = DataLoader(Subset(SurgVUClips(split, transform), indices), batch_size=batch_size,
+                            num_workers=num_workers)
+        model.to(accelerator.device).eval()
+        buffered, written = [], 0
+        for batch in loader:
+            with accelerator.autocast():
+                buffered.append(model.encode(batch["pixel_values_videos"].to(accelerator.device)).float().cpu())
+            while pending and sum(len(latents) for latents in buffered) >= len(shard_clips(pending[0], len(split),
+                                                                                           shard_size)):
+                latents = torch.cat(buffered)
+                size = len(shard_clips(pending[0], len(split), shard_size))
+                builder.write_shard(pending.pop(0), latents[:size])
+                buffered, written = [latents[size:]], written + 1
+                if written % 10 == 0 or not pending:
+                    logger.info("latent cache: %d shard(s) written by process %d", written,
+                                accelerator.process_index)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        builder.finish()
+    accelerator.wait_for_everyone()
+    return LatentCache(directory, key)
+
+
+def cached_clip_datasets(accelerator, model, dataset, transform, cache_root, *, fps: float, frames_per_clip: int,
+                         precision: str, shard_size: int, batch_size: int, num_workers: int) -> dict[str, LatentClips]:
+    """The `LatentClips` of every split of `dataset`, each from its cache under `cache_root/<split>` (built or
+    verified here with `model`'s frozen encoder); the caller has checked `latent_cache_off_reason`."""
+    cache_root = Path(cache_root)
+    clips = {}
+    for name, split in dataset.items():
+        key = latent_cache_key(model, split, transform, fps=fps, frames_per_clip=frames_per_clip,
+                               precision=precision, autocast=accelerator.mixed_precision)
+        cache = build_latent_cache(accelerator, model, split, transform, cache_root / name, key,
+                                   shard_size=shard_size, batch_size=batch_size, num_workers=num_workers)
+        clips[name] = LatentClips(split, cache)
+    if accelerator.is_main_process and "train" in clips:
+        logger.info("latent cache: %s (%s, %.2f MiB per clip): the encoder and the video decoder are not run again "
+                    "while training", cache_root, precision, clips["train"].cache.bytes_per_clip / 2**20)
+    return clips

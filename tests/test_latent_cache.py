@@ -22,13 +22,17 @@ from dataset_surgvu.latent_cache import (
     LatentCache,
     LatentCacheError,
     LatentCacheKey,
+    LatentClips,
+    build_latent_cache,
     bytes_per_clip,
+    cached_clip_datasets,
     dequantize,
+    latent_cache_key,
+    latent_cache_off_reason,
+    latent_cache_root,
     quantize,
 )
 from modeling_surgical_wm import SurgicalWorldModel
-from training_surgical_wm.arguments import DataArguments
-from training_surgical_wm.data import build_latent_cache, latent_cache_key
 
 FLOAT16_UNIT_ROUNDOFF = 2.0**-11  # float16 keeps 11 significant bits: a stored value is within this relative error
 
@@ -51,10 +55,10 @@ def sample_split(surgvu_sample, train_inputs):
 
 def build(accelerator, model, split, directory, precision="float16", shard_size=3):
     transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
-    data_args = DataArguments(cache_precision=precision)
-    key = latent_cache_key(accelerator.mixed_precision, model, split, transform, data_args)
-    return build_latent_cache(accelerator, model, split, transform, Path(directory), key, shard_size, batch_size=3,
-                              num_workers=0)
+    key = latent_cache_key(model, split, transform, fps=4.0, frames_per_clip=8, precision=precision,
+                           autocast=accelerator.mixed_precision)
+    return build_latent_cache(accelerator, model, split, transform, directory, key, shard_size=shard_size,
+                              batch_size=3, num_workers=0)
 
 
 def encoded(model, split, indices):
@@ -158,6 +162,69 @@ def test_a_changed_encoder_or_crop_rebuilds_the_cache(accelerator, world_model_d
         third = build(accelerator, model, uncropped, directory)
     assert "built for another dataset_fingerprint: rebuilding" in caplog.text
     torch.testing.assert_close(third[0], encoded(model, uncropped, [0])[0], rtol=1e-3, atol=1e-3)
+
+
+def test_off_reasons_key_and_root_from_plain_values(world_model_dir, sample_split, tmp_path):
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    assert latent_cache_off_reason(no_cache=False, encoder_frozen=True, transform=transform) is None
+    assert latent_cache_off_reason(no_cache=True, encoder_frozen=True, transform=transform) == "--no_cache"
+    assert latent_cache_off_reason(no_cache=False, encoder_frozen=False, transform=transform).startswith(
+        "the encoder trains")
+    random = type("RandomTransform", (), {"deterministic": False})()
+    assert latent_cache_off_reason(no_cache=False, encoder_frozen=True, transform=random).startswith(
+        "the clip transform is random")
+
+    key = latent_cache_key(model, sample_split, transform, fps=2.0, frames_per_clip=4, precision="int8",
+                           autocast="bf16")
+    assert key.precision == "int8" and key.dataset_fingerprint == sample_split._fingerprint
+    assert key.preprocessing == {"crop_size": transform.crop_size, "image_mean": list(transform.image_mean),
+                                 "image_std": list(transform.image_std), "fps": 2.0, "frames_per_clip": 4,
+                                 "frames_per_step": model.config.frames_per_step,
+                                 "normalize_latents": model.config.normalize_latents, "autocast": "bf16"}
+    assert latent_cache_root(None, tmp_path) == tmp_path / "latent_cache"
+    assert latent_cache_root(str(tmp_path / "elsewhere"), tmp_path) == tmp_path / "elsewhere"
+
+
+def test_cached_clip_datasets_of_every_split(accelerator, world_model_dir, sample_split, tmp_path):
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    clips = cached_clip_datasets(accelerator, model, {"train": sample_split}, transform, tmp_path, fps=4.0,
+                                 frames_per_clip=8, precision="float16", shard_size=3, batch_size=3, num_workers=0)
+    assert list(clips) == ["train"] and isinstance(clips["train"], LatentClips)
+    expected = build(accelerator, model, sample_split, tmp_path / "train")  # the same key: reused as it is
+    assert clips["train"].cache.manifest == expected.manifest
+    item = clips["train"][1]
+    assert torch.equal(item["latents"], expected[1]) and item["sample_id"].item() == 1
+
+
+def test_the_same_key_reason_and_shards_as_train_hf(accelerator, world_model_dir, sample_split, tmp_path):
+    """While train_hf.py keeps its own copies, they and these agree: the script and training find one cache."""
+    train_hf = pytest.importorskip("train_hf")
+    if not all(hasattr(train_hf, name) for name in ("latent_cache_key", "latent_cache_off_reason", "DataArguments")):
+        pytest.skip("train_hf.py calls dataset_surgvu.latent_cache itself")
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    for options in ({}, {"fps": 2.0, "frames_per_clip": 4, "cache_precision": "int8"}, {"no_cache": True}):
+        data_args = train_hf.DataArguments(**options)
+        theirs = train_hf.latent_cache_key("bf16", model, sample_split, transform, data_args)
+        mine = latent_cache_key(model, sample_split, transform, fps=data_args.fps,
+                                frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
+                                autocast="bf16")
+        assert mine == theirs and mine.digest == theirs.digest
+        for frozen in (True, False):
+            assert latent_cache_off_reason(no_cache=data_args.no_cache, encoder_frozen=frozen, transform=transform) \
+                == train_hf.latent_cache_off_reason(frozen, data_args, transform)
+    key = latent_cache_key(model, sample_split, transform, fps=4.0, frames_per_clip=8, precision="int8",
+                           autocast=accelerator.mixed_precision)
+    theirs = train_hf.build_latent_cache(accelerator, model, sample_split, transform, tmp_path / "theirs", key, 3,
+                                         batch_size=3, num_workers=0)
+    mine = build(accelerator, model, sample_split, tmp_path / "mine", precision="int8")
+    def layout(manifest):  # a shard's checksum covers its header too, whose metadata has no fixed order
+        return {**manifest, "shards": [{**shard, "sha256": None} for shard in manifest["shards"]]}
+
+    assert layout(mine.manifest) == layout(theirs.manifest)
+    assert_same_shards(shard_tensors(tmp_path / "mine"), shard_tensors(tmp_path / "theirs"))
 
 
 def test_a_killed_build_resumes_where_it_stopped(train_inputs, tmp_path):
