@@ -18,18 +18,12 @@ from torch.utils.data import DataLoader
 
 from accelerate.logging import get_logger
 
-from dataset_surgvu import EpochShuffleSampler, get_build_metadata
+from dataset_surgvu import EpochShuffleSampler
+from dataset_surgvu.latent_cache import latent_cache_off_reason
 from training_surgical_wm.accelerator import available_cores, cosine_schedule, init_trackers, make_accelerator
 from training_surgical_wm.arguments import parse_training_arguments, public_arguments
 from training_surgical_wm.checkpoints import resume_progress, save_checkpoint
-from training_surgical_wm.data import (
-    clip_datasets,
-    clip_inputs,
-    clip_transform,
-    dataset_action_spec,
-    latent_cache_off_reason,
-    load_dataset_splits,
-)
+from training_surgical_wm.data import clip_datasets, clip_inputs, dataset_entry, load_dataset_splits, split_groups
 from training_surgical_wm.export import create_hub_repo, export_model, model_card, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
 from training_surgical_wm.world_model import load_world_model, run_validation
@@ -50,9 +44,10 @@ def main(argv=None) -> None:
     repo_id = create_hub_repo(accelerator, train_args, output_dir)
 
     # ---- data (built once on the main process, read from the Arrow cache by the others)
+    entry = dataset_entry(data_args)
     with accelerator.main_process_first():
         dataset = load_dataset_splits(data_args)
-    metadata = get_build_metadata(dataset) if data_args.dataset == "surgvu" else {}
+    metadata = entry.build_metadata(dataset)
     if metadata.get("corrupt_videos"):
         logger.warning(f"skipped {len(metadata['corrupt_videos'])} unreadable video(s): "
                        + "; ".join(metadata["corrupt_videos"].values()))
@@ -61,15 +56,16 @@ def main(argv=None) -> None:
                          "scripts/check_setup.py --data_root ...).")
 
     # ---- model
-    model = load_world_model(model_args, dataset_action_spec(data_args, dataset))
+    model = load_world_model(model_args, entry.action_spec(dataset))
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()
-    transform = clip_transform(data_args, model.config.encoder_config.crop_size)
+    transform = entry.transform(crop_size=model.config.encoder_config.crop_size)
     num_workers = min(data_args.num_workers, available_cores())
     train_sampler = EpochShuffleSampler(len(dataset["train"]), train_args.seed)
     loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
                      "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available()}
-    cache_off = latent_cache_off_reason(model_args.encoder_frozen, data_args, transform)
+    cache_off = latent_cache_off_reason(no_cache=data_args.no_cache, encoder_frozen=model_args.encoder_frozen,
+                                        transform=transform)
     clips = clip_datasets(accelerator, model, dataset, transform, data_args, output_dir, cache_off,
                           train_args.batch_size, num_workers)
     # The loaders draw worker seeds from their own generators, never from the global RNG that resuming restores.
@@ -96,9 +92,7 @@ def main(argv=None) -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("***** Running training *****")
     logger.info(f"  clips: {len(dataset['train'])} train / {len(dataset['validation'])} validation "
-                + (f"({len(metadata.get('train_cases', []))} / {len(metadata.get('validation_cases', []))} cases)"
-                   if data_args.dataset == "surgvu" else
-                   f"({len(set(dataset['train']['take']))} / {len(set(dataset['validation']['take']))} takes)"))
+                f"({split_groups(dataset, metadata)})")
     logger.info(f"  epochs: {train_args.num_epochs}, optimizer steps: {total_steps} ({steps_per_epoch} per epoch)")
     logger.info(f"  batch per device: {train_args.batch_size}, accumulation: {train_args.gradient_accumulation_steps}, "
                 f"global batch: {train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps}")

@@ -7,7 +7,7 @@ training split of non-overlapping 8-frame clips at 4 fps, one world model: the d
 weights). The same `--epochs` of frozen-encoder training run three ways, from the same initial weights, with the same
 batch size, AdamW, clip order (`EpochShuffleSampler`) and DataLoader settings (train_hf's: workers, persistent):
 - uncached: `SurgVUClips` + `ClipTransform` every epoch, `model(pixel_values_videos=..., actions=...)`;
-- cached: `training_surgical_wm.data.build_latent_cache` (key, encode, shards, checksums, manifest), then `LatentClips` every epoch,
+- cached: `dataset_surgvu.latent_cache.build_latent_cache` (key, encode, shards, checksums, manifest), then `LatentClips` every epoch,
   `model(latents=..., actions=...)`;
 - limit: one pass of decode, preprocess and encode (same loader), then predictor-only epochs on latents in memory.
 It also times each stage per clip on its own (decode, preprocess, encode, one predictor step) and prints the
@@ -33,12 +33,12 @@ from accelerate import Accelerator
 from bench_decode import make_video
 from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
 from dataset_surgvu import ClipTransform, DecoderCache, EpochShuffleSampler, SurgVUClips, decode_clip, get_action_spec
-from dataset_surgvu.latent_cache import LatentClips
+from dataset_surgvu.latent_cache import LatentClips, build_latent_cache, latent_cache_key
 from dataset_surgvu.transforms import crop_frames, vjepa2_preprocess
 from modeling_surgical_wm import SurgicalWorldModel
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments
-from training_surgical_wm.data import build_latent_cache, latent_cache_key, load_dataset_splits
+from training_surgical_wm.data import load_dataset_splits
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -235,9 +235,10 @@ def main() -> None:
     trainer.reset()
     with tempfile.TemporaryDirectory(dir=args.cache_dir, prefix="latents-") as directory:
         started = time.perf_counter()
-        key = latent_cache_key(accelerator.mixed_precision, model, split, transform, data_args)
-        cache = build_latent_cache(accelerator, model, split, transform, directory, key, args.shard_size,
-                                   args.batch_size, num_workers)
+        key = latent_cache_key(model, split, transform, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
+                               precision=data_args.cache_precision, autocast=accelerator.mixed_precision)
+        cache = build_latent_cache(accelerator, model, split, transform, directory, key, shard_size=args.shard_size,
+                                   batch_size=args.batch_size, num_workers=num_workers)
         build = time.perf_counter() - started
         trainer.reset()  # build_latent_cache leaves the model in eval mode; same weights
         loader = DataLoader(LatentClips(split, cache), sampler=sampler, drop_last=True, **loader_kwargs)

@@ -22,16 +22,17 @@ import torch
 from accelerate import Accelerator
 from transformers import HfArgumentParser
 
-from dataset_surgvu import ClipTransform, get_action_spec
-from dataset_surgvu.latent_cache import PRECISIONS, bytes_per_clip
-from training_surgical_wm.accelerator import available_cores
-from training_surgical_wm.arguments import DataArguments, ModelArguments, TrainArguments
-from training_surgical_wm.data import (
+from dataset_surgvu.latent_cache import (
+    PRECISIONS,
     build_latent_cache,
+    bytes_per_clip,
     latent_cache_key,
     latent_cache_off_reason,
-    load_dataset_splits,
+    latent_cache_root,
 )
+from training_surgical_wm.accelerator import available_cores
+from training_surgical_wm.arguments import DataArguments, ModelArguments, TrainArguments
+from training_surgical_wm.data import dataset_entry, load_dataset_splits
 from training_surgical_wm.world_model import load_world_model
 
 
@@ -94,17 +95,19 @@ def main(argv=None) -> int:
                         level=logging.INFO if accelerator.is_local_main_process else logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
 
-    model = load_world_model(model_args, get_action_spec())
-    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
-    off_reason = latent_cache_off_reason(model_args.encoder_frozen, data_args, transform)
+    entry = dataset_entry(data_args)
+    with accelerator.main_process_first():
+        dataset = load_dataset_splits(data_args)
+    model = load_world_model(model_args, entry.action_spec(dataset))
+    transform = entry.transform(crop_size=model.config.encoder_config.crop_size)
+    off_reason = latent_cache_off_reason(no_cache=data_args.no_cache, encoder_frozen=model_args.encoder_frozen,
+                                         transform=transform)
     if off_reason is not None:
         print(f"error: the latent cache cannot serve this run: {off_reason}", file=sys.stderr)
         return 2
 
-    with accelerator.main_process_first():
-        dataset = load_dataset_splits(data_args)
     names = ["train", "validation"] if args.split == "all" else [args.split]
-    cache_root = Path(data_args.cache_dir) if data_args.cache_dir else Path(args.output_dir) / "latent_cache"
+    cache_root = latent_cache_root(data_args.cache_dir, args.output_dir)
     num_workers = min(data_args.num_workers, available_cores())
     config = model.config
     latent_shape = (data_args.frames_per_clip // config.frames_per_step, config.tokens_per_step, config.latent_dim)
@@ -115,9 +118,11 @@ def main(argv=None) -> int:
         split, directory = dataset[name], cache_root / name
         before = shard_records(directory)
         started = time.perf_counter()
-        key = latent_cache_key(accelerator.mixed_precision, model, split, transform, data_args)
-        cache = build_latent_cache(accelerator, model, split, transform, directory, key, data_args.cache_shard_size,
-                                   args.batch_size, num_workers)
+        key = latent_cache_key(model, split, transform, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
+                               precision=data_args.cache_precision, autocast=accelerator.mixed_precision)
+        cache = build_latent_cache(accelerator, model, split, transform, directory, key,
+                                   shard_size=data_args.cache_shard_size, batch_size=args.batch_size,
+                                   num_workers=num_workers)
         after = shard_records(directory)
         written = sum(before.get(record) != mtime for record, mtime in after.items())
         shards = cache.manifest["shards"]

@@ -36,12 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from dataset_surgvu.catalog import PROBE_TARGETS
+from dataset_surgvu.latent_cache import latent_cache_key
 from modeling_surgical_wm import rollout_errors
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
-from training_surgical_wm.data import clip_transform, latent_cache_key, load_dataset_splits
+from training_surgical_wm.data import dataset_entry, load_dataset_splits
 from training_surgical_wm.loading import checkpoint_config, fail, is_probe
-from training_surgical_wm.probes import TARGETS, labelled_indices, split_label_counts
+from training_surgical_wm.probes import split_label_counts
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +108,7 @@ def load_probe(path: str, target: str, world_model):
     if config.get("model_type") != "surgical_wm" or not is_probe(config):
         fail(f"{where}: not a probe of a surgical world model (architectures {config.get('architectures')}); "
              "train one with scripts/train_probe.py")
-    expected = TARGETS[target][0]
+    expected = list(PROBE_TARGETS[target].class_names)
     labels = [config.get("id2label", {}).get(str(index)) for index in range(len(config.get("id2label", {})))]
     if labels != expected:
         flag = "--tool_probe" if target == "tools" else f"--{target}_probe"
@@ -128,7 +130,7 @@ def train_probes(args: EvaluationArguments, data_args: DataArguments) -> dict[st
         value = getattr(data_args, item.name)
         if value is not None:
             data_options += [f"--{item.name}", str(value)]
-    targets = ("task", "tools") if data_args.dataset == "surgvu" else ("phase", "next_action", "breach")
+    targets = tuple(dataset_entry(data_args).targets)  # task and tools, or phase, next_action and breach
     found = {}
     for target in targets:
         output_dir = probe_dir / target
@@ -566,7 +568,9 @@ def clip_source(world_model, split, name: str, transform, data_args: DataArgumen
 
     if data_args.cache_dir and name != "all" and not data_args.no_cache:
         # The evaluation runs without autocast: a cache built in float32 matches.
-        key = latent_cache_key("no", world_model, split, transform, data_args)
+        key = latent_cache_key(world_model, split, transform, fps=data_args.fps,
+                               frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
+                               autocast="no")
         try:
             return (LatentClips(split, LatentCache(Path(data_args.cache_dir) / name, key)),
                     f"latent cache {Path(data_args.cache_dir) / name}")
@@ -723,12 +727,13 @@ def main(argv=None) -> int:
     if args.train_probes:
         given.update(train_probes(args, data_args))
     probes = {}
-    if checkpoint_probe is not None and checkpoint_probe.config.probe_target in TARGETS:
+    if checkpoint_probe is not None and checkpoint_probe.config.probe_target in PROBE_TARGETS:
         probes[checkpoint_probe.config.probe_target] = checkpoint_probe
     for target, path in given.items():
         if path:
-            if TARGETS[target][2] != data_args.dataset:
-                fail(f"--{'tool' if target == 'tools' else target}_probe is a {TARGETS[target][2]} probe; the data "
+            if PROBE_TARGETS[target].dataset != data_args.dataset:
+                flag = f"--{'tool' if target == 'tools' else target}_probe"
+                fail(f"{flag} is a {PROBE_TARGETS[target].dataset} probe; the data "
                      f"is --dataset {data_args.dataset}")
             probes[target] = load_probe(path, target, world_model)
     for probe in probes.values():
@@ -745,35 +750,36 @@ def main(argv=None) -> int:
     if not indices:
         fail(f"the {args.split} split of {data_args.data_root} has no clip (check the layout with "
              "scripts/check_setup.py --data_root ...)")
-    transform = clip_transform(data_args, world_model.config.encoder_config.crop_size)
+    transform = dataset_entry(data_args).transform(crop_size=world_model.config.encoder_config.crop_size)
     clips, source = clip_source(world_model, split, args.split, transform, data_args)
     print(f"evaluating {args.checkpoint} on {len(indices)} {args.split} clips ({source}); probes: "
           f"{', '.join(probes) or 'none'}", flush=True)
 
-    surgvu_probes = {target: probe for target, probe in probes.items() if TARGETS[target][2] == "surgvu"}
+    surgvu_probes = {target: probe for target, probe in probes.items() if PROBE_TARGETS[target].dataset == "surgvu"}
     result = run(args, world_model, surgvu_probes, split, indices, clips, device)
     report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
               "clips": source, "world_model": world_model_section(result)}
     if surgvu_probes:
         train_split = dataset["train"]
-        train_indices = labelled_indices(train_split)
+        train_indices = PROBE_TARGETS["task"].labelled_indices(train_split)
         report["surgvu_probes"] = {}
         if "task" in surgvu_probes:
             if not len(result["probes"]["task"]["scores"]):
                 fail(f"the {args.split} split of {data_args.data_root} has no labelled clip for the task probe")
-            counts = split_label_counts(train_split, train_indices, "task").numpy()
+            counts = split_label_counts(train_split, train_indices, PROBE_TARGETS["task"]).numpy()
             report["surgvu_probes"]["task"] = task_section(result, counts, args.seed)
         if "tools" in surgvu_probes:
             if not len(result["probes"]["tools"]["scores"]):
                 fail(f"the {args.split} split of {data_args.data_root} has no labelled clip for the tool probe")
-            prevalence = split_label_counts(train_split, train_indices, "tools").numpy() / max(len(train_indices), 1)
+            prevalence = split_label_counts(train_split, train_indices, PROBE_TARGETS["tools"]).numpy() / max(len(train_indices), 1)
             report["surgvu_probes"]["tools"] = tools_section(result, prevalence, args.seed)
     mmor_records = None
     if data_args.dataset == "mmor":
         if "validation" not in dataset or not len(dataset["validation"]):
             fail(f"the validation takes of {data_args.data_root} have no clip: the detection thresholds are "
                  "calibrated on them")
-        mmor_probes = {target: probe for target, probe in probes.items() if TARGETS[target][2] == "mmor"}
+        mmor_probes = {target: probe for target, probe in probes.items()
+                       if PROBE_TARGETS[target].dataset == "mmor"}
         validation_clips, _ = clip_source(world_model, dataset["validation"], "validation", transform, data_args)
         calibration = run_mmor(args, world_model, mmor_probes, dataset["validation"], validation_clips, device)
         mmor_records = run_mmor(args, world_model, mmor_probes, split, clips, device, indices)

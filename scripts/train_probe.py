@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader, Subset
 
 from accelerate.logging import get_logger
 
-from dataset_surgvu import EpochShuffleSampler, get_build_metadata
+from dataset_surgvu import EpochShuffleSampler
+from dataset_surgvu.catalog import PROBE_TARGETS, ProbeTarget, get_dataset, get_probe_target
+from dataset_surgvu.latent_cache import latent_cache_off_reason
 from modeling_surgical_wm import SurgicalWorldModelForVideoClassification
 from training_surgical_wm.accelerator import available_cores, cosine_schedule, init_trackers, make_accelerator
 from training_surgical_wm.arguments import (
@@ -43,16 +45,10 @@ from training_surgical_wm.arguments import (
     public_arguments,
 )
 from training_surgical_wm.checkpoints import resume_progress, save_checkpoint
-from training_surgical_wm.data import (
-    clip_datasets,
-    clip_inputs,
-    clip_transform,
-    latent_cache_off_reason,
-    load_dataset_splits,
-)
+from training_surgical_wm.data import clip_datasets, clip_inputs, dataset_entry, load_dataset_splits, split_groups
 from training_surgical_wm.export import create_hub_repo, export_model, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
-from training_surgical_wm.probes import TARGETS, clip_labels, labelled_indices, probe_labels, split_label_counts
+from training_surgical_wm.probes import split_label_counts
 
 
 logger = get_logger(__name__, log_level="INFO")
@@ -83,10 +79,10 @@ class ProbeArguments:
     )
 
 
-def balanced_weights(counts: torch.Tensor, num_clips: int, target: str) -> list[float]:
-    """`balanced` class weights: N / (K * n_c) for the task classes; n_negative / n_positive per tool (pos_weight).
-    A class absent from the training clips gets 1."""
-    if target != "tools":
+def balanced_weights(counts: torch.Tensor, num_clips: int, target: ProbeTarget) -> list[float]:
+    """`balanced` class weights: N / (K * n_c) for single-label classes; n_negative / n_positive per class of a
+    multi-label target such as the tools (pos_weight). A class absent from the training clips gets 1."""
+    if target.problem_type != "multi_label_classification":
         present = counts > 0
         weights = torch.where(present, num_clips / (len(counts) * counts.clamp(min=1)), torch.ones_like(counts))
     else:
@@ -95,10 +91,11 @@ def balanced_weights(counts: torch.Tensor, num_clips: int, target: str) -> list[
 
 
 def load_probe_model(probe_args: ProbeArguments, class_weights: list[float] | None):
-    id2label, problem_type = probe_labels(probe_args.target)
+    target = get_probe_target(probe_args.target)
     try:
         return SurgicalWorldModelForVideoClassification.from_world_model(
-            probe_args.world_model, id2label=id2label, problem_type=problem_type, probe_target=probe_args.target,
+            probe_args.world_model, id2label=target.id2label, problem_type=target.problem_type,
+            probe_target=probe_args.target,
             probe_num_layers=probe_args.probe_num_layers, probe_use_predictor=probe_args.probe_use_predictor,
             probe_class_weights=class_weights,
         )
@@ -113,18 +110,19 @@ def probe_card(config, probe_args: ProbeArguments, train_args: TrainArguments, s
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())
                      if isinstance(value, (int, float)))
     kind = "single-label" if config.problem_type == "single_label_classification" else "multi-label"
+    dataset_name = get_dataset(get_probe_target(probe_args.target).dataset).display_name
     return f"""---
 library_name: transformers
 pipeline_tag: video-classification
 datasets:
-- {"SurgVU" if TARGETS[probe_args.target][2] == "surgvu" else "MM-OR"}
+- {dataset_name}
 tags:
 - v-jepa-2
 - surgical-video
 - attentive-probe
 ---
 
-# {"SurgVU" if TARGETS[probe_args.target][2] == "surgvu" else "MM-OR"} {probe_args.target} probe on a surgical world model
+# {dataset_name} {probe_args.target} probe on a surgical world model
 
 A frozen attentive probe (V-JEPA 2's design: {config.probe_num_layers} self-attention blocks, a cross-attention block
 with a learned query, a linear layer) over the latents of the world model `{probe_args.world_model}`
@@ -150,15 +148,15 @@ form) before any use beyond non-commercial research.
 
 
 @torch.no_grad()
-def validate(accelerator, model, dataloader, target: str) -> dict:
+def validate(accelerator, model, dataloader, target: ProbeTarget) -> dict:
     """Mean unweighted loss (cross-entropy, or binary cross-entropy averaged over the classes) and accuracy (per
     class for tools) over the validation clips, gathered from every process."""
     model.eval()
     loss_sum, hits, count = 0.0, 0.0, 0
     for batch in dataloader:
         logits = model(**clip_inputs(batch)).logits
-        logits, labels = accelerator.gather_for_metrics((logits.float(), clip_labels(batch, target)))
-        if target != "tools":
+        logits, labels = accelerator.gather_for_metrics((logits.float(), target.clip_labels(batch)))
+        if target.problem_type != "multi_label_classification":
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             hits += (logits.argmax(-1) == labels).sum().item()
         else:
@@ -172,14 +170,16 @@ def validate(accelerator, model, dataloader, target: str) -> dict:
 def main(argv=None) -> None:
     probe_args, data_args, train_args = parse_dataclasses((ProbeArguments, DataArguments, TrainArguments), argv,
                                                           __doc__.splitlines()[0], PROBE_DEFAULTS)
-    if probe_args.target not in TARGETS:
-        raise SystemExit(f"error: --target must be one of {', '.join(TARGETS)}, got {probe_args.target}")
+    if probe_args.target not in PROBE_TARGETS:
+        raise SystemExit(f"error: --target must be one of {', '.join(PROBE_TARGETS)}, got {probe_args.target}")
     if probe_args.class_weights not in ("none", "balanced"):
         raise SystemExit(f"error: --class_weights must be none or balanced, got {probe_args.class_weights}")
     check_common_arguments(data_args, train_args)
-    if TARGETS[probe_args.target][2] != data_args.dataset:
-        raise SystemExit(f"error: --target {probe_args.target} is a {TARGETS[probe_args.target][2]} label; the data is "
+    target = get_probe_target(probe_args.target)
+    if target.dataset != data_args.dataset:
+        raise SystemExit(f"error: --target {probe_args.target} is a {target.dataset} label; the data is "
                          f"--dataset {data_args.dataset}")
+    entry = dataset_entry(data_args)
     output_dir = Path(train_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
 
@@ -190,22 +190,24 @@ def main(argv=None) -> None:
     # ---- data: labelled clips only
     with accelerator.main_process_first():
         dataset = load_dataset_splits(data_args)
-    metadata = get_build_metadata(dataset) if data_args.dataset == "surgvu" else {}
-    indices = {name: labelled_indices(split, probe_args.target) for name, split in dataset.items()}
+    metadata = entry.build_metadata(dataset)
+    indices = {name: target.labelled_indices(split) for name, split in dataset.items()}
     if not indices["train"]:
         raise SystemExit(f"error: no training clip with a {probe_args.target} label in {data_args.data_root} (SurgVU "
                          "cases need labels/case_NNN/tasks.csv and tools.csv; check with scripts/check_setup.py)")
-    counts = split_label_counts(dataset["train"], indices["train"], probe_args.target)
-    class_weights = (balanced_weights(counts, len(indices["train"]), probe_args.target)
+    counts = split_label_counts(dataset["train"], indices["train"], target)
+    class_weights = (balanced_weights(counts, len(indices["train"]), target)
                      if probe_args.class_weights == "balanced" else None)
 
     # ---- model: the frozen world model and a new head
     model = load_probe_model(probe_args, class_weights)
     world_model = model.world_model
-    transform = clip_transform(data_args, world_model.config.encoder_config.crop_size)
+    transform = entry.transform(crop_size=world_model.config.encoder_config.crop_size)
     num_workers = min(data_args.num_workers, available_cores())
     clips = clip_datasets(accelerator, world_model, dataset, transform, data_args, output_dir,
-                          latent_cache_off_reason(True, data_args, transform), train_args.batch_size, num_workers)
+                          latent_cache_off_reason(no_cache=data_args.no_cache, encoder_frozen=True,
+                                                  transform=transform),
+                          train_args.batch_size, num_workers)
     train_set, val_set = Subset(clips["train"], indices["train"]), Subset(clips["validation"], indices["validation"])
     train_sampler = EpochShuffleSampler(len(train_set), train_args.seed)
     loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
@@ -223,12 +225,10 @@ def main(argv=None) -> None:
     )
     lr_scheduler, _, total_steps = cosine_schedule(accelerator, optimizer, train_dataloader, train_args)
     init_trackers(accelerator, "surgical_wm_probe", train_args, probe_args, data_args, train_args)
-    label_names = TARGETS[probe_args.target][0]
+    label_names = target.class_names
     logger.info(f"probe: {probe_args.target} ({len(label_names)} classes), world model {probe_args.world_model} "
                 f"frozen; trainable parameters {sum(p.numel() for p in trainable) / 1e6:.3f} M")
-    groups = (f"{len(metadata.get('train_cases', []))} / {len(metadata.get('validation_cases', []))} cases"
-              if data_args.dataset == "surgvu" else
-              f"{len(set(dataset['train']['take']))} / {len(set(dataset['validation']['take']))} takes")
+    groups = split_groups(dataset, metadata)
     logger.info(f"  clips: {len(train_set)} train / {len(val_set)} validation (labelled; {groups}); "
                 f"training labels per class: " + ", ".join(f"{name} {int(n)}" for name, n in zip(label_names, counts)))
     logger.info(f"  epochs: {train_args.num_epochs}, optimizer steps: {total_steps}; class weights: "
@@ -265,7 +265,7 @@ def main(argv=None) -> None:
             batches_in_epoch += 1
             hooks.on_batch(global_step, epoch, batch)
             with accelerator.accumulate(model):
-                output = model(**clip_inputs(batch), labels=clip_labels(batch, probe_args.target))
+                output = model(**clip_inputs(batch), labels=target.clip_labels(batch))
                 loss = hooks.on_loss(global_step + 1, output.loss)
                 loss_is_bad = guard.backward(loss)
                 updated = guard.step(model, optimizer) if accelerator.sync_gradients else None
@@ -288,7 +288,7 @@ def main(argv=None) -> None:
         # ---- end of epoch: validation, the epoch's log line, best export
         totals = accelerator.reduce(torch.stack([loss_sum, batches]), reduction="sum")
         train_loss = (totals[0] / totals[1].clamp(min=1)).item()
-        val = validate(accelerator, model, val_dataloader, probe_args.target) if len(val_set) else {}
+        val = validate(accelerator, model, val_dataloader, target) if len(val_set) else {}
         history.append({"epoch": epoch + 1, "step": global_step, "train_loss": train_loss,
                         **{f"val_{name}": value for name, value in val.items()}})
         accelerator.log({f"epoch/{k}": v for k, v in history[-1].items()}, step=global_step)

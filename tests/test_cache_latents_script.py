@@ -38,16 +38,16 @@ def option(args: list[str], name: str) -> str:
 
 
 def splits_and_model(args: list[str]):
-    from dataset_surgvu import get_action_spec
     from training_surgical_wm.arguments import DataArguments, ModelArguments
-    from training_surgical_wm.data import load_dataset_splits
+    from training_surgical_wm.data import dataset_entry, load_dataset_splits
     from training_surgical_wm.world_model import load_world_model
 
     data_args = DataArguments(data_root=option(args, "--data_root"),
                               dataset_cache_dir=option(args, "--dataset_cache_dir"))
+    dataset = load_dataset_splits(data_args)
     model = load_world_model(ModelArguments(pretrained_checkpoint=option(args, "--pretrained_checkpoint")),
-                             get_action_spec())
-    return load_dataset_splits(data_args), model, data_args
+                             dataset_entry(data_args).action_spec(dataset))
+    return dataset, model, data_args
 
 
 def check_printed_sizes(stdout: str, latent_shape: tuple[int, int, int], precision: str, fps: float = 4.0,
@@ -74,7 +74,7 @@ def check_printed_sizes(stdout: str, latent_shape: tuple[int, int, int], precisi
 def test_builds_the_cache_train_hf_looks_for(train_inputs, tmp_path):
     from dataset_surgvu.latent_cache import MANIFEST, LatentCache
     from dataset_surgvu import ClipTransform
-    from training_surgical_wm.data import latent_cache_key
+    from dataset_surgvu.latent_cache import latent_cache_key
 
     output_dir = tmp_path / "run"
     args = script_inputs(train_inputs) + ["--output_dir", str(output_dir), "--cache_shard_size", "4"]
@@ -90,7 +90,8 @@ def test_builds_the_cache_train_hf_looks_for(train_inputs, tmp_path):
         assert len(manifest["shards"]) == math.ceil(len(split) / 4)
         assert len(list(directory.glob("shard-*.safetensors"))) == math.ceil(len(split) / 4)
         # The key train_hf computes for this run opens it: training reuses it instead of building again.
-        key = latent_cache_key("no", model, split, transform, data_args)  # a CPU run's mixed precision
+        key = latent_cache_key(model, split, transform, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
+                               precision=data_args.cache_precision, autocast="no")  # a CPU run's mixed precision
         assert len(LatentCache(directory, key)) == len(split)
         assert re.search(rf"^{name}: {math.ceil(len(split) / 4)} shard\(s\) .* \({math.ceil(len(split) / 4)} "
                          r"written now, 0 kept", result.stdout, flags=re.M), result.stdout

@@ -198,35 +198,6 @@ def test_cached_clip_datasets_of_every_split(accelerator, world_model_dir, sampl
     assert torch.equal(item["latents"], expected[1]) and item["sample_id"].item() == 1
 
 
-def test_the_same_key_reason_and_shards_as_train_hf(accelerator, world_model_dir, sample_split, tmp_path):
-    """While train_hf.py keeps its own copies, they and these agree: the script and training find one cache."""
-    train_hf = pytest.importorskip("train_hf")
-    if not all(hasattr(train_hf, name) for name in ("latent_cache_key", "latent_cache_off_reason", "DataArguments")):
-        pytest.skip("train_hf.py calls dataset_surgvu.latent_cache itself")
-    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
-    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
-    for options in ({}, {"fps": 2.0, "frames_per_clip": 4, "cache_precision": "int8"}, {"no_cache": True}):
-        data_args = train_hf.DataArguments(**options)
-        theirs = train_hf.latent_cache_key("bf16", model, sample_split, transform, data_args)
-        mine = latent_cache_key(model, sample_split, transform, fps=data_args.fps,
-                                frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
-                                autocast="bf16")
-        assert mine == theirs and mine.digest == theirs.digest
-        for frozen in (True, False):
-            assert latent_cache_off_reason(no_cache=data_args.no_cache, encoder_frozen=frozen, transform=transform) \
-                == train_hf.latent_cache_off_reason(frozen, data_args, transform)
-    key = latent_cache_key(model, sample_split, transform, fps=4.0, frames_per_clip=8, precision="int8",
-                           autocast=accelerator.mixed_precision)
-    theirs = train_hf.build_latent_cache(accelerator, model, sample_split, transform, tmp_path / "theirs", key, 3,
-                                         batch_size=3, num_workers=0)
-    mine = build(accelerator, model, sample_split, tmp_path / "mine", precision="int8")
-    def layout(manifest):  # a shard's checksum covers its header too, whose metadata has no fixed order
-        return {**manifest, "shards": [{**shard, "sha256": None} for shard in manifest["shards"]]}
-
-    assert layout(mine.manifest) == layout(theirs.manifest)
-    assert_same_shards(shard_tensors(tmp_path / "mine"), shard_tensors(tmp_path / "theirs"))
-
-
 def test_a_killed_build_resumes_where_it_stopped(train_inputs, tmp_path):
     common = [*train_inputs, "--num_epochs", "1", "--max_train_steps", "1", "--checkpointing_steps", "100",
               "--cache_shard_size", "2"]  # batches of 2: a shard is encoded from the same batch in every run

@@ -4,11 +4,11 @@ latent cache, planning) share: modules of helpers, imported by name, no trainer 
 
 - `arguments`: the model, data and training arguments and how they are read.
 - `accelerator`: the Accelerator with logging and seed, trackers, the cosine schedule.
-- `data`: the splits, action spec and transform of `--dataset`, the latent cache of a frozen encoder.
+- `data`: `--dataset` read through dataset_surgvu.catalog, its splits, the clip datasets (latent cache or decoded).
 - `world_model`: loading the world model to train, seeded validation per clip.
 - `checkpoints`: atomic step-named checkpoints, resuming.
 - `guard`: the non-finite guard, the bad-step limit, debugging hooks.
 - `export`: transformers exports, the world model's card, the Hub push.
-- `probes`: the probe targets and their labelled clips.
+- `probes`: label counts of a probe target (the targets themselves are dataset_surgvu.catalog's).
 - `loading`: reading a saved model's config (a directory or a Hub id) with clear errors.
 """

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import HfArgumentParser
 
+from dataset_surgvu.catalog import DATASETS
 from dataset_surgvu.latent_cache import PRECISIONS
 
 
@@ -126,8 +127,8 @@ def check_common_arguments(data_args: DataArguments, train_args: TrainArguments)
         raise SystemExit(f"error: --report_to must be tensorboard, trackio, wandb or none, got {train_args.report_to}")
     if train_args.device not in {None, "cuda", "mps", "cpu"}:
         raise SystemExit(f"error: --device must be cuda, mps or cpu, got {train_args.device}")
-    if data_args.dataset not in ("surgvu", "mmor"):
-        raise SystemExit(f"error: --dataset must be surgvu or mmor, got {data_args.dataset}")
+    if data_args.dataset not in DATASETS:
+        raise SystemExit(f"error: --dataset must be {' or '.join(DATASETS)}, got {data_args.dataset}")
     if data_args.cache_precision not in PRECISIONS:
         raise SystemExit(f"error: --cache_precision must be one of {', '.join(PRECISIONS)}, got "
                          f"{data_args.cache_precision}")
