@@ -23,16 +23,15 @@ import os
 import re
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dataset_surgvu import ClipTransform, CorruptVideoError, SurgVULabelError, action_names, probe_video
-from dataset_surgvu.builder import SurgVU, SurgVUConfig, sample_frame_indices
+from dataset_surgvu import ClipTransform, CorruptVideoError, SurgVULabelError, action_names, crop_box, probe_video
+from dataset_surgvu.builder import sample_frame_indices
 from dataset_surgvu.labels import build_actions, labels_at, part_offsets, read_case_labels
-from dataset_surgvu.layout import _PART_FILE, find_cases, resolve_dirs
+from dataset_surgvu.layout import find_cases, parse_part_file, resolve_dirs
 from evaluate_surgical_model import checkpoint_config, fail, is_probe
 from modeling_surgical_wm import SurgicalWorldModel, frames_to_steps
 
@@ -150,19 +149,13 @@ def decode_action(vector: np.ndarray, spec: list[str], groups, continuous: list[
 
 
 # ------------------------------------------------------------------------------------------------------- video
-def crop_box(info) -> list[int]:
-    """The crop box the dataset builder gives this video's rows (its default options, which training uses)."""
-    builder = types.SimpleNamespace(config=SurgVUConfig(videos_dir=str(Path(info.path).parent)))
-    return SurgVU._crop_box(builder, info)
-
-
 def case_labels(video: Path, labels_dir: str | None):
     """(part number, labels, part offsets, note): the labels of the video's case on its timeline, found as the
     builder finds them; labels None with the reason in `note` when there are none."""
-    match = _PART_FILE.match(video.name)
-    if match is None:
+    parsed = parse_part_file(video.name)
+    if parsed is None:
         return None, None, None, f"{video.name} is not named case_NNN_video_part_NNN.mp4: its case is unknown"
-    case_id, part = match.group(1), int(match.group(2))
+    case_id, part = parsed
     if video.parent.name != case_id:
         return part, None, None, f"{video} is not inside a {case_id}/ folder of a SurgVU layout"
     try:
@@ -315,7 +308,7 @@ def main(argv=None) -> int:
     transform = ClipTransform(crop_size=config.encoder_config.crop_size)
     context_frames = context_steps * frames_per_step
     keep = np.r_[0:context_frames, len(positions) - frames_per_step:len(positions)]
-    box = crop_box(info)
+    box = crop_box(info)  # the builder's default options, which training uses
     example = {"video_path": str(video), "frame_indices": indices[keep].tolist(), "crop_box": box,
                "case_id": video.parent.name, "actions": np.zeros((len(keep), config.action_dim), np.float32),
                "tasks": np.zeros(len(keep), np.int64), "tools": np.zeros((len(keep), 1), np.float32)}
