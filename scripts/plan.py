@@ -9,11 +9,12 @@
 training sampled them (dataset_surgvu: the builder's frame grid at the run's fps and its crop box without the tool-name
 band and the black margins, then `ClipTransform`'s V-JEPA 2 preprocessing). `--context_steps` steps ending at
 `--start` form the context, the step ending at `--goal` the goal; `SurgicalWorldModel.plan` searches for the actions of
-the steps in between (one step: `frames_per_step` frames at the run's fps, read from `trainer_state.json` beside the
-weights; `--fps` overrides it, 4.0 when neither says). Prints each step's inferred action decoded to names through
-`config.action_spec` (per categorical group: the chosen tool or task, or none; other dimensions as numbers) next to the
-labelled one from the case's tools.csv/tasks.csv (found as the dataset builder finds them, or under `--labels_dir`),
-the matches per group next to chance, and the energy per CEM iteration. `--json` writes the same as JSON.
+the steps in between (one step: the model config's `frames_per_step` frames at its `fps`; an export without `fps` falls
+back to the run's, from `trainer_state.json` beside the weights, else 4.0; `--fps` overrides it). Prints each step's
+inferred action decoded to names through `config.action_spec` (per categorical group: the chosen tool or task, or none;
+other dimensions as numbers) next to the labelled one from the case's tools.csv/tasks.csv (found as the dataset
+builder finds them, or under `--labels_dir`), the matches per group next to chance, and the energy per CEM iteration.
+`--json` writes the same as JSON.
 """
 
 import argparse
@@ -52,8 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--goal", type=float, required=True, help="seconds from the start of the video: the goal frame")
     parser.add_argument("--labels_dir", default=None, help="the folder holding case_NNN/tools.csv and tasks.csv "
                                                            "(default: labels/ beside surgvu24/, as the builder finds it)")
-    parser.add_argument("--fps", type=float, default=None, help="frames per second of the steps (default: the run's, "
-                                                                f"from {TRAINER_STATE}; else {DEFAULT_FPS})")
+    parser.add_argument("--fps", type=float, default=None, help="frames per second of the steps (default: the model "
+                                                                f"config's fps; else the run's, from {TRAINER_STATE}; "
+                                                                f"else {DEFAULT_FPS})")
     parser.add_argument("--context_steps", type=int, default=4,
                         help="steps ending at --start that form the context (default 4: the second before it at 4 fps, "
                              "half a training clip; the labelled actions between them are given; 1: plan from the "
@@ -121,6 +123,23 @@ def data_settings(path: str) -> tuple[dict, str | None]:
     except (ValueError, AttributeError) as error:
         logger.warning("%s: unreadable (%s); its data options are ignored", state_file, error)
         return {}, None
+
+
+def time_base(fps_flag: float | None, config, where: str, settings: dict,
+              settings_file: str | None) -> tuple[float, str]:
+    """The frame rate of the steps and where it was read: `--fps`, else the model config's `fps`, else (an export
+    from before the config held it) the run's data options in trainer_state.json, else the data default."""
+    if fps_flag is not None:
+        return fps_flag, "--fps"
+    if config.fps is not None:
+        return float(config.fps), f"the model's config ({where})"
+    if settings.get("fps"):
+        logger.info("the model's config has no fps (an export from before it held one): the run's fps from %s",
+                    settings_file)
+        return float(settings["fps"]), settings_file
+    logger.info("neither the model's config nor a %s beside the weights gives the fps: %g fps (--fps sets it)",
+                TRAINER_STATE, DEFAULT_FPS)
+    return DEFAULT_FPS, "default"
 
 
 def action_groups(model: SurgicalWorldModel) -> tuple[list[tuple[str, list[int]]], list[str] | None]:
@@ -242,13 +261,7 @@ def main(argv=None) -> int:
     if settings.get("dataset", "surgvu") != "surgvu":
         logger.warning("%s was trained on %s, not SurgVU: its frames were prepared another way", args.checkpoint,
                        settings["dataset"])
-    if args.fps is not None:
-        fps, fps_source = args.fps, "--fps"
-    elif settings.get("fps"):
-        fps, fps_source = float(settings["fps"]), settings_file
-    else:
-        fps, fps_source = DEFAULT_FPS, "default"
-        logger.info("no %s with the run's data options beside the weights: %g fps (--fps sets it)", TRAINER_STATE, fps)
+    fps, fps_source = time_base(args.fps, config, where, settings, settings_file)
     logger.info("one step: %d frame(s) at %g fps (fps from %s)", frames_per_step, fps, fps_source)
 
     video = Path(args.video).expanduser()
