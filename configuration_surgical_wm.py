@@ -67,6 +67,8 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
         frames_per_step (`int`, *optional*, defaults to 1):
             Frames that make one world-model step: 1 (the frame is repeated into a tubelet) or the encoder's
             `tubelet_size` (one real tubelet).
+        fps (`float`, *optional*):
+            Frames per second sampled from the video, the time base of a step (`None`: unknown, an older export).
         rollout_steps (`int`, *optional*, defaults to 2):
             Autoregressive steps of the rollout loss (V-JEPA 2-AC uses 2).
         contrastive_weight (`float`, *optional*, defaults to 0.1):
@@ -133,6 +135,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     discrete_action_groups: list[str] | None = None
     # time
     frames_per_step: int = 1
+    fps: float | int | None = None
     rollout_steps: int = 2
     # losses
     contrastive_weight: float | int = 0.1
@@ -181,6 +184,9 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"`{name}` must be positive, got {value!r}.")
+        if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, (int, float))
+                                     or not self.fps > 0):
+            raise ValueError(f"`fps` must be a positive number of frames per second or None, got {self.fps!r}.")
         for name, value in {"action_dim": self.action_dim, "state_dim": self.state_dim,
                             "contrastive_weight": self.contrastive_weight, "lambda_mask": self.lambda_mask,
                             "predictor_drop_path_rate": self.predictor_drop_path_rate}.items():

@@ -6,11 +6,11 @@
     inputs = transform(dataset["train"][0])           # pixel_values_videos [T, 3, 256, 256], actions [T, 56], ...
 """
 
-from .builder import SurgVU, SurgVUConfig, get_action_spec, get_build_metadata, load_surgvu
+from .builder import SurgVU, SurgVUConfig, crop_box, get_action_spec, get_build_metadata, load_surgvu
 from .builder import SurgVUBuildInfo, get_build_info
 from .clips import EpochShuffleSampler, SurgVUClips
 from .labels import ARMS, TASK_CLASSES, TOOL_CLASSES, SurgVULabelError, action_names
-from .layout import scan_surgvu
+from .layout import parse_part_file, scan_surgvu
 from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ClipTransform, vjepa2_preprocess
 from .video import (
     BackendChoice,
@@ -22,6 +22,7 @@ from .video import (
     decode_clip,
     default_backend,
     probe_video,
+    resolve_backend,
     select_backend,
 )
 
@@ -46,13 +47,16 @@ __all__ = [
     "VideoBackendError",
     "VideoInfo",
     "action_names",
+    "crop_box",
     "decode_clip",
     "default_backend",
     "get_action_spec",
     "get_build_info",
     "get_build_metadata",
     "load_surgvu",
+    "parse_part_file",
     "probe_video",
+    "resolve_backend",
     "scan_surgvu",
     "select_backend",
     "vjepa2_preprocess",

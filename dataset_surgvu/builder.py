@@ -232,7 +232,9 @@ class SurgVU(datasets.GeneratorBasedBuilder):
             durations = {part: (info.duration if info is not None else None) for part, info in infos.items()}
             offsets = part_offsets(labels, durations) if labels is not None else None
             parts = [
-                {"info": info, "crop_box": self._crop_box(info), "part": part}
+                {"info": info, "crop_box": crop_box(info, crop_tool_band=config.crop_tool_band,
+                                                    tool_band_fraction=config.tool_band_fraction,
+                                                    crop_black_margins=config.crop_black_margins), "part": part}
                 for part, info in infos.items()
                 if info is not None
             ]
@@ -273,15 +275,6 @@ class SurgVU(datasets.GeneratorBasedBuilder):
         # `_output_dir` is still the `.incomplete` folder here: the file appears with the Arrow files, or not at all.
         self._build_info.save(self._output_dir)
 
-    def _crop_box(self, info) -> list[int]:
-        height = info.height
-        if self.config.crop_tool_band:
-            height = int(math.floor(info.height * (1.0 - self.config.tool_band_fraction)))
-        left, width = 0, info.width
-        if self.config.crop_black_margins:
-            left, width = detect_black_margins(read_keyframes(info.path), height, info.width)
-        return [0, left, height, width]
-
     def _generate_examples(self, cases):
         config = self.config
         steps_per_clip, stride = config.frames_per_clip, config.stride
@@ -317,6 +310,20 @@ class SurgVU(datasets.GeneratorBasedBuilder):
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers of the builder
 # --------------------------------------------------------------------------------------------------------------------
+def crop_box(info, *, crop_tool_band: bool = True, tool_band_fraction: float = 0.08,
+             crop_black_margins: bool = True) -> list[int]:
+    """The `[top, left, height, width]` box of a video's picture (`info`: its `VideoInfo`) that the builder gives its
+    rows: without the bottom tool-name band (`tool_band_fraction` of the height) and the black side margins, as
+    `SurgVUConfig`'s options of the same names (whose defaults these are) say."""
+    height = info.height
+    if crop_tool_band:
+        height = int(math.floor(info.height * (1.0 - tool_band_fraction)))
+    left, width = 0, info.width
+    if crop_black_margins:
+        left, width = detect_black_margins(read_keyframes(info.path), height, info.width)
+    return [0, left, height, width]
+
+
 def sample_frame_indices(num_frames: int, video_fps: float, sample_fps: float) -> np.ndarray:
     """Frame numbers of a `sample_fps` grid over a video at `video_fps` (nearest frame; the rates need not divide)."""
     num_steps = int(math.floor((num_frames - 1) * sample_fps / video_fps + 1e-9)) + 1 if num_frames > 0 else 0

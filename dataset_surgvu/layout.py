@@ -18,6 +18,13 @@ _CASE_DIR = re.compile(r"^case_(\d+)$")
 _PART_FILE = re.compile(r"^(case_\d+)_video_part_(\d+)\.mp4$", re.IGNORECASE)
 
 
+def parse_part_file(name: str) -> tuple[str, int] | None:
+    """(case id, part number) of a SurgVU video file name (`case_005_video_part_002.mp4` -> `("case_005", 2)`), or
+    None when the name is not of that form."""
+    match = _PART_FILE.match(name)
+    return None if match is None else (match.group(1), int(match.group(2)))
+
+
 @dataclasses.dataclass
 class CaseFiles:
     case_id: str
@@ -62,12 +69,12 @@ def find_cases(videos_dir: Path, labels_dir: Path | None) -> dict[str, CaseFiles
     for case_dir in sorted(p for p in videos_dir.iterdir() if p.is_dir() and _visible(p) and _CASE_DIR.match(p.name)):
         parts = {}
         for video in sorted(p for p in case_dir.iterdir() if p.is_file() and _visible(p)):
-            match = _PART_FILE.match(video.name)
-            if match is None:
+            parsed = parse_part_file(video.name)
+            if parsed is None:
                 if video.suffix.lower() == ".mp4":
                     logger.warning("%s: not named case_NNN_video_part_NNN.mp4; ignored", video)
                 continue
-            parts[int(match.group(2))] = video
+            parts[parsed[1]] = video
         if not parts:
             continue
         label_dir = labels_dir / case_dir.name if labels_dir is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms.v2 import functional as tvF
 
-from .video import DecoderCache, _resolve_backend, decode_clip
+from .video import DecoderCache, decode_clip, resolve_backend
 
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -77,7 +77,7 @@ class ClipTransform:
         self.image_std = tuple(image_std)
         # Resolved here, in the parent: workers get the backend's name, so the choice (and its one log line, or
         # the error of a backend that cannot decode) happens once, not in every worker.
-        self.backend = _resolve_backend(backend)
+        self.backend = resolve_backend(backend)
         self.max_open_decoders = max_open_decoders
         self._cache = None
 

@@ -273,7 +273,9 @@ def default_backend() -> str:
     return select_backend().name
 
 
-def _resolve_backend(backend: str | None) -> str:
+def resolve_backend(backend: str | None) -> str:
+    """The backend to decode with: `backend` when given and usable (else a named error), or `select_backend`'s
+    choice for None."""
     if backend is None:
         return select_backend().name
     if backend not in BACKENDS:
@@ -310,7 +312,7 @@ class _TorchCodecHandle:
 
 
 def open_decoder(path: str | os.PathLike, backend: str | None = None):
-    backend = _resolve_backend(backend)
+    backend = resolve_backend(backend)
     return _TorchCodecHandle(str(path)) if backend == "torchcodec" else _PyAVHandle(str(path))
 
 
@@ -406,7 +408,7 @@ class DecoderCache:
     def __init__(self, backend: str | None = None, max_open: int = 4):
         if max_open < 1:
             raise ValueError(f"max_open must be at least 1, got {max_open}")
-        self.backend = _resolve_backend(backend)
+        self.backend = resolve_backend(backend)
         self.max_open = max_open
         self._handles: collections.OrderedDict = collections.OrderedDict()
         self._pid = os.getpid()
@@ -468,11 +470,11 @@ def decode_clip(
     if not indices:
         raise ValueError("frame_indices is empty")
     if cache is not None:
-        if backend is not None and _resolve_backend(backend) != cache.backend:
+        if backend is not None and resolve_backend(backend) != cache.backend:
             raise ValueError(f"backend {backend!r} differs from the cache's backend {cache.backend!r}")
         handle, backend = cache.get(path), cache.backend
     else:
-        backend = _resolve_backend(backend)
+        backend = resolve_backend(backend)
         handle = open_decoder(path, backend)
     try:
         info = handle.info

@@ -9,11 +9,12 @@
 training sampled them (dataset_surgvu: the builder's frame grid at the run's fps and its crop box without the tool-name
 band and the black margins, then `ClipTransform`'s V-JEPA 2 preprocessing). `--context_steps` steps ending at
 `--start` form the context, the step ending at `--goal` the goal; `SurgicalWorldModel.plan` searches for the actions of
-the steps in between (one step: `frames_per_step` frames at the run's fps, read from `trainer_state.json` beside the
-weights; `--fps` overrides it, 4.0 when neither says). Prints each step's inferred action decoded to names through
-`config.action_spec` (per categorical group: the chosen tool or task, or none; other dimensions as numbers) next to the
-labelled one from the case's tools.csv/tasks.csv (found as the dataset builder finds them, or under `--labels_dir`),
-the matches per group next to chance, and the energy per CEM iteration. `--json` writes the same as JSON.
+the steps in between (one step: the model config's `frames_per_step` frames at its `fps`; an export without `fps` falls
+back to the run's, from `trainer_state.json` beside the weights, else 4.0; `--fps` overrides it). Prints each step's
+inferred action decoded to names through `config.action_spec` (per categorical group: the chosen tool or task, or none;
+other dimensions as numbers) next to the labelled one from the case's tools.csv/tasks.csv (found as the dataset
+builder finds them, or under `--labels_dir`), the matches per group next to chance, and the energy per CEM iteration.
+`--json` writes the same as JSON.
 """
 
 import argparse
@@ -23,16 +24,15 @@ import os
 import re
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dataset_surgvu import ClipTransform, CorruptVideoError, SurgVULabelError, action_names, probe_video
-from dataset_surgvu.builder import SurgVU, SurgVUConfig, sample_frame_indices
+from dataset_surgvu import ClipTransform, CorruptVideoError, SurgVULabelError, action_names, crop_box, probe_video
+from dataset_surgvu.builder import sample_frame_indices
 from dataset_surgvu.labels import build_actions, labels_at, part_offsets, read_case_labels
-from dataset_surgvu.layout import _PART_FILE, find_cases, resolve_dirs
+from dataset_surgvu.layout import find_cases, parse_part_file, resolve_dirs
 from modeling_surgical_wm import SurgicalWorldModel, frames_to_steps
 from training_surgical_wm.loading import checkpoint_config, fail, is_probe
 
@@ -53,8 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--goal", type=float, required=True, help="seconds from the start of the video: the goal frame")
     parser.add_argument("--labels_dir", default=None, help="the folder holding case_NNN/tools.csv and tasks.csv "
                                                            "(default: labels/ beside surgvu24/, as the builder finds it)")
-    parser.add_argument("--fps", type=float, default=None, help="frames per second of the steps (default: the run's, "
-                                                                f"from {TRAINER_STATE}; else {DEFAULT_FPS})")
+    parser.add_argument("--fps", type=float, default=None, help="frames per second of the steps (default: the model "
+                                                                f"config's fps; else the run's, from {TRAINER_STATE}; "
+                                                                f"else {DEFAULT_FPS})")
     parser.add_argument("--context_steps", type=int, default=4,
                         help="steps ending at --start that form the context (default 4: the second before it at 4 fps, "
                              "half a training clip; the labelled actions between them are given; 1: plan from the "
@@ -124,6 +125,23 @@ def data_settings(path: str) -> tuple[dict, str | None]:
         return {}, None
 
 
+def time_base(fps_flag: float | None, config, where: str, settings: dict,
+              settings_file: str | None) -> tuple[float, str]:
+    """The frame rate of the steps and where it was read: `--fps`, else the model config's `fps`, else (an export
+    from before the config held it) the run's data options in trainer_state.json, else the data default."""
+    if fps_flag is not None:
+        return fps_flag, "--fps"
+    if config.fps is not None:
+        return float(config.fps), f"the model's config ({where})"
+    if settings.get("fps"):
+        logger.info("the model's config has no fps (an export from before it held one): the run's fps from %s",
+                    settings_file)
+        return float(settings["fps"]), settings_file
+    logger.info("neither the model's config nor a %s beside the weights gives the fps: %g fps (--fps sets it)",
+                TRAINER_STATE, DEFAULT_FPS)
+    return DEFAULT_FPS, "default"
+
+
 def action_groups(model: SurgicalWorldModel) -> tuple[list[tuple[str, list[int]]], list[str] | None]:
     """The categorical groups `(name, dims)` and, when the config does not name them, the names derived here (for
     `plan(discrete_groups=...)`; None when the config has them)."""
@@ -150,19 +168,13 @@ def decode_action(vector: np.ndarray, spec: list[str], groups, continuous: list[
 
 
 # ------------------------------------------------------------------------------------------------------- video
-def crop_box(info) -> list[int]:
-    """The crop box the dataset builder gives this video's rows (its default options, which training uses)."""
-    builder = types.SimpleNamespace(config=SurgVUConfig(videos_dir=str(Path(info.path).parent)))
-    return SurgVU._crop_box(builder, info)
-
-
 def case_labels(video: Path, labels_dir: str | None):
     """(part number, labels, part offsets, note): the labels of the video's case on its timeline, found as the
     builder finds them; labels None with the reason in `note` when there are none."""
-    match = _PART_FILE.match(video.name)
-    if match is None:
+    parsed = parse_part_file(video.name)
+    if parsed is None:
         return None, None, None, f"{video.name} is not named case_NNN_video_part_NNN.mp4: its case is unknown"
-    case_id, part = match.group(1), int(match.group(2))
+    case_id, part = parsed
     if video.parent.name != case_id:
         return part, None, None, f"{video} is not inside a {case_id}/ folder of a SurgVU layout"
     try:
@@ -249,13 +261,7 @@ def main(argv=None) -> int:
     if settings.get("dataset", "surgvu") != "surgvu":
         logger.warning("%s was trained on %s, not SurgVU: its frames were prepared another way", args.checkpoint,
                        settings["dataset"])
-    if args.fps is not None:
-        fps, fps_source = args.fps, "--fps"
-    elif settings.get("fps"):
-        fps, fps_source = float(settings["fps"]), settings_file
-    else:
-        fps, fps_source = DEFAULT_FPS, "default"
-        logger.info("no %s with the run's data options beside the weights: %g fps (--fps sets it)", TRAINER_STATE, fps)
+    fps, fps_source = time_base(args.fps, config, where, settings, settings_file)
     logger.info("one step: %d frame(s) at %g fps (fps from %s)", frames_per_step, fps, fps_source)
 
     video = Path(args.video).expanduser()
@@ -315,7 +321,7 @@ def main(argv=None) -> int:
     transform = ClipTransform(crop_size=config.encoder_config.crop_size)
     context_frames = context_steps * frames_per_step
     keep = np.r_[0:context_frames, len(positions) - frames_per_step:len(positions)]
-    box = crop_box(info)
+    box = crop_box(info)  # the builder's default options, which training uses
     example = {"video_path": str(video), "frame_indices": indices[keep].tolist(), "crop_box": box,
                "case_id": video.parent.name, "actions": np.zeros((len(keep), config.action_dim), np.float32),
                "tasks": np.zeros(len(keep), np.int64), "tools": np.zeros((len(keep), 1), np.float32)}

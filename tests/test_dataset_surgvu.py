@@ -346,6 +346,30 @@ def test_crop_box_removes_tool_band_and_black_margins(surgvu_sample, tmp_path):
     assert uncropped["train"][0]["crop_box"] == [0, 0, manifest["height"], manifest["width"]]
 
 
+def test_crop_box_is_the_builders_with_its_defaults(surgvu_sample, tmp_path):
+    from dataset_surgvu import SurgVUConfig, crop_box
+
+    root, _ = surgvu_sample
+    row = _load(root, tmp_path)["train"][0]
+    info = probe_video(row["video_path"])
+    assert crop_box(info) == row["crop_box"]
+    defaults = {field.name: field.default for field in SurgVUConfig.__dataclass_fields__.values()}
+    assert (defaults["crop_tool_band"], defaults["tool_band_fraction"], defaults["crop_black_margins"]) == (
+        True, 0.08, True)  # crop_box's own defaults
+    assert crop_box(info, crop_tool_band=False, crop_black_margins=False) == [0, 0, info.height, info.width]
+    band = crop_box(info, tool_band_fraction=0.25, crop_black_margins=False)
+    assert band == [0, 0, int(info.height * 0.75), info.width]
+
+
+def test_part_file_names():
+    from dataset_surgvu import parse_part_file
+
+    assert parse_part_file("case_005_video_part_002.mp4") == ("case_005", 2)
+    assert parse_part_file("CASE_123_VIDEO_PART_010.MP4") == ("CASE_123", 10)
+    for name in ("case_005_video_part_002.mp4.bak", "case_5.mp4", "._case_005_video_part_002", "notes.txt"):
+        assert parse_part_file(name) is None
+
+
 def test_data_dir_can_be_the_video_folder_with_labels_elsewhere(surgvu_sample, tmp_path):
     root, _ = surgvu_sample
     dataset = load_surgvu(root / "surgvu24", root / "labels", cache_dir=tmp_path / "cache")

@@ -14,6 +14,7 @@ from dataset_surgvu import (
     DecoderCache,
     FrameUnavailableError,
     SurgVUClips,
+    VideoBackendError,
     decode_clip,
     load_surgvu,
     probe_video,
@@ -135,6 +136,16 @@ def test_default_backend_falls_back_to_pyav_with_a_log(caplog):
     with no_ffmpeg.simulate(), caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
         assert video_module.default_backend() == "pyav"
     assert "decoding video with PyAV" in caplog.text and "apt-get install ffmpeg" in caplog.text
+
+
+def test_resolve_backend_names_the_choice_or_refuses():
+    assert video_module.resolve_backend("pyav") == "pyav"
+    with no_ffmpeg.simulate():
+        assert video_module.resolve_backend(None) == "pyav"
+        with pytest.raises(VideoBackendError, match="torchcodec video backend was asked for"):
+            video_module.resolve_backend("torchcodec")
+    with pytest.raises(ValueError, match="unknown video backend 'ffmpeg'"):
+        video_module.resolve_backend("ffmpeg")
 
 
 def test_decoder_cache_is_bounded_closes_evicted_and_is_not_shared(surgvu_sample):

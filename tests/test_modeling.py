@@ -377,6 +377,8 @@ def test_bad_inputs_raise_clear_errors():
         ({"action_dim": -1}, "action_dim"),
         ({"action_dim": "seven"}, "action_dim"),
         ({"contrastive_temperature": 0.0}, "contrastive_temperature"),
+        ({"fps": 0.0}, "fps"),
+        ({"fps": "4"}, "fps"),
     ],
 )
 def test_bad_config_values_raise_value_error(overrides, message):

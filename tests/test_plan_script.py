@@ -183,6 +183,38 @@ def test_config_groups_plan_as_the_derived_ones(world_model, span, tmp_path, cap
     assert first["energy_per_iteration"] == second["energy_per_iteration"]
 
 
+def test_the_fps_comes_from_the_config_else_from_the_runs_trainer_state(world_model, span, tmp_path, capsys, caplog):
+    """The model's config gives the steps' fps; an export from before the config held one falls back to the run's
+    data options in trainer_state.json, and says so."""
+    from plan import main
+
+    caplog.set_level(logging.INFO, logger="plan")
+    with_fps, older = tmp_path / "with_fps", tmp_path / "older"
+    for directory, config_fps, run_fps in ((with_fps, 2.0, 8.0), (older, None, 2.0)):
+        shutil.copytree(world_model, directory)
+        config = json.loads((directory / "config.json").read_text())
+        config.pop("fps", None)
+        if config_fps is not None:
+            config["fps"] = config_fps
+        (directory / "config.json").write_text(json.dumps(config))
+        (directory / "trainer_state.json").write_text(json.dumps({"training_arguments": {"fps": run_fps}}))
+    results = {}
+    for directory in (with_fps, older):
+        caplog.clear()
+        assert main(["--checkpoint", str(directory), "--video", str(span["video"]), "--start", "0.5", "--goal", "1.5",
+                     *CEM, "--json", str(tmp_path / "plan.json")]) == 0
+        results[directory.name] = json.loads((tmp_path / "plan.json").read_text()), caplog.text
+    capsys.readouterr()
+    result, log = results["with_fps"]
+    assert result["fps"] == 2.0 and result["fps_from"].startswith("the model's config")
+    assert result["horizon"] == 2  # 0.5 s to 1.5 s at 2 fps
+    assert "one step: 1 frame(s) at 2 fps (fps from the model's config" in log and "has no fps" not in log
+    result, log = results["older"]
+    assert result["fps"] == 2.0 and result["fps_from"] == str(older / "trainer_state.json")
+    assert f"the model's config has no fps (an export from before it held one): the run's fps from {older}" in log
+    assert result["steps"] == results["with_fps"][0]["steps"]  # the same time base: the same plan
+
+
 def test_a_case_without_labels_prints_the_inferred_actions_only(world_model, surgvu_sample, capsys):
     from plan import main
 
