@@ -23,7 +23,14 @@ from dataset_surgvu.latent_cache import latent_cache_off_reason
 from training_surgical_wm.accelerator import available_cores, cosine_schedule, init_trackers, make_accelerator
 from training_surgical_wm.arguments import parse_training_arguments, public_arguments
 from training_surgical_wm.checkpoints import resume_progress, save_checkpoint
-from training_surgical_wm.data import clip_datasets, clip_inputs, dataset_entry, load_dataset_splits, split_groups
+from training_surgical_wm.data import (
+    clip_datasets,
+    clip_inputs,
+    data_fps,
+    dataset_entry,
+    load_dataset_splits,
+    split_groups,
+)
 from training_surgical_wm.export import create_hub_repo, export_model, model_card, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
 from training_surgical_wm.world_model import load_world_model, run_validation
@@ -55,8 +62,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: no training clip in {data_args.data_root} (check the layout with "
                          "scripts/check_setup.py --data_root ...).")
 
-    # ---- model
-    model = load_world_model(model_args, entry.action_spec(dataset))
+    # ---- model (its config records the data's action spec and frame rate, which the export carries)
+    model = load_world_model(model_args, entry.action_spec(dataset), fps=data_fps(metadata))
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()
     transform = entry.transform(crop_size=model.config.encoder_config.crop_size)

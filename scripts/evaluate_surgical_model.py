@@ -8,7 +8,8 @@
 
 Clips are streamed through the model (decoded and encoded batch by batch, or read from a finished latent cache
 given with `--cache_dir`), never loaded whole. The data options are train_hf.py's (`--test_data` is `--data_root`;
-same defaults, same split seed), so `--split validation` is the split that training held out. The report:
+same defaults, same split seed; `--fps` defaults to the model config's `fps`, and steps are its `frames_per_step`), so
+`--split validation` is the split that training held out. The report:
 - world-model quality: latent L1 and cosine, teacher-forced (step t + 1 from the true steps 1..t) and rolled out
   (horizon h from step 1), next to the copy-the-last-context baseline; the same with each clip's actions swapped
   for another clip's; the distribution of per-step surprise (the teacher-forced L1 of each step);
@@ -147,6 +148,17 @@ def train_probes(args: EvaluationArguments, data_args: DataArguments) -> dict[st
             fail(f"training the {target} probe failed (exit {result.returncode}); see its log above")
         found[target] = str(output_dir / "best")
     return found
+
+
+def clip_fps(fps_flag: float | None, config) -> float:
+    """The frame rate to sample the clips at: `--fps`, else the model config's `fps` (the data's when it was trained;
+    its `frames_per_step` is read from the config where steps are formed), else train_hf.py's default (an export from
+    before the config held `fps`, or data without a frame rate)."""
+    if fps_flag is not None:
+        if config.fps is not None and float(config.fps) != float(fps_flag):
+            print(f"note: --fps {fps_flag:g}, but the model was trained on clips at {config.fps:g} fps", flush=True)
+        return fps_flag
+    return float(config.fps) if config.fps is not None else DataArguments.fps
 
 
 def load_metric(name: str):
@@ -709,7 +721,9 @@ def plot_surprise_over_time(records: dict, section: dict, directory: Path) -> st
 
 
 def main(argv=None) -> int:
-    args, data_args = parse_dataclasses((EvaluationArguments, DataArguments), argv, __doc__.splitlines()[0])
+    # `--fps` unset: the model's config says at what frame rate it was trained (below).
+    args, data_args = parse_dataclasses((EvaluationArguments, DataArguments), argv, __doc__.splitlines()[0],
+                                        defaults={"fps": None})
     if args.test_data:
         data_args.data_root = args.test_data
     splits = ("train", "validation", "all") if data_args.dataset == "surgvu" else ("train", "validation", "test")
@@ -722,6 +736,7 @@ def main(argv=None) -> int:
 
     world_model, checkpoint_probe = load_checkpoint(args.checkpoint)
     world_model.to(device)
+    data_args.fps = clip_fps(data_args.fps, world_model.config)
     given = {"task": args.task_probe, "tools": args.tool_probe, "phase": args.phase_probe,
              "next_action": args.next_action_probe, "breach": args.breach_probe}
     if args.train_probes:

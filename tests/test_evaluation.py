@@ -126,6 +126,16 @@ def test_probe_push_to_hub_then_loads_from_the_loopback_hub(world_model_dir, pro
         assert "same logits task" in loaded.stdout
 
 
+def test_clips_are_sampled_at_the_frame_rate_the_model_config_records(make_tiny_config, capsys):
+    from evaluate_surgical_model import clip_fps
+
+    assert clip_fps(None, make_tiny_config(fps=2.0)) == 2.0  # the model's, when --fps is not given
+    assert clip_fps(None, make_tiny_config()) == 4.0  # an export without fps: train_hf.py's default
+    assert clip_fps(8.0, make_tiny_config()) == 8.0 and not capsys.readouterr().out
+    assert clip_fps(8.0, make_tiny_config(fps=2.0)) == 8.0  # --fps wins, with a note
+    assert "trained on clips at 2 fps" in capsys.readouterr().out
+
+
 def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_options, tmp_path):
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
     result = run_script("evaluate_surgical_model.py", [

@@ -89,6 +89,7 @@ def test_training_run_exports_best_and_final(train_inputs, tmp_path):
     assert history[-1]["val_loss"] < history[0]["val_loss"], history
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["action_dim"] == len(config["action_spec"]) == 56
+    assert (config["fps"], config["frames_per_step"]) == (4.0, 1)  # the data's frame rate and step, for its users
     assert "base_model:" in (out / "best" / "README.md").read_text()
 
     checkpoints = sorted(os.listdir(out / "checkpoints"))

@@ -44,6 +44,12 @@ def split_groups(dataset, metadata: dict) -> str:
     return "0 / 0 cases"
 
 
+def data_fps(metadata: dict) -> float | None:
+    """The frames per second the clips were sampled at, as the build recorded it (SurgVU); None when the data has no
+    frame rate of ours (MM-OR's timepoints are its own)."""
+    return metadata.get("options", {}).get("fps")
+
+
 def clip_inputs(batch: dict) -> dict:
     """The model's clip input of a batch: cached `latents`, or `pixel_values_videos` to encode."""
     if "latents" in batch:

@@ -19,7 +19,11 @@ from .data import clip_inputs
 logger = get_logger(__name__, log_level="INFO")
 
 
-def load_world_model(model_args: ModelArguments, action_spec: list[str]) -> SurgicalWorldModel:
+def load_world_model(model_args: ModelArguments, action_spec: list[str],
+                     fps: float | None = None) -> SurgicalWorldModel:
+    """The world model to train for data with `action_spec` sampled at `fps` (None: the data has no frame rate, as
+    MM-OR's timepoints): a surgical world model (its action embedding re-initialised when the actions differ) or
+    V-JEPA 2 with a new predictor. The config records the action spec, its groups and `fps` for the export."""
     overrides = {
         "action_dim": len(action_spec),
         "action_spec": action_spec,
@@ -28,6 +32,7 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str]) -> Surg
         "freeze_encoder": model_args.encoder_frozen,
         "use_mask_aux": model_args.use_mask_aux,
         "lambda_mask": model_args.lambda_mask,
+        "fps": fps,
     }
     source = model_args.pretrained_checkpoint
     config_file = Path(source) / "config.json"
