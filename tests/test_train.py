@@ -70,7 +70,7 @@ def test_training_run_exports_best_and_final(train_inputs, tmp_path):
                     "--checkpoints_total_limit", "2", "--use_mask_aux"])
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stderr
-    first = next(line for line in log.splitlines() if "__main__" in line)
+    first = next(line for line in log.splitlines() if "training_surgical_wm.accelerator" in line)  # the run's first
     assert "processes: 1" in first and "device: cpu" in first and "mixed precision: no" in first
     epoch_lines = [line for line in log.splitlines() if "Epoch " in line and "val loss" in line]
     assert len(epoch_lines) == 3
