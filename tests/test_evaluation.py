@@ -136,6 +136,25 @@ def test_clips_are_sampled_at_the_frame_rate_the_model_config_records(make_tiny_
     assert "trained on clips at 2 fps" in capsys.readouterr().out
 
 
+def test_the_reported_rollout_error_and_copy_baseline_are_the_model_s(make_tiny_config):
+    """The evaluation's rollout L1 and copy-context baseline are what `rollout_error` (and training's validation)
+    computes; the swapped-actions pass leaves the baselines, which do not depend on the actions, to the first."""
+    from evaluate_surgical_model import world_model_errors
+    from modeling_surgical_wm import SurgicalWorldModel
+
+    torch.manual_seed(0)
+    model = SurgicalWorldModel(make_tiny_config()).eval()
+    config = model.config
+    latents = torch.randn(3, 5, config.tokens_per_step, config.latent_dim)
+    actions = torch.rand(3, 5, config.action_dim)
+    errors = world_model_errors(model, latents, actions)
+    model_error, copy_context_error = model.rollout_error(latents=latents, actions=actions)
+    torch.testing.assert_close(errors["rollout_l1"], model_error, rtol=0, atol=0)
+    torch.testing.assert_close(errors["rollout_copy_l1"], copy_context_error, rtol=0, atol=0)
+    swapped = world_model_errors(model, latents, actions.roll(1, dims=0), baselines=False)
+    assert not any("copy" in name for name in swapped)
+
+
 def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_options, tmp_path):
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
     result = run_script("evaluate_surgical_model.py", [
