@@ -196,7 +196,8 @@ def main(argv=None) -> None:
             best_metrics = {f"validation_{k}": v for k, v in val_metrics.items()} or {"train_loss": score}
             best_state = trainer_state(epoch + 1, 0)
             export_model(accelerator, model, output_dir / "best", best_state,
-                         model_card(world_model.config, train_args, best_state, repo_id))
+                         model_card(world_model.config, train_args, best_state, repo_id, entry.name,
+                                    entry.display_name))
         model.train()
 
     # ---- final export, model card, upload
@@ -204,7 +205,7 @@ def main(argv=None) -> None:
     hooks.on_end(world_model)
     final_state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
     export_model(accelerator, model, output_dir / "final", final_state,
-                 model_card(world_model.config, train_args, final_state, repo_id))
+                 model_card(world_model.config, train_args, final_state, repo_id, entry.name, entry.display_name))
     if progress_bar is not None:
         progress_bar.close()
     push_export(accelerator, repo_id, output_dir / "best", "Upload surgical world model")

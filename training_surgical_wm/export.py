@@ -65,7 +65,8 @@ def export_model(accelerator: Accelerator, model, directory: Path, trainer_state
     accelerator.wait_for_everyone()
 
 
-def card_metadata(config, metrics: dict, repo_id: str | None) -> str:
+def card_metadata(config, metrics: dict, repo_id: str | None, dataset: str = "surgvu",
+                  dataset_name: str = "SurgVU") -> str:
     """The model card's YAML header. A world model predicts latents under actions: its Hub task is robotics, not
     video classification (the probes of scripts/train_probe.py are the video classifiers). Validation figures go
     into the model-index, which scripts/evaluate_surgical_model.py --push_to_hub later replaces with its own."""
@@ -73,15 +74,15 @@ def card_metadata(config, metrics: dict, repo_id: str | None) -> str:
 
     base_model = config.encoder_name_or_path or "facebook/vjepa2-vitl-fpc64-256"
     results = [
-        EvalResult(task_type="robotics", task_name="Action-conditioned latent prediction", dataset_type="surgvu",
-                   dataset_name="SurgVU", dataset_split="validation", metric_type=name, metric_name=name,
+        EvalResult(task_type="robotics", task_name="Action-conditioned latent prediction", dataset_type=dataset,
+                   dataset_name=dataset_name, dataset_split="validation", metric_type=name, metric_name=name,
                    metric_value=round(float(value), 6))
         for name, value in sorted(metrics.items())
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not name.endswith("num_clips")
     ]
     data = ModelCardData(
         library_name="transformers", pipeline_tag="robotics",
-        base_model=base_model if "/" in base_model else "facebook/vjepa2-vitl-fpc64-256", datasets=["SurgVU"],
+        base_model=base_model if "/" in base_model else "facebook/vjepa2-vitl-fpc64-256", datasets=[dataset_name],
         tags=["world-model", "v-jepa-2", "surgical-video", "action-conditioned"],
         model_name=(repo_id or "surgical-world-model").split("/")[-1] if results else None,
         eval_results=results or None,
@@ -89,7 +90,10 @@ def card_metadata(config, metrics: dict, repo_id: str | None) -> str:
     return data.to_yaml()
 
 
-def model_card(config, train_args: TrainArguments, trainer_state: dict, repo_id: str | None) -> str:
+def model_card(config, train_args: TrainArguments, trainer_state: dict, repo_id: str | None, dataset: str = "surgvu",
+               dataset_name: str = "SurgVU") -> str:
+    """The world model's card: how to load it, how it was trained, its actions, the data's licence; `dataset` and
+    `dataset_name` (the dataset table's name and display name) say what its validation figures were measured on."""
     metrics = trainer_state.get("best_metrics") or {}
     base_model = config.encoder_name_or_path or "facebook/vjepa2-vitl-fpc64-256"
     metric_rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())
@@ -97,12 +101,12 @@ def model_card(config, train_args: TrainArguments, trainer_state: dict, repo_id:
     spec = config.action_spec or []
     load_id = repo_id or "<user>/<repo>"
     return f"""---
-{card_metadata(config, metrics, repo_id)}
+{card_metadata(config, metrics, repo_id, dataset, dataset_name)}
 ---
 
 # Surgical world model on V-JEPA 2
 
-An action-conditioned world model (V-JEPA 2-AC style) trained on SurgVU robotic surgery video with `train_hf.py`.
+An action-conditioned world model (V-JEPA 2-AC style) trained on {dataset_name} robotic surgery video with `train_hf.py`.
 The V-JEPA 2 encoder ({base_model}, {"frozen" if config.freeze_encoder else "fine-tuned with EMA targets"}) encodes
 each step; a block-causal predictor ({config.predictor_num_hidden_layers} layers, width
 {config.predictor_hidden_size}) predicts the next step's latent from the past and {config.action_dim} action
