@@ -4,8 +4,8 @@
 Each step of a clip (one frame repeated into a tubelet, or one real tubelet) is encoded on its own by the V-JEPA 2
 encoder into latent patch tokens z_t. A block-causal transformer over steps, fed `[action, (state), patches]` tokens
 per step, predicts z_{t+1}. `SurgicalWorldModelForVideoClassification` is V-JEPA 2's attentive probe on the frozen
-world model's latents. This file travels to the Hub with `save_pretrained`: it imports only torch, transformers and
-its configuration.
+world model's latents. This file travels to the Hub with `save_pretrained`: it imports only torch, transformers and,
+relatively (so that they travel with it), its configuration, its losses and its planning.
 """
 
 from collections.abc import Callable
@@ -460,11 +460,6 @@ class PredictorKVCache:
         return self._derived([key[rows] for key in self.keys], [value[rows] for value in self.values],
                              self.shared_keys, self.shared_values, len(rows), self.num_steps, self.num_shared_steps)
 
-    def repeat_interleave(self, repeats: int) -> "PredictorKVCache":
-        """A new cache with each row's own steps repeated `repeats` times (as `batch_repeat_interleave`)."""
-        rows = torch.arange(self.keys[0].shape[0], device=self.keys[0].device).repeat_interleave(repeats)
-        return self.select(rows)
-
     def crop(self, num_steps: int) -> None:
         """Keeps the first `num_steps` steps (shared prefix included), as `DynamicCache.crop`."""
         if not self.num_shared_steps <= num_steps <= self.num_steps:
@@ -515,27 +510,14 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
             )
 
 
-class SurgicalWorldModel(SurgicalWorldModelPlanningMixin, SurgicalWorldModelPreTrainedModel):
+class SurgicalWorldModelEncodingMixin:
     """
-    V-JEPA 2 encoder + action-conditioned block-causal predictor.
-
-    Seams: `encode` (pixels -> latents), `predict` (teacher-forced next latents), `rollout` (autoregressive
-    imagination under per-step actions), `rollout_error` (evaluation of clips), `forward` (the training losses and
-    per-clip validation metrics). The losses are the module's `*_loss` / `*_per_clip` functions.
+    From a clip to what the predictor takes, for `SurgicalWorldModel`: the V-JEPA 2 encoder, frozen or trained with an
+    EMA target copy (`reset_target_encoder`, `update_target_encoder`), loading it from V-JEPA 2 (`from_vjepa2`), the
+    pixel checks, the per-step encoding (`encode`, `encode_targets`) and the per-step actions and states
+    (`check_step_inputs`). A mixin rather than a submodule, so that the state dict keeps its `encoder.*` and
+    `target_encoder.*` keys.
     """
-
-    def __init__(self, config: SurgicalWorldModelConfig):
-        super().__init__(config)
-        # The V-JEPA 2 layers read the attention backend from their own (sub-)config.
-        config.encoder_config._attn_implementation_internal = config._attn_implementation
-        self.encoder = VJEPA2Encoder(config.encoder_config)
-        # A target copy exists only when the encoder trains: frozen training keeps a single encoder in memory.
-        self.target_encoder = None if config.freeze_encoder else VJEPA2Encoder(config.encoder_config)
-        self.predictor = SurgicalWorldModelPredictor(config)
-        self.post_init()
-        if self.target_encoder is not None and not self.encoder.layernorm.weight.is_meta:
-            self.reset_target_encoder()
-        self._set_encoder_trainable(not config.freeze_encoder)
 
     # ----------------------------------------------------------------------------------------------- setup
     def _set_encoder_trainable(self, trainable: bool) -> None:
@@ -703,7 +685,7 @@ class SurgicalWorldModel(SurgicalWorldModelPlanningMixin, SurgicalWorldModelPreT
         encoder = self.target_encoder if self.target_encoder is not None else self.encoder
         return self._encode_with(encoder, pixel_values_videos)[0]
 
-    # --------------------------------------------------------------------------------------------- predict
+    # ----------------------------------------------------------------------------------------------- steps
     def check_step_inputs(
         self, name: str, values: torch.Tensor | None, batch_size: int, num_steps: int, reference: torch.Tensor
     ) -> torch.Tensor | None:
@@ -742,6 +724,81 @@ class SurgicalWorldModel(SurgicalWorldModelPlanningMixin, SurgicalWorldModelPreT
             f"{expected}, got {values.shape[1]}."
         )
 
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        if self.target_encoder is not None:
+            raise ValueError(
+                "Precomputed `latents` stand in for the encoder only when it is frozen: a trained encoder changes "
+                "them at every step, and its targets come from the EMA encoder. Pass `pixel_values_videos`."
+            )
+        expected = (self.config.tokens_per_step, self.config.latent_dim)
+        if latents.ndim != 4 or tuple(latents.shape[2:]) != expected:
+            raise ValueError(
+                f"`latents` must have shape (batch, steps, {expected[0]}, {expected[1]}) as `encode` returns them, "
+                f"got {tuple(latents.shape)}."
+            )
+
+    def _encode_clip(
+        self,
+        pixel_values_videos: torch.Tensor | None,
+        latents: torch.Tensor | None,
+        actions: torch.Tensor | None,
+        states: torch.Tensor | None,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
+        """
+        The common start of `forward` and `rollout_error`: the clip's latents `(B, S, N, D)` (encoded here, or given
+        as `encode` returned them, e.g. from a latent cache), its target latents, its actions and states brought
+        to one per step, once, where the number of frames is known, and the encoder's hidden states (with
+        `output_hidden_states` and pixels; else None).
+        """
+        if (pixel_values_videos is None) == (latents is None):
+            raise ValueError("Give either `pixel_values_videos` or precomputed `latents`, not both or neither.")
+        encoder_hidden_states = None
+        if latents is not None:
+            self._check_latents(latents)
+            targets = latents  # a frozen encoder is its own target
+            num_frames = latents.shape[1] * self.config.frames_per_step
+        else:
+            latents, encoder_hidden_states = self._encode(pixel_values_videos, output_hidden_states)  # (B, S, N, D)
+            # A frozen encoder is its own target: no second encoding of the clip.
+            targets = latents.detach() if self.target_encoder is None else self.encode_targets(pixel_values_videos)
+            num_frames = pixel_values_videos.shape[1]
+        batch_size, num_steps = latents.shape[:2]
+        if num_steps < 2:
+            raise ValueError(f"A clip needs at least 2 steps to predict the future, got {num_steps}.")
+        actions = self._clip_step_inputs("actions", actions, num_frames)
+        states = self._clip_step_inputs("states", states, num_frames)
+        actions = self.check_step_inputs("actions", actions, batch_size, num_steps, latents)
+        states = self.check_step_inputs("states", states, batch_size, num_steps, latents)
+        return latents, targets, actions, states, encoder_hidden_states
+
+
+class SurgicalWorldModel(
+    SurgicalWorldModelPlanningMixin, SurgicalWorldModelEncodingMixin, SurgicalWorldModelPreTrainedModel
+):
+    """
+    V-JEPA 2 encoder + action-conditioned block-causal predictor.
+
+    Seams: `encode` (pixels -> latents), `predict` (teacher-forced next latents), `rollout` (autoregressive
+    imagination under per-step actions), `rollout_error` (evaluation of clips), `forward` (the training losses and
+    per-clip validation metrics); the encoder side comes from `SurgicalWorldModelEncodingMixin`, `energy` and `plan`
+    from `SurgicalWorldModelPlanningMixin` (planning_surgical_wm.py), the losses from losses_surgical_wm.py.
+    """
+
+    def __init__(self, config: SurgicalWorldModelConfig):
+        super().__init__(config)
+        # The V-JEPA 2 layers read the attention backend from their own (sub-)config.
+        config.encoder_config._attn_implementation_internal = config._attn_implementation
+        self.encoder = VJEPA2Encoder(config.encoder_config)
+        # A target copy exists only when the encoder trains: frozen training keeps a single encoder in memory.
+        self.target_encoder = None if config.freeze_encoder else VJEPA2Encoder(config.encoder_config)
+        self.predictor = SurgicalWorldModelPredictor(config)
+        self.post_init()
+        if self.target_encoder is not None and not self.encoder.layernorm.weight.is_meta:
+            self.reset_target_encoder()
+        self._set_encoder_trainable(not config.freeze_encoder)
+
+    # --------------------------------------------------------------------------------------------- predict
     def predict(
         self,
         latents: torch.Tensor,
@@ -840,19 +897,7 @@ class SurgicalWorldModel(SurgicalWorldModelPlanningMixin, SurgicalWorldModelPreT
             inputs, start, cache = context_latents, 0, self.predictor.new_cache()
         if group > 1:
             inputs = inputs.repeat_interleave(group, dim=0)
-        return self._continue_rollout(inputs, actions, states, start, steps, cache)
-
-    def _continue_rollout(
-        self,
-        inputs: torch.Tensor,
-        actions: torch.Tensor | None,
-        states: torch.Tensor | None,
-        start: int,
-        steps: int,
-        cache: PredictorKVCache,
-    ) -> torch.Tensor:
-        """The cached rollout from `inputs` `(rows, T, N, D)`, the context's steps `start ... start + T - 1` that
-        `cache` does not hold yet; `actions` / `states` are indexed from the context's first step."""
+        # `inputs`: the context's steps `start ...` that the cache does not hold yet, then each imagined one.
         imagined = []
         for step in range(steps):
             length = inputs.shape[1]
@@ -868,55 +913,8 @@ class SurgicalWorldModel(SurgicalWorldModelPlanningMixin, SurgicalWorldModelPreT
             start += length
         return torch.cat(imagined, dim=1)
 
+
     # ----------------------------------------------------------------------------------------------- clips
-    def _check_latents(self, latents: torch.Tensor) -> None:
-        if self.target_encoder is not None:
-            raise ValueError(
-                "Precomputed `latents` stand in for the encoder only when it is frozen: a trained encoder changes "
-                "them at every step, and its targets come from the EMA encoder. Pass `pixel_values_videos`."
-            )
-        expected = (self.config.tokens_per_step, self.config.latent_dim)
-        if latents.ndim != 4 or tuple(latents.shape[2:]) != expected:
-            raise ValueError(
-                f"`latents` must have shape (batch, steps, {expected[0]}, {expected[1]}) as `encode` returns them, "
-                f"got {tuple(latents.shape)}."
-            )
-
-    def _encode_clip(
-        self,
-        pixel_values_videos: torch.Tensor | None,
-        latents: torch.Tensor | None,
-        actions: torch.Tensor | None,
-        states: torch.Tensor | None,
-        output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
-        """
-        The common start of `forward` and `rollout_error`: the clip's latents `(B, S, N, D)` (encoded here, or given
-        as `encode` returned them, e.g. from a latent cache), its target latents, its actions and states brought
-        to one per step, once, where the number of frames is known, and the encoder's hidden states (with
-        `output_hidden_states` and pixels; else None).
-        """
-        if (pixel_values_videos is None) == (latents is None):
-            raise ValueError("Give either `pixel_values_videos` or precomputed `latents`, not both or neither.")
-        encoder_hidden_states = None
-        if latents is not None:
-            self._check_latents(latents)
-            targets = latents  # a frozen encoder is its own target
-            num_frames = latents.shape[1] * self.config.frames_per_step
-        else:
-            latents, encoder_hidden_states = self._encode(pixel_values_videos, output_hidden_states)  # (B, S, N, D)
-            # A frozen encoder is its own target: no second encoding of the clip.
-            targets = latents.detach() if self.target_encoder is None else self.encode_targets(pixel_values_videos)
-            num_frames = pixel_values_videos.shape[1]
-        batch_size, num_steps = latents.shape[:2]
-        if num_steps < 2:
-            raise ValueError(f"A clip needs at least 2 steps to predict the future, got {num_steps}.")
-        actions = self._clip_step_inputs("actions", actions, num_frames)
-        states = self._clip_step_inputs("states", states, num_frames)
-        actions = self.check_step_inputs("actions", actions, batch_size, num_steps, latents)
-        states = self.check_step_inputs("states", states, batch_size, num_steps, latents)
-        return latents, targets, actions, states, encoder_hidden_states
-
     def _rollout_from_first_step(
         self,
         latents: torch.Tensor,

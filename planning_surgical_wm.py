@@ -149,7 +149,7 @@ class SurgicalWorldModelPlanningMixin:
             raise ValueError(f"{context.shape[0]} contexts but {goal.shape[0]} goals: give one goal per context.")
         return context, goal
 
-    def _plan_chunk_size(self, num_context: int, horizon: int) -> int:
+    def plan_chunk_size(self, num_context: int, horizon: int) -> int:
         """Candidates per predictor call so that one call's keys, values, attention scores and activations fit in
         half the free memory of a CUDA device, or in 1 GiB elsewhere (on a CPU larger batches are no faster)."""
         budget_bytes = 2**30
@@ -264,7 +264,7 @@ class SurgicalWorldModelPlanningMixin:
         """
         batch_size, num_context = context.shape[:2]
         num_candidates, horizon = candidates.shape[1:3]
-        chunk_size = chunk_size or self._plan_chunk_size(num_context, horizon)
+        chunk_size = chunk_size or self.plan_chunk_size(num_context, horizon)
         if use_cache and history_cache is None:
             history_cache = self._history_cache(context, history, states)
         energies = []
