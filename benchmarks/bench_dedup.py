@@ -21,7 +21,6 @@ above 1: the kept way is the fastest). CPU time is printed too: on shared cores 
 """
 
 import argparse
-import os
 import statistics
 import time
 import warnings
