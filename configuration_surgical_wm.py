@@ -215,7 +215,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             raise ValueError(
                 f"`action_spec` names {len(self.action_spec)} dimensions but `action_dim` is {self.action_dim}."
             )
-        self._check_action_groups()
+        self._check_action_groups(self.discrete_action_groups)
         if encoder.crop_size % encoder.patch_size != 0:
             raise ValueError(
                 f"The encoder's crop_size ({encoder.crop_size}) must be a multiple of its patch_size "
@@ -223,8 +223,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             )
         self._check_probe_values()
 
-    def _check_action_groups(self):
-        groups = self.discrete_action_groups
+    def _check_action_groups(self, groups: list[str] | None) -> None:
         if groups is None:
             return
         if not isinstance(groups, (list, tuple)) or not all(isinstance(group, str) and group for group in groups):
@@ -246,11 +245,16 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
         """The groups an action spec names, in order: the prefixes before the first `/` (`USM1`, ..., `task`)."""
         return list(dict.fromkeys(name.split("/", 1)[0] for name in action_spec if "/" in name))
 
-    def action_groups(self) -> list[tuple[str, list[int]]]:
-        """The categorical groups of `discrete_action_groups` as `(group, [action dimension, ...])`, in order."""
+    def action_groups(self, names: list[str] | None = None) -> list[tuple[str, list[int]]]:
+        """The categorical groups `(group, [action dimension, ...])`, in order, of `discrete_action_groups`, or of
+        other group names of `action_spec` (checked as the config checks its own, with the same errors)."""
+        if names is None:
+            names = self.discrete_action_groups
+        else:
+            self._check_action_groups(names)
         spec = self.action_spec or []
         return [(group, [index for index, name in enumerate(spec) if name.split("/", 1)[0] == group and "/" in name])
-                for group in self.discrete_action_groups or []]
+                for group in names or []]
 
     def _check_probe_values(self):
         """Checks the attentive probe's fields (also called by the classification model, after `from_pretrained`

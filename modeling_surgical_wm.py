@@ -4,8 +4,8 @@
 Each step of a clip (one frame repeated into a tubelet, or one real tubelet) is encoded on its own by the V-JEPA 2
 encoder into latent patch tokens z_t. A block-causal transformer over steps, fed `[action, (state), patches]` tokens
 per step, predicts z_{t+1}. `SurgicalWorldModelForVideoClassification` is V-JEPA 2's attentive probe on the frozen
-world model's latents. This file travels to the Hub with `save_pretrained`: it imports only torch, transformers and
-its configuration.
+world model's latents. This file travels to the Hub with `save_pretrained`: it imports only torch, transformers and,
+relatively (so that they travel with it), its configuration, its losses and its planning.
 """
 
 from collections.abc import Callable
@@ -25,8 +25,12 @@ from transformers.utils import CONFIG_NAME, ModelOutput, logging
 
 try:
     from .configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
+    from .losses_surgical_wm import contrastive_loss, frames_to_steps, l1_per_clip, masked_l1_per_clip, rollout_errors
+    from .planning_surgical_wm import SurgicalWorldModelPlanningMixin, SurgicalWorldModelPlanOutput
 except ImportError:  # imported as a top-level module from a clone of the repository
     from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
+    from losses_surgical_wm import contrastive_loss, frames_to_steps, l1_per_clip, masked_l1_per_clip, rollout_errors
+    from planning_surgical_wm import SurgicalWorldModelPlanningMixin, SurgicalWorldModelPlanOutput
 
 
 logger = logging.get_logger(__name__)
@@ -92,80 +96,10 @@ class SurgicalWorldModelOutput(ModelOutput):
     predictor_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-@dataclass
-class SurgicalWorldModelPlanOutput(ModelOutput):
-    r"""
-    actions (`torch.FloatTensor` of shape `(contexts, horizon, action_dim)`):
-        The best action sequence sampled (lowest energy), one action per step, as `config.action_spec` lays them out.
-    energy (`torch.FloatTensor` of shape `(contexts,)`):
-        Its energy: the mean L1 between the last latent its rollout imagines and the goal latent.
-    energy_per_iteration (`torch.FloatTensor` of shape `(contexts, iterations)`):
-        The lowest energy sampled at each CEM iteration.
-    elite_energy_per_iteration (`torch.FloatTensor` of shape `(contexts, iterations)`):
-        The mean energy of each iteration's `top_k` elites.
-    action_mean (`torch.FloatTensor` of shape `(contexts, horizon, action_dim)`):
-        The final search distribution in action space: the Gaussian means of continuous dimensions, and the
-        probability of each option of a categorical group in its dimension (`1 - sum` is the probability of none).
-    """
-
-    actions: torch.FloatTensor | None = None
-    energy: torch.FloatTensor | None = None
-    energy_per_iteration: torch.FloatTensor | None = None
-    elite_energy_per_iteration: torch.FloatTensor | None = None
-    action_mean: torch.FloatTensor | None = None
-
-
-def frames_to_steps(values: torch.Tensor, frames_per_step: int) -> torch.Tensor:
-    """
-    Per-frame values `(batch, frames, dim)` (SurgVU's actions are per-frame labels) to per-step values
-    `(batch, frames / frames_per_step, dim)`: the mean over the frames of each step. For multi-hot labels this is
-    the fraction of the step each label holds, so a change inside a step stays visible instead of being dropped.
-    """
-    batch_size, num_frames, dim = values.shape
-    if not values.is_floating_point():
-        values = values.float()
-    return values.reshape(batch_size, num_frames // frames_per_step, frames_per_step, dim).mean(2)  # (B, S, dim)
-
-
 def same_within_groups(values: torch.Tensor, group: int) -> bool:
     """Whether each group of `group` consecutive rows of `values` holds one value."""
     grouped = values.reshape(values.shape[0] // group, group, *values.shape[1:])
     return bool((grouped == grouped[:, :1]).all())
-
-
-def l1_per_clip(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error of each clip `(batch,)` over its steps, tokens and channels, computed in float32."""
-    return (predicted.float() - target.float()).abs().flatten(1).mean(1)
-
-
-def masked_l1_per_clip(predicted: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error of each clip `(batch,)` over its masked tokens only (0 where none is masked)."""
-    per_token = (predicted.float() - target.float()).abs().mean(-1)  # (B, S, N)
-    masked = per_token * token_mask
-    return masked.flatten(1).sum(1) / token_mask.flatten(1).sum(1).clamp(min=1)
-
-
-def rollout_errors(imagined: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    L1 per clip and per horizon `(batch, steps - 1)` of `imagined` `(batch, steps - 1, tokens, dim)`, a rollout from
-    the first step of `latents` `(batch, steps, tokens, dim)`, and of the copy-the-context-latent baseline.
-    """
-    targets = latents.float()
-    model_error = (imagined.float() - targets[:, 1:]).abs().mean(dim=(2, 3))
-    copy_context_error = (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3))
-    return model_error, copy_context_error
-
-
-def contrastive_loss(predicted: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE at each step: a clip's pooled prediction must pick its own future among the batch's."""
-    batch_size = predicted.shape[0]
-    if batch_size < 2:
-        return predicted.new_zeros((), dtype=torch.float32)
-    predicted = F.normalize(predicted.float().mean(2), dim=-1)  # (B, S, D), no CLS token: mean-pool patches
-    target = F.normalize(target.float().mean(2), dim=-1)  # (B, S, D)
-    logits = torch.einsum("bsd,csd->sbc", predicted, target) / temperature  # (S, B, B)
-    labels = torch.arange(batch_size, device=logits.device).expand(logits.shape[0], -1)  # (S, B)
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
 
 
 def eager_attention_forward(
@@ -334,6 +268,10 @@ class SurgicalWorldModelPredictor(nn.Module):
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.output_proj = nn.Linear(hidden, config.latent_dim)
 
+    def new_cache(self) -> "PredictorKVCache":
+        """An empty cache for `forward(..., cache=)`: the keys and values of the steps this predictor has seen."""
+        return PredictorKVCache()
+
     @property
     def num_condition_tokens(self) -> int:
         return int(self.action_proj is not None) + int(self.state_proj is not None)
@@ -383,6 +321,7 @@ class SurgicalWorldModelPredictor(nn.Module):
         token_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         cache: "PredictorKVCache | None" = None,
+        update_cache: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """
         The predictions `(B, T, N, latent_dim)`; with `output_hidden_states=True`, `(predictions, hidden_states)`
@@ -391,7 +330,7 @@ class SurgicalWorldModelPredictor(nn.Module):
 
         With a `cache`, the T steps given follow the steps whose keys and values the cache holds: they attend to
         those instead of recomputing them, take the next time positions, and their own keys and values are added to
-        the cache (unless `cache.frozen`).
+        the cache (unless `update_cache=False`: the last step of a rollout, which nothing attends to).
         """
         batch_size, num_steps, num_tokens, _ = latents.shape
         if num_tokens != self.grid_size**2:
@@ -428,7 +367,7 @@ class SurgicalWorldModelPredictor(nn.Module):
                 values.append(value)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
-        if cache is not None and not cache.frozen:
+        if cache is not None and update_cache:
             cache.update(keys, values, num_steps)
 
         hidden_states = self.norm(hidden_states).view(batch_size, num_steps, tokens_per_step, -1)
@@ -447,14 +386,16 @@ class SurgicalWorldModelPredictor(nn.Module):
 class PredictorKVCache:
     """
     The predictor's keys and values, per layer, of the steps it has seen, so that a rollout runs each new step once
-    instead of the whole history again. Two parts:
+    instead of the whole history again (the role of transformers' `DynamicCache`). Two parts:
 
     - a shared prefix `(B / G, heads, S, head_dim)` per layer: steps common to each group of G consecutive rows of the
       batch (one context, G candidate action sequences), stored once per group;
     - the rows' own steps `(B, heads, P, head_dim)` per layer, after the prefix.
 
-    Fill it by calling the predictor with `cache=`; `share(G)` turns what it holds into the shared prefix of G rows
-    each. Positions continue from `num_steps`. A cache belongs to one batch: rows cannot be added or reordered.
+    Make one with `predictor.new_cache()` and fill it by calling the predictor with `cache=`; `share(G)` turns what it
+    holds into the shared prefix of G rows each, `select(rows)` keeps some rows' own steps and `crop(num_steps)` drops
+    the latest. Positions continue from `num_steps`. Only the cache's methods change its tensors and counters; the
+    attention reads them through `layer_inputs`.
     """
 
     def __init__(self):
@@ -465,7 +406,10 @@ class PredictorKVCache:
         self.group = 1
         self.num_steps = 0
         self.num_shared_steps = 0
-        self.frozen = False  # True: calls read the cache without adding their steps (the last step of a rollout)
+
+    def get_seq_length(self) -> int:
+        """The number of steps the cache holds, shared prefix included (the time position of the next step)."""
+        return self.num_steps
 
     def check_batch(self, batch_size: int) -> None:
         if self.keys is not None and self.keys[0].shape[0] != batch_size:
@@ -476,17 +420,24 @@ class PredictorKVCache:
                 f"input has {batch_size} rows."
             )
 
-    def layer_inputs(self, index: int) -> tuple[torch.Tensor | None, ...]:
-        """(past key, past value, shared key, shared value) of layer `index`, None where there are none."""
-        own = (None, None) if self.keys is None else (self.keys[index], self.values[index])
-        shared = (None, None) if self.shared_keys is None else (self.shared_keys[index], self.shared_values[index])
+    def layer_inputs(self, layer_idx: int) -> tuple[torch.Tensor | None, ...]:
+        """(past key, past value, shared key, shared value) of layer `layer_idx`, None where there are none."""
+        own = (None, None) if self.keys is None else (self.keys[layer_idx], self.values[layer_idx])
+        shared = (None, None) if self.shared_keys is None else (self.shared_keys[layer_idx], self.shared_values[layer_idx])
         return own + shared
 
     def update(self, keys: list[torch.Tensor], values: list[torch.Tensor], num_steps: int) -> None:
         """Takes each layer's own keys and values, past and `num_steps` new steps, as the attention returned them
-        (it concatenated them once already)."""
+        (it concatenated them once already, so that gradient checkpointing recomputes from the same inputs)."""
         self.keys, self.values = list(keys), list(values)
         self.num_steps += num_steps
+
+    def _derived(self, keys, values, shared_keys, shared_values, group, num_steps, num_shared_steps):
+        cache = PredictorKVCache()
+        cache.keys, cache.values = keys, values
+        cache.shared_keys, cache.shared_values = shared_keys, shared_values
+        cache.group, cache.num_steps, cache.num_shared_steps = group, num_steps, num_shared_steps
+        return cache
 
     def share(self, group: int) -> "PredictorKVCache":
         """A new cache whose shared prefix is the steps this one holds (for B rows), serving B * `group` rows: row
@@ -494,11 +445,34 @@ class PredictorKVCache:
         so one history can serve several batches of candidates."""
         if self.shared_keys is not None or self.keys is None:
             raise ValueError("Only a cache holding steps of its own, and no shared prefix yet, can be shared.")
-        shared = PredictorKVCache()
-        shared.shared_keys, shared.shared_values = self.keys, self.values
-        shared.group = group
-        shared.num_steps = shared.num_shared_steps = self.num_steps
-        return shared
+        return self._derived(None, None, self.keys, self.values, group, self.num_steps, self.num_steps)
+
+    def select(self, rows: torch.Tensor) -> "PredictorKVCache":
+        """A new cache holding the own steps of `rows` (indices, repeats allowed, as `DynamicCache`'s
+        `batch_select_indices`), one row each; a shared prefix stays shared, so it must serve a single group."""
+        if self.keys is None:
+            raise ValueError("The cache holds no steps of its own to select from.")
+        if self.shared_keys is not None and self.shared_keys[0].shape[0] != 1:
+            raise ValueError(
+                f"The cache's shared prefix serves {self.shared_keys[0].shape[0]} groups: rows of different groups "
+                "cannot be selected into one."
+            )
+        return self._derived([key[rows] for key in self.keys], [value[rows] for value in self.values],
+                             self.shared_keys, self.shared_values, len(rows), self.num_steps, self.num_shared_steps)
+
+    def crop(self, num_steps: int) -> None:
+        """Keeps the first `num_steps` steps (shared prefix included), as `DynamicCache.crop`."""
+        if not self.num_shared_steps <= num_steps <= self.num_steps:
+            raise ValueError(
+                f"Can crop to {self.num_shared_steps} ... {self.num_steps} steps (the shared prefix stays), got "
+                f"{num_steps}."
+            )
+        if self.keys is not None:
+            tokens = self.keys[0].shape[2] // (self.num_steps - self.num_shared_steps)
+            keep = (num_steps - self.num_shared_steps) * tokens
+            self.keys = [key[:, :, :keep] for key in self.keys] if keep else None
+            self.values = [value[:, :, :keep] for value in self.values] if keep else None
+        self.num_steps = num_steps
 
 
 class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
@@ -536,27 +510,14 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
             )
 
 
-class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
+class SurgicalWorldModelEncodingMixin:
     """
-    V-JEPA 2 encoder + action-conditioned block-causal predictor.
-
-    Seams: `encode` (pixels -> latents), `predict` (teacher-forced next latents), `rollout` (autoregressive
-    imagination under per-step actions), `rollout_error` (evaluation of clips), `forward` (the training losses and
-    per-clip validation metrics). The losses are the module's `*_loss` / `*_per_clip` functions.
+    From a clip to what the predictor takes, for `SurgicalWorldModel`: the V-JEPA 2 encoder, frozen or trained with an
+    EMA target copy (`reset_target_encoder`, `update_target_encoder`), loading it from V-JEPA 2 (`from_vjepa2`), the
+    pixel checks, the per-step encoding (`encode`, `encode_targets`) and the per-step actions and states
+    (`check_step_inputs`). A mixin rather than a submodule, so that the state dict keeps its `encoder.*` and
+    `target_encoder.*` keys.
     """
-
-    def __init__(self, config: SurgicalWorldModelConfig):
-        super().__init__(config)
-        # The V-JEPA 2 layers read the attention backend from their own (sub-)config.
-        config.encoder_config._attn_implementation_internal = config._attn_implementation
-        self.encoder = VJEPA2Encoder(config.encoder_config)
-        # A target copy exists only when the encoder trains: frozen training keeps a single encoder in memory.
-        self.target_encoder = None if config.freeze_encoder else VJEPA2Encoder(config.encoder_config)
-        self.predictor = SurgicalWorldModelPredictor(config)
-        self.post_init()
-        if self.target_encoder is not None and not self.encoder.layernorm.weight.is_meta:
-            self.reset_target_encoder()
-        self._set_encoder_trainable(not config.freeze_encoder)
 
     # ----------------------------------------------------------------------------------------------- setup
     def _set_encoder_trainable(self, trainable: bool) -> None:
@@ -724,11 +685,13 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         encoder = self.target_encoder if self.target_encoder is not None else self.encoder
         return self._encode_with(encoder, pixel_values_videos)[0]
 
-    # --------------------------------------------------------------------------------------------- predict
-    def _step_inputs(
-        self, name: str, values: torch.Tensor | None, dim: int, batch_size: int, num_steps: int, reference: torch.Tensor
+    # ----------------------------------------------------------------------------------------------- steps
+    def check_step_inputs(
+        self, name: str, values: torch.Tensor | None, batch_size: int, num_steps: int, reference: torch.Tensor
     ) -> torch.Tensor | None:
-        """Checks per-step `actions` or `states` and keeps their first `num_steps` steps."""
+        """Checks per-step `actions` or `states` `(batch_size, >= num_steps, dim)` and keeps their first `num_steps`
+        steps; missing actions are zeros (a pure video world model, on the device and dtype of `reference`)."""
+        dim = self.config.action_dim if name == "actions" else self.config.state_dim
         if dim == 0:
             if values is not None:
                 raise ValueError(f"This model takes no {name} ({name[:-1]}_dim=0) but {name} were given.")
@@ -752,7 +715,7 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
         frames_per_step = self.config.frames_per_step
         num_steps = num_frames // frames_per_step
         if values is None or values.ndim != 3 or values.shape[1] == num_steps:
-            return values  # per step already, or malformed: `_step_inputs` says what is wrong
+            return values  # per step already, or malformed: `check_step_inputs` says what is wrong
         if values.shape[1] == num_frames:
             return frames_to_steps(values, frames_per_step)
         expected = f"{num_steps}" if frames_per_step == 1 else f"{num_steps} (per step) or {num_frames} (per frame)"
@@ -761,504 +724,6 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             f"{expected}, got {values.shape[1]}."
         )
 
-    def predict(
-        self,
-        latents: torch.Tensor,
-        actions: torch.Tensor | None = None,
-        states: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """
-        Teacher-forced prediction: output `[:, t]` is the prediction of z_{t+1} from z_{<=t} and actions `<= t`.
-
-        Args:
-            latents: `(batch, steps, tokens, dim)` from `encode`.
-            actions: `(batch, >= steps, action_dim)`, the action taken at each step (per step, not per frame: see
-                `frames_to_steps`); steps past `steps` are ignored; None gives zero actions.
-            states: `(batch, >= steps, state_dim)` per step, when the model has a state token.
-            token_mask: `(batch, steps, tokens)` bool, tokens replaced by the mask token (mask-denoising).
-        """
-        batch_size, num_steps = latents.shape[:2]
-        actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, num_steps, latents)
-        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_steps, latents)
-        return self.predictor(latents, actions, states, token_mask)
-
-    def rollout(
-        self,
-        context_latents: torch.Tensor,
-        actions: torch.Tensor | None = None,
-        steps: int = 1,
-        states: torch.Tensor | None = None,
-        use_cache: bool = True,
-    ) -> torch.Tensor:
-        """
-        Autoregressive imagination: from `context_latents` `(contexts, context, tokens, dim)`, predicts `steps` future
-        latents, each fed back as input. `actions` (and `states`) are per step (per-frame values go through
-        `frames_to_steps` first) and cover at least the horizon `context + steps - 1`; later steps are ignored.
-
-        The rows of `actions` may be G times the contexts: G candidate action sequences per context, rows
-        `b * G ... b * G + G - 1` starting from context `b` (planning). Returns `(rows, steps, tokens, dim)`.
-
-        With `use_cache` (the default) each step runs through the predictor once and attends to the cached keys and
-        values of the earlier steps. When the candidates of a context agree on the actions (and states) of its first
-        `context - 1` steps, as when they continue one observed history, those steps are computed and cached once per
-        context. `use_cache=False` runs the predictor over the whole history again at every step: the same numbers
-        (within float rounding), about `steps / 2` times the work.
-        """
-        if steps < 1:
-            raise ValueError(f"`steps` must be >= 1, got {steps}.")
-        num_contexts, num_context = context_latents.shape[:2]
-        rows = next((values.shape[0] for values in (actions, states) if values is not None and values.ndim == 3),
-                    num_contexts)
-        if rows % num_contexts != 0:
-            raise ValueError(
-                f"{rows} rows of actions for {num_contexts} contexts: give the same number of candidate action "
-                "sequences for every context (a multiple of the contexts)."
-            )
-        group = rows // num_contexts
-        horizon = num_context + steps - 1
-        actions = self._step_inputs("actions", actions, self.config.action_dim, rows, horizon, context_latents)
-        states = self._step_inputs("states", states, self.config.state_dim, rows, horizon, context_latents)
-
-        def take(values: torch.Tensor | None, start: int, stop: int, every: int = 1) -> torch.Tensor | None:
-            return None if values is None else values[::every, start:stop]
-
-        if not use_cache:
-            latents = context_latents.repeat_interleave(group, dim=0) if group > 1 else context_latents
-            for _ in range(steps):
-                length = latents.shape[1]
-                next_latent = self.predictor(latents, take(actions, 0, length), take(states, 0, length))[:, -1:]
-                latents = torch.cat([latents, next_latent.to(latents.dtype)], dim=1)
-            return latents[:, num_context:]
-
-        cache = PredictorKVCache()
-        prefix = num_context - 1
-        if group > 1 and prefix > 0 and all(
-            same_within_groups(values[:, :prefix], group) for values in (actions, states) if values is not None
-        ):
-            # One history, many candidates: its first steps once per context, then shared by its candidates.
-            self.predictor(context_latents[:, :prefix], take(actions, 0, prefix, group), take(states, 0, prefix, group),
-                           cache=cache)
-            cache = cache.share(group)
-            inputs, start = context_latents[:, prefix:], prefix
-        else:
-            inputs, start = context_latents, 0
-        if group > 1:
-            inputs = inputs.repeat_interleave(group, dim=0)
-        return self._continue_rollout(inputs, actions, states, start, steps, cache)
-
-    def _continue_rollout(
-        self,
-        inputs: torch.Tensor,
-        actions: torch.Tensor | None,
-        states: torch.Tensor | None,
-        start: int,
-        steps: int,
-        cache: PredictorKVCache,
-    ) -> torch.Tensor:
-        """The cached rollout from `inputs` `(rows, T, N, D)`, the context's steps `start ... start + T - 1` that
-        `cache` does not hold yet; `actions` / `states` are indexed from the context's first step."""
-        imagined = []
-        for step in range(steps):
-            length = inputs.shape[1]
-            cache.frozen = step == steps - 1  # nothing attends to the last step: keep no keys for it
-            prediction = self.predictor(
-                inputs,
-                None if actions is None else actions[:, start : start + length],
-                None if states is None else states[:, start : start + length],
-                cache=cache,
-            )[:, -1:]
-            inputs = prediction.to(inputs.dtype)
-            imagined.append(inputs)
-            start += length
-        return torch.cat(imagined, dim=1)
-
-    # ---------------------------------------------------------------------------------------------- planning
-    def _planning_latents(self, name: str, value: torch.Tensor | None) -> torch.Tensor:
-        """`context` / `goal` of `plan` as latents `(batch, steps, tokens, dim)`: a clip is encoded, latents checked."""
-        if value is None:
-            raise ValueError(
-                f"Planning needs a `{name}` observation: a clip `(batch, frames, 3, {self.config.encoder_config.crop_size}"
-                f", {self.config.encoder_config.crop_size})` or its latents from `encode`."
-                + (" The world model plans toward a goal; without one there is nothing to reach." if name == "goal" else "")
-            )
-        if value.ndim == 5:
-            try:
-                return self.encode(value)
-            except ValueError as error:
-                raise ValueError(f"`{name}`: {error}") from None
-        if value.ndim == 3 and name == "goal":
-            value = value[:, None]
-        expected = (self.config.tokens_per_step, self.config.latent_dim)
-        if value.ndim != 4 or tuple(value.shape[2:]) != expected:
-            raise ValueError(
-                f"`{name}` latents have shape {tuple(value.shape)}; this model's encoder makes (batch, steps, "
-                f"{expected[0]}, {expected[1]}) at {self.config.encoder_config.crop_size} px: they come from another "
-                "encoder or another resolution. Encode the frames with this model (`encode`)."
-            )
-        if self.config.normalize_latents:
-            # `encode` layer-norms every token: other latents of the same shape come from elsewhere.
-            tokens = value.detach().float()
-            if (tokens.mean(-1).abs().amax() > 0.05) or ((tokens.std(-1, unbiased=False) - 1).abs().amax() > 0.05):
-                raise ValueError(
-                    f"`{name}` latents are not layer-normed per token as this model's `encode` makes them: they come "
-                    "from another encoder or were not normalised. Encode the frames with this model."
-                )
-        return value.to(self.dtype)
-
-    def _plan_chunk_size(self, num_context: int, horizon: int) -> int:
-        """Candidates per predictor call so that one call's keys, values, attention scores and activations fit in
-        half the free memory of a CUDA device, or in 1 GiB elsewhere (on a CPU larger batches are no faster)."""
-        budget_bytes = 2**30
-        if self.device.type == "cuda":
-            budget_bytes = torch.cuda.mem_get_info(self.device)[0] // 2
-        config = self.config
-        tokens = self.predictor.num_condition_tokens + config.tokens_per_step
-        element = torch.finfo(self.dtype).bits // 8
-        # A candidate's own keys and values: its steps after the shared history (the last context step and the
-        # imagined ones); attention reads the history besides, one layer at a time.
-        kv_bytes = 2 * config.predictor_num_hidden_layers * (horizon + 1) * tokens * config.predictor_hidden_size
-        kv_bytes += 2 * (num_context - 1) * tokens * config.predictor_hidden_size
-        score_bytes = 2 * config.predictor_num_attention_heads * tokens * (num_context + horizon) * tokens
-        activation_bytes = 6 * tokens * int(config.predictor_hidden_size * config.predictor_mlp_ratio)
-        return max(1, budget_bytes // ((kv_bytes + score_bytes + activation_bytes) * element))
-
-    @torch.no_grad()
-    def energy(
-        self,
-        context: torch.Tensor,
-        goal: torch.Tensor,
-        actions: torch.Tensor,
-        context_actions: torch.Tensor | None = None,
-        states: torch.Tensor | None = None,
-        chunk_size: int | None = None,
-        use_cache: bool = True,
-        deduplicate: bool = True,
-    ) -> torch.Tensor:
-        """
-        How far candidate action sequences lead from `context` to `goal`: the mean L1, over tokens and channels,
-        between the last latent of the rollout under each sequence and the goal latent (V-JEPA 2-AC's energy).
-
-        Args:
-            context: a clip `(batch, frames, 3, H, W)` or its latents `(batch, steps, tokens, dim)`; the rollout
-                starts after its last step.
-            goal: a clip or latents as `context` (its last step is the goal), or goal latents `(batch, tokens, dim)`.
-            actions: `(batch, candidates, horizon, action_dim)`, or `(batch, horizon, action_dim)` for one each: the
-                action of each step from the context's last step on.
-            context_actions: `(batch, context_steps - 1, action_dim)`, the actions taken between the context's steps
-                (zeros when None).
-            states: `(batch, context_steps + horizon - 1, state_dim)` when the model has a state token.
-            chunk_size: candidates per predictor call (None: what fits in half the free CUDA memory, or 1 GiB).
-            use_cache: the KV-cached rollout (`rollout`'s `use_cache`).
-            deduplicate: roll out each distinct candidate of a context once (its copies share its energy).
-        Returns:
-            `(batch, candidates)` energies in float32 (`(batch,)` for 3-D `actions`).
-        """
-        context = self._planning_latents("context", context)
-        goal = self._planning_latents("goal", goal)[:, -1]  # (B, N, D)
-        single = actions.ndim == 3
-        if single:
-            actions = actions[:, None]
-        energies = self._candidate_energies(
-            context, goal, actions, context_actions, states, chunk_size, use_cache, deduplicate
-        )
-        return energies[:, 0] if single else energies
-
-    def _history_and_states(
-        self, context: torch.Tensor, context_actions: torch.Tensor | None, states: torch.Tensor | None, horizon: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The actions between the context's steps `(B, C - 1, A)` (zeros when None) and the states over context and
-        horizon `(B, C + horizon - 1, S)` (None without a state token), checked and on the context's device."""
-        batch_size, num_context = context.shape[:2]
-        action_dim = self.config.action_dim
-        if context_actions is None:
-            history = context.new_zeros(batch_size, num_context - 1, action_dim)
-        elif context_actions.shape != (batch_size, num_context - 1, action_dim):
-            raise ValueError(
-                f"`context_actions` must have shape ({batch_size}, {num_context - 1}, {action_dim}): the actions "
-                f"between the context's {num_context} steps; got {tuple(context_actions.shape)}."
-            )
-        else:
-            history = context_actions.to(context.device, context.dtype)
-        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_context + horizon - 1,
-                                   context)
-        return history, None if states is None else states.to(context.device)
-
-    def _history_cache(
-        self, context: torch.Tensor, history: torch.Tensor, states: torch.Tensor | None
-    ) -> PredictorKVCache | None:
-        """The cached keys and values of the context's first `C - 1` steps and their actions (None for a one-step
-        context): what every candidate continuing this history shares."""
-        num_history = context.shape[1] - 1
-        if num_history == 0:
-            return None
-        cache = PredictorKVCache()
-        self.predictor(context[:, :num_history], history if self.config.action_dim else None,
-                       None if states is None else states[:, :num_history], cache=cache)
-        return cache
-
-    def _candidate_energies(
-        self,
-        context: torch.Tensor,
-        goal: torch.Tensor,
-        candidates: torch.Tensor,
-        context_actions: torch.Tensor | None,
-        states: torch.Tensor | None,
-        chunk_size: int | None,
-        use_cache: bool,
-        deduplicate: bool = True,
-        history_cache: PredictorKVCache | None = None,
-    ) -> torch.Tensor:
-        """
-        Energies `(B, K)` of candidates `(B, K, H, A)` from latents `context` `(B, C, N, D)` to `goal` `(B, N, D)`.
-        `deduplicate` rolls out each distinct candidate of a context once; with the cache, the context's history is
-        computed once (or taken from `history_cache`, computed by `_history_cache` for these contexts) and shared
-        by every chunk of candidates.
-        """
-        batch_size, num_context = context.shape[:2]
-        if goal.shape[0] != batch_size:
-            raise ValueError(f"{batch_size} contexts but {goal.shape[0]} goals: give one goal per context.")
-        if candidates.ndim != 4 or candidates.shape[0] != batch_size or candidates.shape[3] != self.config.action_dim:
-            raise ValueError(
-                f"Candidate actions must have shape ({batch_size}, candidates, horizon, {self.config.action_dim}), got "
-                f"{tuple(candidates.shape)}."
-            )
-        num_candidates, horizon = candidates.shape[1:3]
-        history, states = self._history_and_states(context, context_actions, states, horizon)
-        if deduplicate and num_candidates > 1:
-            # A narrowing search over discrete actions draws the same sequences again and again: roll each one out
-            # once per context and hand its energy to all of its copies.
-            energies = torch.empty(batch_size, num_candidates, device=context.device)
-            for row in range(batch_size):
-                distinct, copies = torch.unique(candidates[row].flatten(1), dim=0, return_inverse=True)
-                found = self._candidate_energies(
-                    context[row : row + 1], goal[row : row + 1], distinct.view(1, -1, horizon, candidates.shape[3]),
-                    history[row : row + 1], None if states is None else states[row : row + 1], chunk_size, use_cache,
-                    deduplicate=False, history_cache=history_cache if batch_size == 1 else None,
-                )
-                energies[row] = found[0, copies.to(found.device)]
-            return energies
-        chunk_size = chunk_size or self._plan_chunk_size(num_context, horizon)
-        if use_cache and history_cache is None:
-            history_cache = self._history_cache(context, history, states)
-        if use_cache and batch_size == 1 and horizon > 1:
-            return self._shared_first_step_energies(context, goal, candidates, history, states, chunk_size,
-                                                    history_cache)
-        energies = []
-        for start in range(0, num_candidates, chunk_size):
-            chunk = candidates[:, start : start + chunk_size].to(context.device, context.dtype)  # (B, c, H, A)
-            size = chunk.shape[1]
-            sequences = torch.cat([history[:, None].expand(-1, size, -1, -1), chunk], dim=2).flatten(0, 1)
-            chunk_states = None if states is None else states.repeat_interleave(size, dim=0)
-            if use_cache and history_cache is not None:
-                inputs = context[:, -1:].repeat_interleave(size, dim=0)
-                final = self._continue_rollout(inputs, sequences, chunk_states, num_context - 1, horizon,
-                                               history_cache.share(size))[:, -1]
-            else:
-                final = self.rollout(context, sequences, horizon, chunk_states, use_cache=use_cache)[:, -1]
-            final = final.view(batch_size, size, *final.shape[1:])  # (B, c, N, D)
-            energies.append((final.float() - goal[:, None].float()).abs().mean(dim=(2, 3)))
-        return torch.cat(energies, dim=1)
-
-    def _shared_first_step_energies(
-        self,
-        context: torch.Tensor,
-        goal: torch.Tensor,
-        candidates: torch.Tensor,
-        history: torch.Tensor,
-        states: torch.Tensor | None,
-        chunk_size: int,
-        history_cache: PredictorKVCache | None,
-    ) -> torch.Tensor:
-        """
-        `_candidate_energies` of one context `(1, C, N, D)` whose candidates `(1, K, H, A)` often begin with the same
-        action: the context's last step runs once per distinct first action, and each candidate continues from its
-        first action's keys and values (a prefix tree of depth one over the candidates). Chunks of `chunk_size`
-        first actions, then of their candidates, bound the memory.
-        """
-        num_context = context.shape[1]
-        horizon = candidates.shape[2]
-        sequences = candidates[0].to(context.device, context.dtype)  # (K, H, A)
-        firsts, parent = torch.unique(sequences[:, 0], dim=0, return_inverse=True)  # (U, A), (K,)
-        parent = parent.to(context.device)
-        energies = torch.empty(sequences.shape[0], device=context.device)
-
-        def repeated(values: torch.Tensor | None, rows: int) -> torch.Tensor | None:
-            return None if values is None else values.expand(rows, *values.shape[1:])
-
-        for first in range(0, firsts.shape[0], chunk_size):
-            heads = firsts[first : first + chunk_size]  # (u, A)
-            count = heads.shape[0]
-            step_cache = history_cache.share(count) if history_cache is not None else PredictorKVCache()
-            head_states = repeated(states, count)
-            predicted = self.predictor(
-                context[:, -1:].expand(count, -1, -1, -1), heads[:, None],
-                None if head_states is None else head_states[:, num_context - 1 : num_context], cache=step_cache,
-            )  # (u, 1, N, D): the latent after each first action
-            members = ((parent >= first) & (parent < first + count)).nonzero().flatten()
-            for start in range(0, members.shape[0], chunk_size):
-                rows = members[start : start + chunk_size]
-                local = parent[rows] - first
-                cache = history_cache.share(rows.shape[0]) if history_cache is not None else PredictorKVCache()
-                cache.keys = [key[local] for key in step_cache.keys]
-                cache.values = [value[local] for value in step_cache.values]
-                cache.num_steps += 1
-                full = torch.cat([repeated(history, rows.shape[0]), sequences[rows]], dim=1)  # (n, C - 1 + H, A)
-                final = self._continue_rollout(predicted[local].to(context.dtype), full,
-                                               repeated(states, rows.shape[0]), num_context, horizon - 1, cache)[:, -1]
-                energies[rows] = (final.float() - goal.float()).abs().mean(dim=(1, 2))
-        return energies[None]
-
-    @torch.no_grad()
-    def plan(
-        self,
-        context: torch.Tensor,
-        goal: torch.Tensor | None = None,
-        horizon: int = 2,
-        num_samples: int = 400,
-        iterations: int = 10,
-        top_k: int = 10,
-        momentum: float = 0.15,
-        bounds: tuple[float, float] | torch.Tensor = (-0.05, 0.05),
-        generator: torch.Generator | None = None,
-        context_actions: torch.Tensor | None = None,
-        states: torch.Tensor | None = None,
-        discrete_groups: list[str] | None = None,
-        chunk_size: int | None = None,
-        use_cache: bool = True,
-        deduplicate: bool = True,
-    ) -> SurgicalWorldModelPlanOutput:
-        """
-        Searches for the `horizon` actions that lead from `context` to `goal` with the cross-entropy method (CEM), as
-        V-JEPA 2-AC plans (its defaults: 400 samples, 10 iterations, top 10, horizon 2, momentum 0.15, actions within
-        +-0.05). Each iteration samples `num_samples` action sequences, scores them all with `energy` (batched, the
-        KV-cached rollout, `chunk_size` candidates per call), and refits the search distribution to the `top_k`
-        lowest: a Gaussian per step for continuous dimensions (clipped to `bounds`), a categorical distribution per
-        step for each group of `discrete_groups` (default `config.discrete_action_groups`; the options are the
-        group's dimensions and none). New statistics are mixed with the old as `momentum * old + (1 - momentum) *
-        new`. Also infers the actions that explain a stretch of video: the context is its start, the goal its end.
-
-        Each distinct sequence is rolled out once per plan (`deduplicate`): once the categorical distributions narrow,
-        most samples repeat sequences already scored. The observed history (a context of several steps) is computed
-        once per plan and shared by all candidates, and the context's last step once per distinct first action.
-        `chunk_size=1, use_cache=False, deduplicate=False` is the naive per-sample loop, with the same result.
-
-        Args:
-            context, goal, context_actions, states: as in `energy`; clips or latents. Without a goal, a ValueError.
-            bounds: `(low, high)` of continuous dimensions, numbers or tensors of `action_dim` values.
-            generator: makes the search deterministic (sampling runs on the generator's device).
-        Returns:
-            [`SurgicalWorldModelPlanOutput`]: the best sequence found, its energy and the energy per iteration.
-        """
-        for name, value, low in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("iterations", iterations, 1),
-                                 ("top_k", top_k, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-        if top_k > num_samples:
-            raise ValueError(f"`top_k` ({top_k}) cannot exceed `num_samples` ({num_samples}).")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}.")
-        if self.config.action_dim == 0:
-            raise ValueError("This model takes no actions (action_dim=0): there is nothing to plan.")
-        context = self._planning_latents("context", context)
-        goal = self._planning_latents("goal", goal)[:, -1]
-        batch_size = context.shape[0]
-        if goal.shape[0] != batch_size:
-            raise ValueError(f"{batch_size} contexts but {goal.shape[0]} goals: give one goal per context.")
-        action_dim = self.config.action_dim
-        sample_device = generator.device if generator is not None else torch.device("cpu")
-
-        groups = self.config.action_groups() if discrete_groups is None else self._named_groups(discrete_groups)
-        in_group = torch.zeros(action_dim, dtype=torch.bool)
-        for _, dims in groups:
-            in_group[dims] = True
-        continuous = (~in_group).nonzero().flatten().tolist()
-        low, high = (torch.as_tensor(bound, dtype=torch.float32, device=sample_device).expand(action_dim)
-                     for bound in bounds)
-        if not bool((low < high).all()):
-            raise ValueError(f"`bounds` must have low < high in every dimension, got {bounds!r}.")
-        low, high = low[continuous], high[continuous]
-        mean = ((low + high) / 2).expand(batch_size, horizon, -1).clone()  # (B, H, Dc)
-        std = ((high - low) / 2).expand(batch_size, horizon, -1).clone()
-        probabilities = [torch.full((batch_size, horizon, len(dims) + 1), 1.0 / (len(dims) + 1), device=sample_device)
-                         for _, dims in groups]  # the last option of each group: none
-
-        history, states = self._history_and_states(context, context_actions, states, horizon)
-        rows_states = [None if states is None else states[row : row + 1] for row in range(batch_size)]
-        # The observed history is computed once per plan, and each distinct sequence rolled out once per plan: the
-        # later iterations of a search over discrete actions mostly draw sequences it has already scored.
-        history_caches = [self._history_cache(context[row : row + 1], history[row : row + 1], rows_states[row])
-                          if use_cache else None for row in range(batch_size)]
-        scored = [{} for _ in range(batch_size)]
-
-        def evaluate(samples: torch.Tensor) -> torch.Tensor:
-            if not deduplicate:
-                return self._candidate_energies(context, goal, samples, history, states, chunk_size, use_cache,
-                                                deduplicate=False)
-            energies = torch.empty(samples.shape[:2])
-            for row in range(batch_size):
-                keys = [sample.numpy().tobytes() for sample in samples[row].cpu().flatten(1)]
-                new = list({key: index for index, key in reversed(list(enumerate(keys))) if key not in scored[row]}
-                           .values())
-                if new:
-                    found = self._candidate_energies(
-                        context[row : row + 1], goal[row : row + 1], samples[row : row + 1, sorted(new)],
-                        history[row : row + 1], rows_states[row], chunk_size, use_cache, deduplicate=False,
-                        history_cache=history_caches[row],
-                    )
-                    scored[row].update(zip((keys[index] for index in sorted(new)), found[0].tolist()))
-                energies[row] = torch.tensor([scored[row][key] for key in keys])
-            return energies
-
-        best_actions = torch.zeros(batch_size, horizon, action_dim, device=sample_device)
-        best_energy = torch.full((batch_size,), float("inf"), device=sample_device)
-        lowest, elite_mean = [], []
-        rows = torch.arange(batch_size, device=sample_device)[:, None]
-        for _ in range(iterations):
-            samples = torch.zeros(batch_size, num_samples, horizon, action_dim, device=sample_device)
-            noise = torch.randn(batch_size, num_samples, horizon, len(continuous), generator=generator,
-                                device=sample_device)
-            samples[..., continuous] = torch.maximum(torch.minimum(mean[:, None] + std[:, None] * noise, high), low)
-            choices = []
-            for (_, dims), probs in zip(groups, probabilities):
-                drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), num_samples, replacement=True,
-                                          generator=generator)  # (B * H, S)
-                drawn = drawn.view(batch_size, horizon, num_samples).transpose(1, 2)  # (B, S, H)
-                samples[..., dims] = F.one_hot(drawn, len(dims) + 1)[..., : len(dims)].to(samples.dtype)
-                choices.append(drawn)
-            energies = evaluate(samples).to(sample_device)
-            order = torch.argsort(energies, dim=1, stable=True)[:, :top_k]  # (B, k)
-            elites = samples[rows, order]  # (B, k, H, A)
-            elite_energies = energies[rows, order]
-            lowest.append(elite_energies[:, 0])
-            elite_mean.append(elite_energies.mean(1))
-            improved = elite_energies[:, 0] < best_energy
-            best_energy = torch.where(improved, elite_energies[:, 0], best_energy)
-            best_actions[improved] = elites[improved, 0]
-            if continuous:
-                elite_continuous = elites[..., continuous]
-                mean = momentum * mean + (1 - momentum) * elite_continuous.mean(1)
-                std = momentum * std + (1 - momentum) * elite_continuous.std(1, unbiased=False)
-            for index, ((_, dims), drawn) in enumerate(zip(groups, choices)):
-                counts = F.one_hot(drawn[rows, order], len(dims) + 1).float().mean(1)  # (B, H, options)
-                probabilities[index] = momentum * probabilities[index] + (1 - momentum) * counts
-
-        action_mean = torch.zeros(batch_size, horizon, action_dim, device=sample_device)
-        action_mean[..., continuous] = mean
-        for (_, dims), probs in zip(groups, probabilities):
-            action_mean[..., dims] = probs[..., : len(dims)]
-        return SurgicalWorldModelPlanOutput(
-            actions=best_actions, energy=best_energy, energy_per_iteration=torch.stack(lowest, dim=1),
-            elite_energy_per_iteration=torch.stack(elite_mean, dim=1), action_mean=action_mean,
-        )
-
-    def _named_groups(self, names: list[str]) -> list[tuple[str, list[int]]]:
-        """`config.action_groups()` for other group names (checked as the config checks its own)."""
-        config = self.config.to_dict()
-        config["discrete_action_groups"] = list(names)
-        return type(self.config).from_dict(config).action_groups()
-
-    # ----------------------------------------------------------------------------------------------- clips
     def _check_latents(self, latents: torch.Tensor) -> None:
         if self.target_encoder is not None:
             raise ValueError(
@@ -1303,10 +768,153 @@ class SurgicalWorldModel(SurgicalWorldModelPreTrainedModel):
             raise ValueError(f"A clip needs at least 2 steps to predict the future, got {num_steps}.")
         actions = self._clip_step_inputs("actions", actions, num_frames)
         states = self._clip_step_inputs("states", states, num_frames)
-        actions = self._step_inputs("actions", actions, self.config.action_dim, batch_size, num_steps, latents)
-        states = self._step_inputs("states", states, self.config.state_dim, batch_size, num_steps, latents)
+        actions = self.check_step_inputs("actions", actions, batch_size, num_steps, latents)
+        states = self.check_step_inputs("states", states, batch_size, num_steps, latents)
         return latents, targets, actions, states, encoder_hidden_states
 
+
+class SurgicalWorldModel(
+    SurgicalWorldModelPlanningMixin, SurgicalWorldModelEncodingMixin, SurgicalWorldModelPreTrainedModel
+):
+    """
+    V-JEPA 2 encoder + action-conditioned block-causal predictor.
+
+    Seams: `encode` (pixels -> latents), `predict` (teacher-forced next latents), `rollout` (autoregressive
+    imagination under per-step actions), `rollout_error` (evaluation of clips), `forward` (the training losses and
+    per-clip validation metrics); the encoder side comes from `SurgicalWorldModelEncodingMixin`, `energy` and `plan`
+    from `SurgicalWorldModelPlanningMixin` (planning_surgical_wm.py), the losses from losses_surgical_wm.py.
+    """
+
+    def __init__(self, config: SurgicalWorldModelConfig):
+        super().__init__(config)
+        # The V-JEPA 2 layers read the attention backend from their own (sub-)config.
+        config.encoder_config._attn_implementation_internal = config._attn_implementation
+        self.encoder = VJEPA2Encoder(config.encoder_config)
+        # A target copy exists only when the encoder trains: frozen training keeps a single encoder in memory.
+        self.target_encoder = None if config.freeze_encoder else VJEPA2Encoder(config.encoder_config)
+        self.predictor = SurgicalWorldModelPredictor(config)
+        self.post_init()
+        if self.target_encoder is not None and not self.encoder.layernorm.weight.is_meta:
+            self.reset_target_encoder()
+        self._set_encoder_trainable(not config.freeze_encoder)
+
+    # --------------------------------------------------------------------------------------------- predict
+    def predict(
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Teacher-forced prediction: output `[:, t]` is the prediction of z_{t+1} from z_{<=t} and actions `<= t`.
+
+        Args:
+            latents: `(batch, steps, tokens, dim)` from `encode`.
+            actions: `(batch, >= steps, action_dim)`, the action taken at each step (per step, not per frame: see
+                `frames_to_steps`); steps past `steps` are ignored; None gives zero actions.
+            states: `(batch, >= steps, state_dim)` per step, when the model has a state token.
+            token_mask: `(batch, steps, tokens)` bool, tokens replaced by the mask token (mask-denoising).
+        """
+        batch_size, num_steps = latents.shape[:2]
+        actions = self.check_step_inputs("actions", actions, batch_size, num_steps, latents)
+        states = self.check_step_inputs("states", states, batch_size, num_steps, latents)
+        return self.predictor(latents, actions, states, token_mask)
+
+    def rollout(
+        self,
+        context_latents: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        steps: int = 1,
+        states: torch.Tensor | None = None,
+        use_cache: bool = True,
+        *,
+        history_cache: PredictorKVCache | None = None,
+    ) -> torch.Tensor:
+        """
+        Autoregressive imagination: from `context_latents` `(contexts, context, tokens, dim)`, predicts `steps` future
+        latents, each fed back as input. `actions` (and `states`) are per step (per-frame values go through
+        `frames_to_steps` first) and cover at least the horizon `context + steps - 1`; later steps are ignored.
+
+        The rows of `actions` may be G times the contexts: G candidate action sequences per context, rows
+        `b * G ... b * G + G - 1` starting from context `b` (planning). Returns `(rows, steps, tokens, dim)`.
+
+        With `use_cache` (the default) each step runs through the predictor once and attends to the cached keys and
+        values of the earlier steps. When the candidates of a context agree on the actions (and states) of its first
+        `context - 1` steps, as when they continue one observed history, those steps are computed and cached once per
+        context. `use_cache=False` runs the predictor over the whole history again at every step: the same numbers
+        (within float rounding), about `steps / 2` times the work. `history_cache`, a cache that already holds the
+        first `context - 1` steps of each context under the same actions (the predictor run on them with `cache=`),
+        is shared by all candidates instead (planning computes an observed history once per plan).
+        """
+        if steps < 1:
+            raise ValueError(f"`steps` must be >= 1, got {steps}.")
+        num_contexts, num_context = context_latents.shape[:2]
+        rows = next((values.shape[0] for values in (actions, states) if values is not None and values.ndim == 3),
+                    num_contexts)
+        if rows % num_contexts != 0:
+            raise ValueError(
+                f"{rows} rows of actions for {num_contexts} contexts: give the same number of candidate action "
+                "sequences for every context (a multiple of the contexts)."
+            )
+        group = rows // num_contexts
+        horizon = num_context + steps - 1
+        actions = self.check_step_inputs("actions", actions, rows, horizon, context_latents)
+        states = self.check_step_inputs("states", states, rows, horizon, context_latents)
+
+        def take(values: torch.Tensor | None, start: int, stop: int, every: int = 1) -> torch.Tensor | None:
+            return None if values is None else values[::every, start:stop]
+
+        if not use_cache:
+            if history_cache is not None:
+                raise ValueError("A `history_cache` is for the cached rollout: it needs `use_cache=True`.")
+            latents = context_latents.repeat_interleave(group, dim=0) if group > 1 else context_latents
+            for _ in range(steps):
+                length = latents.shape[1]
+                next_latent = self.predictor(latents, take(actions, 0, length), take(states, 0, length))[:, -1:]
+                latents = torch.cat([latents, next_latent.to(latents.dtype)], dim=1)
+            return latents[:, num_context:]
+
+        prefix = num_context - 1
+        if history_cache is not None:
+            if history_cache.get_seq_length() != prefix:
+                raise ValueError(
+                    f"The history cache holds {history_cache.get_seq_length()} steps; a context of {num_context} steps "
+                    f"needs its first {prefix}."
+                )
+            cache = history_cache.share(group)
+            inputs, start = context_latents[:, prefix:], prefix
+        elif group > 1 and prefix > 0 and all(
+            same_within_groups(values[:, :prefix], group) for values in (actions, states) if values is not None
+        ):
+            # One history, many candidates: its first steps once per context, then shared by its candidates.
+            cache = self.predictor.new_cache()
+            self.predictor(context_latents[:, :prefix], take(actions, 0, prefix, group), take(states, 0, prefix, group),
+                           cache=cache)
+            cache = cache.share(group)
+            inputs, start = context_latents[:, prefix:], prefix
+        else:
+            inputs, start, cache = context_latents, 0, self.predictor.new_cache()
+        if group > 1:
+            inputs = inputs.repeat_interleave(group, dim=0)
+        # `inputs`: the context's steps `start ...` that the cache does not hold yet, then each imagined one.
+        imagined = []
+        for step in range(steps):
+            length = inputs.shape[1]
+            prediction = self.predictor(
+                inputs,
+                None if actions is None else actions[:, start : start + length],
+                None if states is None else states[:, start : start + length],
+                cache=cache,
+                update_cache=step < steps - 1,  # nothing attends to the last step: keep no keys for it
+            )[:, -1:]
+            inputs = prediction.to(inputs.dtype)
+            imagined.append(inputs)
+            start += length
+        return torch.cat(imagined, dim=1)
+
+
+    # ----------------------------------------------------------------------------------------------- clips
     def _rollout_from_first_step(
         self,
         latents: torch.Tensor,

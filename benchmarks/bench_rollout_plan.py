@@ -99,25 +99,20 @@ def load() -> str:
 
 class WorkCounter:
     """Counts, per side, the predictor's step passes (one step's tokens through the predictor: rows x steps of each
-    call) and the candidate sequences rolled out (the candidates `plan` hands to `_candidate_energies` without
-    deduplicating them again), on this model instance."""
+    call) and the candidate sequences rolled out through the cache (the rows of each rollout's last step, the one call
+    that keeps no keys: `update_cache=False`), with a forward pre-hook on the predictor of this model instance."""
 
     def __init__(self, model):
         self.side = None
         self.passes, self.rollouts = {}, {}
-        model.predictor.register_forward_pre_hook(self._count_passes)
-        candidate_energies = model._candidate_energies
+        model.predictor.register_forward_pre_hook(self._count, with_kwargs=True)
 
-        def counted(context, goal, candidates, *args, **kwargs):
-            if self.side is not None:
-                self.rollouts[self.side] = self.rollouts.get(self.side, 0) + candidates.shape[0] * candidates.shape[1]
-            return candidate_energies(context, goal, candidates, *args, **kwargs)
-
-        model._candidate_energies = counted  # this instance only
-
-    def _count_passes(self, module, args):
+    def _count(self, module, args, kwargs):
         if self.side is not None:
-            self.passes[self.side] = self.passes.get(self.side, 0) + args[0].shape[0] * args[0].shape[1]
+            rows, steps = args[0].shape[:2]
+            self.passes[self.side] = self.passes.get(self.side, 0) + rows * steps
+            if kwargs.get("update_cache") is False:
+                self.rollouts[self.side] = self.rollouts.get(self.side, 0) + rows
 
     def counting(self, side: str, function):
         def run():
@@ -227,7 +222,7 @@ def main() -> None:
         with torch.no_grad():
             history = hidden if context_actions is None else torch.cat([context_actions, hidden], dim=1)
             goal = F.layer_norm(model.rollout(context, history, args.horizon)[:, -1:], (config.latent_dim,))
-        chunk_size = min(model._plan_chunk_size(num_context, args.horizon), args.num_samples)
+        chunk_size = min(model.plan_chunk_size(num_context, args.horizon), args.num_samples)
 
         def plan(**options):
             return model.plan(context, goal, horizon=args.horizon, num_samples=args.num_samples,
@@ -243,7 +238,7 @@ def main() -> None:
                  "loop": counter.counting("loop", lambda: plan(chunk_size=1, use_cache=False, deduplicate=False))}
         plan_times, plan_cpu, results = alternate(sides, args.plan_repeats)
         passes = {side: value / args.plan_repeats for side, value in counter.passes.items()}
-        rolled_out = {side: value / args.plan_repeats for side, value in counter.rollouts.items()}
+        rolled_out = {side: value / args.plan_repeats for side, value in counter.rollouts.items()}  # cached side
         batched, loop = results["batched"], results["loop"]
         energy_difference = relative_difference(batched.energy, loop.energy)
         iteration_difference = max(relative_difference(batched.energy_per_iteration, loop.energy_per_iteration),
@@ -263,9 +258,9 @@ def main() -> None:
               f"{energy_difference:.1e}); energy per iteration rel. diff {iteration_difference:.1e}; actions "
               f"{'identical' if same_actions else 'DIFFERENT'}; {'agree' if agree else 'DO NOT agree'} "
               f"(best sequence matches the hidden actions at {hidden_found} of {args.horizon} steps)")
-        print(f"  predictor work per plan, in step passes: loop {passes['loop']:.0f} ({rolled_out['loop']:.0f} "
-              f"candidates rolled out), batched {passes['batched']:.0f} ({rolled_out['batched']:.0f} distinct "
-              f"candidates rolled out, the shared history once per plan): {passes['loop'] / passes['batched']:.2f}x "
+        print(f"  predictor work per plan, in step passes: loop {passes['loop']:.0f} (every one of the "
+              f"{args.num_samples * args.iterations} samples rolled out), batched {passes['batched']:.0f} "
+              f"({rolled_out['batched']:.0f} distinct candidates rolled out, the shared history once per plan): {passes['loop'] / passes['batched']:.2f}x "
               "(the speed-up if batching candidates adds no throughput)")
         print(f"  batched {plan_times['batched']:.2f} s (CPU {plan_cpu['batched']:.2f} s), loop "
               f"{plan_times['loop']:.2f} s (CPU {plan_cpu['loop']:.2f} s): {speed_up:.2f}x (target at least 10x: "
@@ -274,7 +269,7 @@ def main() -> None:
               f"samples x {META['iterations']} iterations at depth {META['depth']} (linear in samples x iterations x "
               f"depth, not measured): {plan_times['batched'] * scale:.0f} s per plan, {per_step * scale:.0f} s per "
               f"planned step (the default chunk_size at depth {META['depth']} is "
-              f"{full_depth._plan_chunk_size(num_context, args.horizon)})")
+              f"{full_depth.plan_chunk_size(num_context, args.horizon)})")
         record(f"plan-context{num_context}", ("batched", "loop"), plan_times, plan_cpu,
                f"energy rel {energy_difference:.1e}, per iteration rel {iteration_difference:.1e}, actions "
                f"{'identical' if same_actions else 'different'}", rows=1, context_steps=num_context,

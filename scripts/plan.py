@@ -151,7 +151,7 @@ def action_groups(model: SurgicalWorldModel) -> tuple[list[tuple[str, list[int]]
     names = config.spec_groups(config.action_spec)
     logger.info("the config names no discrete_action_groups (an older checkpoint, or one built without train_hf.py): "
                 "using the action_spec prefixes %s", names)
-    return model._named_groups(names), names
+    return config.action_groups(names), names
 
 
 def decode_action(vector: np.ndarray, spec: list[str], groups, continuous: list[int]) -> dict:

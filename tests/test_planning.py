@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from modeling_surgical_wm import PredictorKVCache, SurgicalWorldModel
+from modeling_surgical_wm import SurgicalWorldModel
 
 
 def random_model(seed: int = 0, **overrides) -> SurgicalWorldModel:
@@ -61,7 +61,7 @@ def test_a_shared_prefix_is_stored_once_per_context():
     model = random_model()
     predictor = model.predictor
     context, actions = normed(2, 3, 4, 32), torch.randn(2, 3, 3)
-    cache = PredictorKVCache()
+    cache = predictor.new_cache()
     with torch.no_grad():
         predictor(context[:, :2], actions[:, :2], cache=cache)
         history = cache
@@ -77,6 +77,43 @@ def test_a_shared_prefix_is_stored_once_per_context():
     fresh = history.share(5)
     with pytest.raises(ValueError, match="serves 2 groups of 5 rows, the input has 4"):
         predictor(context[:, 2:].repeat_interleave(2, 0), actions[:, 2:].repeat_interleave(2, 0), cache=fresh)
+
+
+def test_the_cache_selects_crops_and_is_changed_only_by_its_methods():
+    model = random_model()
+    predictor = model.predictor
+    context, actions = normed(1, 4, 4, 32), torch.randn(1, 4, 3)
+    with torch.no_grad():
+        history = predictor.new_cache()
+        predictor(context[:, :2], actions[:, :2], cache=history)
+        # Three candidate next steps after one shared history, then candidates 2, 0, 0 continue.
+        step = history.share(3)
+        candidates = torch.randn(3, 1, 3)
+        predicted = predictor(context[:, 2:3].expand(3, -1, -1, -1), candidates, cache=step)
+        assert step.get_seq_length() == 3 and history.get_seq_length() == 2
+        rows = torch.tensor([2, 0, 0])
+        chosen = step.select(rows)
+        assert chosen.get_seq_length() == 3 and chosen.keys[0].shape[0] == 3 and chosen.shared_keys is history.keys
+        after = predictor(predicted[rows], actions[:, 3:].expand(3, -1, -1), cache=chosen, update_cache=False)
+        assert chosen.get_seq_length() == 3  # update_cache=False: the last step of a rollout keeps no keys
+        full = predictor(torch.cat([context[:, :3].expand(3, -1, -1, -1), predicted[rows]], 1),
+                         torch.cat([actions[:, :2].expand(3, -1, -1), candidates[rows], actions[:, 3:].expand(3, -1, -1)],
+                                   1))
+        assert (after[:, -1] - full[:, -1]).abs().max() < 1e-5
+        longer = predictor.new_cache()
+        predictor(context, actions, cache=longer)
+        longer.crop(2)
+        assert longer.get_seq_length() == 2 and longer.keys[0].shape == history.keys[0].shape
+        assert torch.allclose(longer.keys[0], history.keys[0], atol=1e-6)
+    with pytest.raises(ValueError, match="serves 2 groups"):
+        two = predictor.new_cache()
+        with torch.no_grad():
+            predictor(context[:, :1].expand(2, -1, -1, -1), actions[:, :1].expand(2, -1, -1), cache=two)
+            shared = two.share(2)
+            predictor(context[:, 1:2].expand(4, -1, -1, -1), actions[:, 1:2].expand(4, -1, -1), cache=shared)
+        shared.select(torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="Can crop to"):
+        longer.crop(5)
 
 
 def test_gradients_through_the_cached_rollout_match_the_uncached_ones():

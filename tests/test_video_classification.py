@@ -439,7 +439,8 @@ def saved_probe(world_model_dir, tmp_path_factory):
 def test_save_pretrained_reloads_through_auto_classes_in_a_fresh_process(saved_probe, tmp_path):
     model, folder = saved_probe
     files = set(os.listdir(folder))
-    assert {"config.json", "model.safetensors", "modeling_surgical_wm.py", "configuration_surgical_wm.py"} == files
+    assert {"config.json", "model.safetensors", "modeling_surgical_wm.py", "configuration_surgical_wm.py",
+            "planning_surgical_wm.py", "losses_surgical_wm.py"} == files
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_surgical_wm.SurgicalWorldModelConfig",

@@ -1,0 +1,53 @@
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""The surgical world model's losses and clip metrics, apart from its layers (as transformers keeps its loss helpers in
+`loss/`). Travels to the Hub with `modeling_surgical_wm.py`, which imports it relatively: only torch here."""
+
+import torch
+import torch.nn.functional as F
+
+
+def frames_to_steps(values: torch.Tensor, frames_per_step: int) -> torch.Tensor:
+    """
+    Per-frame values `(batch, frames, dim)` (SurgVU's actions are per-frame labels) to per-step values
+    `(batch, frames / frames_per_step, dim)`: the mean over the frames of each step. For multi-hot labels this is
+    the fraction of the step each label holds, so a change inside a step stays visible instead of being dropped.
+    """
+    batch_size, num_frames, dim = values.shape
+    if not values.is_floating_point():
+        values = values.float()
+    return values.reshape(batch_size, num_frames // frames_per_step, frames_per_step, dim).mean(2)  # (B, S, dim)
+
+
+def l1_per_clip(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of each clip `(batch,)` over its steps, tokens and channels, computed in float32."""
+    return (predicted.float() - target.float()).abs().flatten(1).mean(1)
+
+
+def masked_l1_per_clip(predicted: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of each clip `(batch,)` over its masked tokens only (0 where none is masked)."""
+    per_token = (predicted.float() - target.float()).abs().mean(-1)  # (B, S, N)
+    masked = per_token * token_mask
+    return masked.flatten(1).sum(1) / token_mask.flatten(1).sum(1).clamp(min=1)
+
+
+def rollout_errors(imagined: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    L1 per clip and per horizon `(batch, steps - 1)` of `imagined` `(batch, steps - 1, tokens, dim)`, a rollout from
+    the first step of `latents` `(batch, steps, tokens, dim)`, and of the copy-the-context-latent baseline.
+    """
+    targets = latents.float()
+    model_error = (imagined.float() - targets[:, 1:]).abs().mean(dim=(2, 3))
+    copy_context_error = (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3))
+    return model_error, copy_context_error
+
+
+def contrastive_loss(predicted: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE at each step: a clip's pooled prediction must pick its own future among the batch's."""
+    batch_size = predicted.shape[0]
+    if batch_size < 2:
+        return predicted.new_zeros((), dtype=torch.float32)
+    predicted = F.normalize(predicted.float().mean(2), dim=-1)  # (B, S, D), no CLS token: mean-pool patches
+    target = F.normalize(target.float().mean(2), dim=-1)  # (B, S, D)
+    logits = torch.einsum("bsd,csd->sbc", predicted, target) / temperature  # (S, B, B)
+    labels = torch.arange(batch_size, device=logits.device).expand(logits.shape[0], -1)  # (S, B)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten())

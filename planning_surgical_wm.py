@@ -1,0 +1,405 @@
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""Planning with the surgical world model: the energy of candidate action sequences and the cross-entropy method (CEM)
+over them, as V-JEPA 2-AC plans. `SurgicalWorldModelPlanningMixin` gives the model `energy` and `plan`, as
+transformers' `GenerationMixin` gives `generate`: search over the model's outputs, kept apart from its layers. It
+calls the model only through `encode`, `check_step_inputs`, `rollout`, `predictor` (and the predictor's cache) and
+`config`. Travels to the Hub with `modeling_surgical_wm.py`, which imports it relatively: only torch and transformers
+here.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class SurgicalWorldModelPlanOutput(ModelOutput):
+    r"""
+    actions (`torch.FloatTensor` of shape `(contexts, horizon, action_dim)`):
+        The best action sequence sampled (lowest energy), one action per step, as `config.action_spec` lays them out.
+    energy (`torch.FloatTensor` of shape `(contexts,)`):
+        Its energy: the mean L1 between the last latent its rollout imagines and the goal latent.
+    energy_per_iteration (`torch.FloatTensor` of shape `(contexts, iterations)`):
+        The lowest energy sampled at each CEM iteration.
+    elite_energy_per_iteration (`torch.FloatTensor` of shape `(contexts, iterations)`):
+        The mean energy of each iteration's `top_k` elites.
+    action_mean (`torch.FloatTensor` of shape `(contexts, horizon, action_dim)`):
+        The final search distribution in action space: the Gaussian means of continuous dimensions, and the
+        probability of each option of a categorical group in its dimension (`1 - sum` is the probability of none).
+    """
+
+    actions: torch.FloatTensor | None = None
+    energy: torch.FloatTensor | None = None
+    energy_per_iteration: torch.FloatTensor | None = None
+    elite_energy_per_iteration: torch.FloatTensor | None = None
+    action_mean: torch.FloatTensor | None = None
+
+
+class SurgicalWorldModelActionSampler:
+    """
+    CEM's search distribution over `(contexts, horizon, action_dim)` actions: a Gaussian per step and continuous
+    dimension, clipped to `bounds`, and a categorical distribution per step for each group of `groups` (the options are
+    the group's dimensions and none, which leaves them all 0). Starts wide (the middle of the bounds, half their width;
+    uniform options) and is refit to elites with `momentum * old + (1 - momentum) * new`.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        horizon: int,
+        action_dim: int,
+        groups: list[tuple[str, list[int]]],
+        bounds: tuple[float, float] | torch.Tensor,
+        device: torch.device,
+    ):
+        self.batch_size, self.horizon, self.action_dim, self.groups, self.device = (
+            batch_size, horizon, action_dim, groups, device)
+        in_group = torch.zeros(action_dim, dtype=torch.bool)
+        for _, dims in groups:
+            in_group[dims] = True
+        self.continuous = (~in_group).nonzero().flatten().tolist()
+        low, high = (torch.as_tensor(bound, dtype=torch.float32, device=device).expand(action_dim) for bound in bounds)
+        if not bool((low < high).all()):
+            raise ValueError(f"`bounds` must have low < high in every dimension, got {bounds!r}.")
+        self.low, self.high = low[self.continuous], high[self.continuous]
+        self.mean = ((self.low + self.high) / 2).expand(batch_size, horizon, -1).clone()  # (B, H, Dc)
+        self.std = ((self.high - self.low) / 2).expand(batch_size, horizon, -1).clone()
+        self.probabilities = [torch.full((batch_size, horizon, len(dims) + 1), 1.0 / (len(dims) + 1), device=device)
+                              for _, dims in groups]  # the last option of each group: none
+
+    def sample(self, num_samples: int, generator: torch.Generator | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`num_samples` sequences `(B, S, H, A)` and, per group, the option drawn at each step `(B, S, H)`."""
+        batch_size, horizon = self.batch_size, self.horizon
+        samples = torch.zeros(batch_size, num_samples, horizon, self.action_dim, device=self.device)
+        noise = torch.randn(batch_size, num_samples, horizon, len(self.continuous), generator=generator,
+                            device=self.device)
+        samples[..., self.continuous] = torch.maximum(
+            torch.minimum(self.mean[:, None] + self.std[:, None] * noise, self.high), self.low)
+        choices = []
+        for (_, dims), probs in zip(self.groups, self.probabilities):
+            drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), num_samples, replacement=True,
+                                      generator=generator)  # (B * H, S)
+            drawn = drawn.view(batch_size, horizon, num_samples).transpose(1, 2)  # (B, S, H)
+            samples[..., dims] = F.one_hot(drawn, len(dims) + 1)[..., : len(dims)].to(samples.dtype)
+            choices.append(drawn)
+        return samples, choices
+
+    def refit(self, elites: torch.Tensor, elite_choices: list[torch.Tensor], momentum: float) -> None:
+        """Moves the distribution toward the elites `(B, k, H, A)` and their options per group `(B, k, H)`."""
+        if self.continuous:
+            elite_continuous = elites[..., self.continuous]
+            self.mean = momentum * self.mean + (1 - momentum) * elite_continuous.mean(1)
+            self.std = momentum * self.std + (1 - momentum) * elite_continuous.std(1, unbiased=False)
+        for index, ((_, dims), drawn) in enumerate(zip(self.groups, elite_choices)):
+            counts = F.one_hot(drawn, len(dims) + 1).float().mean(1)  # (B, H, options)
+            self.probabilities[index] = momentum * self.probabilities[index] + (1 - momentum) * counts
+
+    def action_mean(self) -> torch.Tensor:
+        """The distribution as actions `(B, H, A)`: Gaussian means, and each option's probability in its dimension."""
+        action_mean = torch.zeros(self.batch_size, self.horizon, self.action_dim, device=self.device)
+        action_mean[..., self.continuous] = self.mean
+        for (_, dims), probs in zip(self.groups, self.probabilities):
+            action_mean[..., dims] = probs[..., : len(dims)]
+        return action_mean
+
+
+class SurgicalWorldModelPlanningMixin:
+    """`energy` and `plan` for `SurgicalWorldModel` (mixed in as `GenerationMixin` is into transformers' models)."""
+
+    def _planning_latents(self, name: str, value: torch.Tensor | None) -> torch.Tensor:
+        """`context` / `goal` of `plan` as latents `(batch, steps, tokens, dim)`: a clip is encoded, latents checked."""
+        if value is None:
+            raise ValueError(
+                f"Planning needs a `{name}` observation: a clip `(batch, frames, 3, {self.config.encoder_config.crop_size}"
+                f", {self.config.encoder_config.crop_size})` or its latents from `encode`."
+                + (" The world model plans toward a goal; without one there is nothing to reach." if name == "goal" else "")
+            )
+        if value.ndim == 5:
+            try:
+                return self.encode(value)
+            except ValueError as error:
+                raise ValueError(f"`{name}`: {error}") from None
+        if value.ndim == 3 and name == "goal":
+            value = value[:, None]
+        expected = (self.config.tokens_per_step, self.config.latent_dim)
+        if value.ndim != 4 or tuple(value.shape[2:]) != expected:
+            raise ValueError(
+                f"`{name}` latents have shape {tuple(value.shape)}; this model's encoder makes (batch, steps, "
+                f"{expected[0]}, {expected[1]}) at {self.config.encoder_config.crop_size} px: they come from another "
+                "encoder or another resolution. Encode the frames with this model (`encode`)."
+            )
+        if self.config.normalize_latents:
+            # `encode` layer-norms every token: other latents of the same shape come from elsewhere.
+            tokens = value.detach().float()
+            if (tokens.mean(-1).abs().amax() > 0.05) or ((tokens.std(-1, unbiased=False) - 1).abs().amax() > 0.05):
+                raise ValueError(
+                    f"`{name}` latents are not layer-normed per token as this model's `encode` makes them: they come "
+                    "from another encoder or were not normalised. Encode the frames with this model."
+                )
+        return value.to(self.dtype)
+
+    def _context_and_goal(self, context: torch.Tensor, goal: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context latents `(B, C, N, D)` and the goal latent `(B, N, D)` (the goal's last step), one per context."""
+        context = self._planning_latents("context", context)
+        goal = self._planning_latents("goal", goal)[:, -1]
+        if goal.shape[0] != context.shape[0]:
+            raise ValueError(f"{context.shape[0]} contexts but {goal.shape[0]} goals: give one goal per context.")
+        return context, goal
+
+    def plan_chunk_size(self, num_context: int, horizon: int) -> int:
+        """Candidates per predictor call so that one call's keys, values, attention scores and activations fit in
+        half the free memory of a CUDA device, or in 1 GiB elsewhere (on a CPU larger batches are no faster)."""
+        budget_bytes = 2**30
+        if self.device.type == "cuda":
+            budget_bytes = torch.cuda.mem_get_info(self.device)[0] // 2
+        config = self.config
+        tokens = self.predictor.num_condition_tokens + config.tokens_per_step
+        element = torch.finfo(self.dtype).bits // 8
+        # A candidate's own keys and values: its steps after the shared history (the last context step and the
+        # imagined ones); attention reads the history besides, one layer at a time.
+        kv_bytes = 2 * config.predictor_num_hidden_layers * (horizon + 1) * tokens * config.predictor_hidden_size
+        kv_bytes += 2 * (num_context - 1) * tokens * config.predictor_hidden_size
+        score_bytes = 2 * config.predictor_num_attention_heads * tokens * (num_context + horizon) * tokens
+        activation_bytes = 6 * tokens * int(config.predictor_hidden_size * config.predictor_mlp_ratio)
+        return max(1, budget_bytes // ((kv_bytes + score_bytes + activation_bytes) * element))
+
+    @torch.no_grad()
+    def energy(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor,
+        actions: torch.Tensor,
+        context_actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        use_cache: bool = True,
+        deduplicate: bool = True,
+    ) -> torch.Tensor:
+        """
+        How far candidate action sequences lead from `context` to `goal`: the mean L1, over tokens and channels,
+        between the last latent of the rollout under each sequence and the goal latent (V-JEPA 2-AC's energy).
+
+        Args:
+            context: a clip `(batch, frames, 3, H, W)` or its latents `(batch, steps, tokens, dim)`; the rollout
+                starts after its last step.
+            goal: a clip or latents as `context` (its last step is the goal), or goal latents `(batch, tokens, dim)`.
+            actions: `(batch, candidates, horizon, action_dim)`, or `(batch, horizon, action_dim)` for one each: the
+                action of each step from the context's last step on.
+            context_actions: `(batch, context_steps - 1, action_dim)`, the actions taken between the context's steps
+                (zeros when None).
+            states: `(batch, context_steps + horizon - 1, state_dim)` when the model has a state token.
+            chunk_size: candidates per predictor call (None: what fits in half the free CUDA memory, or 1 GiB).
+            use_cache: the KV-cached rollout (`rollout`'s `use_cache`).
+            deduplicate: roll out each distinct candidate of a context once (its copies share its energy).
+        Returns:
+            `(batch, candidates)` energies in float32 (`(batch,)` for 3-D `actions`).
+        """
+        context, goal = self._context_and_goal(context, goal)
+        single = actions.ndim == 3
+        if single:
+            actions = actions[:, None]
+        batch_size = context.shape[0]
+        if actions.ndim != 4 or actions.shape[0] != batch_size or actions.shape[3] != self.config.action_dim:
+            raise ValueError(
+                f"Candidate actions must have shape ({batch_size}, candidates, horizon, {self.config.action_dim}), got "
+                f"{tuple(actions.shape)}."
+            )
+        history, states = self._history_and_states(context, context_actions, states, actions.shape[2])
+        if deduplicate:
+            energies = self._distinct_energies(context, goal, actions, history, states, chunk_size, use_cache,
+                                               scored=[{} for _ in range(batch_size)])
+        else:
+            energies = self._rollout_energies(context, goal, actions, history, states, chunk_size, use_cache)
+        energies = energies.to(context.device)
+        return energies[:, 0] if single else energies
+
+    def _history_and_states(
+        self, context: torch.Tensor, context_actions: torch.Tensor | None, states: torch.Tensor | None, horizon: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The actions between the context's steps `(B, C - 1, A)` (zeros when None) and the states over context and
+        horizon `(B, C + horizon - 1, S)` (None without a state token), checked and on the context's device."""
+        batch_size, num_context = context.shape[:2]
+        action_dim = self.config.action_dim
+        if context_actions is None:
+            history = context.new_zeros(batch_size, num_context - 1, action_dim)
+        elif context_actions.shape != (batch_size, num_context - 1, action_dim):
+            raise ValueError(
+                f"`context_actions` must have shape ({batch_size}, {num_context - 1}, {action_dim}): the actions "
+                f"between the context's {num_context} steps; got {tuple(context_actions.shape)}."
+            )
+        else:
+            history = context_actions.to(context.device, context.dtype)
+        states = self.check_step_inputs("states", states, batch_size, num_context + horizon - 1, context)
+        return history, None if states is None else states.to(context.device)
+
+    def _history_cache(self, context: torch.Tensor, history: torch.Tensor, states: torch.Tensor | None):
+        """The predictor's cache of the context's first `C - 1` steps and their actions (None for a one-step
+        context): what every candidate continuing this history shares."""
+        num_history = context.shape[1] - 1
+        if num_history == 0:
+            return None
+        cache = self.predictor.new_cache()
+        self.predictor(context[:, :num_history], history if self.config.action_dim else None,
+                       None if states is None else states[:, :num_history], cache=cache)
+        return cache
+
+    def _rollout_energies(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor,
+        candidates: torch.Tensor,
+        history: torch.Tensor,
+        states: torch.Tensor | None,
+        chunk_size: int | None,
+        use_cache: bool,
+        history_cache=None,
+    ) -> torch.Tensor:
+        """
+        Energies `(B, K)` of every candidate `(B, K, H, A)` from latents `context` `(B, C, N, D)` to `goal`
+        `(B, N, D)`, `chunk_size` candidates per rollout. With the cache, the context's history is computed once (or
+        taken from `history_cache`, made by `_history_cache` for these contexts) and shared by every chunk.
+        """
+        batch_size, num_context = context.shape[:2]
+        num_candidates, horizon = candidates.shape[1:3]
+        chunk_size = chunk_size or self.plan_chunk_size(num_context, horizon)
+        if use_cache and history_cache is None:
+            history_cache = self._history_cache(context, history, states)
+        energies = []
+        for start in range(0, num_candidates, chunk_size):
+            chunk = candidates[:, start : start + chunk_size].to(context.device, context.dtype)  # (B, c, H, A)
+            size = chunk.shape[1]
+            sequences = torch.cat([history[:, None].expand(-1, size, -1, -1), chunk], dim=2).flatten(0, 1)
+            chunk_states = None if states is None else states.repeat_interleave(size, dim=0)
+            final = self.rollout(context, sequences, horizon, chunk_states, use_cache=use_cache,
+                                 history_cache=history_cache if use_cache else None)[:, -1]
+            final = final.view(batch_size, size, *final.shape[1:])  # (B, c, N, D)
+            energies.append((final.float() - goal[:, None].float()).abs().mean(dim=(2, 3)))
+        return torch.cat(energies, dim=1)
+
+    def _distinct_energies(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor,
+        candidates: torch.Tensor,
+        history: torch.Tensor,
+        states: torch.Tensor | None,
+        chunk_size: int | None,
+        use_cache: bool,
+        scored: list[dict[bytes, float]],
+        history_caches: list | None = None,
+    ) -> torch.Tensor:
+        """
+        `_rollout_energies` (on the CPU) that rolls out each distinct candidate of a context once: `scored[b]` maps
+        the bytes of the sequences of context b already scored to their energy, and learns the new ones. One dict
+        for a call deduplicates within it; one kept over a plan's iterations scores each sequence once per plan (a
+        narrowing search over discrete actions draws the same sequences again and again).
+        """
+        batch_size, num_candidates = candidates.shape[:2]
+        energies = torch.empty(batch_size, num_candidates)
+        for row in range(batch_size):
+            flat = candidates[row].detach().cpu().flatten(1).contiguous()  # (K, H * A)
+            keys = [sample.view(torch.uint8).numpy().tobytes() for sample in flat]
+            new = sorted({key: index for index, key in reversed(list(enumerate(keys))) if key not in scored[row]}
+                         .values())  # the first copy of each sequence not scored yet
+            if new:
+                found = self._rollout_energies(
+                    context[row : row + 1], goal[row : row + 1], candidates[row : row + 1, new],
+                    history[row : row + 1], None if states is None else states[row : row + 1], chunk_size, use_cache,
+                    history_cache=None if history_caches is None else history_caches[row],
+                )
+                scored[row].update(zip((keys[index] for index in new), found[0].tolist()))
+            energies[row] = torch.tensor([scored[row][key] for key in keys])
+        return energies
+
+    @torch.no_grad()
+    def plan(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor | None = None,
+        horizon: int = 2,
+        num_samples: int = 400,
+        iterations: int = 10,
+        top_k: int = 10,
+        momentum: float = 0.15,
+        bounds: tuple[float, float] | torch.Tensor = (-0.05, 0.05),
+        generator: torch.Generator | None = None,
+        context_actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        discrete_groups: list[str] | None = None,
+        chunk_size: int | None = None,
+        use_cache: bool = True,
+        deduplicate: bool = True,
+    ) -> SurgicalWorldModelPlanOutput:
+        """
+        Searches for the `horizon` actions that lead from `context` to `goal` with the cross-entropy method (CEM), as
+        V-JEPA 2-AC plans (its defaults: 400 samples, 10 iterations, top 10, horizon 2, momentum 0.15, actions within
+        +-0.05). Each iteration samples `num_samples` action sequences, scores them all with `energy` (batched, the
+        KV-cached rollout, `chunk_size` candidates per call), and refits the search distribution to the `top_k`
+        lowest: a Gaussian per step for continuous dimensions (clipped to `bounds`), a categorical distribution per
+        step for each group of `discrete_groups` (default `config.discrete_action_groups`; the options are the
+        group's dimensions and none). New statistics are mixed with the old as `momentum * old + (1 - momentum) *
+        new`. Also infers the actions that explain a stretch of video: the context is its start, the goal its end.
+
+        Each distinct sequence is rolled out once per plan (`deduplicate`): once the categorical distributions narrow,
+        most samples repeat sequences already scored. The observed history (a context of several steps) is computed
+        once per plan and shared by all candidates. `chunk_size=1, use_cache=False, deduplicate=False` is the naive
+        per-sample loop, with the same result.
+
+        Args:
+            context, goal, context_actions, states: as in `energy`; clips or latents. Without a goal, a ValueError.
+            bounds: `(low, high)` of continuous dimensions, numbers or tensors of `action_dim` values.
+            generator: makes the search deterministic (sampling runs on the generator's device).
+        Returns:
+            [`SurgicalWorldModelPlanOutput`]: the best sequence found, its energy and the energy per iteration.
+        """
+        for name, value, low in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("iterations", iterations, 1),
+                                 ("top_k", top_k, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+        if top_k > num_samples:
+            raise ValueError(f"`top_k` ({top_k}) cannot exceed `num_samples` ({num_samples}).")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}.")
+        if self.config.action_dim == 0:
+            raise ValueError("This model takes no actions (action_dim=0): there is nothing to plan.")
+        context, goal = self._context_and_goal(context, goal)
+        batch_size = context.shape[0]
+        sample_device = generator.device if generator is not None else torch.device("cpu")
+        sampler = SurgicalWorldModelActionSampler(batch_size, horizon, self.config.action_dim,
+                                                  self.config.action_groups(discrete_groups), bounds, sample_device)
+        history, states = self._history_and_states(context, context_actions, states, horizon)
+        # The observed history is computed once per plan, and each distinct sequence rolled out once per plan.
+        scored = [{} for _ in range(batch_size)]
+        history_caches = [self._history_cache(context[row : row + 1], history[row : row + 1],
+                                              None if states is None else states[row : row + 1])
+                          if use_cache else None for row in range(batch_size)]
+
+        best_actions = torch.zeros(batch_size, horizon, self.config.action_dim, device=sample_device)
+        best_energy = torch.full((batch_size,), float("inf"), device=sample_device)
+        lowest, elite_mean = [], []
+        rows = torch.arange(batch_size, device=sample_device)[:, None]
+        for _ in range(iterations):
+            samples, choices = sampler.sample(num_samples, generator)
+            if deduplicate:
+                energies = self._distinct_energies(context, goal, samples, history, states, chunk_size, use_cache,
+                                                   scored, history_caches)
+            else:
+                energies = self._rollout_energies(context, goal, samples, history, states, chunk_size, use_cache)
+            energies = energies.to(sample_device)
+            order = torch.argsort(energies, dim=1, stable=True)[:, :top_k]  # (B, k)
+            elites = samples[rows, order]  # (B, k, H, A)
+            elite_energies = energies[rows, order]
+            lowest.append(elite_energies[:, 0])
+            elite_mean.append(elite_energies.mean(1))
+            improved = elite_energies[:, 0] < best_energy
+            best_energy = torch.where(improved, elite_energies[:, 0], best_energy)
+            best_actions[improved] = elites[improved, 0]
+            sampler.refit(elites, [drawn[rows, order] for drawn in choices], momentum)
+
+        return SurgicalWorldModelPlanOutput(
+            actions=best_actions, energy=best_energy, energy_per_iteration=torch.stack(lowest, dim=1),
+            elite_energy_per_iteration=torch.stack(elite_mean, dim=1), action_mean=sampler.action_mean(),
+        )
