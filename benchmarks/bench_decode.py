@@ -21,27 +21,12 @@ import time
 import av
 import numpy as np
 
+from bench_utils import make_video
 from dataset_surgvu import DecoderCache, decode_clip, probe_video, select_backend
-from dataset_surgvu.synthetic import make_synthetic_surgvu
 from dataset_surgvu.video import BACKENDS, torchcodec_problem
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def make_video(cache_dir: str, seconds: float, width: int, height: int, fps: int) -> str:
-    folder = os.path.join(cache_dir, f"surgvu_{width}x{height}_{fps}fps_{int(seconds)}s")
-    marker = os.path.join(folder, "done")
-    if not os.path.exists(marker):
-        print(f"making the benchmark video once ({seconds:.0f}s at {width}x{height}, {fps} fps) in {folder} ...")
-        started = time.perf_counter()
-        make_synthetic_surgvu(
-            folder, seed=0, num_cases=1, seconds=seconds, width=width, height=height, fps=fps, two_part_every=0,
-            preset="superfast", corrupt_video=False, unlabeled_case=False, macosx_junk=False,
-        )
-        open(marker, "w").close()
-        print(f"  done in {time.perf_counter() - started:.0f}s")
-    return os.path.join(folder, "surgvu24", "case_000", "case_000_video_part_001.mp4")
 
 
 def naive_clip(path: str, indices: list[int]) -> list[np.ndarray]:

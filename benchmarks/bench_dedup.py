@@ -28,7 +28,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from bench_rollout_plan import load, random_actions, random_latents, surgvu_config
+from bench_utils import load, random_actions, random_latents, surgvu_config
 from modeling_surgical_wm import SurgicalWorldModel
 from planning_surgical_wm import SurgicalWorldModelActionSampler
 

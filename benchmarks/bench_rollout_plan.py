@@ -38,8 +38,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from configuration_surgical_wm import SurgicalWorldModelConfig
-from dataset_surgvu.labels import action_names
+from bench_utils import load, random_actions, random_latents, surgvu_config
 from modeling_surgical_wm import SurgicalWorldModel
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,33 +49,6 @@ CSV_FIELDS = ["run", "scenario", "fast_side", "fast_s", "fast_cpu_s", "slow_side
 
 
 # ------------------------------------------------------------------------------------------------------ the model
-def surgvu_config(depth: int, width: int, heads: int, mlp_ratio: float) -> SurgicalWorldModelConfig:
-    """The ViT-L preset (latents 1024-dim, 256 tokens per step) with one encoder layer (the benchmark works on
-    latents), the predictor at `width` x `depth`, SurgVU's action spec and its discrete groups (train_hf's rule)."""
-    spec = action_names()
-    groups = list(dict.fromkeys(name.split("/", 1)[0] for name in spec if "/" in name))
-    return SurgicalWorldModelConfig.from_preset(
-        "vitl", encoder_config={"num_hidden_layers": 1}, predictor_hidden_size=width, predictor_num_hidden_layers=depth,
-        predictor_num_attention_heads=heads, predictor_mlp_ratio=mlp_ratio, action_dim=len(spec), action_spec=spec,
-        discrete_action_groups=groups,
-    )
-
-
-def random_latents(config, generator: torch.Generator, rows: int, steps: int) -> torch.Tensor:
-    """`(rows, steps, tokens, dim)` random latents, layer-normed per token as `encode` makes them."""
-    latents = torch.randn(rows, steps, config.tokens_per_step, config.latent_dim, generator=generator)
-    return F.layer_norm(latents, (config.latent_dim,))
-
-
-def random_actions(config, generator: torch.Generator, rows: int, steps: int) -> torch.Tensor:
-    """`(rows, steps, action_dim)` all-discrete actions: per group and step one of its options or none, uniformly."""
-    actions = torch.zeros(rows, steps, config.action_dim)
-    for _, dims in config.action_groups():
-        choice = torch.randint(len(dims) + 1, (rows, steps), generator=generator)
-        actions[..., dims] = F.one_hot(choice, len(dims) + 1)[..., : len(dims)].float()
-    return actions
-
-
 # ------------------------------------------------------------------------------------------------------- timing
 def alternate(functions: dict, repeats: int) -> tuple[dict, dict, dict]:
     """Runs the functions in turn, `repeats` rounds; returns each one's median wall seconds, median CPU seconds (all
@@ -91,10 +63,6 @@ def alternate(functions: dict, repeats: int) -> tuple[dict, dict, dict]:
     median = statistics.median
     return ({name: median(values) for name, values in walls.items()},
             {name: median(values) for name, values in cpus.items()}, results)
-
-
-def load() -> str:
-    return "load average " + " ".join(f"{value:.1f}" for value in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
 class WorkCounter:

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from accelerate import Accelerator
 
-from bench_decode import make_video
+from bench_utils import make_video
 from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
 from dataset_surgvu import ClipTransform, DecoderCache, EpochShuffleSampler, SurgVUClips, decode_clip, get_action_spec
 from dataset_surgvu.latent_cache import LatentClips, build_latent_cache, latent_cache_key
