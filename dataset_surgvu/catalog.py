@@ -67,6 +67,7 @@ class DatasetEntry:
     action_spec: Callable  # (built DatasetDict or split) -> list[str], one name per action dimension
     build_metadata: Callable  # (built DatasetDict) -> dict: the builder's record of the build ({} when none)
     targets: dict[str, ProbeTarget]  # probe target name -> target, in the order the evaluation trains them
+    evaluation_splits: tuple[str, ...]  # what the evaluation's --split may name ("all": train and validation)
 
 
 def _load_surgvu_splits(data_root, *, camera: str = "azure:1", labels_dir=None, fps: float = 4.0,
@@ -103,6 +104,7 @@ SURGVU_DATASET = DatasetEntry(
         "tools": ProbeTarget("tools", "surgvu", tuple(TOOL_CLASSES), "multi_label_classification", "tools",
                              "case_has_labels"),
     },
+    evaluation_splits=("train", "validation", "all"),  # no test split: SurgVU's test videos are not public
 )
 
 MMOR_DATASET = DatasetEntry(
@@ -120,6 +122,7 @@ MMOR_DATASET = DatasetEntry(
         "breach": ProbeTarget("breach", "mmor", ("no breach", "breach"), "single_label_classification", "breach",
                               "last_step_labelled"),
     },
+    evaluation_splits=("train", "validation", "test"),
 )
 
 DATASETS: dict[str, DatasetEntry] = {entry.name: entry for entry in (SURGVU_DATASET, MMOR_DATASET)}

@@ -726,9 +726,9 @@ def main(argv=None) -> int:
                                         defaults={"fps": None})
     if args.test_data:
         data_args.data_root = args.test_data
-    splits = ("train", "validation", "all") if data_args.dataset == "surgvu" else ("train", "validation", "test")
-    if args.split not in splits:
-        fail(f"--split must be one of {', '.join(splits)} for --dataset {data_args.dataset}, got {args.split}")
+    entry = dataset_entry(data_args)
+    if args.split not in entry.evaluation_splits:
+        fail(f"--split must be one of {', '.join(entry.evaluation_splits)} for --dataset {entry.name}, got {args.split}")
     if args.push_to_hub and not args.hub_model_id:
         fail("--push_to_hub needs --hub_model_id <user>/<repo>")
     args.num_workers = data_args.num_workers
@@ -746,10 +746,9 @@ def main(argv=None) -> int:
         probes[checkpoint_probe.config.probe_target] = checkpoint_probe
     for target, path in given.items():
         if path:
-            if PROBE_TARGETS[target].dataset != data_args.dataset:
+            if target not in entry.targets:
                 flag = f"--{'tool' if target == 'tools' else target}_probe"
-                fail(f"{flag} is a {PROBE_TARGETS[target].dataset} probe; the data "
-                     f"is --dataset {data_args.dataset}")
+                fail(f"{flag} is a {PROBE_TARGETS[target].dataset} probe; the data is --dataset {entry.name}")
             probes[target] = load_probe(path, target, world_model)
     for probe in probes.values():
         probe.to(device).eval()
@@ -765,7 +764,7 @@ def main(argv=None) -> int:
     if not indices:
         fail(f"the {args.split} split of {data_args.data_root} has no clip (check the layout with "
              "scripts/check_setup.py --data_root ...)")
-    transform = dataset_entry(data_args).transform(crop_size=world_model.config.encoder_config.crop_size)
+    transform = entry.transform(crop_size=world_model.config.encoder_config.crop_size)
     clips, source = clip_source(world_model, split, args.split, transform, data_args)
     print(f"evaluating {args.checkpoint} on {len(indices)} {args.split} clips ({source}); probes: "
           f"{', '.join(probes) or 'none'}", flush=True)
@@ -789,7 +788,7 @@ def main(argv=None) -> int:
             prevalence = split_label_counts(train_split, train_indices, PROBE_TARGETS["tools"]).numpy() / max(len(train_indices), 1)
             report["surgvu_probes"]["tools"] = tools_section(result, prevalence, args.seed)
     mmor_records = None
-    if data_args.dataset == "mmor":
+    if entry.name == "mmor":
         if "validation" not in dataset or not len(dataset["validation"]):
             fail(f"the validation takes of {data_args.data_root} have no clip: the detection thresholds are "
                  "calibrated on them")

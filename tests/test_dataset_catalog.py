@@ -40,6 +40,8 @@ def test_the_table_names_surgvu_and_mmor():
     for entry in DATASETS.values():
         for name, target in entry.targets.items():
             assert target.name == name and target.dataset == entry.name and get_probe_target(name) is target
+    assert get_dataset("surgvu").evaluation_splits == ("train", "validation", "all")
+    assert get_dataset("mmor").evaluation_splits == ("train", "validation", "test")
 
 
 def test_an_unknown_name_is_refused_with_the_known_ones():

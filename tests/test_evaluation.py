@@ -224,6 +224,16 @@ def test_bad_input_gets_a_clear_error_naming_the_file(world_model_dir, probes, d
                                                        "--validation_fraction", "0", "--split", "validation"])
     assert result.returncode != 0 and "has no clip" in result.stderr
 
+    # The split and the probes the dataset table offers for SurgVU: no test split, no MM-OR probe.
+    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
+                                                       "--split", "test"])
+    assert result.returncode != 0
+    assert "--split must be one of train, validation, all for --dataset surgvu, got test" in result.stderr
+    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
+                                                       "--phase_probe", probes["task"] / "best"])
+    assert result.returncode != 0
+    assert "--phase_probe is a mmor probe; the data is --dataset surgvu" in result.stderr
+
     result = run_script("train_probe.py", ["--world_model", not_a_model, *data_options, "--device", "cpu",
                                            "--report_to", "none", "--output_dir", tmp_path / "probe"])
     assert result.returncode != 0 and f"{not_a_model}" in result.stderr and "config.json" in result.stderr
