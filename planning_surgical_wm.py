@@ -208,11 +208,8 @@ class SurgicalWorldModelPlanningMixin:
                 f"{tuple(actions.shape)}."
             )
         history, states = self._history_and_states(context, context_actions, states, actions.shape[2])
-        if deduplicate:
-            energies = self._distinct_energies(context, goal, actions, history, states, chunk_size, use_cache,
-                                               scored=[{} for _ in range(batch_size)])
-        else:
-            energies = self._rollout_energies(context, goal, actions, history, states, chunk_size, use_cache)
+        energies = self._candidate_energies(context, goal, actions, history, states, chunk_size, use_cache,
+                                            scored=[{} for _ in range(batch_size)] if deduplicate else None)
         energies = energies.to(context.device)
         return energies[:, 0] if single else energies
 
@@ -279,7 +276,7 @@ class SurgicalWorldModelPlanningMixin:
             energies.append((final.float() - goal[:, None].float()).abs().mean(dim=(2, 3)))
         return torch.cat(energies, dim=1)
 
-    def _distinct_energies(
+    def _candidate_energies(
         self,
         context: torch.Tensor,
         goal: torch.Tensor,
@@ -288,15 +285,18 @@ class SurgicalWorldModelPlanningMixin:
         states: torch.Tensor | None,
         chunk_size: int | None,
         use_cache: bool,
-        scored: list[dict[bytes, float]],
+        scored: list[dict[bytes, float]] | None,
         history_caches: list | None = None,
     ) -> torch.Tensor:
         """
-        `_rollout_energies` (on the CPU) that rolls out each distinct candidate of a context once: `scored[b]` maps
-        the bytes of the sequences of context b already scored to their energy, and learns the new ones. One dict
-        for a call deduplicates within it; one kept over a plan's iterations scores each sequence once per plan (a
-        narrowing search over discrete actions draws the same sequences again and again).
+        The energies `(B, K)` of `candidates`. Without `scored`, `_rollout_energies` of them all. With it (on the CPU),
+        each distinct candidate of a context is rolled out once: `scored[b]` maps the bytes of the sequences of
+        context b already scored to their energy, and learns the new ones. One dict for a call deduplicates within
+        it; one kept over a plan's iterations scores each sequence once per plan (a narrowing search over discrete
+        actions draws the same sequences again and again).
         """
+        if scored is None:
+            return self._rollout_energies(context, goal, candidates, history, states, chunk_size, use_cache)
         batch_size, num_candidates = candidates.shape[:2]
         energies = torch.empty(batch_size, num_candidates)
         for row in range(batch_size):
@@ -372,10 +372,10 @@ class SurgicalWorldModelPlanningMixin:
                                                   self.config.action_groups(discrete_groups), bounds, sample_device)
         history, states = self._history_and_states(context, context_actions, states, horizon)
         # The observed history is computed once per plan, and each distinct sequence rolled out once per plan.
-        scored = [{} for _ in range(batch_size)]
+        scored = [{} for _ in range(batch_size)] if deduplicate else None
         history_caches = [self._history_cache(context[row : row + 1], history[row : row + 1],
                                               None if states is None else states[row : row + 1])
-                          if use_cache else None for row in range(batch_size)]
+                          if use_cache and deduplicate else None for row in range(batch_size)]
 
         best_actions = torch.zeros(batch_size, horizon, self.config.action_dim, device=sample_device)
         best_energy = torch.full((batch_size,), float("inf"), device=sample_device)
@@ -383,12 +383,8 @@ class SurgicalWorldModelPlanningMixin:
         rows = torch.arange(batch_size, device=sample_device)[:, None]
         for _ in range(iterations):
             samples, choices = sampler.sample(num_samples, generator)
-            if deduplicate:
-                energies = self._distinct_energies(context, goal, samples, history, states, chunk_size, use_cache,
-                                                   scored, history_caches)
-            else:
-                energies = self._rollout_energies(context, goal, samples, history, states, chunk_size, use_cache)
-            energies = energies.to(sample_device)
+            energies = self._candidate_energies(context, goal, samples, history, states, chunk_size, use_cache, scored,
+                                                history_caches).to(sample_device)
             order = torch.argsort(energies, dim=1, stable=True)[:, :top_k]  # (B, k)
             elites = samples[rows, order]  # (B, k, H, A)
             elite_energies = energies[rows, order]

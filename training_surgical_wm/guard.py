@@ -98,7 +98,6 @@ class DebugHooks:
                 handle.write(f"final weights {digest.hexdigest()}\n")
 
 
-
 class BadStepLimit:
     """Counts the optimizer steps the guard skipped and stops the run after `max_bad_steps` of them in a row, with a
     message that says what to try and where to resume from."""
