@@ -43,7 +43,7 @@ from modeling_surgical_wm import rollout_errors
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
 from training_surgical_wm.data import dataset_entry, load_dataset_splits
-from training_surgical_wm.loading import checkpoint_config, fail, is_probe
+from training_surgical_wm.loading import checkpoint_config, fail, is_probe, time_base, training_settings
 from training_surgical_wm.probes import split_label_counts
 
 
@@ -150,15 +150,16 @@ def train_probes(args: EvaluationArguments, data_args: DataArguments) -> dict[st
     return found
 
 
-def clip_fps(fps_flag: float | None, config) -> float:
-    """The frame rate to sample the clips at: `--fps`, else the model config's `fps` (the data's when it was trained;
-    its `frames_per_step` is read from the config where steps are formed), else train_hf.py's default (an export from
-    before the config held `fps`, or data without a frame rate)."""
-    if fps_flag is not None:
-        if config.fps is not None and float(config.fps) != float(fps_flag):
-            print(f"note: --fps {fps_flag:g}, but the model was trained on clips at {config.fps:g} fps", flush=True)
-        return fps_flag
-    return float(config.fps) if config.fps is not None else DataArguments.fps
+def clip_fps(fps_flag: float | None, config, checkpoint: str | None = None) -> float:
+    """The frame rate to sample the clips at, as planning finds it (`time_base`): `--fps`, else the model config's
+    `fps` (the data's when it was trained; its `frames_per_step` is read from the config where steps are formed),
+    else the run's data options beside `checkpoint` (an export from before the config held `fps`), else the data
+    default. A note when `--fps` overrides the model's own."""
+    settings, settings_file = training_settings(checkpoint) if checkpoint else ({}, None)
+    fps, _ = time_base(fps_flag, config, f"{checkpoint}/config.json", settings, settings_file)
+    if fps_flag is not None and config.fps is not None and float(config.fps) != float(fps_flag):
+        print(f"note: --fps {fps_flag:g}, but the model was trained on clips at {config.fps:g} fps", flush=True)
+    return fps
 
 
 def load_metric(name: str):
@@ -736,7 +737,7 @@ def main(argv=None) -> int:
 
     world_model, checkpoint_probe = load_checkpoint(args.checkpoint)
     world_model.to(device)
-    data_args.fps = clip_fps(data_args.fps, world_model.config)
+    data_args.fps = clip_fps(data_args.fps, world_model.config, args.checkpoint)
     given = {"task": args.task_probe, "tools": args.tool_probe, "phase": args.phase_probe,
              "next_action": args.next_action_probe, "breach": args.breach_probe}
     if args.train_probes:

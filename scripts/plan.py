@@ -34,13 +34,12 @@ from dataset_surgvu.builder import sample_frame_indices
 from dataset_surgvu.labels import build_actions, labels_at, part_offsets, read_case_labels
 from dataset_surgvu.layout import find_cases, parse_part_file, resolve_dirs
 from modeling_surgical_wm import SurgicalWorldModel, frames_to_steps
-from training_surgical_wm.loading import checkpoint_config, fail, is_probe
+from training_surgical_wm.arguments import DataArguments
+from training_surgical_wm.loading import TRAINER_STATE, checkpoint_config, fail, is_probe, time_base, training_settings
 
 
 logger = logging.getLogger("plan")
 
-DEFAULT_FPS = 4.0  # train_hf.py's --fps default
-TRAINER_STATE = "trainer_state.json"  # train_hf.py's export: "training_arguments" holds the data options
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                            "(default: labels/ beside surgvu24/, as the builder finds it)")
     parser.add_argument("--fps", type=float, default=None, help="frames per second of the steps (default: the model "
                                                                 f"config's fps; else the run's, from {TRAINER_STATE}; "
-                                                                f"else {DEFAULT_FPS})")
+                                                                f"else {DataArguments.fps})")
     parser.add_argument("--context_steps", type=int, default=4,
                         help="steps ending at --start that form the context (default 4: the second before it at 4 fps, "
                              "half a training clip; the labelled actions between them are given; 1: plan from the "
@@ -104,42 +103,6 @@ def load_world_model(path: str) -> tuple[SurgicalWorldModel, str]:
         fail(f"{where}: the model expects a state of {config['state_dim']} values per step; SurgVU videos have none")
     model = SurgicalWorldModel.from_pretrained(path).eval()
     return model, where
-
-
-def data_settings(path: str) -> tuple[dict, str | None]:
-    """train_hf.py's data options saved beside the weights (`trainer_state.json`), and the file they came from."""
-    state_file = Path(path) / TRAINER_STATE
-    if not state_file.is_file():
-        if Path(path).exists():
-            return {}, None
-        try:  # a Hub id: its export may carry the file too
-            from huggingface_hub import hf_hub_download
-
-            state_file = Path(hf_hub_download(path, TRAINER_STATE))
-        except Exception:
-            return {}, None
-    try:
-        return dict(json.loads(state_file.read_text()).get("training_arguments") or {}), str(state_file)
-    except (ValueError, AttributeError) as error:
-        logger.warning("%s: unreadable (%s); its data options are ignored", state_file, error)
-        return {}, None
-
-
-def time_base(fps_flag: float | None, config, where: str, settings: dict,
-              settings_file: str | None) -> tuple[float, str]:
-    """The frame rate of the steps and where it was read: `--fps`, else the model config's `fps`, else (an export
-    from before the config held it) the run's data options in trainer_state.json, else the data default."""
-    if fps_flag is not None:
-        return fps_flag, "--fps"
-    if config.fps is not None:
-        return float(config.fps), f"the model's config ({where})"
-    if settings.get("fps"):
-        logger.info("the model's config has no fps (an export from before it held one): the run's fps from %s",
-                    settings_file)
-        return float(settings["fps"]), settings_file
-    logger.info("neither the model's config nor a %s beside the weights gives the fps: %g fps (--fps sets it)",
-                TRAINER_STATE, DEFAULT_FPS)
-    return DEFAULT_FPS, "default"
 
 
 def action_groups(model: SurgicalWorldModel) -> tuple[list[tuple[str, list[int]]], list[str] | None]:
@@ -257,7 +220,7 @@ def main(argv=None) -> int:
     in_group = {dim for _, dims in groups for dim in dims}
     continuous = [dim for dim in range(config.action_dim) if dim not in in_group]
 
-    settings, settings_file = data_settings(args.checkpoint)
+    settings, settings_file = training_settings(args.checkpoint)
     if settings.get("dataset", "surgvu") != "surgvu":
         logger.warning("%s was trained on %s, not SurgVU: its frames were prepared another way", args.checkpoint,
                        settings["dataset"])

@@ -126,7 +126,7 @@ def test_probe_push_to_hub_then_loads_from_the_loopback_hub(world_model_dir, pro
         assert "same logits task" in loaded.stdout
 
 
-def test_clips_are_sampled_at_the_frame_rate_the_model_config_records(make_tiny_config, capsys):
+def test_clips_are_sampled_at_the_frame_rate_the_model_config_records(make_tiny_config, capsys, tmp_path):
     from evaluate_surgical_model import clip_fps
 
     assert clip_fps(None, make_tiny_config(fps=2.0)) == 2.0  # the model's, when --fps is not given
@@ -134,6 +134,10 @@ def test_clips_are_sampled_at_the_frame_rate_the_model_config_records(make_tiny_
     assert clip_fps(8.0, make_tiny_config()) == 8.0 and not capsys.readouterr().out
     assert clip_fps(8.0, make_tiny_config(fps=2.0)) == 8.0  # --fps wins, with a note
     assert "trained on clips at 2 fps" in capsys.readouterr().out
+    # An export from before the config held fps: the run's data options beside it, as planning reads them.
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"training_arguments": {"fps": 2.0}}))
+    assert clip_fps(None, make_tiny_config(), str(tmp_path)) == 2.0
+    assert clip_fps(None, make_tiny_config(fps=1.0), str(tmp_path)) == 1.0
 
 
 def test_the_reported_rollout_error_and_copy_baseline_are_the_model_s(make_tiny_config):
