@@ -33,7 +33,7 @@ from training_surgical_wm.data import (
 )
 from training_surgical_wm.export import create_hub_repo, export_model, model_card, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
-from training_surgical_wm.world_model import load_world_model, run_validation
+from training_surgical_wm.world_model import check_pretrained_checkpoint, load_world_model, run_validation
 
 
 logger = get_logger(__name__, log_level="INFO")
@@ -43,6 +43,7 @@ TRAIN_METRICS = ("loss", "temporal_loss", "contrastive_loss", "mask_loss")  # av
 
 def main(argv=None) -> None:
     model_args, data_args, train_args = parse_training_arguments(argv, __doc__.splitlines()[0])
+    check_pretrained_checkpoint(model_args.pretrained_checkpoint)  # now, not after the data is built
     output_dir = Path(train_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
 

@@ -43,7 +43,14 @@ from modeling_surgical_wm import rollout_errors
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
 from training_surgical_wm.data import dataset_entry, load_dataset_splits
-from training_surgical_wm.loading import checkpoint_config, fail, is_probe, time_base, training_settings
+from training_surgical_wm.loading import (
+    check_weights,
+    checkpoint_config,
+    fail,
+    is_probe,
+    time_base,
+    training_settings,
+)
 from training_surgical_wm.probes import split_label_counts
 
 
@@ -88,11 +95,14 @@ class EvaluationArguments:
 
 # ------------------------------------------------------------------------------------------------------- loading
 def load_checkpoint(path: str):
-    """(world model, probe or None) from `path`: a world model, or a probe (which holds its world model)."""
+    """(world model, probe or None) from `path`: a world model, or a probe (which holds its world model). A local
+    folder's weights are checked against its config first: transformers would fill missing ones at random."""
     config, where = checkpoint_config(path)
     if config.get("model_type") != "surgical_wm":
         fail(f"{where}: model_type {config.get('model_type')!r}: not a surgical world model nor a probe of one "
              "(expected model_type 'surgical_wm', from train_hf.py or scripts/train_probe.py)")
+    if Path(path).is_dir():
+        check_weights(path, config)
     from transformers import AutoModel, AutoModelForVideoClassification
 
     if is_probe(config):

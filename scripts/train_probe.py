@@ -48,6 +48,7 @@ from training_surgical_wm.checkpoints import resume_progress, save_checkpoint
 from training_surgical_wm.data import clip_datasets, clip_inputs, dataset_entry, load_dataset_splits, split_groups
 from training_surgical_wm.export import create_hub_repo, export_model, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
+from training_surgical_wm.loading import check_checkpoint_folder
 from training_surgical_wm.probes import split_label_counts
 
 
@@ -179,6 +180,8 @@ def main(argv=None) -> None:
     if target.dataset != data_args.dataset:
         raise SystemExit(f"error: --target {probe_args.target} is a {target.dataset} label; the data is "
                          f"--dataset {data_args.dataset}")
+    if Path(probe_args.world_model).exists():  # before the data is built: transformers would fill gaps at random
+        check_checkpoint_folder(probe_args.world_model, ("surgical_wm",))
     entry = dataset_entry(data_args)
     output_dir = Path(train_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"

@@ -1,10 +1,18 @@
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
 """Reading what a saved model is before loading it: its config.json from a directory or a Hub id, with errors that
-name the file, and the time base of its steps (shared by the evaluation and planning)."""
+name the file, whether a local folder's weights are those its config describes, and the time base of its steps
+(shared by the training scripts, the evaluation and planning)."""
 
 import json
 import logging
 from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from transformers import VJEPA2Config, VJEPA2Model
+
+from configuration_surgical_wm import SurgicalWorldModelConfig
+from modeling_surgical_wm import SurgicalWorldModel, SurgicalWorldModelForVideoClassification
 
 from .arguments import DataArguments
 
@@ -39,6 +47,86 @@ def checkpoint_config(path: str) -> tuple[dict, str]:
 
 def is_probe(config: dict) -> bool:
     return any(name.endswith("ForVideoClassification") for name in config.get("architectures") or [])
+
+
+MODEL_KINDS = {"surgical_wm": "a surgical world model", "vjepa2": "a V-JEPA 2 checkpoint"}  # model_type -> wording
+WEIGHTS_NAME, WEIGHTS_INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
+
+
+def check_checkpoint_folder(folder: str, model_types: tuple[str, ...] = ("surgical_wm", "vjepa2")) -> dict:
+    """The config of a local checkpoint folder of one of `model_types` whose weights are those its config describes
+    (`check_weights`); one line naming the folder and what it holds otherwise."""
+    config, where = checkpoint_config(folder)
+    if config.get("model_type") not in model_types:
+        fail(f"{where}: model_type {config.get('model_type')!r}; expected "
+             f"{' or '.join(MODEL_KINDS[model_type] for model_type in model_types)}")
+    check_weights(folder, config)
+    return config
+
+
+def check_weights(folder: str, config: dict) -> None:
+    """Stops with one line naming `folder` when its safetensors weights are missing, cut short, or do not match the
+    model its `config` (a surgical world model, a probe of one, or V-JEPA 2) describes.
+
+    transformers' `from_pretrained` only warns about missing or unexpected weights and initialises what is missing at
+    random: a folder of another model, or one whose weights were lost, would train or evaluate a random encoder.
+    Only the safetensors headers are read, and the model is built on the meta device: no weight is loaded here.
+    """
+    saved = saved_shapes(Path(folder))
+    try:
+        if config.get("model_type") == "vjepa2":
+            model_class, model_config = VJEPA2Model, VJEPA2Config.from_dict(config)
+        else:
+            model_class = SurgicalWorldModelForVideoClassification if is_probe(config) else SurgicalWorldModel
+            model_config = SurgicalWorldModelConfig.from_dict(config)
+        with torch.device("meta"):
+            expected = {name: tuple(tensor.shape) for name, tensor in model_class(model_config).state_dict().items()}
+    except (ValueError, TypeError, KeyError) as error:
+        fail(f"{folder}/config.json: not a valid {config.get('model_type')} config ({error})")
+    if model_class is VJEPA2Model:
+        # Only V-JEPA 2's encoder is used, saved by VJEPA2Model or under the `vjepa2.` prefix of its task models.
+        prefix = f"{VJEPA2Model.base_model_prefix}."
+        saved = {name.removeprefix(prefix): shape for name, shape in saved.items()}
+        saved = {name: shape for name, shape in saved.items() if name.startswith("encoder.")}
+        expected = {name: shape for name, shape in expected.items() if name.startswith("encoder.")}
+    # A frozen encoder's export has no EMA target: loading for fine-tuning starts it from the encoder.
+    missing = [name for name in expected if name not in saved and "target_encoder." not in name]
+    unexpected = [name for name in saved if name not in expected]
+    reshaped = [f"{name}: {list(saved[name])} saved, {list(shape)} in config.json" for name, shape in expected.items()
+                if name in saved and saved[name] != shape]
+    problems = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                for what, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+                if names]
+    if problems:
+        fail(f"{folder}: the weights do not match its config.json ({config.get('model_type')}): {'; '.join(problems)}")
+
+
+def saved_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor of a folder's `model.safetensors` (or of the shards its index lists), read
+    from the headers; one line naming the file when a file is missing or cut short. Never a pickle."""
+    if (folder / WEIGHTS_NAME).is_file():
+        files = [folder / WEIGHTS_NAME]
+    elif (folder / WEIGHTS_INDEX_NAME).is_file():
+        try:
+            weight_map = json.loads((folder / WEIGHTS_INDEX_NAME).read_text())["weight_map"]
+            files = sorted({folder / name for name in weight_map.values()})
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            fail(f"{folder / WEIGHTS_INDEX_NAME}: not a safetensors index ({error})")
+    else:
+        others = sorted(path.name for path in folder.glob("*") if path.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        fail(f"{folder}: no {WEIGHTS_NAME} (nor {WEIGHTS_INDEX_NAME}): the weights are missing"
+             + (f"; {', '.join(others)} are not read (pickles): save the model as safetensors" if others else ""))
+    shapes = {}
+    for file in files:
+        if not file.is_file():
+            fail(f"{file}: missing, though {WEIGHTS_INDEX_NAME} lists it")
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+        except (SafetensorError, OSError) as error:
+            fail(f"{file}: not a complete safetensors file, cut short or damaged ({str(error).splitlines()[0]})")
+    return shapes
 
 
 def training_settings(path: str) -> tuple[dict, str | None]:

@@ -2,7 +2,6 @@
 """The world model of a training run: loaded from a checkpoint or V-JEPA 2 for the data's action spec, and validated
 per clip with seeded masks."""
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,16 +13,33 @@ from modeling_surgical_wm import SurgicalWorldModel
 
 from .arguments import ModelArguments
 from .data import clip_inputs
+from .loading import check_checkpoint_folder
 
 
 logger = get_logger(__name__, log_level="INFO")
+
+
+def check_pretrained_checkpoint(source: str) -> dict:
+    """The saved config of a local `--pretrained_checkpoint` (a world model or V-JEPA 2 whose weights match it), `{}`
+    for a V-JEPA 2 preset or Hub id; one line naming the folder otherwise. Cheap (headers only): train_hf.py calls it
+    before building the data, so a wrong folder is refused before an hour of preparation, not after."""
+    if Path(source).exists():
+        return check_checkpoint_folder(source, ("surgical_wm", "vjepa2"))
+    if source not in VJEPA2_PRESETS and not source.startswith("facebook/"):
+        raise SystemExit(
+            f"error: --pretrained_checkpoint {source!r} is neither a directory nor a V-JEPA 2 checkpoint id. Build one "
+            "with `python scripts/load_vjepa2_pretrained.py --model_size vitl --save_path "
+            f"{source}` or pass a facebook/vjepa2-* id."
+        )
+    return {}
 
 
 def load_world_model(model_args: ModelArguments, action_spec: list[str],
                      fps: float | None = None) -> SurgicalWorldModel:
     """The world model to train for data with `action_spec` sampled at `fps` (None: the data has no frame rate, as
     MM-OR's timepoints): a surgical world model (its action embedding re-initialised when the actions differ) or
-    V-JEPA 2 with a new predictor. The config records the action spec, its groups and `fps` for the export."""
+    V-JEPA 2 with a new predictor. The config records the action spec, its groups and `fps` for the export. A local
+    folder is checked first (`check_pretrained_checkpoint`): transformers would fill missing weights at random."""
     overrides = {
         "action_dim": len(action_spec),
         "action_spec": action_spec,
@@ -35,8 +51,7 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str],
         "fps": fps,
     }
     source = model_args.pretrained_checkpoint
-    config_file = Path(source) / "config.json"
-    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    saved = check_pretrained_checkpoint(source)
     if saved.get("model_type") == "surgical_wm":
         model = SurgicalWorldModel.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
         saved_spec = saved.get("action_spec")
@@ -57,12 +72,6 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str],
                 torch.nn.init.trunc_normal_(model.predictor.action_proj.weight, std=model.config.initializer_range)
                 torch.nn.init.zeros_(model.predictor.action_proj.bias)
         return model
-    if source not in VJEPA2_PRESETS and not source.startswith("facebook/") and not Path(source).is_dir():
-        raise SystemExit(
-            f"error: --pretrained_checkpoint {source!r} is neither a directory nor a V-JEPA 2 checkpoint id. Build one "
-            "with `python scripts/load_vjepa2_pretrained.py --model_size vitl --save_path "
-            f"{source}` or pass a facebook/vjepa2-* id."
-        )
     try:
         return SurgicalWorldModel.from_vjepa2(source, **overrides)
     except OSError as error:
