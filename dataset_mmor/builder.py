@@ -3,7 +3,7 @@
 The builder reads the label files, the timestamp lists and the camera folders' listings; JPEGs are decoded lazily by
 `MMORClipTransform`. As for SurgVU, `load_mmor` instantiates the builder directly (datasets 4+ runs no loading
 scripts) and keeps its Arrow cache, keyed by the options and by a fingerprint of the label and timestamp files. What a
-build found (takes per split, label noise) is saved beside the Arrow files as `mmor_build.json`.
+build found (takes per split, label noise, missing frames) is saved beside the Arrow files as `mmor_build.json`.
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ class MMOR(datasets.GeneratorBasedBuilder):
             "absent_takes": absent,
             "label_noise": dict(sorted(noise.items())),
             "clips_with_missing_frames": sum(takes[take]["dropped"] for take in takes),
+            "missing_frames": sum(takes[take]["missing_frames"] for take in takes),
             "action_spec": action_names(),
             "options": {"camera": camera.name, "frames_per_clip": config.frames_per_clip,
                         "timepoint_stride": config.timepoint_stride, "clip_stride": config.stride},
@@ -187,12 +188,16 @@ class MMOR(datasets.GeneratorBasedBuilder):
             first = paths[int(np.argmax(missing))]
             raise MMORDataError(
                 f"{first}: frame file missing ({int(missing.sum())} of {len(paths)} frames of take {take}, camera "
-                f"{camera.name}, are missing; skip_missing_frames=True leaves their clips out)"
+                f"{camera.name}, are missing; skip_missing_frames=True (--skip_missing_frames) leaves their clips out)"
             )
         per_step, noise = take_labels(len(frames), labels["breach"], labels["phase"], labels["next_action"])
         steps = config.frames_per_clip
         starts = [s for s in range(0, len(sampled) - steps + 1, config.stride)]
         kept = [s for s in starts if not missing[s : s + steps].any()]
+        if missing.any():
+            logger.warning("%s: frame file missing (%d of %d frames of take %s, camera %s): %d of %d clips left out",
+                           paths[int(np.argmax(missing))], int(missing.sum()), len(paths), take, camera.name,
+                           len(starts) - len(kept), len(starts))
         return {
             "take": take,
             "folder": folder,
@@ -202,6 +207,7 @@ class MMOR(datasets.GeneratorBasedBuilder):
             "labels": per_step,
             "starts": kept,
             "dropped": len(starts) - len(kept),
+            "missing_frames": int(missing.sum()),
             "noise": noise,
         }
 
@@ -270,7 +276,8 @@ def load_mmor(
             013-033, in none of the official splits).
         take_to_folder: updates the public take -> folder mapping (`015_PKA` -> `015-018_PKA`, ...).
         split_to_takes: replaces the takes of the splits it names, e.g. `{"train": ["001_PKA"]}`.
-        skip_missing_frames: leave out the clips of missing frame files instead of raising.
+        skip_missing_frames: leave out the clips of missing frame files instead of raising (each take's missing
+            frames are logged; `mmor_build.json` counts them and the clips left out).
         cache_dir: where the Arrow files go (default: the `datasets` cache); `mmor_build.json` goes beside them.
 
     Raises:

@@ -9,9 +9,10 @@
     indices = target.labelled_indices(dataset["train"])     # the clips that have that label
 
 `load_splits` takes the data options every dataset is given (train_hf's `DataArguments`, as plain keywords) and passes
-each loader the ones it reads: SurgVU its labels folder, frame rate and case split; MM-OR its camera (its frame rate
-is the dataset's own timepoints). This module imports `dataset_mmor`, which imports this package: it is therefore not
-imported by `dataset_surgvu/__init__.py`, so either package can be imported first without a cycle.
+each loader the ones it reads: SurgVU its labels folder, frame rate and case split; MM-OR its camera and whether frames
+missing on disk are skipped (its frame rate is the dataset's own timepoints). This module imports `dataset_mmor`, which
+imports this package: it is therefore not imported by `dataset_surgvu/__init__.py`, so either package can be imported
+first without a cycle.
 """
 
 from __future__ import annotations
@@ -72,19 +73,20 @@ class DatasetEntry:
 
 def _load_surgvu_splits(data_root, *, camera: str = "azure:1", labels_dir=None, fps: float = 4.0,
                         frames_per_clip: int = 8, clip_stride: int | None = None, validation_fraction: float = 0.2,
-                        split_seed: int = 0, cache_dir=None):
-    """SurgVU's `train` and `validation`, split by case (`camera` is MM-OR's and not read)."""
+                        split_seed: int = 0, cache_dir=None, skip_missing_frames: bool = False):
+    """SurgVU's `train` and `validation`, split by case (`camera` and `skip_missing_frames` are MM-OR's and not
+    read)."""
     return load_surgvu(data_root, labels_dir, fps=fps, frames_per_clip=frames_per_clip, clip_stride=clip_stride,
                        validation_fraction=validation_fraction, split_seed=split_seed, cache_dir=cache_dir)
 
 
 def _load_mmor_splits(data_root, *, camera: str = "azure:1", labels_dir=None, fps: float = 4.0,
                       frames_per_clip: int = 8, clip_stride: int | None = None, validation_fraction: float = 0.2,
-                      split_seed: int = 0, cache_dir=None):
+                      split_seed: int = 0, cache_dir=None, skip_missing_frames: bool = False):
     """MM-OR's official `train`, `validation` and `test` takes (`labels_dir`, `fps`, `validation_fraction` and
     `split_seed` are SurgVU's and not read: MM-OR's splits and timepoints are its own)."""
     return dataset_mmor.load_mmor(data_root, camera, frames_per_clip=frames_per_clip, clip_stride=clip_stride,
-                                  cache_dir=cache_dir)
+                                  skip_missing_frames=skip_missing_frames, cache_dir=cache_dir)
 
 
 def _no_metadata(dataset) -> dict:

@@ -266,3 +266,27 @@ def test_empty_test_split(sample, tmp_path):
 def test_bad_options():
     with pytest.raises(ValueError, match="camera"):
         load_mmor(".", camera="azure:6")
+
+
+def test_skip_missing_frames_on_the_command_line(sample, tmp_path, caplog):
+    from training_surgical_wm.arguments import parse_training_arguments
+    from training_surgical_wm.data import load_dataset_splits
+
+    root, manifest = sample
+    root = _copy(root, tmp_path / "data")
+    frame = manifest["takes"]["004_PKA"]["azure_frames"][10]
+    path = root / "004_PKA" / "colorimage" / f"camera01_colorimage-{frame}.jpg"
+    path.unlink()
+    options = ["--dataset", "mmor", "--data_root", str(root), "--dataset_cache_dir", str(tmp_path / "cache")]
+    _, data_args, _ = parse_training_arguments(options)
+    with pytest.raises(MMORDataError, match=f"{path}: frame file missing.*--skip_missing_frames"):
+        load_dataset_splits(data_args)
+    _, data_args, _ = parse_training_arguments([*options, "--skip_missing_frames"])
+    with caplog.at_level("WARNING", logger="dataset_mmor.builder"):
+        dataset = load_dataset_splits(data_args)
+    assert len(dataset["test"]) == 88 // 8 - 1 and all(10 not in row["timepoints"] for row in dataset["test"])
+    info = get_mmor_build_info(dataset)
+    assert info["missing_frames"] == 1 and info["clips_with_missing_frames"] == 1
+    assert f"{path}: frame file missing (1 of 88 frames of take 004_PKA, camera azure:1): 1 of 11 clips left out" \
+        in caplog.text
+

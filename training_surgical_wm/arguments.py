@@ -36,6 +36,10 @@ class DataArguments:
     data_root: str = field(default="data/surgvu", metadata={"help": "Folder holding surgvu24/ and labels/ (SurgVU), "
                                                                     "or MM-OR_data/ (MM-OR)."})
     camera: str = field(default="azure:1", metadata={"help": "MM-OR camera: azure:1..5 or simstation:0..3."})
+    skip_missing_frames: bool = field(
+        default=False, metadata={"help": "MM-OR: leave out the clips of frame files missing on disk (logged and "
+                                         "counted in mmor_build.json) instead of stopping."}
+    )
     labels_dir: str | None = field(default=None, metadata={"help": "labels/ when it is not next to surgvu24/."})
     fps: float = field(default=4.0, metadata={"help": "Frames per second sampled from the videos."})
     frames_per_clip: int = field(default=8, metadata={"help": "Frames per training clip."})

@@ -30,7 +30,7 @@ def load_dataset_splits(data_args: DataArguments):
         data_args.data_root, camera=data_args.camera, labels_dir=data_args.labels_dir, fps=data_args.fps,
         frames_per_clip=data_args.frames_per_clip, clip_stride=data_args.clip_stride,
         validation_fraction=data_args.validation_fraction, split_seed=data_args.split_seed,
-        cache_dir=data_args.dataset_cache_dir,
+        skip_missing_frames=data_args.skip_missing_frames, cache_dir=data_args.dataset_cache_dir,
     )
 
 
