@@ -2,8 +2,9 @@
 
 The builder reads the label files, the timestamp lists and the camera folders' listings; JPEGs are decoded lazily by
 `MMORClipTransform`. As for SurgVU, `load_mmor` instantiates the builder directly (datasets 4+ runs no loading
-scripts) and keeps its Arrow cache, keyed by the options and by a fingerprint of the label and timestamp files. What a
-build found (takes per split, label noise, missing frames) is saved beside the Arrow files as `mmor_build.json`.
+scripts) and keeps its Arrow cache, keyed by the options and by a fingerprint of the label and timestamp files and of
+the camera's JPEGs (names, sizes, modification times). What a build found (takes per split, label noise, missing
+frames) is saved beside the Arrow files as `mmor_build.json`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .layout import (
     LABEL_FOLDERS,
     OFFICIAL_SPLITS,
     SPLIT_TO_TAKES,
+    Camera,
     MMORDataError,
     parse_camera,
     read_label_file,
@@ -239,14 +241,26 @@ class MMOR(datasets.GeneratorBasedBuilder):
                 }
 
 
-def _fingerprint(root: Path) -> str:
-    """Label files and timestamp lists (paths, sizes, modification times); JPEGs are too many to stat here."""
+def _fingerprint(root: Path, folders: set[str], camera: Camera) -> str:
+    """Label files and timestamp lists (paths, sizes, modification times), and the names, sizes and modification times
+    of the camera's JPEGs in the take `folders`: a changed, added or removed image rebuilds the splits, another
+    camera's does not. One stat per image, its contents unread."""
     digest = hashlib.sha256()
     candidates = [path for sub in LABEL_FOLDERS.values() for path in sorted((root / sub).glob("*.json"))]
     candidates += sorted(root.glob("*/timestamp_to_pcd_and_frames_list*.json"))
     for path in candidates:
         stat = path.stat()
         digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    prefix = camera.file_name("")[: -len(".jpg")]
+    for folder in sorted(folders):
+        camera_dir = root / folder / camera.folder
+        if not camera_dir.is_dir():
+            continue  # a take not downloaded, or without this camera: the build names it
+        with os.scandir(camera_dir) as entries:
+            images = [entry for entry in entries if entry.name.startswith(prefix) and entry.name.endswith(".jpg")]
+        for entry in sorted(images, key=lambda entry: entry.name):
+            stat = entry.stat()
+            digest.update(f"{folder}/{camera.folder}/{entry.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -288,10 +302,12 @@ def load_mmor(
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder (expected MM-OR_data with take folders)")
+    split_takes = {**SPLIT_TO_TAKES, **(split_to_takes or {})}
+    folders = {take_folder(take, take_to_folder) for split in splits for take in split_takes.get(split, ())}
     builder = MMOR(
         cache_dir=str(cache_dir) if cache_dir is not None else None,
         dataset_name="mmor",
-        hash=_fingerprint(root),
+        hash=_fingerprint(root, folders, parse_camera(camera)),
         data_root=str(root.resolve()),
         camera=parse_camera(camera).name,
         frames_per_clip=int(frames_per_clip),

@@ -290,3 +290,29 @@ def test_skip_missing_frames_on_the_command_line(sample, tmp_path, caplog):
     assert f"{path}: frame file missing (1 of 88 frames of take 004_PKA, camera azure:1): 1 of 11 clips left out" \
         in caplog.text
 
+
+def test_changed_or_added_images_of_the_camera_rebuild_the_split(sample, tmp_path):
+    root, manifest = sample
+    root = _copy(root, tmp_path / "data")
+    frame = manifest["takes"]["004_PKA"]["azure_frames"][10]
+    path = root / "004_PKA" / "colorimage" / f"camera01_colorimage-{frame}.jpg"
+    original = path.resolve()
+    path.unlink()
+
+    def build_folder(split):
+        return Path(split.cache_files[0]["filename"]).parent
+
+    first = _load_one(root, tmp_path, skip_missing_frames=True)["test"]
+    assert len(first) == 88 // 8 - 1
+    os.symlink(original, path)  # the frame appears: its clip comes back
+    added = _load_one(root, tmp_path, skip_missing_frames=True)["test"]
+    assert len(added) == 88 // 8 and build_folder(added) != build_folder(first)
+    assert build_folder(_load_one(root, tmp_path, skip_missing_frames=True)["test"]) == build_folder(added)
+    path.unlink()
+    path.write_bytes(original.read_bytes())  # the same name, a new file
+    changed = _load_one(root, tmp_path, skip_missing_frames=True)["test"]
+    assert build_folder(changed) != build_folder(added)
+    other = root / "004_PKA" / "simstation" / f"camera00_{manifest['takes']['004_PKA']['simstation_frames'][0]}.jpg"
+    other.unlink()
+    other.write_bytes(original.read_bytes())  # another camera's image: not this split's
+    assert build_folder(_load_one(root, tmp_path, skip_missing_frames=True)["test"]) == build_folder(changed)
