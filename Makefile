@@ -21,9 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# Every benchmark script; bench_utils.py is their shared helper module, not a benchmark.
+BENCHMARKS := $(sort $(filter-out benchmarks/bench_utils.py,$(wildcard benchmarks/bench_*.py)))
+
 bench: $(STAMP)
-	$(PY) benchmarks/bench_encoder.py
-	@if [ -f benchmarks/bench_decode.py ]; then $(PY) benchmarks/bench_decode.py; fi
+	@set -e; for script in $(BENCHMARKS); do echo "$(PY) $$script"; $(PY) $$script; done
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
