@@ -10,5 +10,6 @@ latent cache, planning) share: modules of helpers, imported by name, no trainer 
 - `guard`: the non-finite guard, the bad-step limit, debugging hooks.
 - `export`: transformers exports, the world model's card, the Hub push.
 - `probes`: label counts of a probe target (the targets themselves are dataset_surgvu.catalog's).
-- `loading`: reading a saved model's config (a directory or a Hub id) with clear errors.
+- `loading`: reading a saved model's config (a directory or a Hub id) with clear errors, and checking that a
+  folder's weights are those its config describes.
 """

@@ -89,9 +89,10 @@ def check_weights(folder: str, config: dict) -> None:
         saved = {name.removeprefix(prefix): shape for name, shape in saved.items()}
         saved = {name: shape for name, shape in saved.items() if name.startswith("encoder.")}
         expected = {name: shape for name, shape in expected.items() if name.startswith("encoder.")}
-    # A frozen encoder's export has no EMA target: loading for fine-tuning starts it from the encoder.
+    # The EMA target encoder is the one optional part: loading starts it from the encoder when the file has none,
+    # and a frozen model has no use for one.
     missing = [name for name in expected if name not in saved and "target_encoder." not in name]
-    unexpected = [name for name in saved if name not in expected]
+    unexpected = [name for name in saved if name not in expected and "target_encoder." not in name]
     reshaped = [f"{name}: {list(saved[name])} saved, {list(shape)} in config.json" for name, shape in expected.items()
                 if name in saved and saved[name] != shape]
     problems = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
