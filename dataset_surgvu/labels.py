@@ -290,7 +290,7 @@ def _read_intervals(
     a row naming another part is skipped: no frame of it can be labelled, and its times cannot be placed."""
     path = Path(path)
     noise = collections.Counter() if noise is None else noise
-    fields = [(column, parse_part if index % 2 == 0 else parse_time) for index, column in enumerate(columns[:4])]
+    fields = [(columns[0], parse_part), (columns[1], parse_time), (columns[2], parse_part), (columns[3], parse_time)]
     name_column = columns[-1]
     intervals = []
     rows = _read_rows(path, columns, kind, noise)
