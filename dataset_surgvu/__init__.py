@@ -9,7 +9,7 @@
 from .builder import SurgVU, SurgVUConfig, crop_box, get_action_spec, get_build_metadata, load_surgvu
 from .builder import SurgVUBuildInfo, get_build_info
 from .clips import EpochShuffleSampler, SurgVUClips
-from .labels import ARMS, TASK_CLASSES, TOOL_CLASSES, SurgVULabelError, action_names
+from .labels import ARMS, TASK_CLASSES, TOOL_CLASSES, SurgVULabelError, UnusableLabelFileError, action_names
 from .layout import parse_part_file, scan_surgvu
 from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ClipTransform, vjepa2_preprocess
 from .video import (
@@ -44,6 +44,7 @@ __all__ = [
     "SurgVUClips",
     "SurgVUConfig",
     "SurgVULabelError",
+    "UnusableLabelFileError",
     "VideoBackendError",
     "VideoInfo",
     "action_names",

@@ -9,6 +9,7 @@ the data (unreadable videos, cases without labels, the case split, label noise) 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -25,9 +26,11 @@ from datasets.naming import filenames_for_dataset_split
 
 from .labels import (
     ARMS,
+    SKIPPED_ROW_KINDS,
     TASK_CLASSES,
     TOOL_CLASSES,
     SurgVULabelError,
+    UnusableLabelFileError,
     action_names,
     build_actions,
     labels_at,
@@ -212,15 +215,20 @@ class SurgVU(datasets.GeneratorBasedBuilder):
             logger.warning("exclude_cases names cases that are not in the dataset: %s", unknown)
         for case_id in excluded:
             del cases[case_id]
-        corrupt, unlabeled, items = {}, [], {}
+        corrupt, unlabeled, items, noise = {}, [], {}, collections.Counter()
         for case in cases.values():
-            if not case.has_labels:
+            labels, why = None, "no tools.csv/tasks.csv under the labels folder"
+            if case.has_labels:
+                try:
+                    labels = read_case_labels(case.tools_csv, case.tasks_csv, parts=case.parts, noise=noise)
+                except UnusableLabelFileError as error:  # as if the file were missing: one damaged case stops no build
+                    why = str(error)
+            if labels is None:
                 unlabeled.append(case.case_id)
                 if config.require_labels:
-                    logger.warning("%s: no tools.csv/tasks.csv under the labels folder; case left out", case.case_id)
+                    logger.warning("%s: %s; case left out", case.case_id, why)
                     continue
-                logger.warning("%s: no labels; kept with has_labels=False", case.case_id)
-            labels = read_case_labels(case.tools_csv, case.tasks_csv) if case.has_labels else None
+                logger.warning("%s: %s; kept with has_labels=False", case.case_id, why)
             infos = {}
             for part, video in sorted(case.parts.items()):
                 try:
@@ -241,6 +249,7 @@ class SurgVU(datasets.GeneratorBasedBuilder):
             if parts:
                 items[case.case_id] = {"case_id": case.case_id, "labels": labels, "offsets": offsets, "parts": parts}
 
+        _log_skipped_labels(noise)
         validation = assign_validation_cases(
             sorted(items), config.validation_fraction, config.split_seed, config.validation_cases, config.train_cases
         )
@@ -250,7 +259,7 @@ class SurgVU(datasets.GeneratorBasedBuilder):
             excluded_cases=tuple(excluded),
             cases_without_labels=tuple(sorted(unlabeled)),
             corrupt_videos=corrupt,
-            label_noise=_sum_noise(item["labels"] for item in items.values()),
+            label_noise=dict(sorted(noise.items())),
             options={
                 "fps": config.fps,
                 "frames_per_clip": config.frames_per_clip,
@@ -365,13 +374,17 @@ def assign_validation_cases(
     return forced_validation | set(ranked[: max(0, wanted - len(forced_validation))])
 
 
-def _sum_noise(all_labels) -> dict[str, int]:
-    total = {}
-    for labels in all_labels:
-        if labels is not None:
-            for kind, count in labels.noise.items():
-                total[kind] = total.get(kind, 0) + count
-    return dict(sorted(total.items()))
+def _log_skipped_labels(noise: collections.Counter) -> None:
+    """One line for the whole build: how many label rows were skipped, by kind, and how many files held nothing usable
+    (each was named in its own warning)."""
+    skipped = {kind: count for kind, count in sorted(noise.items()) if kind.split("/")[-1] in SKIPPED_ROW_KINDS}
+    unusable = sum(count for kind, count in noise.items() if kind.endswith("/unusable_file"))
+    if skipped or unusable:
+        logger.warning(
+            "label files: %d malformed row(s) skipped (%s) and %d unusable file(s), their cases as cases without "
+            "labels; each is named in a warning above", sum(skipped.values()),
+            ", ".join(f"{kind}: {count}" for kind, count in skipped.items()) or "none", unusable,
+        )
 
 
 def _fingerprint(videos_dir: Path, labels_dir: Path | None) -> str:
@@ -424,8 +437,13 @@ def load_surgvu(
         check_video_ends: demux each video's last packets to detect truncated files (skipped, listed in the info).
         cache_dir: where the Arrow files go (default: the `datasets` cache); `surgvu_build.json` goes beside them.
 
+    Malformed label rows are skipped with a warning naming the file, line and value, and counted in one summary line
+    and in the build info's `label_noise`; a case whose label file holds nothing usable (empty, unreadable, every row
+    skipped) is as a case without labels.
+
     Raises:
-        SurgVULabelError: a label file has the wrong columns (the message names the file and the columns expected).
+        SurgVULabelError: a label file's header lacks a required column or is not UTF-8 text (the message names the
+            file and the columns expected).
     """
     videos_dir, labels_dir = resolve_dirs(data_dir, labels_dir)
     builder = SurgVU(
@@ -517,6 +535,7 @@ __all__ = [
     "SurgVUBuildInfo",
     "BUILD_INFO_FILENAME",
     "SurgVULabelError",
+    "UnusableLabelFileError",
     "load_surgvu",
     "get_action_spec",
     "get_build_info",

@@ -4,15 +4,25 @@ The real `tools.csv` / `tasks.csv` files are noisy (see the dataset notes): tool
 empty strings, `Single Site"`, trailing spaces and tools outside the class list; task names in two capitalisations,
 with stray quotes and leading spaces, and names outside the list. This module normalises all of that, counts what it
 saw, and answers "which tools are installed on which arm, and which task runs" at any frame of a case.
+
+A malformed row (a part or time that is not a number, nan, inf, out of range, a part with no video, a stop before its
+start, too few fields, bytes that are not UTF-8) is skipped with a warning naming the file, the line and the value,
+and counted. A file that holds nothing usable (empty, unreadable, every row skipped) raises `UnusableLabelFileError`:
+its case is as a case without label files. A header without rows is a case without task segments (all Other) or
+tools. A header without the required columns raises `SurgVULabelError`: the file is of another format, which no
+skipping would fix.
 """
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import dataclasses
 import logging
+import math
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +72,21 @@ _TOOL_INDEX = {name: i for i, name in enumerate(TOOL_CLASSES)}
 _TASK_INDEX = {name.lower(): i for i, name in enumerate(TASK_CLASSES)}
 _HMS = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*$")
 
+MAX_PART = 999  # the video files number their parts in three digits (`_video_part_001`)
+MAX_PART_SECONDS = 24 * 3600.0  # longer than any recorded part (the longest run a little over 5 hours)
+# Noise kinds (after `tools/`, `tasks/`) of rows that are skipped; the other kinds are kept, normalised.
+SKIPPED_ROW_KINDS = (
+    "not_utf8", "unreadable_row", "too_few_fields", "bad_part", "bad_time", "part_without_video", "reversed_interval"
+)
+
 
 class SurgVULabelError(ValueError):
     """A label file cannot be read as a SurgVU label file (the message names the file and what is wrong)."""
+
+
+class UnusableLabelFileError(SurgVULabelError):
+    """A label file with nothing usable (empty, unreadable, every row skipped): its case has no labels, as when the
+    file is missing."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -160,41 +182,98 @@ class CaseLabels:
 
 
 def parse_time(value: str) -> float:
-    """`HH:MM:SS.ffffff` or plain seconds -> seconds."""
+    """`HH:MM:SS.ffffff` or plain seconds -> seconds from the start of a part.
+
+    Raises ValueError unless finite and from 0 to `MAX_PART_SECONDS`: a nan or infinite time would become INT64_MIN on
+    the microsecond timeline of `labels_at`.
+    """
     match = _HMS.match(value)
-    if match:
-        hours, minutes, seconds = match.groups()
-        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    return float(value)
+    try:
+        if match:
+            hours, minutes, seconds = match.groups()
+            elapsed = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        else:
+            elapsed = float(value)
+    except ValueError:
+        elapsed = math.nan
+    if not 0.0 <= elapsed <= MAX_PART_SECONDS:  # also false for nan
+        raise ValueError(f"{_shown(value)} is not a time from 0 to {MAX_PART_SECONDS:.0f} seconds")
+    return elapsed
 
 
 def parse_part(value: str) -> int:
-    """Part numbers are written `1`, `1.0`: 1-based, matching `_video_part_001`."""
-    number = float(value)
-    if number != int(number) or number < 1:
-        raise ValueError(f"not a part number: {value!r}")
+    """Part numbers are written `1`, `1.0`: 1-based, matching `_video_part_001`, at most `MAX_PART`.
+
+    Raises ValueError otherwise (the bound keeps `1e9` from sizing the timeline of a case).
+    """
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 1 <= number <= MAX_PART or number != int(number):  # the range check first: int(inf) overflows
+        raise ValueError(f"{_shown(value)} is not a part number from 1 to {MAX_PART}")
     return int(number)
 
 
-def _read_rows(path: Path, expected: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise SurgVULabelError(f"{path}: the file is empty; expected a header with columns {list(expected)}")
-        header = [column.strip() for column in header]
-        missing = [column for column in expected if column not in header]
-        if missing:
-            raise SurgVULabelError(
-                f"{path}: missing columns {missing}; expected columns {list(expected)}, found {header}"
-            )
-        rows = []
-        for line_number, values in enumerate(reader, start=2):
-            if not any(value.strip() for value in values):
-                continue
-            values = values + [""] * (len(header) - len(values))
-            rows.append((line_number, dict(zip(header, values))))
-        return rows
+def _shown(value: str, limit: int = 60) -> str:
+    """A field as a warning shows it: quoted, cut to `limit` characters (a line can hold a whole corrupt file)."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+def _read_rows(
+    path: Path, expected: tuple[str, ...], kind: str, noise: collections.Counter
+) -> list[tuple[int, dict[str, str]]]:
+    """The data rows of a label file with their line numbers, each line parsed on its own so that one bad line (bytes
+    that are not UTF-8, a field the CSV reader refuses, an unclosed quote) costs only that line; none below the header
+    is a case without segments (all Other) or tools, with a warning."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        noise[f"{kind}/unusable_file"] += 1
+        raise UnusableLabelFileError(f"{path}: cannot be read ({error.strerror or error})") from None
+    lines = data.removeprefix(codecs.BOM_UTF8).splitlines()
+    if not any(line.strip() for line in lines):
+        noise[f"{kind}/unusable_file"] += 1
+        raise UnusableLabelFileError(f"{path}: the file is empty; expected a header with columns {list(expected)}")
+    try:
+        header = [column.strip() for column in next(csv.reader([lines[0].decode("utf-8")]), [])]
+    except (UnicodeDecodeError, csv.Error):
+        raise SurgVULabelError(f"{path}: the header is not a line of UTF-8 CSV: {lines[0][:60]!r}") from None
+    missing = [column for column in expected if column not in header]
+    if missing:
+        found = _shown(",".join(header), 300)
+        raise SurgVULabelError(f"{path}: missing columns {missing}; expected columns {list(expected)}, found {found}")
+    needed = max(header.index(column) for column in expected) + 1
+    if not any(line.strip() for line in lines[1:]):  # a short case: no task segment (all Other), or no tool
+        logger.warning("%s: no rows below the header: %s", path,
+                       "no tool installed in the case" if kind == "tools" else "every frame of the case is Other")
+        noise[f"{kind}/no_rows"] += 1
+        return []
+    rows = []
+    for line_number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            values = next(csv.reader([line.decode("utf-8")]))
+        except UnicodeDecodeError:
+            logger.warning("%s:%d: skipping a line that is not UTF-8 text: %r", path, line_number, line[:60])
+            noise[f"{kind}/not_utf8"] += 1
+            continue
+        except csv.Error as error:
+            logger.warning("%s:%d: skipping a line the CSV reader refuses (%s): %s", path, line_number, error,
+                           _shown(line.decode("utf-8")))
+            noise[f"{kind}/unreadable_row"] += 1
+            continue
+        if len(values) < needed:
+            logger.warning("%s:%d: skipping a row of %d fields, the columns %s need %d: %s", path, line_number,
+                           len(values), list(expected), needed, _shown(",".join(values)))
+            noise[f"{kind}/too_few_fields"] += 1
+            continue
+        rows.append((line_number, dict(zip(header, values))))
+    if not rows:
+        noise[f"{kind}/unusable_file"] += 1
+        raise UnusableLabelFileError(f"{path}: every row was skipped (see the warnings above)")
+    return rows
 
 
 def _read_intervals(
@@ -204,21 +283,38 @@ def _read_intervals(
     normalize,
     noise: collections.Counter | None,
     arm_column: str | None = None,
+    parts: Collection[int] | None = None,
 ) -> list[LabelInterval]:
     """Parse a label file whose first four columns are start part, start time, stop part, stop time and whose
-    last is the name; `kind` (`tools`, `tasks`) prefixes the noise counters."""
+    last is the name; `kind` (`tools`, `tasks`) prefixes the noise counters. With `parts` (the case's video parts),
+    a row naming another part is skipped: no frame of it can be labelled, and its times cannot be placed."""
     path = Path(path)
     noise = collections.Counter() if noise is None else noise
-    start_part_column, start_time_column, stop_part_column, stop_time_column = columns[:4]
+    fields = [(columns[0], parse_part), (columns[1], parse_time), (columns[2], parse_part), (columns[3], parse_time)]
     name_column = columns[-1]
     intervals = []
-    for line, row in _read_rows(path, columns):
-        try:
-            start_part, stop_part = parse_part(row[start_part_column]), parse_part(row[stop_part_column])
-            start_time, stop_time = parse_time(row[start_time_column]), parse_time(row[stop_time_column])
-        except ValueError as error:
-            logger.warning("%s:%d: skipping a row with an unreadable part or time (%s)", path, line, error)
-            noise[f"{kind}/unreadable_row"] += 1
+    rows = _read_rows(path, columns, kind, noise)
+    for line, row in rows:
+        values = []
+        for column, parse in fields:
+            try:
+                values.append(parse(row[column]))
+            except ValueError as error:
+                logger.warning("%s:%d: skipping a row whose %s %s", path, line, column, error)
+                noise[f"{kind}/{'bad_part' if parse is parse_part else 'bad_time'}"] += 1
+                break
+        if len(values) < len(fields):
+            continue
+        start_part, start_time, stop_part, stop_time = values
+        if parts is not None and not {start_part, stop_part} <= set(parts):
+            logger.warning("%s:%d: skipping a row in part %s, which has no video (the case's parts: %s)", path, line,
+                           stop_part if start_part in parts else start_part, sorted(parts))
+            noise[f"{kind}/part_without_video"] += 1
+            continue
+        if (stop_part, stop_time) < (start_part, start_time):
+            logger.warning("%s:%d: skipping a row that stops (part %d, %gs) before it starts (part %d, %gs)", path,
+                           line, stop_part, stop_time, start_part, start_time)
+            noise[f"{kind}/reversed_interval"] += 1
             continue
         arm = None
         if arm_column is not None:
@@ -229,29 +325,40 @@ def _read_intervals(
         class_index, kinds = normalize(row[name_column])
         for noise_kind in kinds:
             noise[f"{kind}/{noise_kind}"] += 1
-        if (stop_part, stop_time) < (start_part, start_time):
-            noise[f"{kind}/reversed_interval"] += 1
-            continue
         intervals.append(
             LabelInterval(start_part, start_time, stop_part, stop_time, class_index, arm, row[name_column])
         )
+    if rows and not intervals:
+        noise[f"{kind}/unusable_file"] += 1
+        raise UnusableLabelFileError(f"{path}: every row was skipped (see the warnings above)")
     return intervals
 
 
-def read_tools_csv(path: str | Path, noise: collections.Counter | None = None) -> list[LabelInterval]:
+def read_tools_csv(
+    path: str | Path, noise: collections.Counter | None = None, parts: Collection[int] | None = None
+) -> list[LabelInterval]:
     """Parse a `tools.csv`; rows that are not a tool of `TOOL_CLASSES` keep `class_index=None`."""
-    return _read_intervals(path, TOOLS_COLUMNS, "tools", normalize_tool_name, noise, arm_column="arm")
+    return _read_intervals(path, TOOLS_COLUMNS, "tools", normalize_tool_name, noise, arm_column="arm", parts=parts)
 
 
-def read_tasks_csv(path: str | Path, noise: collections.Counter | None = None) -> list[LabelInterval]:
+def read_tasks_csv(
+    path: str | Path, noise: collections.Counter | None = None, parts: Collection[int] | None = None
+) -> list[LabelInterval]:
     """Parse a `tasks.csv`; names outside `TASK_CLASSES` become Other."""
-    return _read_intervals(path, TASKS_COLUMNS, "tasks", normalize_task_name, noise)
+    return _read_intervals(path, TASKS_COLUMNS, "tasks", normalize_task_name, noise, parts=parts)
 
 
-def read_case_labels(tools_csv: str | Path, tasks_csv: str | Path) -> CaseLabels:
-    noise = collections.Counter()
-    tools = read_tools_csv(tools_csv, noise)
-    tasks = read_tasks_csv(tasks_csv, noise)
+def read_case_labels(
+    tools_csv: str | Path,
+    tasks_csv: str | Path,
+    parts: Collection[int] | None = None,
+    noise: collections.Counter | None = None,
+) -> CaseLabels:
+    """Both label files of a case; `parts`: its video parts (rows naming others are skipped); `noise`: a counter to
+    count into (a build's, which keeps the counts of a case whose file then raises `UnusableLabelFileError`)."""
+    noise = collections.Counter() if noise is None else noise
+    tools = read_tools_csv(tools_csv, noise, parts)
+    tasks = read_tasks_csv(tasks_csv, noise, parts)
     return CaseLabels(tools=tools, tasks=tasks, noise=noise)
 
 
@@ -269,7 +376,7 @@ def part_offsets(labels: CaseLabels, durations: dict[int, float | None]) -> dict
         for part, time in ((interval.start_part, interval.start_time), (interval.stop_part, interval.stop_time)):
             referenced[part] = max(referenced.get(part, 0.0), time)
     offsets, position = {}, 0.0
-    for part in range(1, max([*durations, *referenced, 1]) + 1):
+    for part in sorted({1, *durations, *referenced}):  # a part named by neither has no extent
         offsets[part] = position
         duration = durations.get(part)
         position += duration if duration is not None else referenced.get(part, 0.0)

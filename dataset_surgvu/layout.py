@@ -88,7 +88,8 @@ def scan_surgvu(data_dir: str | Path, labels_dir: str | Path | None = None, chec
     """A cheap report of a SurgVU folder: cases, parts, label files, label noise, unreadable videos.
 
     Videos are probed from their container metadata (plus a demux of their last packets), never decoded in full.
-    Label files with the wrong columns are reported under `label_errors` instead of raising.
+    Label files with the wrong columns or nothing usable are reported under `label_errors` instead of raising;
+    malformed rows are skipped with a warning and counted in `label_noise`, as the builder does.
     """
     videos_dir, labels_dir = resolve_dirs(data_dir, labels_dir)
     cases = find_cases(videos_dir, labels_dir)
@@ -115,8 +116,7 @@ def scan_surgvu(data_dir: str | Path, labels_dir: str | Path | None = None, chec
             report["cases_without_labels"].append(case.case_id)
         else:
             try:
-                labels = read_case_labels(case.tools_csv, case.tasks_csv)
-                noise.update(labels.noise)
+                labels = read_case_labels(case.tools_csv, case.tasks_csv, parts=case.parts, noise=noise)
                 entry["num_tool_rows"], entry["num_task_rows"] = len(labels.tools), len(labels.tasks)
             except SurgVULabelError as error:
                 report["label_errors"][case.case_id] = str(error)

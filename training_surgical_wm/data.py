@@ -8,7 +8,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from dataset_surgvu import SurgVUClips
+from dataset_surgvu import SurgVUClips, SurgVULabelError
 from dataset_surgvu.catalog import DatasetEntry, get_dataset
 from dataset_surgvu.latent_cache import cached_clip_datasets, latent_cache_root
 
@@ -25,13 +25,17 @@ def dataset_entry(data_args: DataArguments) -> DatasetEntry:
 
 def load_dataset_splits(data_args: DataArguments):
     """The splits for these data options (one definition, shared by the scripts): SurgVU's `train` and `validation`
-    (split by case), or MM-OR's official `train`, `validation` and `test` takes."""
-    return dataset_entry(data_args).load_splits(
-        data_args.data_root, camera=data_args.camera, labels_dir=data_args.labels_dir, fps=data_args.fps,
-        frames_per_clip=data_args.frames_per_clip, clip_stride=data_args.clip_stride,
-        validation_fraction=data_args.validation_fraction, split_seed=data_args.split_seed,
-        skip_missing_frames=data_args.skip_missing_frames, cache_dir=data_args.dataset_cache_dir,
-    )
+    (split by case), or MM-OR's official `train`, `validation` and `test` takes. A SurgVU label file of another format
+    stops the script with one line naming it."""
+    try:
+        return dataset_entry(data_args).load_splits(
+            data_args.data_root, camera=data_args.camera, labels_dir=data_args.labels_dir, fps=data_args.fps,
+            frames_per_clip=data_args.frames_per_clip, clip_stride=data_args.clip_stride,
+            validation_fraction=data_args.validation_fraction, split_seed=data_args.split_seed,
+            skip_missing_frames=data_args.skip_missing_frames, cache_dir=data_args.dataset_cache_dir,
+        )
+    except SurgVULabelError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def split_groups(dataset, metadata: dict) -> str:
