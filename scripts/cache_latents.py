@@ -24,6 +24,7 @@ from transformers import HfArgumentParser
 
 from dataset_surgvu.latent_cache import (
     PRECISIONS,
+    VERIFY_MODES,
     build_latent_cache,
     bytes_per_clip,
     latent_cache_key,
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
         parser.error(f"--device must be cuda, mps or cpu, got {args.device}")
     if data_args.cache_precision not in PRECISIONS:
         parser.error(f"--cache_precision must be one of {', '.join(PRECISIONS)}, got {data_args.cache_precision}")
+    if data_args.verify_cache not in VERIFY_MODES:
+        parser.error(f"--verify_cache must be one of {', '.join(VERIFY_MODES)}, got {data_args.verify_cache}")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible.", file=sys.stderr)
         return 2
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
                                precision=data_args.cache_precision, autocast=accelerator.mixed_precision)
         cache = build_latent_cache(accelerator, model, split, transform, directory, key,
                                    shard_size=data_args.cache_shard_size, batch_size=args.batch_size,
-                                   num_workers=num_workers)
+                                   num_workers=num_workers, verify=data_args.verify_cache)
         after = shard_records(directory)
         written = sum(before.get(record) != mtime for record, mtime in after.items())
         shards = cache.manifest["shards"]
