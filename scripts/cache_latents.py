@@ -71,9 +71,13 @@ def clip_bytes_formula(latent_shape: tuple[int, int, int], precision: str) -> st
     return f"{steps} steps x {tokens} tokens x ({dim} int8 + 4 B scale)"
 
 
-def shard_records(directory: Path) -> dict[str, int]:
-    """Each shard's completion record and its modification time: what a build wrote shows as new or changed."""
-    return {path.name: path.stat().st_mtime_ns for path in directory.glob("shard-*.json")} if directory.is_dir() else {}
+def shard_files(directory: Path) -> dict[str, int]:
+    """Each finished shard's file and its inode: a shard a build wrote is a new file (renamed into place), while one
+    found intact after a touch keeps its inode (only its record is updated)."""
+    if not directory.is_dir():
+        return {}
+    return {path.name: path.stat().st_ino for path in directory.glob("shard-*.safetensors")
+            if path.with_suffix(".json").is_file()}
 
 
 def main(argv=None) -> int:
@@ -119,15 +123,15 @@ def main(argv=None) -> int:
     total_clips, disk_bytes = 0, 0
     for name in names:
         split, directory = dataset[name], cache_root / name
-        before = shard_records(directory)
+        before = shard_files(directory)
         started = time.perf_counter()
         key = latent_cache_key(model, split, transform, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
                                precision=data_args.cache_precision, autocast=accelerator.mixed_precision)
         cache = build_latent_cache(accelerator, model, split, transform, directory, key,
                                    shard_size=data_args.cache_shard_size, batch_size=args.batch_size,
                                    num_workers=num_workers, verify=data_args.verify_cache)
-        after = shard_records(directory)
-        written = sum(before.get(record) != mtime for record, mtime in after.items())
+        after = shard_files(directory)
+        written = sum(before.get(shard) != inode for shard, inode in after.items())
         shards = cache.manifest["shards"]
         assert not len(cache) or cache.bytes_per_clip == per_clip, (cache.bytes_per_clip, per_clip)
         total_clips += len(cache)
