@@ -5,13 +5,17 @@ V-JEPA 2 forward pass. One cache directory holds one split:
 
     manifest.json               the key, the layout and every shard's checksum; written last, by one process
     shard-00000.safetensors     `latents` (clips, steps, tokens, dim) in float16, or int8 with `scales`
-    shard-00000.json            the shard's completion record: its key digest, clip count and SHA-256
+    shard-00000.json            the shard's completion record: its key digest, clip count, SHA-256, size and mtime
 
 Shards are written atomically (temporary file, then rename) and count as done only once their record exists, so a
-build killed half way resumes with the missing shards and a half-written shard is never read. Every build verifies
-the finished shards' checksums and rewrites the ones that do not match. The key (encoder weights, preprocessing,
-dataset fingerprint, precision) decides whether a cache fits a run: a changed key rebuilds. Reading opens the
-shards memory-mapped (`safetensors.safe_open`) and copies out one clip at a time.
+build killed half way resumes with the missing shards and a half-written shard is never read. A shard is hashed once,
+when written; its record keeps the file's size and modification time (ns) beside the hash. Every build, and the
+evaluation before it reads a cache, checks the finished shards against their records: by default (`verify="changed"`)
+only a shard whose size or mtime moved is hashed again, so a run over an unchanged 6 TB cache reads no shard bytes;
+`verify="full"` hashes them all, which also finds bytes changed in place with size and mtime kept. A build rewrites
+the shards that do not match. The key (encoder weights, preprocessing, dataset fingerprint, precision) decides whether
+a cache fits a run: a changed key rebuilds. Reading opens the shards memory-mapped (`safetensors.safe_open`) and
+copies out one clip at a time.
 
 This module holds the format (key, shard writing, verification, the manifest and the reader) and what a run does with
 it, from plain values: whether the cache can serve it (`latent_cache_off_reason`), its key (`latent_cache_key`), the
@@ -47,6 +51,7 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("float16", "int8")
+VERIFY_MODES = ("changed", "full")  # re-hash the shards whose size or mtime moved, or every shard
 _INT8_MAX = 127.0
 
 
@@ -104,6 +109,31 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_stat(path: Path) -> dict:
+    """A file's size and modification time (ns), as a shard's record keeps them."""
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def shard_problem(path: Path, stat: dict, record: dict, verify: str) -> str | None:
+    """What is wrong with a shard file whose `file_stat` is `stat`, against its `record` (the shard's completion
+    record, or its manifest entry): None when it is intact.
+
+    With `verify="changed"` a file whose size and mtime are the recorded ones is trusted without reading it, and only
+    the others are hashed: a file rewritten in place with its size kept and its mtime restored (`os.utime`, or
+    within one tick of the filesystem's clock) passes. `verify="full"` hashes every file.
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    if "size" in record and stat["size"] != record["size"]:
+        return f"size {stat['size']:,} B, recorded {record['size']:,} B (corrupted)"
+    if verify == "changed" and stat == {"size": record.get("size"), "mtime_ns": record.get("mtime_ns")}:
+        return None
+    if file_sha256(path) != record.get("sha256"):
+        return "checksum mismatch (corrupted)"
+    return None
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -182,8 +212,10 @@ class LatentCacheBuilder:
         logger.warning("%s: built for another %s: rebuilding", self.directory, ", ".join(changed))
         manifest.unlink()
 
-    def shard_is_done(self, shard: int) -> bool:
-        """The shard's record exists, matches this key and layout, and the file's checksum matches the record."""
+    def shard_is_done(self, shard: int, verify: str = "changed") -> bool:
+        """The shard's record exists and matches this key and layout, and the file passes `shard_problem` against
+        it. A file found intact by hashing after its size or mtime moved (a copy, a `touch`) gets its record's size
+        and mtime updated, so the next run trusts it without hashing again."""
         record_path = self.directory / f"{shard_name(shard)}.json"
         path = self.directory / f"{shard_name(shard)}.safetensors"
         if not record_path.is_file() or not path.is_file():
@@ -195,16 +227,21 @@ class LatentCacheBuilder:
         expected = len(shard_clips(shard, self.num_clips, self.shard_size))
         if record.get("key_digest") != self.key.digest or record.get("num_clips") != expected:
             return False
-        if file_sha256(path) != record.get("sha256"):
-            logger.warning("%s: checksum mismatch (corrupted): rebuilding it", path)
+        stat = file_stat(path)  # before hashing: a change while hashing shows as a changed mtime next time
+        problem = shard_problem(path, stat, record, verify)
+        if problem is not None:
+            logger.warning("%s: %s: rebuilding it", path, problem)
             return False
+        if stat != {"size": record.get("size"), "mtime_ns": record.get("mtime_ns")}:
+            _write_json(record_path, {**record, **stat})
         return True
 
-    def prepare(self, process_index: int = 0, num_processes: int = 1) -> list[int]:
-        """The shards this process must (re)write: its share (every `num_processes`-th) not already done."""
+    def prepare(self, process_index: int = 0, num_processes: int = 1, verify: str = "changed") -> list[int]:
+        """The shards this process must (re)write: its share (every `num_processes`-th) not already done, each
+        checked by `shard_is_done` with `verify` ("changed" or "full")."""
         self.directory.mkdir(parents=True, exist_ok=True)
         mine = range(process_index, self.num_shards, num_processes)
-        return [shard for shard in mine if not self.shard_is_done(shard)]
+        return [shard for shard in mine if not self.shard_is_done(shard, verify)]
 
     def write_shard(self, shard: int, latents: torch.Tensor) -> None:
         """Stores the latents `(clips, steps, tokens, dim)` of one shard's clips, in order, atomically."""
@@ -217,9 +254,10 @@ class LatentCacheBuilder:
         save_file(quantize(latents, self.key.precision), str(partial),
                   metadata={"key_digest": self.key.digest, "first_clip": str(shard * self.shard_size)})
         os.replace(partial, path)
+        stat = file_stat(path)
         _write_json(self.directory / f"{name}.json", {
             "key_digest": self.key.digest, "num_clips": expected, "sha256": file_sha256(path),
-            "latent_shape": list(latents.shape[1:]),
+            "latent_shape": list(latents.shape[1:]), **stat,
         })
 
     def finish(self) -> "LatentCache":
@@ -234,7 +272,8 @@ class LatentCacheBuilder:
                 raise LatentCacheError(f"{record_path}: written for another key; build again")
             latent_shape = latent_shape or record["latent_shape"]
             shards.append({"file": f"{shard_name(shard)}.safetensors", "num_clips": record["num_clips"],
-                           "sha256": record["sha256"]})
+                           "sha256": record["sha256"], "size": record.get("size"),
+                           "mtime_ns": record.get("mtime_ns")})
         manifest = {
             "format": CACHE_FORMAT, "key": self.key.to_dict(), "key_digest": self.key.digest,
             "num_clips": self.num_clips, "shard_size": self.shard_size, "latent_shape": latent_shape,
@@ -273,6 +312,18 @@ class LatentCache:
 
     def __len__(self) -> int:
         return self.manifest["num_clips"]
+
+    def check_shards(self, verify: str = "changed") -> None:
+        """Checks every shard against its manifest entry as a build does (`shard_problem`), for a reader that did not
+        build the cache; raises `LatentCacheError` naming the first shard that is missing or does not match. Writes
+        nothing: a shard found intact after its mtime moved is hashed again on every read until a build records it."""
+        for shard in self.manifest["shards"]:
+            path = self.directory / shard["file"]
+            if not path.is_file():
+                raise LatentCacheError(f"{path}: missing")
+            problem = shard_problem(path, file_stat(path), shard, verify)
+            if problem is not None:
+                raise LatentCacheError(f"{path}: {problem}")
 
     @property
     def bytes_per_clip(self) -> int:
@@ -367,19 +418,20 @@ def latent_cache_root(cache_dir, output_dir) -> Path:
 
 @torch.no_grad()
 def build_latent_cache(accelerator, model, split, transform, directory, key: LatentCacheKey, *, shard_size: int,
-                       batch_size: int, num_workers: int) -> LatentCache:
+                       batch_size: int, num_workers: int, verify: str = "changed") -> LatentCache:
     """Encodes the clips of `split` once into `directory`, or reuses and verifies what is there; call it on every
     process of `accelerator` (an `accelerate.Accelerator`).
 
     Every process encodes its share of the shards; rank 0 writes the manifest last. Shards already done (record
-    present, checksum right) are kept: a killed build resumes, and a corrupted shard is rewritten.
+    present, file intact as `verify` checks it: see `shard_problem`) are kept: a killed build resumes, and a
+    corrupted shard is rewritten.
     """
     directory = Path(directory)
     builder = LatentCacheBuilder(directory, key, len(split), shard_size)
     if accelerator.is_main_process:
         builder.reset_if_stale()
     accelerator.wait_for_everyone()
-    pending = builder.prepare(accelerator.process_index, accelerator.num_processes)
+    pending = builder.prepare(accelerator.process_index, accelerator.num_processes, verify)
     if pending:
         logger.info("latent cache %s: encoding %d of %d shards on process %d", directory, len(pending),
                     builder.num_shards, accelerator.process_index)
@@ -408,7 +460,8 @@ def build_latent_cache(accelerator, model, split, transform, directory, key: Lat
 
 
 def cached_clip_datasets(accelerator, model, dataset, transform, cache_root, *, fps: float, frames_per_clip: int,
-                         precision: str, shard_size: int, batch_size: int, num_workers: int) -> dict[str, LatentClips]:
+                         precision: str, shard_size: int, batch_size: int, num_workers: int,
+                         verify: str = "changed") -> dict[str, LatentClips]:
     """The `LatentClips` of every split of `dataset`, each from its cache under `cache_root/<split>` (built or
     verified here with `model`'s frozen encoder); the caller has checked `latent_cache_off_reason`."""
     cache_root = Path(cache_root)
@@ -417,7 +470,8 @@ def cached_clip_datasets(accelerator, model, dataset, transform, cache_root, *, 
         key = latent_cache_key(model, split, transform, fps=fps, frames_per_clip=frames_per_clip,
                                precision=precision, autocast=accelerator.mixed_precision)
         cache = build_latent_cache(accelerator, model, split, transform, cache_root / name, key,
-                                   shard_size=shard_size, batch_size=batch_size, num_workers=num_workers)
+                                   shard_size=shard_size, batch_size=batch_size, num_workers=num_workers,
+                                   verify=verify)
         clips[name] = LatentClips(split, cache)
     if accelerator.is_main_process and "train" in clips:
         logger.info("latent cache: %s (%s, %.2f MiB per clip): the encoder and the video decoder are not run again "

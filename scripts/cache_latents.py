@@ -24,6 +24,7 @@ from transformers import HfArgumentParser
 
 from dataset_surgvu.latent_cache import (
     PRECISIONS,
+    VERIFY_MODES,
     build_latent_cache,
     bytes_per_clip,
     latent_cache_key,
@@ -70,9 +71,13 @@ def clip_bytes_formula(latent_shape: tuple[int, int, int], precision: str) -> st
     return f"{steps} steps x {tokens} tokens x ({dim} int8 + 4 B scale)"
 
 
-def shard_records(directory: Path) -> dict[str, int]:
-    """Each shard's completion record and its modification time: what a build wrote shows as new or changed."""
-    return {path.name: path.stat().st_mtime_ns for path in directory.glob("shard-*.json")} if directory.is_dir() else {}
+def shard_files(directory: Path) -> dict[str, int]:
+    """Each finished shard's file and its inode: a shard a build wrote is a new file (renamed into place), while one
+    found intact after a touch keeps its inode (only its record is updated)."""
+    if not directory.is_dir():
+        return {}
+    return {path.name: path.stat().st_ino for path in directory.glob("shard-*.safetensors")
+            if path.with_suffix(".json").is_file()}
 
 
 def main(argv=None) -> int:
@@ -86,6 +91,8 @@ def main(argv=None) -> int:
         parser.error(f"--device must be cuda, mps or cpu, got {args.device}")
     if data_args.cache_precision not in PRECISIONS:
         parser.error(f"--cache_precision must be one of {', '.join(PRECISIONS)}, got {data_args.cache_precision}")
+    if data_args.verify_cache not in VERIFY_MODES:
+        parser.error(f"--verify_cache must be one of {', '.join(VERIFY_MODES)}, got {data_args.verify_cache}")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible.", file=sys.stderr)
         return 2
@@ -116,15 +123,15 @@ def main(argv=None) -> int:
     total_clips, disk_bytes = 0, 0
     for name in names:
         split, directory = dataset[name], cache_root / name
-        before = shard_records(directory)
+        before = shard_files(directory)
         started = time.perf_counter()
         key = latent_cache_key(model, split, transform, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
                                precision=data_args.cache_precision, autocast=accelerator.mixed_precision)
         cache = build_latent_cache(accelerator, model, split, transform, directory, key,
                                    shard_size=data_args.cache_shard_size, batch_size=args.batch_size,
-                                   num_workers=num_workers)
-        after = shard_records(directory)
-        written = sum(before.get(record) != mtime for record, mtime in after.items())
+                                   num_workers=num_workers, verify=data_args.verify_cache)
+        after = shard_files(directory)
+        written = sum(before.get(shard) != inode for shard, inode in after.items())
         shards = cache.manifest["shards"]
         assert not len(cache) or cache.bytes_per_clip == per_clip, (cache.bytes_per_clip, per_clip)
         total_clips += len(cache)

@@ -7,7 +7,8 @@
         [--split validation] [--output report.json] [--plots plots/]
 
 Clips are streamed through the model (decoded and encoded batch by batch, or read from a finished latent cache
-given with `--cache_dir`), never loaded whole. The data options are train_hf.py's (`--test_data` is `--data_root`;
+given with `--cache_dir` whose key is this evaluation's and whose shards pass `--verify_cache`), never loaded whole.
+The data options are train_hf.py's (`--test_data` is `--data_root`;
 same defaults, same split seed; `--fps` defaults to the model config's `fps`, and steps are its `frames_per_step`), so
 `--split validation` is the split that training held out. The report:
 - world-model quality: latent L1 and cosine, teacher-forced (step t + 1 from the true steps 1..t) and rolled out
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from dataset_surgvu.catalog import PROBE_TARGETS
-from dataset_surgvu.latent_cache import latent_cache_key
+from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_key
 from modeling_surgical_wm import rollout_errors
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
@@ -584,8 +585,10 @@ def model_index(report: dict, model_name: str) -> dict:
 
 
 def clip_source(world_model, split, name: str, transform, data_args: DataArguments):
-    """The split's clips, read from a finished latent cache under `--cache_dir` when one matches, else decoded and
-    encoded here; and a line saying which."""
+    """The split's clips, read from a finished latent cache under `--cache_dir` when its key is this evaluation's and
+    its shards pass the checks a build makes (`--verify_cache`), else decoded and encoded here; and a line saying
+    which. A stale or corrupt cache is passed over, not rebuilt: the figures are then the video's own, and the
+    evaluation writes nothing into a cache a training run owns."""
     from dataset_surgvu import SurgVUClips
     from dataset_surgvu.latent_cache import LatentCache, LatentCacheError, LatentClips
 
@@ -594,11 +597,13 @@ def clip_source(world_model, split, name: str, transform, data_args: DataArgumen
         key = latent_cache_key(world_model, split, transform, fps=data_args.fps,
                                frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
                                autocast="no")
+        directory = Path(data_args.cache_dir) / name
         try:
-            return (LatentClips(split, LatentCache(Path(data_args.cache_dir) / name, key)),
-                    f"latent cache {Path(data_args.cache_dir) / name}")
+            cache = LatentCache(directory, key)
+            cache.check_shards(data_args.verify_cache)
+            return LatentClips(split, cache), f"latent cache {directory}"
         except LatentCacheError as error:
-            print(f"latent cache not used: {error}", flush=True)
+            print(f"latent cache not used ({error}): every clip is decoded and encoded", flush=True)
     return SurgVUClips(split, transform), "decoded and encoded here"
 
 
@@ -742,6 +747,8 @@ def main(argv=None) -> int:
         fail(f"--split must be one of {', '.join(entry.evaluation_splits)} for --dataset {entry.name}, got {args.split}")
     if args.push_to_hub and not args.hub_model_id:
         fail("--push_to_hub needs --hub_model_id <user>/<repo>")
+    if data_args.verify_cache not in VERIFY_MODES:
+        fail(f"--verify_cache must be one of {', '.join(VERIFY_MODES)}, got {data_args.verify_cache}")
     args.num_workers = data_args.num_workers
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 

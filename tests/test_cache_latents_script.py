@@ -1,5 +1,6 @@
 """scripts/cache_latents.py on the synthetic SurgVU sample and a tiny world model: the cache it builds is the one
-train_hf.py would look for (same place, same key), and its printed sizes are the arithmetic they claim to be."""
+train_hf.py would look for (same place, same key), a second run keeps it (`--verify_cache full` rewriting only a
+corrupted shard), and its printed sizes are the arithmetic they claim to be."""
 
 import json
 import math
@@ -102,10 +103,21 @@ def test_builds_the_cache_train_hf_looks_for(train_inputs, tmp_path):
     total = sum(len(split) for split in dataset.values())
     assert re.search(rf"^this dataset \(train \+ validation\): {total:,} clips x ", result.stdout, flags=re.M)
 
-    again = cache_latents(args)  # everything verified and kept, nothing rewritten
+    # One shard's bytes changed in place, its size and mtime kept: only --verify_cache full can tell, and rewrites it.
+    victim = output_dir / "latent_cache" / "train" / "shard-00000.safetensors"
+    before = victim.stat()
+    victim.write_bytes(victim.read_bytes()[:-100] + bytes(100))
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    touched = output_dir / "latent_cache" / "validation" / "shard-00000.safetensors"  # intact: kept, not written
+    os.utime(touched, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))
+    again = cache_latents(args + ["--verify_cache", "full"])  # the rest verified and kept, nothing else rewritten
     assert again.returncode == 0, again.stderr
-    shards = math.ceil(len(dataset["train"]) / 4)
-    assert re.search(rf"^train: {shards} shard\(s\) .* \(0 written now, {shards} kept", again.stdout, flags=re.M)
+    assert f"{victim}: checksum mismatch (corrupted): rebuilding it" in again.stderr
+    shards = {name: math.ceil(len(split) / 4) for name, split in dataset.items()}
+    assert re.search(rf"^train: {shards['train']} shard\(s\) .* \(1 written now, {shards['train'] - 1} kept",
+                     again.stdout, flags=re.M), again.stdout
+    assert re.search(rf"^validation: {shards['validation']} shard\(s\) .* \(0 written now, "
+                     rf"{shards['validation']} kept", again.stdout, flags=re.M), again.stdout
 
 
 def test_int8_cache_of_one_split_in_cache_dir(train_inputs, tmp_path):

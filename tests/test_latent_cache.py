@@ -1,5 +1,6 @@
-"""The latent cache: storage precision, resuming a killed build, corrupted shards, stale keys, and training with the
-cache equal to training without it."""
+"""The latent cache: storage precision, resuming a killed build, corrupted shards, what a run re-hashes (only the
+shards whose size or mtime moved, or all with verify="full"), stale keys, the evaluation's reading, and training with
+the cache equal to training without it."""
 
 import json
 import logging
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, train
 from dataset_surgvu import ClipTransform, load_surgvu
+import dataset_surgvu.latent_cache as latent_cache_module
 from dataset_surgvu.latent_cache import (
     LatentCache,
     LatentCacheError,
@@ -33,6 +35,7 @@ from dataset_surgvu.latent_cache import (
     quantize,
 )
 from modeling_surgical_wm import SurgicalWorldModel
+from training_surgical_wm.arguments import DataArguments, parse_training_arguments
 
 FLOAT16_UNIT_ROUNDOFF = 2.0**-11  # float16 keeps 11 significant bits: a stored value is within this relative error
 
@@ -53,12 +56,39 @@ def sample_split(surgvu_sample, train_inputs):
     return load_surgvu(root, cache_dir=cache)["validation"]
 
 
-def build(accelerator, model, split, directory, precision="float16", shard_size=3):
+def build(accelerator, model, split, directory, precision="float16", shard_size=3, verify="changed", autocast=None):
     transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
     key = latent_cache_key(model, split, transform, fps=4.0, frames_per_clip=8, precision=precision,
-                           autocast=accelerator.mixed_precision)
+                           autocast=autocast or accelerator.mixed_precision)
     return build_latent_cache(accelerator, model, split, transform, directory, key, shard_size=shard_size,
-                              batch_size=3, num_workers=0)
+                              batch_size=3, num_workers=0, verify=verify)
+
+
+def overwrite(path: Path, keep_mtime: bool = False) -> None:
+    """Zeroes the last 100 bytes of a file in place: same size, still a valid safetensors file, only a checksum can
+    tell. Its modification time then moves by a second (a later write, however coarse the filesystem's clock), or,
+    with `keep_mtime`, is put back as it was: what size and mtime cannot see."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-100:] = bytes(100)
+    path.write_bytes(bytes(data))
+    mtime_ns = before.st_mtime_ns if keep_mtime else before.st_mtime_ns + 10**9
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    assert path.stat().st_size == before.st_size
+
+
+@pytest.fixture
+def sha256_calls(monkeypatch):
+    """The names of the files `file_sha256` hashes from now on (it still hashes them)."""
+    calls = []
+    original = latent_cache_module.file_sha256
+
+    def counted(path):
+        calls.append(Path(path).name)
+        return original(path)
+
+    monkeypatch.setattr(latent_cache_module, "file_sha256", counted)
+    return calls
 
 
 def encoded(model, split, indices):
@@ -121,9 +151,7 @@ def test_a_corrupted_shard_is_detected_and_rebuilt_never_read(accelerator, world
     build(accelerator, model, sample_split, directory)
     clean = shard_tensors(directory)
     victim = directory / "shard-00001.safetensors"
-    data = bytearray(victim.read_bytes())
-    data[-100:] = bytes(100)  # zeroed latent values: the file still parses, only the checksum can tell
-    victim.write_bytes(bytes(data))
+    overwrite(victim)  # zeroed latent values: the file still parses, only the checksum can tell
     others = {name: (directory / name).stat().st_mtime_ns for name in clean if name != victim.name}
     with caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
         cache = build(accelerator, model, sample_split, directory)
@@ -132,6 +160,116 @@ def test_a_corrupted_shard_is_detected_and_rebuilt_never_read(accelerator, world
     assert {name: (directory / name).stat().st_mtime_ns for name in others} == others  # the rest was kept
     reference = encoded(model, sample_split, [3, 4, 5])
     torch.testing.assert_close(torch.stack([cache[i] for i in (3, 4, 5)]), reference, rtol=1e-3, atol=1e-3)
+
+
+def test_a_run_hashes_only_the_shards_whose_size_or_mtime_moved(accelerator, world_model_dir, sample_split, tmp_path,
+                                                                sha256_calls):
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    directory = tmp_path / "cache"
+    cache = build(accelerator, model, sample_split, directory)
+    shards = sorted(shard["file"] for shard in cache.manifest["shards"])
+    assert len(shards) > 1
+    assert sha256_calls == shards  # a shard is hashed once, when written
+    record = json.loads((directory / "shard-00000.json").read_text())
+    assert (record["size"], record["mtime_ns"]) == (os.stat(directory / shards[0]).st_size,
+                                                     os.stat(directory / shards[0]).st_mtime_ns)
+
+    sha256_calls.clear()
+    again = build(accelerator, model, sample_split, directory)  # the next run: no shard bytes read for hashing
+    again.check_shards()  # nor by the evaluation's check
+    assert sha256_calls == []
+    again.check_shards("full")
+    build(accelerator, model, sample_split, directory, verify="full")
+    assert sha256_calls == shards + shards
+
+    # A touched shard (mtime moved, bytes the same) is hashed once, found intact, kept, and its record updated.
+    sha256_calls.clear()
+    touched = directory / shards[1]
+    mtime_ns = touched.stat().st_mtime_ns + 10**9
+    os.utime(touched, ns=(mtime_ns, mtime_ns))
+    build(accelerator, model, sample_split, directory)
+    assert sha256_calls == [shards[1]] and touched.stat().st_mtime_ns == mtime_ns
+    sha256_calls.clear()
+    build(accelerator, model, sample_split, directory).check_shards()
+    assert sha256_calls == []
+
+
+def test_a_shard_changed_in_size_and_mtime_is_found(accelerator, world_model_dir, sample_split, tmp_path, caplog):
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    directory = tmp_path / "cache"
+    build(accelerator, model, sample_split, directory)
+    clean = shard_tensors(directory)
+    victim = directory / "shard-00001.safetensors"
+    size = victim.stat().st_size
+    with open(victim, "ab") as handle:  # a write that went on: size and mtime both move
+        handle.write(bytes(64))
+    with pytest.raises(LatentCacheError, match=rf"shard-00001.safetensors: size {size + 64:,} B, recorded {size:,} B"):
+        LatentCache(directory).check_shards()
+    with caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
+        cache = build(accelerator, model, sample_split, directory)
+    assert f"{victim}: size {size + 64:,} B, recorded {size:,} B (corrupted): rebuilding it" in caplog.text
+    assert_same_shards(shard_tensors(directory), clean)
+    cache.check_shards("full")
+
+
+def test_bytes_changed_with_size_and_mtime_kept_pass_the_default_and_fail_full(accelerator, world_model_dir,
+                                                                               sample_split, tmp_path, caplog):
+    """The trade-off of `--verify_cache changed`: it trusts size and mtime, so bytes rewritten in place with the
+    mtime put back (or within one tick of the filesystem's clock) are read as they are; `full` finds them."""
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    directory = tmp_path / "cache"
+    build(accelerator, model, sample_split, directory)
+    clean = shard_tensors(directory)
+    victim = directory / "shard-00001.safetensors"
+    overwrite(victim, keep_mtime=True)
+
+    LatentCache(directory).check_shards("changed")  # not detected
+    with caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
+        build(accelerator, model, sample_split, directory)
+    assert "rebuilding" not in caplog.text
+    assert not torch.equal(shard_tensors(directory)[victim.name]["latents"], clean[victim.name]["latents"])
+
+    with pytest.raises(LatentCacheError, match="shard-00001.safetensors: checksum mismatch"):
+        LatentCache(directory).check_shards("full")  # detected
+    with caplog.at_level(logging.WARNING, logger="dataset_surgvu"):
+        cache = build(accelerator, model, sample_split, directory, verify="full")
+    assert f"{victim}: checksum mismatch (corrupted): rebuilding it" in caplog.text
+    assert_same_shards(shard_tensors(directory), clean)
+    cache.check_shards("full")
+    with pytest.raises(ValueError, match="verify must be one of"):
+        cache.check_shards("sometimes")
+    with pytest.raises(SystemExit, match="error: --verify_cache must be one of changed, full, got sometimes"):
+        parse_training_arguments(["--verify_cache", "sometimes"])
+
+
+def test_the_evaluation_reads_a_cache_only_of_its_key_and_with_its_shards_intact(accelerator, world_model_dir,
+                                                                                sample_split, tmp_path, capsys):
+    from evaluate_surgical_model import clip_source
+
+    from dataset_surgvu import SurgVUClips
+
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    directory = tmp_path / "validation"
+    data_args = DataArguments(cache_dir=str(tmp_path))  # the evaluation's key: float16, 4 fps, 8 frames, no autocast
+
+    build(accelerator, model, sample_split, directory, autocast="bf16")  # a bf16 training run's cache
+    clips, source = clip_source(model, sample_split, "validation", transform, data_args)
+    assert isinstance(clips, SurgVUClips) and source == "decoded and encoded here"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"latent cache not used ({directory}: built for another preprocessing): every clip is decoded "
+                     "and encoded"]
+
+    cache = build(accelerator, model, sample_split, directory)  # rebuilt under the evaluation's key
+    clips, source = clip_source(model, sample_split, "validation", transform, data_args)
+    assert isinstance(clips, LatentClips) and source == f"latent cache {directory}"
+    assert torch.equal(clips[4]["latents"], cache[4])
+
+    victim = directory / "shard-00000.safetensors"
+    overwrite(victim)
+    clips, source = clip_source(model, sample_split, "validation", transform, data_args)
+    assert isinstance(clips, SurgVUClips)
+    assert f"latent cache not used ({victim}: checksum mismatch (corrupted))" in capsys.readouterr().out
 
 
 def test_a_changed_encoder_or_crop_rebuilds_the_cache(accelerator, world_model_dir, surgvu_sample, sample_split,

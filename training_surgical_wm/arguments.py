@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from transformers import HfArgumentParser
 
 from dataset_surgvu.catalog import DATASETS
-from dataset_surgvu.latent_cache import PRECISIONS
+from dataset_surgvu.latent_cache import PRECISIONS, VERIFY_MODES
 
 
 @dataclass
@@ -61,6 +61,11 @@ class DataArguments:
         default="float16", metadata={"help": "Latent cache storage: float16, or int8 with a scale per token."}
     )
     cache_shard_size: int = field(default=128, metadata={"help": "Clips per latent cache shard."})
+    verify_cache: str = field(
+        default="changed",
+        metadata={"help": "Latent cache shards to hash again before use: changed (those whose size or modification "
+                          "time differ from their record) or full (all; also finds bytes changed in place)."},
+    )
 
 
 @dataclass
@@ -136,6 +141,9 @@ def check_common_arguments(data_args: DataArguments, train_args: TrainArguments)
     if data_args.cache_precision not in PRECISIONS:
         raise SystemExit(f"error: --cache_precision must be one of {', '.join(PRECISIONS)}, got "
                          f"{data_args.cache_precision}")
+    if data_args.verify_cache not in VERIFY_MODES:
+        raise SystemExit(f"error: --verify_cache must be one of {', '.join(VERIFY_MODES)}, got "
+                         f"{data_args.verify_cache}")
 
 
 def parse_training_arguments(argv=None, description: str = "") -> tuple[ModelArguments, DataArguments, TrainArguments]:

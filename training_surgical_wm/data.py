@@ -72,4 +72,5 @@ def clip_datasets(accelerator: Accelerator, model, dataset, transform, data_args
         accelerator, model, dataset, transform, latent_cache_root(data_args.cache_dir, output_dir), fps=data_args.fps,
         frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
         shard_size=data_args.cache_shard_size, batch_size=batch_size, num_workers=num_workers,
+        verify=data_args.verify_cache,
     )
