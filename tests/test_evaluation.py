@@ -205,7 +205,7 @@ def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_
     assert names == ["confusion_task.png", "confusion_tools.png", "error_per_horizon.png", "surprise_histogram.png"]
     for name in names:
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for text in ("World model: latent L1", "Task recognition", "Tool presence", "majority", "chance"):
+    for text in ("World model: latent L1", "Task recognition", "Tool presence", "majority", "chance", "all Other"):
         assert text in result.stdout
 
 
@@ -225,6 +225,11 @@ def test_bad_input_gets_a_clear_error_naming_the_file(world_model_dir, probes, d
                                                        "--tool_probe", probes["task"] / "best"])
     assert result.returncode != 0
     assert f"{probes['task'] / 'best'}/config.json" in result.stderr and "tools classes" in result.stderr
+
+    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
+                                                       "--fill", "previous"])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--fill other or nearest" in result.stderr and "previous" in result.stderr
 
     result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
                                                        "--validation_fraction", "0", "--split", "validation"])
