@@ -7,7 +7,7 @@
 """
 
 from .builder import SurgVU, SurgVUConfig, crop_box, get_action_spec, get_build_metadata, load_surgvu
-from .builder import SurgVUBuildInfo, get_build_info
+from .builder import SurgVUBuildInfo, TaskFrames, case_task_frames, get_build_info
 from .clips import EpochShuffleSampler, SurgVUClips
 from .labels import ARMS, TASK_CLASSES, TOOL_CLASSES, SurgVULabelError, UnusableLabelFileError, action_names
 from .layout import parse_part_file, scan_surgvu
@@ -45,9 +45,11 @@ __all__ = [
     "SurgVUConfig",
     "SurgVULabelError",
     "UnusableLabelFileError",
+    "TaskFrames",
     "VideoBackendError",
     "VideoInfo",
     "action_names",
+    "case_task_frames",
     "crop_box",
     "decode_clip",
     "default_backend",

@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 import numpy as np
@@ -481,6 +482,43 @@ def load_surgvu(
     return datasets.DatasetDict(splits)
 
 
+class TaskFrames(NamedTuple):
+    """The task ground truth of one video on a frame grid (`case_task_frames`)."""
+
+    frame_indices: np.ndarray  # (F,) int64, frame numbers at the video's own rate; frame_nr k is the k-th
+    tasks: np.ndarray  # (F,) int64, TASK_CLASSES indices (Other where no segment covers the frame)
+    video_fps: float
+
+
+def case_task_frames(data_dir, case_id: str, fps: float = 1.0, labels_dir=None,
+                     unreadable=()) -> dict[int, TaskFrames]:
+    """Every labelled frame of each readable part of a labelled case on a `fps` grid, with its task: the ground truth
+    the organisers score task recognition on (one label per frame at 1 fps per video), clips or no clips.
+
+    The parts are placed on the case timeline as the builder places them: a part named in `unreadable` (the build's
+    `corrupt_videos`) or whose metadata cannot be read now takes the extent its labels reach, and is left out.
+    """
+    videos_dir, labels_dir = resolve_dirs(data_dir, labels_dir)
+    case = find_cases(videos_dir.resolve(), labels_dir.resolve() if labels_dir is not None else None).get(case_id)
+    if case is None or not case.has_labels:
+        raise FileNotFoundError(f"{videos_dir}/{case_id}: no such case with tools.csv and tasks.csv under {labels_dir}")
+    labels = read_case_labels(case.tools_csv, case.tasks_csv)
+    infos = {}
+    for part, video in sorted(case.parts.items()):
+        try:
+            infos[part] = None if str(video) in unreadable else probe_video(video, check_end=False)
+        except CorruptVideoError:
+            infos[part] = None
+    offsets = part_offsets(labels, {part: info.duration if info else None for part, info in infos.items()})
+    frames = {}
+    for part, info in infos.items():
+        if info is not None:
+            indices = sample_frame_indices(info.num_frames, info.fps, fps)
+            _, tasks = labels_at(labels, offsets, part, indices / info.fps)
+            frames[part] = TaskFrames(indices, tasks, info.fps)
+    return frames
+
+
 def get_build_info(dataset) -> SurgVUBuildInfo:
     """The `SurgVUBuildInfo` saved beside the Arrow files of a dataset from `load_surgvu` (any split of it, or the
     whole `DatasetDict`)."""
@@ -542,4 +580,6 @@ __all__ = [
     "get_build_metadata",
     "assign_validation_cases",
     "sample_frame_indices",
+    "case_task_frames",
+    "TaskFrames",
 ]

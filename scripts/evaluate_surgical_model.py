@@ -15,9 +15,11 @@ same defaults, same split seed; `--fps` defaults to the model config's `fps`, an
   (horizon h from step 1), next to the copy-the-last-context baseline; the same with each clip's actions swapped
   for another clip's; the distribution of per-step surprise (the teacher-forced L1 of each step);
 - SurgVU probes, when probes are given or trained (`--train_probes`): task recognition with the organisers' metric
-  (per-frame weighted F1 and accuracy per video, frames without a prediction counted as Other, plain mean over
-  videos; each clip's prediction is given to every frame of the clip), tool presence (mAP and class-averaged F1 per
-  clip), each next to chance and to a majority-class baseline.
+  (every labelled frame of each video at `--eval_fps`, 1 fps by default, is scored; each clip's prediction is given
+  to the frames of its time span and frames no clip covers count as Other; weighted F1 and accuracy per video, plain
+  mean over videos), with `--fill nearest` and `--smooth_frames N` (a majority filter) as further rows and
+  `--predictions_dir` writing the organisers' JSON per video; tool presence (mAP and class-averaged F1 per clip);
+  each next to chance and to a majority-class baseline (task: also Other on every frame).
 With `--dataset mmor` (MM-OR, per timepoint with `--clip_stride 1`) the report adds an MM-OR section: robot phase
 and next action through their probes (classification reports pooled over the takes and per take; null next actions
 skipped), and sterility-breach detection by a probe and by the world model's surprise, each thresholded at the
@@ -89,6 +91,17 @@ class EvaluationArguments:
     max_clips: int | None = field(default=None, metadata={"help": "Evaluate the first N clips of the split only."})
     device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: cuda when available)."})
     seed: int = field(default=0, metadata={"help": "Seed of the chance baselines and of the action swap."})
+    eval_fps: float = field(default=1.0, metadata={"help": "SurgVU task metric: the frame rate of the ground truth "
+                                                           "scored, every labelled frame of each video (the "
+                                                           "organisers' 1 fps)."})
+    fill: str = field(default="other", metadata={"help": "SurgVU task metric: frames no clip covers count as Other, "
+                                                         "as the organisers fill them (`other`); `nearest` adds a row "
+                                                         "that gives them the nearest covered frame's prediction."})
+    smooth_frames: int = field(default=1, metadata={"help": "SurgVU task metric: adds a row with a majority filter "
+                                                            "over N frames of the per-frame predictions (1: none)."})
+    predictions_dir: str | None = field(default=None, metadata={"help": "Write each video's task predictions in "
+                                                                        "the organisers' format: "
+                                                                        "<video>.json, [{frame_nr, surgical_step}]."})
     push_to_hub: bool = field(default=False, metadata={"help": "Put the headline figures into the model card of "
                                                                "--hub_model_id."})
     hub_model_id: str | None = field(default=None, metadata={"help": "<user>/<repo> of the evaluated world model."})
@@ -267,7 +280,7 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
                         num_workers=min(args.num_workers, available_cores()))
     sums, swap_sums, count, swap_count, changed = Accumulator(), Accumulator(), 0, 0, 0
     surprise, previous_actions = [], None
-    outputs = {target: {"scores": [], "labels": [], "frame_labels": [], "sample_ids": []} for target in probes}
+    outputs = {target: {"scores": [], "labels": [], "sample_ids": []} for target in probes}
     for batch in loader:
         latents, actions = clip_latents_and_actions(world_model, batch, device)
         errors = world_model_errors(world_model, latents, actions)
@@ -294,7 +307,6 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
                 out["scores"].append(scores)
                 out["labels"].append(batch["tasks"][labelled][:, -1] if target == "task"
                                      else batch["tools"][labelled][:, -1])
-                out["frame_labels"].append(batch["tasks"][labelled])
                 out["sample_ids"].append(batch["sample_id"][labelled])
     for out in outputs.values():
         for name in list(out):
@@ -343,52 +355,155 @@ def headline(values: dict, keys: tuple) -> dict:
     return {key: values[key] for key in keys}
 
 
-def task_section(result: dict, train_counts: np.ndarray, seed: int) -> dict:
-    """The organisers' task metric for the probe, chance and the training-majority class, per frame."""
+def task_ground_truth(split, indices: list[int], data_args: DataArguments, fps: float) -> dict:
+    """Video path -> `TaskFrames`: every labelled frame, on a `fps` grid, of each video the evaluated labelled clips
+    come from (frames that no clip covers included: the organisers score them all). A video that cannot be read now
+    (broken since the dataset was built) has no frame count: it is named and left out."""
+    from dataset_surgvu import case_task_frames, get_build_info
+
+    columns = split.select_columns(["case_id", "part", "video_path", "has_labels"])[:]
+    videos = {}
+    for index in indices:
+        if columns["has_labels"][index]:
+            videos.setdefault(columns["case_id"][index], {})[columns["part"][index]] = columns["video_path"][index]
+    unreadable = get_build_info(split).corrupt_videos
+    truth = {}
+    for case_id, parts in sorted(videos.items()):
+        frames = case_task_frames(data_args.data_root, case_id, fps, data_args.labels_dir, unreadable)
+        for part, path in sorted(parts.items()):
+            if part in frames:
+                truth[path] = frames[part]
+            else:
+                print(f"note: {path} cannot be read now: its frames are left out of the task metric", flush=True)
+    if not truth:
+        fail(f"no video of the evaluated clips can be read for the task metric ({', '.join(sorted(videos))})")
+    return truth
+
+
+def covered_predictions(result: dict, truth: dict, clip_predictions: np.ndarray, sample_fps: float) -> dict:
+    """Video path -> the class of each ground-truth frame from the clips, -1 where no clip covers it. A clip covers
+    the frames of its time span, from its first sampled frame to one sample period after its last; where clips
+    overlap, the later clip's prediction is kept."""
+    predictions = {video: np.full(len(frames.frame_indices), -1, dtype=np.int64) for video, frames in truth.items()}
+    for prediction, sample in zip(clip_predictions, result["probes"]["task"]["sample_ids"].tolist()):
+        video, clip_frames = result["video_paths"][sample], result["frame_indices"][sample]
+        if video not in truth:
+            continue
+        frames = truth[video]
+        end = clip_frames[-1] + frames.video_fps / sample_fps
+        predictions[video][(frames.frame_indices >= clip_frames[0]) & (frames.frame_indices < end)] = prediction
+    return predictions
+
+
+def fill_nearest(predictions: np.ndarray) -> np.ndarray:
+    """Frames without a prediction (-1) take the nearest predicted frame's class (the earlier one on a tie); a video
+    with no prediction at all stays as it is."""
+    covered = np.flatnonzero(predictions >= 0)
+    if not len(covered):
+        return predictions.copy()
+    position = np.searchsorted(covered, np.arange(len(predictions)))
+    before = covered[np.clip(position - 1, 0, len(covered) - 1)]
+    after = covered[np.clip(position, 0, len(covered) - 1)]
+    frames = np.arange(len(predictions))
+    nearest = np.where(np.abs(after - frames) < np.abs(frames - before), after, before)
+    return np.where(predictions >= 0, predictions, predictions[nearest])
+
+
+def majority_filter(predictions: np.ndarray, window: int, num_classes: int) -> np.ndarray:
+    """Each frame's most frequent class over `window` frames centred on it (cut at the video's ends; an even window
+    reaches one frame further ahead). A tie keeps the frame's own class when it is among the most frequent, else
+    the lowest class index: the result does not depend on the order of the classes' counting."""
+    if window <= 1 or not len(predictions):
+        return predictions.copy()
+    frames = np.arange(len(predictions))
+    counts = np.vstack([np.zeros(num_classes, dtype=np.int64), np.eye(num_classes, dtype=np.int64)[predictions]])
+    counts = counts.cumsum(0)  # (F + 1, C): class counts of the frames before each frame
+    lower = np.maximum(frames - (window - 1) // 2, 0)
+    upper = np.minimum(frames + window // 2 + 1, len(predictions))
+    in_window = counts[upper] - counts[lower]  # (F, C)
+    smoothed = in_window.argmax(1)
+    keep = in_window[frames, predictions] == in_window.max(1)
+    return np.where(keep, predictions, smoothed)
+
+
+def task_section(result: dict, truth: dict, train_counts: np.ndarray, args: EvaluationArguments,
+                 sample_fps: float) -> tuple[dict, dict]:
+    """The organisers' task metric on every labelled frame at `--eval_fps` for the probe (frames no clip covers
+    counting as Other; with `--fill nearest` also as their nearest covered frame; with `--smooth_frames` also
+    smoothed), chance, the training-majority class and Other everywhere. Returns the section and the submitted
+    predictions, video path -> class per frame (-1: none, the organisers count it as Other)."""
     from dataset_surgvu import TASK_CLASSES
 
-    out = result["probes"]["task"]
-    predicted = out["scores"].argmax(-1).numpy()
-    frame_labels, sample_ids = out["frame_labels"].numpy(), out["sample_ids"].numpy()
+    other = TASK_CLASSES.index("Other")
+    predicted = result["probes"]["task"]["scores"].argmax(-1).numpy()
+    videos = sorted(truth, key=lambda path: Path(path).stem)
+    references = np.concatenate([truth[video].tasks for video in videos])
+    video_ids = [Path(video).stem for video in videos for _ in truth[video].tasks]
     metric = load_metric("surgvu_task")
 
-    def per_frame(clip_predictions: np.ndarray):
-        """Each clip's prediction on each of its frames; a frame in several clips keeps the last clip's."""
-        table = {}
-        for prediction, labels, sample in zip(clip_predictions, frame_labels, sample_ids):
-            video = result["video_paths"][sample]
-            for frame, label in zip(result["frame_indices"][sample], labels):
-                table[(video, frame)] = (int(prediction), int(label))
-        keys = sorted(table)
-        return ([table[k][0] for k in keys], [table[k][1] for k in keys], [k[0] for k in keys])
+    def score(per_video: dict) -> dict:
+        predictions = np.concatenate([per_video[video] for video in videos])
+        return metric.compute(predictions=predictions, references=references, video_ids=video_ids)
 
-    def score(clip_predictions):
-        predictions, references, videos = per_frame(clip_predictions)
-        values = metric.compute(predictions=predictions, references=references, video_ids=videos)
-        return values, references, predictions
+    def everywhere(label: int) -> dict:
+        return score({video: np.full(len(truth[video].tasks), label) for video in videos})
 
-    probe, references, predictions = score(predicted)
-    rng = np.random.default_rng(seed)
-    draws = [score(rng.integers(len(TASK_CLASSES), size=len(predicted)))[0] for _ in range(CHANCE_DRAWS)]
-    chance = {key: float(np.mean([draw[key] for draw in draws])) for key in ("f1", "accuracy")}
+    covered = covered_predictions(result, truth, predicted, sample_fps)
+    probe = score(covered)
+    rows = {"probe": {**headline(probe, ("f1", "accuracy", "precision", "recall")),
+                      "note": "frames that no clip covers count as Other, as the organisers fill them"}}
+    submitted = covered
+    if args.fill == "nearest":
+        submitted = {video: fill_nearest(values) for video, values in covered.items()}
+        rows["probe_nearest_fill"] = {**headline(score(submitted), ("f1", "accuracy", "precision", "recall")),
+                                      "note": "frames that no clip covers take the nearest covered frame's class"}
+    if args.smooth_frames > 1:
+        submitted = {video: majority_filter(np.where(values >= 0, values, other), args.smooth_frames,
+                                            len(TASK_CLASSES)) for video, values in submitted.items()}
+        rows["probe_smoothed"] = {**headline(score(submitted), ("f1", "accuracy", "precision", "recall")),
+                                  "note": f"a majority filter over {args.smooth_frames} frames of the "
+                                          f"{args.fill}-filled predictions"}
+    rng = np.random.default_rng(args.seed)
+    draws = [score(covered_predictions(result, truth, rng.integers(len(TASK_CLASSES), size=len(predicted)),
+                                       sample_fps)) for _ in range(CHANCE_DRAWS)]
+    rows["chance"] = {**{key: float(np.mean([draw[key] for draw in draws])) for key in ("f1", "accuracy")},
+                      "note": f"uniform random class per clip, frames no clip covers Other; mean of "
+                              f"{CHANCE_DRAWS} draws"}
     majority_class = int(train_counts.argmax())
-    majority = score(np.full(len(predicted), majority_class))[0]
+    rows["majority"] = {**headline(everywhere(majority_class), ("f1", "accuracy")),
+                        "class": TASK_CLASSES[majority_class],
+                        "note": "the most frequent last-step task of the training clips, on every frame"}
+    rows["all_other"] = {**headline(everywhere(other), ("f1", "accuracy")),
+                         "note": "Other on every frame (about 75% of real SurgVU frames are Other)"}
+    filled = np.concatenate([covered[video] for video in videos])
     confusion = np.zeros((len(TASK_CLASSES), len(TASK_CLASSES)), dtype=int)
-    for reference, prediction in zip(references, predictions):
-        confusion[reference, prediction] += 1
-    return {
+    np.add.at(confusion, (references, np.where(filled >= 0, filled, other)), 1)
+    section = {
         "metric": "SurgVU 2024 category 2: per-frame weighted F1 and accuracy per video, then the mean over videos; "
-                  "frames without a prediction count as Other",
-        "num_clips": int(len(predicted)), "num_frames": probe["num_frames"], "num_videos": probe["num_videos"],
-        "missing_frames": probe["missing_frames"],
-        "probe": headline(probe, ("f1", "accuracy", "precision", "recall")),
-        "chance": {**chance, "note": f"uniform random class per clip, mean of {CHANCE_DRAWS} draws"},
-        "majority": {**headline(majority, ("f1", "accuracy")), "class": TASK_CLASSES[majority_class],
-                     "note": "the most frequent last-step task of the training clips, everywhere"},
+                  "every labelled frame at eval_fps is scored, frames without a prediction count as Other",
+        "eval_fps": args.eval_fps, "num_clips": int(len(predicted)), "num_frames": probe["num_frames"],
+        "num_videos": probe["num_videos"], "missing_frames": probe["missing_frames"],
+        **rows,
+        "submitted": [name for name in rows if name.startswith("probe")][-1],  # the row --predictions_dir holds
         "per_video": probe["per_video"],
         "classes": list(TASK_CLASSES),
         "confusion_matrix": confusion.tolist(),
     }
+    return section, submitted
+
+
+def write_predictions(submitted: dict, directory: Path) -> list[str]:
+    """One `<video>.json` per video in the organisers' format, `[{"frame_nr": 0, "surgical_step": 3}, ...]`: frame_nr
+    is the frame's index on the `--eval_fps` grid; frames without a prediction are left out (the organisers count
+    them as Other)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for video, values in sorted(submitted.items()):
+        path = directory / f"{Path(video).stem}.json"
+        rows = [{"frame_nr": frame, "surgical_step": int(value)} for frame, value in enumerate(values) if value >= 0]
+        path.write_text(json.dumps(rows))
+        written.append(str(path))
+    return written
 
 
 def tools_section(result: dict, train_prevalence: np.ndarray, seed: int) -> dict:
@@ -446,11 +561,15 @@ def print_table(report: dict) -> None:
     probes = report.get("surgvu_probes", {})
     if "task" in probes:
         task = probes["task"]
-        print(f"\nTask recognition ({task['num_videos']} videos, {task['num_frames']} frames, {task['num_clips']} "
-              "clips), mean over videos")
-        print(f"{'':>10} {'weighted F1':>12} {'accuracy':>10}")
-        for name in ("probe", "chance", "majority"):
-            print(f"{name:>10} {task[name]['f1']:12.3f} {task[name]['accuracy']:10.3f}")
+        print(f"\nTask recognition ({task['num_videos']} videos, {task['num_frames']} frames scored at "
+              f"{task['eval_fps']:g} fps, {task['missing_frames']} without a prediction; {task['num_clips']} clips), "
+              "mean over videos")
+        print(f"{'':>22} {'weighted F1':>12} {'accuracy':>10}")
+        rows = {"probe": "probe", "probe_nearest_fill": "probe, nearest fill", "probe_smoothed": "probe, smoothed",
+                "chance": "chance", "majority": "majority", "all_other": "all Other"}
+        for name, title in rows.items():
+            if name in task:
+                print(f"{title:>22} {task[name]['f1']:12.3f} {task[name]['accuracy']:10.3f}")
     if "tools" in probes:
         tools = probes["tools"]
         print(f"\nTool presence ({tools['num_clips']} clips, {tools['classes_evaluated']} classes present)")
@@ -749,6 +868,9 @@ def main(argv=None) -> int:
         fail("--push_to_hub needs --hub_model_id <user>/<repo>")
     if data_args.verify_cache not in VERIFY_MODES:
         fail(f"--verify_cache must be one of {', '.join(VERIFY_MODES)}, got {data_args.verify_cache}")
+    if not args.eval_fps > 0 or args.fill not in ("other", "nearest") or args.smooth_frames < 1:
+        fail(f"--eval_fps must be positive, --fill other or nearest, --smooth_frames at least 1; got "
+             f"{args.eval_fps:g}, {args.fill}, {args.smooth_frames}")
     args.num_workers = data_args.num_workers
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -768,6 +890,8 @@ def main(argv=None) -> int:
                 flag = f"--{'tool' if target == 'tools' else target}_probe"
                 fail(f"{flag} is a {PROBE_TARGETS[target].dataset} probe; the data is --dataset {entry.name}")
             probes[target] = load_probe(path, target, world_model)
+    if args.predictions_dir and "task" not in probes:
+        fail("--predictions_dir writes the task probe's predictions: give --task_probe (or --train_probes)")
     for probe in probes.values():
         probe.to(device).eval()
 
@@ -799,7 +923,10 @@ def main(argv=None) -> int:
             if not len(result["probes"]["task"]["scores"]):
                 fail(f"the {args.split} split of {data_args.data_root} has no labelled clip for the task probe")
             counts = split_label_counts(train_split, train_indices, PROBE_TARGETS["task"]).numpy()
-            report["surgvu_probes"]["task"] = task_section(result, counts, args.seed)
+            truth = task_ground_truth(split, indices, data_args, args.eval_fps)
+            report["surgvu_probes"]["task"], submitted = task_section(result, truth, counts, args, data_args.fps)
+            if args.predictions_dir:
+                report["predictions"] = write_predictions(submitted, Path(args.predictions_dir))
         if "tools" in surgvu_probes:
             if not len(result["probes"]["tools"]["scores"]):
                 fail(f"the {args.split} split of {data_args.data_root} has no labelled clip for the tool probe")
@@ -827,6 +954,8 @@ def main(argv=None) -> int:
     os.replace(partial, output)
     print_table(report)
     print(f"\nreport: {output}" + (f"; figures: {', '.join(report['plots'])}" if args.plots else ""))
+    if "predictions" in report:
+        print(f"task predictions, organisers' format: {len(report['predictions'])} files in {args.predictions_dir}")
     if args.push_to_hub:
         from huggingface_hub import metadata_update
 
