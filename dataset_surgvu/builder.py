@@ -502,7 +502,7 @@ def case_task_frames(data_dir, case_id: str, fps: float = 1.0, labels_dir=None,
     case = find_cases(videos_dir.resolve(), labels_dir.resolve() if labels_dir is not None else None).get(case_id)
     if case is None or not case.has_labels:
         raise FileNotFoundError(f"{videos_dir}/{case_id}: no such case with tools.csv and tasks.csv under {labels_dir}")
-    labels = read_case_labels(case.tools_csv, case.tasks_csv)
+    labels = read_case_labels(case.tools_csv, case.tasks_csv, parts=case.parts)
     infos = {}
     for part, video in sorted(case.parts.items()):
         try:

@@ -149,7 +149,7 @@ def case_labels(video: Path, labels_dir: str | None):
         where = found_dir / case_id if found_dir is not None else f"labels/ beside {videos_dir}"
         return part, None, None, f"no tools.csv and tasks.csv for {case_id} (looked in {where}; --labels_dir sets it)"
     try:
-        labels = read_case_labels(case.tools_csv, case.tasks_csv)
+        labels = read_case_labels(case.tools_csv, case.tasks_csv, parts=case.parts)
     except SurgVULabelError as error:
         fail(str(error))
     durations = {}
