@@ -130,6 +130,27 @@ def test_more_broken_clips_than_max_bad_clips_stop_the_run_with_one_line(broken_
     assert not (tmp_path / "run" / "final").exists()
 
 
+def test_two_processes_skip_broken_clips_together_and_end_identical(broken_sample, world_model_dir, tmp_path):
+    root, arrow, video, clips = broken_sample
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  os.path.join(REPO_ROOT, "configs", "accelerate", "cpu_2proc.yaml")]
+    samples = tmp_path / "samples"
+    result = train([*run_options(world_model_dir, root, arrow), "--max_bad_clips", "0.9", "--num_epochs", "2",
+                    "--output_dir", str(tmp_path / "run"), "--sample_log", str(samples)],
+                   env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, launcher=accelerate)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes: 2" in result.stderr and "Traceback" not in result.stderr
+    # With this seed some process's whole batch is broken at some step: it runs a stand-in, every process skips.
+    assert "skipped, a process had no decodable clip in its batch" in result.stderr
+    named = [line for line in result.stderr.splitlines() if f"{video}: cannot be decoded" in line]
+    assert 1 <= len(named) <= 2 and len({line.split("]")[0] for line in named}) == len(named)  # once per process
+    epochs = [re.search(r"skipped undecodable clips: (\d+) train", line)
+              for line in result.stderr.splitlines() if "Epoch " in line]
+    assert len(epochs) == 2 and all(found is not None and 1 <= int(found.group(1)) <= clips for found in epochs)
+    finals = [Path(f"{samples}.rank{rank}").read_text().splitlines()[-1] for rank in (0, 1)]
+    assert finals[0].startswith("final weights ") and finals[0] == finals[1]
+
+
 def test_the_evaluation_skips_and_counts_the_broken_clips(broken_sample, world_model_dir, tmp_path):
     root, arrow, video, clips = broken_sample
     result = subprocess.run(
