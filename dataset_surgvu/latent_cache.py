@@ -414,7 +414,7 @@ def build_latent_cache(accelerator, model, split, transform, directory, key: Lat
                                   for index in shard_clips(pending[0], len(split), shard_size)):
                 shard = pending.pop(0)
                 clips = shard_clips(shard, len(split), shard_size)
-                shape = next((latents.shape for latents in encoded.values()), None)
+                shape = next((clip.shape for clip in encoded.values()), None)
                 if shape is None:  # nothing decoded yet: the latents' shape from an all-zero clip
                     frames = len(split[clips[0]]["frame_indices"])
                     zeros = torch.zeros(1, frames, 3, transform.crop_size, transform.crop_size)
@@ -446,8 +446,9 @@ def cached_clip_datasets(accelerator, model, dataset, transform, cache_root, *, 
                                    shard_size=shard_size, batch_size=batch_size, num_workers=num_workers)
         clips[name] = LatentClips(split, cache)
         if accelerator.is_main_process and cache.broken_clips:
+            files = ", ".join(sorted(set(cache.broken_clips.values())))
             logger.warning("latent cache %s: %d clip(s) recorded as undecodable when it was built are skipped (%s)",
-                           cache.directory, len(cache.broken_clips), ", ".join(sorted(set(cache.broken_clips.values()))))
+                           cache.directory, len(cache.broken_clips), files)
     if accelerator.is_main_process and "train" in clips:
         logger.info("latent cache: %s (%s, %.2f MiB per clip): the encoder and the video decoder are not run again "
                     "while training", cache_root, precision, clips["train"].cache.bytes_per_clip / 2**20)
