@@ -1,7 +1,7 @@
 """The torch side of a `load_surgvu` split: a map-style `Dataset` of decoded clips and a resumable epoch sampler.
 
     from torch.utils.data import DataLoader
-    from dataset_surgvu import ClipTransform, EpochShuffleSampler, SurgVUClips, load_surgvu
+    from dataset_surgvu import ClipTransform, EpochShuffleSampler, SurgVUClips, collate_clips, load_surgvu
 
     split = load_surgvu("/data/surgvu")["train"]
     clips = SurgVUClips(split, ClipTransform(crop_size=256))
