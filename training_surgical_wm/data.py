@@ -108,6 +108,8 @@ class SkippedClips:
         self.in_epoch = 0
 
     def check(self, batch: dict) -> CheckedBatch:
+        """Counts a `collate_clips` batch's broken clips on every process (a collective: every process calls it at
+        every batch); raises SystemExit past the limit."""
         broken = batch.get("broken_clips", [])
         self.files.add(broken)
         empty = batch_size(batch) == 0
@@ -128,6 +130,7 @@ class SkippedClips:
         return CheckedBatch(batch, empty, empties > 0, lost > 0)
 
     def first_decoded(self) -> dict:
+        """A one-clip batch of the split's first clip that decodes: the stand-in before any batch of ours decoded."""
         for index in range(len(self.clips)):
             item = self.clips[index]
             if not isinstance(item, BrokenClip):
