@@ -18,12 +18,13 @@ from torch.utils.data import DataLoader
 
 from accelerate.logging import get_logger
 
-from dataset_surgvu import EpochShuffleSampler
+from dataset_surgvu import EpochShuffleSampler, collate_clips
 from dataset_surgvu.latent_cache import latent_cache_off_reason
 from training_surgical_wm.accelerator import available_cores, cosine_schedule, init_trackers, make_accelerator
 from training_surgical_wm.arguments import parse_training_arguments, public_arguments
 from training_surgical_wm.checkpoints import resume_progress, save_checkpoint
 from training_surgical_wm.data import (
+    SkippedClips,
     clip_datasets,
     clip_inputs,
     data_fps,
@@ -71,7 +72,8 @@ def main(argv=None) -> None:
     num_workers = min(data_args.num_workers, available_cores())
     train_sampler = EpochShuffleSampler(len(dataset["train"]), train_args.seed)
     loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
-                     "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available()}
+                     "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available(),
+                     "collate_fn": collate_clips}
     cache_off = latent_cache_off_reason(no_cache=data_args.no_cache, encoder_frozen=model_args.encoder_frozen,
                                         transform=transform)
     clips = clip_datasets(accelerator, model, dataset, transform, data_args, output_dir, cache_off,
@@ -114,6 +116,7 @@ def main(argv=None) -> None:
     guard = NonFiniteGuard(accelerator, train_args.max_grad_norm)
     bad_steps = BadStepLimit(accelerator, train_args.max_bad_steps, checkpoints_dir, progress["skipped_steps"])
     hooks = DebugHooks(train_args, accelerator.process_index)
+    skipped = {name: SkippedClips(accelerator, name, clips[name], train_args.max_bad_clips) for name in clips}
     world_model = accelerator.unwrap_model(model)
     progress_bar = None
     if accelerator.is_local_main_process:
@@ -136,13 +139,18 @@ def main(argv=None) -> None:
         batches_in_epoch = resume_batches if epoch == start_epoch else 0
         active = accelerator.skip_first_batches(train_dataloader, batches_in_epoch) if batches_in_epoch else train_dataloader
         sums = {name: torch.zeros((), device=accelerator.device) for name in TRAIN_METRICS + ("clips",)}
+        for split_skipped in skipped.values():
+            split_skipped.new_epoch()
+        window_lost_a_batch = False
         for batch in active:
             batches_in_epoch += 1
+            checked = skipped["train"].check(batch)
+            batch, window_lost_a_batch = checked.batch, window_lost_a_batch or checked.skip_step
             hooks.on_batch(global_step, epoch, batch)
             with accelerator.accumulate(model):
                 output = model(**clip_inputs(batch), actions=batch["actions"])
                 loss = hooks.on_loss(global_step + 1, output.loss)
-                loss_is_bad = guard.backward(loss)
+                loss_is_bad = guard.backward(loss, skip=checked.skip_step)
                 updated = guard.step(model, optimizer) if accelerator.sync_gradients else None
             if not loss_is_bad:
                 for name in TRAIN_METRICS:
@@ -153,7 +161,11 @@ def main(argv=None) -> None:
                 continue
 
             # ---- one optimizer step has ended (taken or skipped)
-            bad_steps.update(updated, global_step + 1)
+            if window_lost_a_batch:
+                logger.warning(f"step {global_step + 1}: skipped, a process had no decodable clip in its batch")
+            else:
+                bad_steps.update(updated, global_step + 1)
+            window_lost_a_batch = False
             if updated:
                 world_model.update_target_encoder()
             global_step += 1
@@ -175,7 +187,7 @@ def main(argv=None) -> None:
         # ---- end of epoch: validation, the epoch's log line, best export
         totals = accelerator.reduce(sums, reduction="sum")
         train_metrics = {name: totals[name].item() / max(totals["clips"].item(), 1.0) for name in TRAIN_METRICS}
-        val_metrics = (run_validation(accelerator, model, val_dataloader, train_args.seed)
+        val_metrics = (run_validation(accelerator, model, val_dataloader, train_args.seed, skipped["validation"])
                        if len(dataset["validation"]) else {})
         record = {"epoch": epoch + 1, "step": global_step, "lr": lr_scheduler.get_last_lr()[0],
                   **{f"train_{k}": v for k, v in train_metrics.items()},
@@ -190,6 +202,8 @@ def main(argv=None) -> None:
                f"{val_metrics['contrastive_loss']:.4f}, mask {val_metrics['mask_loss']:.4f}) | rollout error "
                f"{val_metrics['rollout_error']:.4f} vs copy-context {val_metrics['copy_context_error']:.4f}"
                if val_metrics else " | no validation clips")
+            + (f" | skipped undecodable clips: {skipped['train'].in_epoch} train, "
+               f"{skipped['validation'].in_epoch} validation" if any(s.in_epoch for s in skipped.values()) else "")
         )
         score = val_metrics.get("loss", train_metrics["loss"])
         if score < best_val:

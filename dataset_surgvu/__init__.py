@@ -8,7 +8,7 @@
 
 from .builder import SurgVU, SurgVUConfig, crop_box, get_action_spec, get_build_metadata, load_surgvu
 from .builder import SurgVUBuildInfo, TaskFrames, case_task_frames, get_build_info
-from .clips import EpochShuffleSampler, SurgVUClips
+from .clips import BrokenClip, BrokenFiles, EpochShuffleSampler, SurgVUClips, collate_clips
 from .labels import ARMS, TASK_CLASSES, TOOL_CLASSES, SurgVULabelError, UnusableLabelFileError, action_names
 from .layout import parse_part_file, scan_surgvu
 from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ClipTransform, vjepa2_preprocess
@@ -30,6 +30,8 @@ from .video import (
 __all__ = [
     "ARMS",
     "BackendChoice",
+    "BrokenClip",
+    "BrokenFiles",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
     "TASK_CLASSES",
@@ -50,6 +52,7 @@ __all__ = [
     "VideoInfo",
     "action_names",
     "case_task_frames",
+    "collate_clips",
     "crop_box",
     "decode_clip",
     "default_backend",

@@ -43,7 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .clips import SurgVUClips
+from .clips import BrokenClip, BrokenFiles, SurgVUClips, collate_clips
 
 
 logger = logging.getLogger(__name__)
@@ -243,8 +243,9 @@ class LatentCacheBuilder:
         mine = range(process_index, self.num_shards, num_processes)
         return [shard for shard in mine if not self.shard_is_done(shard, verify)]
 
-    def write_shard(self, shard: int, latents: torch.Tensor) -> None:
-        """Stores the latents `(clips, steps, tokens, dim)` of one shard's clips, in order, atomically."""
+    def write_shard(self, shard: int, latents: torch.Tensor, broken: dict[int, str] | None = None) -> None:
+        """Stores the latents `(clips, steps, tokens, dim)` of one shard's clips, in order, atomically; `broken`
+        names the clips (index in the split: video file) that could not be decoded, whose latents are zeros."""
         expected = len(shard_clips(shard, self.num_clips, self.shard_size))
         if latents.shape[0] != expected:
             raise ValueError(f"shard {shard} holds {expected} clips, got latents for {latents.shape[0]}")
@@ -258,11 +259,12 @@ class LatentCacheBuilder:
         _write_json(self.directory / f"{name}.json", {
             "key_digest": self.key.digest, "num_clips": expected, "sha256": file_sha256(path),
             "latent_shape": list(latents.shape[1:]), **stat,
+            **({"broken_clips": {str(index): file for index, file in sorted(broken.items())}} if broken else {}),
         })
 
     def finish(self) -> "LatentCache":
         """Rank 0, after every process wrote its shards: checks every record and writes the manifest last."""
-        shards, latent_shape = [], None
+        shards, latent_shape, broken = [], None, {}
         for shard in range(self.num_shards):
             record_path = self.directory / f"{shard_name(shard)}.json"
             if not record_path.is_file():
@@ -271,6 +273,7 @@ class LatentCacheBuilder:
             if record.get("key_digest") != self.key.digest:
                 raise LatentCacheError(f"{record_path}: written for another key; build again")
             latent_shape = latent_shape or record["latent_shape"]
+            broken.update(record.get("broken_clips", {}))
             shards.append({"file": f"{shard_name(shard)}.safetensors", "num_clips": record["num_clips"],
                            "sha256": record["sha256"], "size": record.get("size"),
                            "mtime_ns": record.get("mtime_ns")})
@@ -278,7 +281,7 @@ class LatentCacheBuilder:
             "format": CACHE_FORMAT, "key": self.key.to_dict(), "key_digest": self.key.digest,
             "num_clips": self.num_clips, "shard_size": self.shard_size, "latent_shape": latent_shape,
             "bytes_per_clip": bytes_per_clip(tuple(latent_shape), self.key.precision) if latent_shape else 0,
-            "shards": shards,
+            "shards": shards, **({"broken_clips": broken} if broken else {}),
         }
         _write_json(self.directory / MANIFEST, manifest)
         return LatentCache(self.directory, self.key)
@@ -307,6 +310,8 @@ class LatentCache:
             raise LatentCacheError(f"{self.directory}: built for another {changed}")
         self.shard_size = self.manifest["shard_size"]
         self.latent_shape = tuple(self.manifest["latent_shape"] or ())  # () for an empty split
+        # clips that could not be decoded when the cache was built (index: video file); their latents are zeros
+        self.broken_clips = {int(index): file for index, file in self.manifest.get("broken_clips", {}).items()}
         self._handles: dict = {}
         self._pid = os.getpid()
 
@@ -353,7 +358,9 @@ class LatentCache:
 class LatentClips(Dataset):
     """Rows of a `load_surgvu` split with their cached latents instead of their frames: `latents` `(S, N, D)`,
     `actions`, the per-step labels (SurgVU's `tasks` and `tools`, or MM-OR's `phase`, `next_action`,
-    `seconds_to_next_action` and `breach`) and `sample_id`, as the clip transforms give them apart from the pixels."""
+    `seconds_to_next_action` and `breach`) and `sample_id`, as the clip transforms give them apart from the pixels.
+    A clip the cache recorded as undecodable is a `BrokenClip`, as `SurgVUClips` gives it (batch with
+    `collate_clips`)."""
 
     LABEL_COLUMNS = {"tasks": torch.int64, "tools": torch.float32,  # SurgVU
                      "phase": torch.int64, "next_action": torch.int64, "seconds_to_next_action": torch.float32,
@@ -369,7 +376,10 @@ class LatentClips(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict | BrokenClip:
+        if index in self.cache.broken_clips:
+            return BrokenClip(self.cache.broken_clips[index], "could not be decoded when the latent cache was built",
+                              index)
         row = self.split[index]
         return {
             "latents": self.cache[index],
@@ -424,7 +434,9 @@ def build_latent_cache(accelerator, model, split, transform, directory, key: Lat
 
     Every process encodes its share of the shards; rank 0 writes the manifest last. Shards already done (record
     present, file intact as `verify` checks it: see `shard_problem`) are kept: a killed build resumes, and a
-    corrupted shard is rewritten.
+    corrupted shard is rewritten. A clip whose video cannot be decoded is stored as zeros and recorded as broken in
+    its shard's record and the manifest, each file named once in a warning; its shard counts as done, so later builds
+    and epochs do not try it again.
     """
     directory = Path(directory)
     builder = LatentCacheBuilder(directory, key, len(split), shard_size)
@@ -437,18 +449,32 @@ def build_latent_cache(accelerator, model, split, transform, directory, key: Lat
                     builder.num_shards, accelerator.process_index)
         indices = [index for shard in pending for index in shard_clips(shard, len(split), shard_size)]
         loader = DataLoader(Subset(SurgVUClips(split, transform), indices), batch_size=batch_size,
-                            num_workers=num_workers)
+                            num_workers=num_workers, collate_fn=collate_clips)
         model.to(accelerator.device).eval()
-        buffered, written = [], 0
+        encoded, broken, files, written, position = {}, {}, BrokenFiles(logger.warning), 0, 0
         for batch in loader:
-            with accelerator.autocast():
-                buffered.append(model.encode(batch["pixel_values_videos"].to(accelerator.device)).float().cpu())
-            while pending and sum(len(latents) for latents in buffered) >= len(shard_clips(pending[0], len(split),
-                                                                                           shard_size)):
-                latents = torch.cat(buffered)
-                size = len(shard_clips(pending[0], len(split), shard_size))
-                builder.write_shard(pending.pop(0), latents[:size])
-                buffered, written = [latents[size:]], written + 1
+            expected, position = indices[position:position + batch_size], position + batch_size
+            decoded = batch["sample_id"].tolist() if "sample_id" in batch else []
+            if decoded:
+                with accelerator.autocast():
+                    latents = model.encode(batch["pixel_values_videos"].to(accelerator.device)).float().cpu()
+                encoded.update(zip(decoded, latents))
+            lost = [index for index in expected if index not in decoded]  # in the order collate_clips lists them
+            files.add(batch.get("broken_clips", []))
+            broken.update((index, file) for index, (file, _) in zip(lost, batch.get("broken_clips", [])))
+            while pending and all(index in encoded or index in broken
+                                  for index in shard_clips(pending[0], len(split), shard_size)):
+                shard = pending.pop(0)
+                clips = shard_clips(shard, len(split), shard_size)
+                shape = next((clip.shape for clip in encoded.values()), None)
+                if shape is None:  # nothing decoded yet: the latents' shape from an all-zero clip
+                    frames = len(split[clips[0]]["frame_indices"])
+                    zeros = torch.zeros(1, frames, 3, transform.crop_size, transform.crop_size)
+                    shape = model.encode(zeros.to(accelerator.device)).shape[1:]
+                builder.write_shard(shard, torch.stack([encoded.pop(index) if index in encoded
+                                                        else torch.zeros(shape) for index in clips]),
+                                    {index: broken[index] for index in clips if index in broken})
+                written += 1
                 if written % 10 == 0 or not pending:
                     logger.info("latent cache: %d shard(s) written by process %d", written,
                                 accelerator.process_index)
@@ -473,6 +499,10 @@ def cached_clip_datasets(accelerator, model, dataset, transform, cache_root, *, 
                                    shard_size=shard_size, batch_size=batch_size, num_workers=num_workers,
                                    verify=verify)
         clips[name] = LatentClips(split, cache)
+        if accelerator.is_main_process and cache.broken_clips:
+            files = ", ".join(sorted(set(cache.broken_clips.values())))
+            logger.warning("latent cache %s: %d clip(s) recorded as undecodable when it was built are skipped (%s)",
+                           cache.directory, len(cache.broken_clips), files)
     if accelerator.is_main_process and "train" in clips:
         logger.info("latent cache: %s (%s, %.2f MiB per clip): the encoder and the video decoder are not run again "
                     "while training", cache_root, precision, clips["train"].cache.bytes_per_clip / 2**20)

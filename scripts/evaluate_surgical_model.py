@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from dataset_surgvu import BrokenFiles, collate_clips
 from dataset_surgvu.catalog import PROBE_TARGETS
 from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_key
 from modeling_surgical_wm import rollout_errors
@@ -267,6 +268,10 @@ def swapped(actions: torch.Tensor, previous: torch.Tensor | None) -> torch.Tenso
     return None  # a single clip and nothing before it: no other clip to take actions from
 
 
+def warn_line(message: str) -> None:
+    print(f"warning: {message}", flush=True)
+
+
 @torch.no_grad()
 def run(args, world_model, probes: dict, split, indices: list[int], clips, device) -> dict:
     """Streams the clips once; returns the per-step error means, the surprise values and the probe outputs."""
@@ -277,11 +282,15 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
     else:  # MM-OR: its probes are scored per timepoint by `run_mmor`
         video_paths = frame_indices = has_labels = None
     loader = DataLoader(Subset(clips, indices), batch_size=args.batch_size, shuffle=False,
-                        num_workers=min(args.num_workers, available_cores()))
+                        num_workers=min(args.num_workers, available_cores()), collate_fn=collate_clips)
+    broken = BrokenFiles(warn_line)
     sums, swap_sums, count, swap_count, changed = Accumulator(), Accumulator(), 0, 0, 0
     surprise, previous_actions = [], None
     outputs = {target: {"scores": [], "labels": [], "sample_ids": []} for target in probes}
     for batch in loader:
+        broken.add(batch.get("broken_clips", []))
+        if "sample_id" not in batch:  # every clip of the batch failed to decode
+            continue
         latents, actions = clip_latents_and_actions(world_model, batch, device)
         errors = world_model_errors(world_model, latents, actions)
         for name, values in errors.items():
@@ -308,12 +317,15 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
                 out["labels"].append(batch["tasks"][labelled][:, -1] if target == "task"
                                      else batch["tools"][labelled][:, -1])
                 out["sample_ids"].append(batch["sample_id"][labelled])
+    if broken.count:
+        print(f"skipped {broken.count} clip(s) that failed to decode: {broken.summary()}", flush=True)
     for out in outputs.values():
         for name in list(out):
             out[name] = torch.cat(out[name]) if out[name] else torch.zeros(0)
     return {"sums": sums, "swap_sums": swap_sums, "count": count, "swap_count": swap_count, "swap_changed": changed,
             "surprise": torch.cat(surprise) if surprise else torch.zeros(0), "probes": outputs,
-            "video_paths": video_paths, "frame_indices": frame_indices}
+            "video_paths": video_paths, "frame_indices": frame_indices,
+            "skipped_clips": {"clips": broken.count, "files": broken.clips}}
 
 
 # ------------------------------------------------------------------------------------------------------- report
@@ -744,10 +756,14 @@ def run_mmor(args, world_model, probes: dict, split, clips, device, indices: lis
     rows = split.select_columns(["take", "timepoints"])
     takes, timepoints = rows["take"], rows["timepoints"]
     loader = DataLoader(Subset(clips, indices), batch_size=args.batch_size, shuffle=False,
-                        num_workers=min(args.num_workers, available_cores()))
+                        num_workers=min(args.num_workers, available_cores()), collate_fn=collate_clips)
+    broken = BrokenFiles(warn_line)
     records = {"take": [], "timepoint": [], "surprise": [], **{name: [] for name in MMOR_LABELS},
                **{f"{target}_scores": [] for target in probes}}
     for batch in loader:
+        broken.add(batch.get("broken_clips", []))
+        if "sample_id" not in batch:  # every clip of the batch failed to decode
+            continue
         latents, actions = clip_latents_and_actions(world_model, batch, device)
         predicted = world_model.predict(latents[:, :-1], actions[:, :-1])
         last_l1, _ = latent_errors(predicted[:, -1:], latents[:, -1:])  # the clip's last timepoint
@@ -759,6 +775,8 @@ def run_mmor(args, world_model, probes: dict, split, clips, device, indices: lis
         for sample in batch["sample_id"].tolist():
             records["take"].append(takes[sample])
             records["timepoint"].append(int(timepoints[sample][-1]))
+    if broken.count:
+        print(f"skipped {broken.count} clip(s) that failed to decode: {broken.summary()}", flush=True)
     return {name: values if name in ("take", "timepoint") else (torch.cat(values).numpy() if values else np.zeros(0))
             for name, values in records.items()}
 
@@ -915,6 +933,8 @@ def main(argv=None) -> int:
     result = run(args, world_model, surgvu_probes, split, indices, clips, device)
     report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
               "clips": source, "world_model": world_model_section(result)}
+    if result["skipped_clips"]["clips"]:  # failed to decode: left out of every figure
+        report["skipped_clips"] = result["skipped_clips"]
     if surgvu_probes:
         train_split = dataset["train"]
         train_indices = PROBE_TARGETS["task"].labelled_indices(train_split)

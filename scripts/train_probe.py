@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from accelerate.logging import get_logger
+from accelerate.utils import gather_object
 
-from dataset_surgvu import EpochShuffleSampler
+from dataset_surgvu import EpochShuffleSampler, collate_clips
 from dataset_surgvu.catalog import PROBE_TARGETS, ProbeTarget, get_dataset, get_probe_target
 from dataset_surgvu.latent_cache import latent_cache_off_reason
 from modeling_surgical_wm import SurgicalWorldModelForVideoClassification
@@ -45,7 +46,14 @@ from training_surgical_wm.arguments import (
     public_arguments,
 )
 from training_surgical_wm.checkpoints import resume_progress, save_checkpoint
-from training_surgical_wm.data import clip_datasets, clip_inputs, dataset_entry, load_dataset_splits, split_groups
+from training_surgical_wm.data import (
+    SkippedClips,
+    clip_datasets,
+    clip_inputs,
+    dataset_entry,
+    load_dataset_splits,
+    split_groups,
+)
 from training_surgical_wm.export import create_hub_repo, export_model, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
 from training_surgical_wm.loading import check_checkpoint_folder
@@ -149,14 +157,27 @@ form) before any use beyond non-commercial research.
 
 
 @torch.no_grad()
-def validate(accelerator, model, dataloader, target: ProbeTarget) -> dict:
+def validate(accelerator, model, dataloader, target: ProbeTarget, skipped: SkippedClips) -> dict:
     """Mean unweighted loss (cross-entropy, or binary cross-entropy averaged over the classes) and accuracy (per
-    class for tools) over the validation clips, gathered from every process."""
+    class for tools) over the validation clips, gathered from every process. Clips that fail to decode are left out
+    and counted in `skipped`: a batch that lost some is gathered as objects (the processes' batches differ in size)
+    and the clips padded in to even out the last batch are dropped by sample id."""
     model.eval()
-    loss_sum, hits, count = 0.0, 0.0, 0
+    loss_sum, hits, count, seen = 0.0, 0.0, 0, set()
     for batch in dataloader:
-        logits = model(**clip_inputs(batch)).logits
-        logits, labels = accelerator.gather_for_metrics((logits.float(), target.clip_labels(batch)))
+        checked = skipped.check(batch)
+        batch = checked.batch
+        values = (batch["sample_id"], model(**clip_inputs(batch)).logits.float(), target.clip_labels(batch))
+        if not checked.lost_clips:
+            sample_ids, logits, labels = accelerator.gather_for_metrics(values)
+        else:
+            parts = gather_object([] if checked.stand_in else [tuple(value.cpu() for value in values)])
+            if not parts:  # no process had a decoded clip
+                continue
+            sample_ids, logits, labels = (torch.cat(part) for part in zip(*parts))
+            fresh = torch.tensor([sample_id not in seen for sample_id in sample_ids.tolist()], dtype=torch.bool)
+            sample_ids, logits, labels = sample_ids[fresh], logits[fresh], labels[fresh]
+        seen.update(sample_ids.tolist())
         if target.problem_type != "multi_label_classification":
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             hits += (logits.argmax(-1) == labels).sum().item()
@@ -214,7 +235,8 @@ def main(argv=None) -> None:
     train_set, val_set = Subset(clips["train"], indices["train"]), Subset(clips["validation"], indices["validation"])
     train_sampler = EpochShuffleSampler(len(train_set), train_args.seed)
     loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
-                     "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available()}
+                     "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available(),
+                     "collate_fn": collate_clips}
     train_dataloader = DataLoader(train_set, sampler=train_sampler, drop_last=len(train_set) >= train_args.batch_size,
                                   generator=torch.Generator().manual_seed(train_args.seed), **loader_kwargs)
     val_dataloader = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(train_args.seed),
@@ -251,6 +273,8 @@ def main(argv=None) -> None:
     guard = NonFiniteGuard(accelerator, train_args.max_grad_norm)
     bad_steps = BadStepLimit(accelerator, train_args.max_bad_steps, checkpoints_dir, progress["skipped_steps"])
     hooks = DebugHooks(train_args, accelerator.process_index)
+    skipped = {"train": SkippedClips(accelerator, "train", train_set, train_args.max_bad_clips),
+               "validation": SkippedClips(accelerator, "validation", val_set, train_args.max_bad_clips)}
     probe = accelerator.unwrap_model(model)
 
     # ---- loop
@@ -264,20 +288,29 @@ def main(argv=None) -> None:
         active = (accelerator.skip_first_batches(train_dataloader, batches_in_epoch) if batches_in_epoch
                   else train_dataloader)
         loss_sum, batches = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+        for split_skipped in skipped.values():
+            split_skipped.new_epoch()
+        window_lost_a_batch = False
         for batch in active:
             batches_in_epoch += 1
+            checked = skipped["train"].check(batch)
+            batch, window_lost_a_batch = checked.batch, window_lost_a_batch or checked.skip_step
             hooks.on_batch(global_step, epoch, batch)
             with accelerator.accumulate(model):
                 output = model(**clip_inputs(batch), labels=target.clip_labels(batch))
                 loss = hooks.on_loss(global_step + 1, output.loss)
-                loss_is_bad = guard.backward(loss)
+                loss_is_bad = guard.backward(loss, skip=checked.skip_step)
                 updated = guard.step(model, optimizer) if accelerator.sync_gradients else None
             if not loss_is_bad:
                 loss_sum += loss.detach().float()
                 batches += 1
             if updated is None:
                 continue
-            bad_steps.update(updated, global_step + 1)
+            if window_lost_a_batch:
+                logger.warning(f"step {global_step + 1}: skipped, a process had no decodable clip in its batch")
+            else:
+                bad_steps.update(updated, global_step + 1)
+            window_lost_a_batch = False
             global_step += 1
             lr_scheduler.step()
             accelerator.log({"train/loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
@@ -291,13 +324,16 @@ def main(argv=None) -> None:
         # ---- end of epoch: validation, the epoch's log line, best export
         totals = accelerator.reduce(torch.stack([loss_sum, batches]), reduction="sum")
         train_loss = (totals[0] / totals[1].clamp(min=1)).item()
-        val = validate(accelerator, model, val_dataloader, target) if len(val_set) else {}
+        val = validate(accelerator, model, val_dataloader, target, skipped["validation"]) if len(val_set) else {}
         history.append({"epoch": epoch + 1, "step": global_step, "train_loss": train_loss,
                         **{f"val_{name}": value for name, value in val.items()}})
         accelerator.log({f"epoch/{k}": v for k, v in history[-1].items()}, step=global_step)
         logger.info(f"Epoch {epoch + 1}/{train_args.num_epochs} | train loss {train_loss:.4f}"
                     + (f" | val loss {val['loss']:.4f}, accuracy {val['accuracy']:.3f} ({val['num_clips']} clips)"
-                       if val else " | no validation clips"))
+                       if val else " | no validation clips")
+                    + (f" | skipped undecodable clips: {skipped['train'].in_epoch} train, "
+                       f"{skipped['validation'].in_epoch} validation" if any(s.in_epoch for s in skipped.values())
+                       else ""))
         score = val.get("loss", train_loss)
         if score < best_val:
             best_val = score

@@ -95,6 +95,11 @@ class TrainArguments:
     max_bad_steps: int = field(
         default=10, metadata={"help": "Stop after this many consecutive steps with a non-finite loss or gradient."}
     )
+    max_bad_clips: float = field(
+        default=0.05,
+        metadata={"help": "Stop when more clips of a split fail to decode in one epoch: below 1 a fraction of the "
+                          "split's clips, else a count (0: none). Broken clips are skipped until then."},
+    )
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, trackio, wandb or none."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the best export to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "<user>/<repo> (default: output_dir's name)."})
@@ -138,6 +143,10 @@ def check_common_arguments(data_args: DataArguments, train_args: TrainArguments)
         raise SystemExit(f"error: --device must be cuda, mps or cpu, got {train_args.device}")
     if data_args.dataset not in DATASETS:
         raise SystemExit(f"error: --dataset must be {' or '.join(DATASETS)}, got {data_args.dataset}")
+    bad_clips = train_args.max_bad_clips
+    if not 0 <= bad_clips < float("inf") or (bad_clips >= 1 and bad_clips % 1):
+        raise SystemExit(f"error: --max_bad_clips must be a fraction below 1 or a whole count, got "
+                         f"{train_args.max_bad_clips:g}")
     if data_args.cache_precision not in PRECISIONS:
         raise SystemExit(f"error: --cache_precision must be one of {', '.join(PRECISIONS)}, got "
                          f"{data_args.cache_precision}")

@@ -1,14 +1,20 @@
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
 """The data of a run: the dataset `--dataset` names, read once through the table of dataset_surgvu.catalog, its
-splits for the data options, a batch's clip input, and the clip datasets of every split (from the latent cache of
-dataset_surgvu.latent_cache when it can serve the run, else decoded)."""
+splits for the data options, a batch's clip input, the clip datasets of every split (from the latent cache of
+dataset_surgvu.latent_cache when it can serve the run, else decoded), and the clips skipped because their video
+broke (`SkippedClips`, `--max_bad_clips`)."""
 
+import math
 from pathlib import Path
+from typing import NamedTuple
 
+import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import send_to_device
 
-from dataset_surgvu import SurgVUClips, SurgVULabelError
+from dataset_surgvu import BrokenClip, BrokenFiles, SurgVUClips, SurgVULabelError, collate_clips
+from dataset_surgvu.clips import batch_size
 from dataset_surgvu.catalog import DatasetEntry, get_dataset
 from dataset_surgvu.latent_cache import cached_clip_datasets, latent_cache_root
 
@@ -74,3 +80,64 @@ def clip_datasets(accelerator: Accelerator, model, dataset, transform, data_args
         shard_size=data_args.cache_shard_size, batch_size=batch_size, num_workers=num_workers,
         verify=data_args.verify_cache,
     )
+
+
+class CheckedBatch(NamedTuple):
+    batch: dict  # the decoded clips to run, or the stand-in when this process has none
+    stand_in: bool  # this process's batch had no decoded clip: `batch` is a stand-in, its outputs are not used
+    skip_step: bool  # some process had no decoded clip: every process skips this step
+    lost_clips: bool  # some process lost clips in this batch
+
+
+class SkippedClips:
+    """The clips of one split that failed to decode, counted on every process together, against `--max_bad_clips`.
+
+    One all-reduce per batch gives every process the same counts, so they all take the same decisions at the same
+    batch: a batch that lost clips runs on the rest; when a process has none left, every process skips the step
+    and that process runs its forward on a stand-in (its last decoded batch) so the collectives inside the forward
+    still line up; when the epoch's count passes the limit, every process stops with one line naming the files.
+    Each broken file is named once, in a warning of the process that met it.
+    """
+
+    def __init__(self, accelerator: Accelerator, split: str, clips, max_bad_clips: float):
+        self.accelerator = accelerator
+        self.split = split
+        self.clips = clips  # the split's dataset, to find a stand-in when a process's first batch broke
+        self.max_bad_clips = max_bad_clips
+        self.limit = int(max_bad_clips) if max_bad_clips >= 1 else math.floor(max_bad_clips * len(clips))
+        self.files = BrokenFiles(lambda message: logger.warning(message, main_process_only=False))
+        self.in_epoch = 0  # every process's, this epoch
+        self.stand_in = None
+
+    def new_epoch(self) -> None:
+        self.in_epoch = 0
+
+    def check(self, batch: dict) -> CheckedBatch:
+        """Counts a `collate_clips` batch's broken clips on every process (a collective: every process calls it at
+        every batch); raises SystemExit past the limit."""
+        broken = batch.get("broken_clips", [])
+        self.files.add(broken)
+        empty = batch_size(batch) == 0
+        counts = torch.tensor([len(broken), int(empty)], device=self.accelerator.device)
+        lost, empties = self.accelerator.reduce(counts, reduction="sum").tolist()
+        self.in_epoch += lost
+        if self.in_epoch > self.limit:
+            self.accelerator.end_training()
+            raise SystemExit(
+                f"error: stopping: {self.in_epoch} {self.split} clip(s) failed to decode this epoch, more than "
+                f"--max_bad_clips {self.max_bad_clips:g} allows ({self.limit}): {self.files.summary()}. Check or "
+                "replace these files, then resume with --resume_from_checkpoint latest."
+            )
+        if empty:
+            batch = self.stand_in if self.stand_in is not None else self.first_decoded()
+        else:
+            self.stand_in = batch
+        return CheckedBatch(batch, empty, empties > 0, lost > 0)
+
+    def first_decoded(self) -> dict:
+        """A one-clip batch of the split's first clip that decodes: the stand-in before any batch of ours decoded."""
+        for index in range(len(self.clips)):
+            item = self.clips[index]
+            if not isinstance(item, BrokenClip):
+                return send_to_device(collate_clips([item]), self.accelerator.device)
+        raise SystemExit(f"error: no {self.split} clip can be decoded: {self.files.summary()}")

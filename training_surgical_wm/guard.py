@@ -39,9 +39,10 @@ class NonFiniteGuard:
         self.engine_steps = accelerator.distributed_type == DistributedType.DEEPSPEED
         self.window_is_bad = False  # a non-finite loss in the current accumulation window
 
-    def backward(self, loss: torch.Tensor) -> bool:
-        """Back-propagates `loss` unless a rank's loss in this accumulation window was not finite; True if it was."""
-        not_finite = (~torch.isfinite(loss.detach())).float()
+    def backward(self, loss: torch.Tensor, skip: bool = False) -> bool:
+        """Back-propagates `loss` unless a rank's loss in this accumulation window was not finite, or `skip` (the
+        same on every rank: a rank's batch had no decodable clip); True if the window is skipped."""
+        not_finite = (~torch.isfinite(loss.detach()) | skip).float()
         bad = self.accelerator.reduce(not_finite, reduction="sum").item() > 0
         self.window_is_bad = self.window_is_bad or bad
         if self.engine_steps or not self.window_is_bad:

@@ -4,15 +4,17 @@ per clip with seeded masks."""
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import gather_object
 
 from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
 from modeling_surgical_wm import SurgicalWorldModel
 
 from .arguments import ModelArguments
-from .data import clip_inputs
+from .data import CheckedBatch, SkippedClips, clip_inputs
 from .loading import check_checkpoint_folder
 
 
@@ -89,20 +91,26 @@ def seeded_token_masks(config, sample_ids: torch.Tensor, num_steps: int, seed: i
 
 
 @torch.no_grad()
-def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int) -> dict[str, torch.Tensor]:
+def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int,
+                        skipped: SkippedClips | None = None) -> dict[str, torch.Tensor]:
     """Validation metrics of every clip of the split, in loader order, whatever the number of processes.
 
     Everything comes from the wrapped model's forward (FSDP and DeepSpeed gather parameters there only). Per-clip
     values are gathered with `gather_for_metrics`, which drops the samples padded in to even out the last batch.
     The rollout error is that of a rollout from each clip's first step over all its later steps; its baseline copies
     that first (context) latent. The contrastive loss compares a clip with the others of its batch, so it alone
-    depends on how the batches fall.
+    depends on how the batches fall. Clips that fail to decode are left out and counted in `skipped`: a batch that
+    lost some is gathered as objects (the processes' batches differ in size), and the padded samples are then
+    dropped by sample id.
     """
     model.eval()
     config = accelerator.unwrap_model(model).config
     per_clip = {"sample_id": [], "temporal_loss": [], "mask_loss": [], "contrastive_loss": [], "rollout_error": [],
                 "copy_context_error": []}
+    lost_clips = False
     for batch in dataloader:
+        checked = skipped.check(batch) if skipped is not None else CheckedBatch(batch, False, False, False)
+        batch, lost_clips = checked.batch, lost_clips or checked.lost_clips
         inputs, sample_ids = clip_inputs(batch), batch["sample_id"]
         batch_size = len(sample_ids)
         num_steps = (batch["latents"].shape[1] if "latents" in batch
@@ -118,14 +126,24 @@ def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int) 
             "rollout_error": output.rollout_error.float(),  # (B, S - 1): per horizon
             "copy_context_error": output.copy_context_error.float(),
         }
-        for name, value in accelerator.gather_for_metrics(values).items():
-            per_clip[name].append(value.cpu())
-    return {name: torch.cat(values) for name, values in per_clip.items()}
+        if not checked.lost_clips:
+            for name, value in accelerator.gather_for_metrics(values).items():
+                per_clip[name].append(value.cpu())
+            continue
+        for gathered in gather_object([] if checked.stand_in else [{k: v.cpu() for k, v in values.items()}]):
+            for name, value in gathered.items():
+                per_clip[name].append(value)
+    per_clip = {name: torch.cat(values) if values else torch.zeros(0) for name, values in per_clip.items()}
+    if lost_clips:  # the padding that evens out the last batch repeats clips: keep each clip's first record
+        _, first = np.unique(per_clip["sample_id"].numpy(), return_index=True)
+        keep = torch.from_numpy(np.sort(first))
+        per_clip = {name: values[keep] for name, values in per_clip.items()}
+    return per_clip
 
 
-def run_validation(accelerator: Accelerator, model, dataloader, seed: int) -> dict:
+def run_validation(accelerator: Accelerator, model, dataloader, seed: int, skipped: SkippedClips | None = None) -> dict:
     """Mean validation metrics over the clips of the split (see `validation_per_clip`)."""
-    per_clip = validation_per_clip(accelerator, model, dataloader, seed)
+    per_clip = validation_per_clip(accelerator, model, dataloader, seed, skipped)
     config = accelerator.unwrap_model(model).config
     metrics = {name: values.float().mean().item() for name, values in per_clip.items() if name != "sample_id"}
     metrics["loss"] = (metrics["temporal_loss"] + config.contrastive_weight * metrics["contrastive_loss"]
