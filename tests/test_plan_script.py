@@ -189,6 +189,7 @@ def test_the_fps_comes_from_the_config_else_from_the_runs_trainer_state(world_mo
     from plan import main
 
     caplog.set_level(logging.INFO, logger="plan")
+    caplog.set_level(logging.INFO, logger="training_surgical_wm.loading")  # where the time base is read and logged
     with_fps, older = tmp_path / "with_fps", tmp_path / "older"
     for directory, config_fps, run_fps in ((with_fps, 2.0, 8.0), (older, None, 2.0)):
         shutil.copytree(world_model, directory)
