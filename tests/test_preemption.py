@@ -1,7 +1,7 @@
-"""Preemption and crash safety: a stop signal sent from outside in the middle of an epoch (train_hf.py and
-scripts/train_probe.py) ends the run with a checkpoint at the step reached and exit 0, and resuming from it ends with
-an uninterrupted run's weights; a SIGKILL at every file-system operation of `save_checkpoint` and `export_model` leaves
-a complete, loadable checkpoint and export."""
+"""Preemption and crash safety: a stop signal sent from outside in the middle of an epoch ends train_hf.py and
+scripts/train_probe.py with a checkpoint at the step reached and exit 0, and train_hf.py resumed from it ends with an
+uninterrupted run's weights; a SIGKILL before every file operation of `save_checkpoint` and `export_model` leaves a
+complete, loadable checkpoint and export."""
 
 import builtins
 import json
@@ -74,15 +74,16 @@ def stopped_checkpoint(output_dir: Path, log: str, steps_per_epoch: int) -> Path
 
 def test_sigterm_mid_epoch_saves_the_step_reached_exits_0_and_resumes_to_an_uninterrupted_runs_weights(
         train_inputs, tmp_path):
-    # One DataLoader worker: it gets the signal too, and must not die before the main process has saved.
-    common = [*train_inputs, "--num_epochs", "2", "--checkpointing_steps", "100", "--num_workers", "1"]
+    common = [*train_inputs, "--num_epochs", "1", "--checkpointing_steps", "100", "--cache_dir",
+              str(tmp_path / "latent_cache")]
     reference = train([*common, "--output_dir", str(tmp_path / "reference")])
     assert reference.returncode == 0, reference.stderr[-3000:]
     steps_per_epoch = int(reference.stderr.split(" per epoch)")[0].rsplit("(", 1)[1])
 
     out, log = tmp_path / "preempted", tmp_path / "preempted.log"
-    returncode, seconds = preempt([sys.executable, "train_hf.py", *common, "--output_dir", str(out),
-                                   "--sample_log", str(tmp_path / "samples")], tmp_path / "samples", log, 3)
+    # One DataLoader worker: it gets the signal too, and must not die before the main process has saved.
+    returncode, seconds = preempt([sys.executable, "train_hf.py", *common, "--num_workers", "1", "--output_dir",
+                                   str(out), "--sample_log", str(tmp_path / "samples")], tmp_path / "samples", log, 3)
     text = log.read_text()
     assert returncode == 0, text[-3000:]
     assert seconds < SIGNAL_TO_EXIT_LIMIT
@@ -95,33 +96,21 @@ def test_sigterm_mid_epoch_saves_the_step_reached_exits_0_and_resumes_to_an_unin
     assert_same_weights(tmp_path / "reference" / "final" / "model.safetensors", out / "final" / "model.safetensors")
 
 
-def test_probe_sigusr1_mid_epoch_saves_the_step_reached_exits_0_and_resumes_to_an_uninterrupted_runs_weights(
-        surgvu_sample, world_model_dir, tmp_path):
+def test_probe_sigusr1_mid_epoch_saves_the_step_reached_and_exits_0(surgvu_sample, world_model_dir, tmp_path):
     root, _ = surgvu_sample
-    common = ["--world_model", world_model_dir, "--target", "task", "--data_root", str(root), "--dataset_cache_dir",
-              str(tmp_path / "arrow"), "--cache_dir", str(tmp_path / "latent_cache"), "--num_workers", "0",
-              "--num_epochs", "2", "--batch_size", "2", "--probe_num_layers", "1", "--device", "cpu",
-              "--report_to", "none", "--checkpointing_steps", "100"]
-    script = [sys.executable, os.path.join("scripts", "train_probe.py")]
-    reference = subprocess.run([*script, *common, "--output_dir", str(tmp_path / "reference")], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=600, env={**os.environ, "TQDM_DISABLE": "1"})
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    steps_per_epoch = json.loads((tmp_path / "reference" / "final" / "trainer_state.json").read_text())["history"][0]["step"]
-
     out, log = tmp_path / "preempted", tmp_path / "preempted.log"
-    returncode, seconds = preempt([*script, *common, "--output_dir", str(out), "--sample_log",
-                                   str(tmp_path / "samples")], tmp_path / "samples", log, 2, signal.SIGUSR1)
+    command = [sys.executable, os.path.join("scripts", "train_probe.py"), "--world_model", world_model_dir,
+               "--target", "task", "--data_root", str(root), "--dataset_cache_dir", str(tmp_path / "arrow"),
+               "--num_workers", "0", "--num_epochs", "1", "--batch_size", "2", "--probe_num_layers", "1",
+               "--device", "cpu", "--report_to", "none", "--checkpointing_steps", "100", "--output_dir", str(out),
+               "--sample_log", str(tmp_path / "samples")]
+    returncode, seconds = preempt(command, tmp_path / "samples", log, 2, signal.SIGUSR1)
     text = log.read_text()
     assert returncode == 0, text[-3000:]
     assert seconds < SIGNAL_TO_EXIT_LIMIT
     assert "SIGUSR1 received" in text
+    steps_per_epoch = int(text.split("epochs: 1, optimizer steps: ")[1].split()[0].rstrip(";"))
     stopped_checkpoint(out, text, steps_per_epoch)
-
-    resumed = subprocess.run([*script, *common, "--output_dir", str(out), "--resume_from_checkpoint", "latest"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "TQDM_DISABLE": "1"})
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_weights(tmp_path / "reference" / "final" / "model.safetensors", out / "final" / "model.safetensors")
 
 
 FILE_OPERATIONS = ((builtins, "open"), (os, "replace"), (os, "fsync"), (shutil, "rmtree"))
