@@ -113,6 +113,32 @@ def test_probe_sigusr1_mid_epoch_saves_the_step_reached_and_exits_0(surgvu_sampl
     stopped_checkpoint(out, text, steps_per_epoch)
 
 
+SECOND_SIGNAL = """
+import os, signal, sys, time
+from accelerate import Accelerator
+from training_surgical_wm.preemption import REPEAT_WINDOW_S, Preemption
+
+preemption = Preemption(Accelerator(cpu=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+os.kill(os.getpid(), signal.SIGTERM)  # a launcher forwarding the same request: not a second signal
+print(preemption.received, preemption.stop_requested(), flush=True)
+time.sleep(REPEAT_WINDOW_S + 0.5)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+print("still running", flush=True)
+"""
+
+
+def test_a_second_stop_signal_exits_at_once_and_one_close_behind_the_first_is_the_same_request():
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", SECOND_SIGNAL], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["SIGUSR1 True"]
+    assert "SIGTERM after SIGUSR1: exiting now, without a checkpoint" in result.stderr
+    assert time.monotonic() - started < 25
+
+
 FILE_OPERATIONS = ((builtins, "open"), (os, "replace"), (os, "fsync"), (shutil, "rmtree"))
 
 

@@ -6,6 +6,7 @@ signal exits at once."""
 import os
 import signal
 import threading
+import time
 
 import torch
 from accelerate import Accelerator
@@ -15,6 +16,9 @@ from accelerate.logging import get_logger
 logger = get_logger(__name__, log_level="INFO")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SLURM signals every process of a job step, and a launcher among them (torchrun, under `accelerate launch`) forwards
+# what it got to the training processes: a signal that close behind the first is the same request, not a second one.
+REPEAT_WINDOW_S = 2.0
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -42,17 +46,20 @@ class Preemption:
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
         self.received: str | None = None
+        self.received_at = 0.0
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
+            if time.monotonic() - self.received_at < REPEAT_WINDOW_S:
+                return
             logger.warning(f"{name} after {self.received}: exiting now, without a checkpoint", main_process_only=False)
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        self.received = name
+        self.received, self.received_at = name, time.monotonic()
         logger.warning(f"{name} received (process {self.accelerator.process_index}): stopping after the current "
                        "optimizer step with a checkpoint; a second signal exits at once", main_process_only=False)
 
