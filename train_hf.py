@@ -34,6 +34,7 @@ from training_surgical_wm.data import (
 )
 from training_surgical_wm.export import create_hub_repo, export_model, model_card, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
+from training_surgical_wm.preemption import Preemption, ignore_stop_signals
 from training_surgical_wm.world_model import check_pretrained_checkpoint, load_world_model, run_validation
 
 
@@ -73,7 +74,7 @@ def main(argv=None) -> None:
     train_sampler = EpochShuffleSampler(len(dataset["train"]), train_args.seed)
     loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
                      "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available(),
-                     "collate_fn": collate_clips}
+                     "collate_fn": collate_clips, "worker_init_fn": ignore_stop_signals}
     cache_off = latent_cache_off_reason(no_cache=data_args.no_cache, encoder_frozen=model_args.encoder_frozen,
                                         transform=transform)
     clips = clip_datasets(accelerator, model, dataset, transform, data_args, output_dir, cache_off,
@@ -117,6 +118,7 @@ def main(argv=None) -> None:
     bad_steps = BadStepLimit(accelerator, train_args.max_bad_steps, checkpoints_dir, progress["skipped_steps"])
     hooks = DebugHooks(train_args, accelerator.process_index)
     skipped = {name: SkippedClips(accelerator, name, clips[name], train_args.max_bad_clips) for name in clips}
+    preemption = Preemption(accelerator)  # SIGTERM / SIGUSR1: a checkpoint at the step reached, then exit 0
     world_model = accelerator.unwrap_model(model)
     progress_bar = None
     if accelerator.is_local_main_process:
@@ -176,10 +178,18 @@ def main(argv=None) -> None:
             accelerator.log({"train/loss": loss.item(), "train/temporal_loss": output.temporal_loss.item(),
                              "train/contrastive_loss": output.contrastive_loss.item(),
                              "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-            if global_step % train_args.checkpointing_steps == 0:
+            stopping = global_step < total_steps and preemption.stop_requested()
+            if global_step % train_args.checkpointing_steps == 0 or stopping:
                 path = save_checkpoint(accelerator, checkpoints_dir, trainer_state(epoch, batches_in_epoch),
                                        train_args.checkpoints_total_limit)
                 logger.info(f"saved {path}")
+            if stopping:
+                logger.info(f"stopped at step {global_step} on a stop signal: resume from {path} with "
+                            "--resume_from_checkpoint latest")
+                if progress_bar is not None:
+                    progress_bar.close()
+                accelerator.end_training()
+                return
             if global_step >= total_steps:
                 done = True
                 break

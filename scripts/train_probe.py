@@ -57,6 +57,7 @@ from training_surgical_wm.data import (
 from training_surgical_wm.export import create_hub_repo, export_model, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
 from training_surgical_wm.loading import check_checkpoint_folder
+from training_surgical_wm.preemption import Preemption, ignore_stop_signals
 from training_surgical_wm.probes import split_label_counts
 
 
@@ -236,7 +237,7 @@ def main(argv=None) -> None:
     train_sampler = EpochShuffleSampler(len(train_set), train_args.seed)
     loader_kwargs = {"batch_size": train_args.batch_size, "num_workers": num_workers,
                      "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available(),
-                     "collate_fn": collate_clips}
+                     "collate_fn": collate_clips, "worker_init_fn": ignore_stop_signals}
     train_dataloader = DataLoader(train_set, sampler=train_sampler, drop_last=len(train_set) >= train_args.batch_size,
                                   generator=torch.Generator().manual_seed(train_args.seed), **loader_kwargs)
     val_dataloader = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(train_args.seed),
@@ -275,6 +276,7 @@ def main(argv=None) -> None:
     hooks = DebugHooks(train_args, accelerator.process_index)
     skipped = {"train": SkippedClips(accelerator, "train", train_set, train_args.max_bad_clips),
                "validation": SkippedClips(accelerator, "validation", val_set, train_args.max_bad_clips)}
+    preemption = Preemption(accelerator)  # SIGTERM / SIGUSR1: a checkpoint at the step reached, then exit 0
     probe = accelerator.unwrap_model(model)
 
     # ---- loop
@@ -314,9 +316,16 @@ def main(argv=None) -> None:
             global_step += 1
             lr_scheduler.step()
             accelerator.log({"train/loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-            if global_step % train_args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, checkpoints_dir, trainer_state(epoch, batches_in_epoch),
-                                train_args.checkpoints_total_limit)
+            stopping = global_step < total_steps and preemption.stop_requested()
+            if global_step % train_args.checkpointing_steps == 0 or stopping:
+                path = save_checkpoint(accelerator, checkpoints_dir, trainer_state(epoch, batches_in_epoch),
+                                       train_args.checkpoints_total_limit)
+                logger.info(f"saved {path}")
+            if stopping:
+                logger.info(f"stopped at step {global_step} on a stop signal: resume from {path} with "
+                            "--resume_from_checkpoint latest")
+                accelerator.end_training()
+                return
             if global_step >= total_steps:
                 done = True
                 break

@@ -1,17 +1,16 @@
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
-"""Exports a training script writes: a transformers directory (gathered on every rank, written atomically by rank 0),
-the world model's card, and the Hub repository it is pushed to."""
+"""Exports a training script writes: a transformers directory (gathered on every rank, written by rank 0, swapped in
+with a complete one in place at every moment), the world model's card, and the Hub repository it is pushed to."""
 
 import contextlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from .arguments import TrainArguments
+from .checkpoints import PARTIAL_PREFIX, move_into_place, recover_directory
 
 
 logger = get_logger(__name__, log_level="INFO")
@@ -51,17 +50,17 @@ def own_class(model):
 
 
 def export_model(accelerator: Accelerator, model, directory: Path, trainer_state: dict, card: str) -> None:
-    """A transformers directory written atomically by rank 0; the state dict is gathered on every rank (FSDP)."""
+    """A transformers directory written by rank 0 beside the old one, then swapped in so that a complete one exists at
+    every moment; the state dict is gathered on every rank (FSDP)."""
     state_dict = full_state_dict(accelerator, model)
     if accelerator.is_main_process:
-        partial = directory.with_name(f".partial-{directory.name}")
-        shutil.rmtree(partial, ignore_errors=True)
+        recover_directory(directory)
+        partial = directory.with_name(f"{PARTIAL_PREFIX}{directory.name}")
         with own_class(accelerator.unwrap_model(model)) as plain_model:
             plain_model.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
         (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
         (partial / "README.md").write_text(card)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(partial, directory)
+        move_into_place(partial, directory)
     accelerator.wait_for_everyone()
 
 
