@@ -194,8 +194,10 @@ def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_
     assert task["num_frames"] == 8 * task["num_clips"]  # non-overlapping clips: every frame predicted once
     assert task["missing_frames"] == 0
     tools = report["surgvu_probes"]["tools"]
-    for name in ("probe", "chance", "majority"):
-        assert 0 <= tools[name]["mAP"] <= 1 and 0 <= tools[name]["f1"] <= 1
+    # Two epochs on the sample's 4 cases: mAP 0.93 (seed 42; 0.87 to 0.98 with seeds 1-3) against 0.78 for random
+    # scores and 0.67 for the training prevalence, on the 10 validation clips.
+    assert tools["probe"]["mAP"] > tools["chance"]["mAP"] + 0.05
+    assert tools["probe"]["mAP"] > tools["majority"]["mAP"] + 0.1
     assert len(tools["confusion_matrices"]) == 12
     assert all(sum(map(sum, matrix)) == tools["num_clips"] for matrix in tools["confusion_matrices"])
 
