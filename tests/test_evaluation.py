@@ -58,7 +58,8 @@ def test_probe_training_leaves_the_world_model_as_it_was(world_model_dir, probes
         assert config["problem_type"] == ("single_label_classification" if target == "task"
                                           else "multi_label_classification")
         assert len(config["id2label"]) == (8 if target == "task" else 12)
-        # The head trained: it differs from a fresh head of the same seed only if steps were taken.
+        # The head trained: its classifier bias starts at zero and moves only if steps were taken.
+        assert probe["classifier.bias"].abs().min() > 0, target
         state = json.loads((directory / "best" / "trainer_state.json").read_text())
         assert state["global_step"] > 0 and state["history"]
         assert any((directory / "checkpoints").iterdir()), "checkpointing_steps=5 wrote no checkpoint"
