@@ -62,7 +62,8 @@ def test_probe_training_leaves_the_world_model_as_it_was(world_model_dir, probes
         assert config["problem_type"] == ("single_label_classification" if target == "task"
                                           else "multi_label_classification")
         assert len(config["id2label"]) == (8 if target == "task" else 12)
-        # The head trained: it differs from a fresh head of the same seed only if steps were taken.
+        # The head trained: its classifier bias starts at zero and moves only if steps were taken.
+        assert probe["classifier.bias"].abs().min() > 0, target
         state = json.loads((directory / "best" / "trainer_state.json").read_text())
         assert state["global_step"] > 0 and state["history"]
         assert any((directory / "checkpoints").iterdir()), "checkpointing_steps=5 wrote no checkpoint"
@@ -196,8 +197,10 @@ def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_
     assert task["majority"]["class"] in task["classes"]
     assert sum(map(sum, task["confusion_matrix"])) == task["num_frames"]
     tools = report["surgvu_probes"]["tools"]
-    for name in ("probe", "chance", "majority"):
-        assert 0 <= tools[name]["mAP"] <= 1 and 0 <= tools[name]["f1"] <= 1
+    # Two epochs on the sample's 4 cases: mAP 0.93 (seed 42; 0.87 to 0.98 with seeds 1-3) against 0.78 for random
+    # scores and 0.67 for the training prevalence, on the 10 validation clips.
+    assert tools["probe"]["mAP"] > tools["chance"]["mAP"] + 0.05
+    assert tools["probe"]["mAP"] > tools["majority"]["mAP"] + 0.1
     assert len(tools["confusion_matrices"]) == 12
     assert all(sum(map(sum, matrix)) == tools["num_clips"] for matrix in tools["confusion_matrices"])
 

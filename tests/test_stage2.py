@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -61,6 +62,9 @@ def test_stage_two_continues_a_stage_one_run_on_mmor(stages):
 
 
 def test_the_evaluation_has_an_mmor_section(stages, tmp_path):
+    from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, precision_score, recall_score,
+                                 roc_auc_score)
+
     data = ["--dataset", "mmor", "--data_root", str(stages["mmor"]), "--dataset_cache_dir",
             str(stages["root"] / "arrow-stride1"), "--clip_stride", "1", "--num_workers", "0"]
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
@@ -76,19 +80,76 @@ def test_the_evaluation_has_an_mmor_section(stages, tmp_path):
     assert mmor["takes"] == ["004_PKA"]  # the official test take of the sample
     # One record per timepoint that ends a clip of 8: every timepoint but the take's first 7.
     assert mmor["timepoints"] == manifest["takes"]["004_PKA"]["timepoints"] - 7
+    # The figures again, from scores recomputed here with the saved models and scikit-learn.
+    test_scores = recomputed_scores(stages, tmp_path / "probes", "test")
+    validation_scores = recomputed_scores(stages, tmp_path / "probes", "validation")
+    test_breach = test_scores["breach"]
     for target in ("phase", "next_action"):
         pooled = mmor[target]["pooled"]
-        assert 0 <= pooled["accuracy"] <= 1 and "macro avg" in pooled["classification_report"]
+        labels = test_scores[target]
+        keep = labels >= 0  # null next actions are skipped
+        predictions = test_scores[f"{target}_scores"].argmax(-1)
+        assert pooled["timepoints"] == keep.sum()
+        assert pooled["accuracy"] == pytest.approx(accuracy_score(labels[keep], predictions[keep]), abs=1e-9)
+        assert "macro avg" in pooled["classification_report"]
         assert set(mmor[target]["per_take"]) == {"004_PKA"}
-    assert mmor["next_action"]["skipped_null"] > 0  # the sample's null next actions are skipped
+    assert mmor["next_action"]["skipped_null"] == (test_scores["next_action"] < 0).sum() > 0
     breach = mmor["breach"]
-    assert breach["positives"] > 0
-    for way in ("supervised", "surprise"):
-        values = breach[way]["pooled"]
-        for key in ("precision", "recall", "f1", "auroc", "auprc"):
-            assert values[key] is None or 0 <= values[key] <= 1, (way, key)
-        assert values["threshold"] == breach[way]["threshold"]  # calibrated on validation, applied as is
+    assert breach["positives"] == test_breach.sum() == sum(manifest["takes"]["004_PKA"]["breach"][7:]) > 0
+    for way, score in (("supervised", "breach_scores"), ("surprise", "surprise")):
+        # The threshold is the F1-best one among the validation takes' scores (ties: the highest), applied as is.
+        threshold = f1_best_threshold(validation_scores[score], validation_scores["breach"])
+        assert breach[way]["threshold"] == pytest.approx(threshold, rel=1e-5), way
+        scores, values = test_scores[score], breach[way]["pooled"]
+        predicted = scores >= np.float32(breach[way]["threshold"])
+        expected = {"precision": precision_score(test_breach, predicted, zero_division=0),
+                    "recall": recall_score(test_breach, predicted, zero_division=0),
+                    "f1": f1_score(test_breach, predicted, zero_division=0),
+                    "auroc": roc_auc_score(test_breach, scores), "auprc": average_precision_score(test_breach, scores)}
+        for key, value in expected.items():
+            assert values[key] == pytest.approx(value, abs=1e-6), (way, key)
+        assert values["predicted_positives"] == predicted.sum()
         assert "breach" in breach[way]["classification_report"]
     assert "surprise" in breach["surprise"]["note"]
     assert (plots / "surprise_over_time.png").read_bytes()[:4] == b"\x89PNG"
     assert "sterility breach" in result.stdout
+
+
+def f1_best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The evaluation's documented calibration rule, by brute force over the distinct scores: the threshold whose
+    `score >= threshold` has the best F1 of the breach class, the highest of those that tie."""
+    from sklearn.metrics import f1_score
+
+    f1 = {float(value): f1_score(labels, scores >= value, zero_division=0) for value in np.unique(scores)}
+    best = max(f1.values())
+    return max(value for value, score in f1.items() if score >= best - 1e-12)
+
+
+@torch.no_grad()
+def recomputed_scores(stages: dict, probe_dir, split: str) -> dict[str, np.ndarray]:
+    """Per clip of `split` (every timepoint after a take's first 7 ends one): the labels at the clip's last
+    timepoint, the world model's surprise there (L1 of that step predicted from the ones before) and the trained
+    probes' probabilities, computed from the saved models without the evaluation script."""
+    from dataset_mmor import MMORClipTransform, load_mmor
+    from dataset_surgvu import SurgVUClips
+    from transformers import AutoModel, AutoModelForVideoClassification
+
+    world_model = AutoModel.from_pretrained(str(stages["stage2"] / "best"), trust_remote_code=True).eval()
+    probes = {target: AutoModelForVideoClassification.from_pretrained(str(probe_dir / target / "best"),
+                                                                      trust_remote_code=True).eval()
+              for target in ("phase", "next_action", "breach")}
+    rows = load_mmor(str(stages["mmor"]), clip_stride=1, cache_dir=str(stages["root"] / "arrow-stride1"))[split]
+    clips = SurgVUClips(rows, MMORClipTransform(crop_size=world_model.config.encoder_config.crop_size))
+    found = {name: [] for name in ("phase", "next_action", "breach", "surprise",
+                                   *(f"{target}_scores" for target in probes))}
+    for batch in torch.utils.data.DataLoader(clips, batch_size=8, shuffle=False):
+        latents = world_model.encode(batch["pixel_values_videos"])  # (B, T, N, D), one step per timepoint
+        predicted = world_model.predict(latents[:, :-1], batch["actions"][:, :-1])
+        found["surprise"].append((predicted[:, -1] - latents[:, -1]).abs().mean((1, 2)))
+        for name in ("phase", "next_action", "breach"):
+            found[name].append(batch[name][:, -1])
+        for target, probe in probes.items():
+            found[f"{target}_scores"].append(probe(latents=latents).logits.softmax(-1))
+    found = {name: torch.cat(values).numpy() for name, values in found.items()}
+    found["breach_scores"] = found["breach_scores"][:, 1]  # the probability of a breach
+    return found
