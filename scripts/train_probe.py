@@ -301,6 +301,8 @@ def main(argv=None) -> None:
             with accelerator.accumulate(model):
                 output = model(**clip_inputs(batch), labels=target.clip_labels(batch))
                 loss = hooks.on_loss(global_step + 1, output.loss)
+                if checked.stand_in:  # the step is skipped; under DeepSpeed, whose engine steps anyway, it adds nothing
+                    loss = loss * 0.0
                 loss_is_bad = guard.backward(loss, skip=checked.skip_step)
                 updated = guard.step(model, optimizer) if accelerator.sync_gradients else None
             if not loss_is_bad:
