@@ -9,8 +9,9 @@
    latent cache;
 5. evaluates in a fresh process (`scripts/evaluate_surgical_model.py`, which loads the exports with
    `from_pretrained(..., trust_remote_code=True)`): world-model error per horizon next to the copy-context baseline,
-   with swapped actions, the surprise distribution, and the probes next to chance and majority; writes
-   `report.json` and PNG figures and prints the table;
+   with swapped actions, the surprise distribution, and the probes next to chance and majority (task recognition
+   scored on every labelled frame at 1 fps, as the SurgVU organisers score it, also smoothed over 5 frames); writes
+   `report.json`, PNG figures and the task predictions in the organisers' format, and prints the table;
 6. infers the actions of a few steps of a held-out video from their first and last frames (`scripts/plan.py`, the
    world model's CEM planner), next to the labelled ones; writes `plan.json`.
 """
@@ -93,6 +94,7 @@ def main() -> None:
          "--checkpoint", os.path.join(run_dir, "best"), "--test_data", data, "--dataset_cache_dir", cache,
          "--cache_dir", os.path.join(run_dir, "latent_cache"),
          "--task_probe", os.path.join(probes["task"], "best"), "--tool_probe", os.path.join(probes["tools"], "best"),
+         "--smooth_frames", "5", "--predictions_dir", os.path.join(out, "predictions"),
          "--output", os.path.join(out, "report.json"), "--plots", os.path.join(out, "plots"), "--device", "cpu"],
         cwd=out)
     # CEM at 200 samples x 10 iterations, top 10 (V-JEPA 2-AC plans with 400 x 10): this step takes 12-18 s on 2
@@ -102,7 +104,7 @@ def main() -> None:
          "--start", f"{start:g}", "--goal", f"{goal:g}", "--num_samples", "200", "--iterations", "10", "--top_k", "10",
          "--seed", str(args.seed), "--device", "cpu", "--json", os.path.join(out, "plan.json")])
     print(f"\nexports: {run_dir}/best and {run_dir}/final, probes in {probes['task']}/best and {probes['tools']}/best; "
-          f"report: {out}/report.json, figures: {out}/plots; plan: {out}/plan.json; TensorBoard logs: {run_dir}/logs")
+          f"report: {out}/report.json, figures: {out}/plots, task predictions in the SurgVU format: {out}/predictions; plan: {out}/plan.json; TensorBoard logs: {run_dir}/logs")
 
 
 if __name__ == "__main__":
