@@ -178,12 +178,12 @@ def test_building_with_bad_rows_and_an_empty_file_names_them_and_finishes(surgvu
     assert "case_001" in result.stdout.splitlines()[0]  # its good rows still label it
 
 
-def test_training_on_a_label_file_of_another_format_stops_with_one_line(surgvu_sample, tmp_path):
+def test_training_on_a_label_file_of_another_format_stops_with_one_line(surgvu_sample, world_model_dir, tmp_path):
     root, _ = surgvu_sample
     tools = (root / "labels/case_001/tools.csv").read_text().replace("install_case_part", "install_part", 1)
     labels = _copy_with_bad_labels(root, tmp_path / "copy", tools=tools, tasks=None)
     result = _run(["train_hf.py", "--data_root", str(tmp_path / "copy"), "--dataset_cache_dir", str(tmp_path / "cache"),
-                   "--pretrained_checkpoint", str(tmp_path / "unused"), "--output_dir", str(tmp_path / "out"),
+                   "--pretrained_checkpoint", world_model_dir, "--output_dir", str(tmp_path / "out"),
                    "--device", "cpu", "--report_to", "none"])
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {labels / 'tools.csv'}: missing columns")
