@@ -40,6 +40,19 @@ def make_tiny_config():
     return tiny_config
 
 
+@pytest.fixture
+def accelerator():
+    """A one-process CPU `Accelerator`, with Accelerate's shared state reset before and after."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 # -- SurgVU-format samples (dataset_surgvu) -------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def surgvu_sample(tmp_path_factory):

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import default_collate
 
 from conftest import REPO_ROOT, train
@@ -58,15 +56,6 @@ def broken_sample(surgvu_sample, tmp_path_factory):
     return root, arrow, video, clips
 
 
-@pytest.fixture
-def accelerator():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def test_collate_leaves_broken_clips_out_and_lists_them():
     items = [{"x": torch.tensor([float(i)]), "sample_id": torch.tensor(i)} for i in range(3)]
     plain = collate_clips(items)
@@ -85,7 +74,7 @@ def test_max_bad_clips_must_be_a_fraction_or_a_count():
 
     assert parse_training_arguments(["--max_bad_clips", "3"])[2].max_bad_clips == 3
     for bad in ("1.5", "-0.1", "nan"):
-        with pytest.raises(SystemExit, match=f"--max_bad_clips must be a fraction below 1 or a whole count, got"):
+        with pytest.raises(SystemExit, match="--max_bad_clips must be a fraction below 1 or a whole count, got"):
             parse_training_arguments(["--max_bad_clips", bad])
 
 

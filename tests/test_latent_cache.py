@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, train
@@ -38,15 +36,6 @@ from modeling_surgical_wm import SurgicalWorldModel
 from training_surgical_wm.arguments import DataArguments, parse_training_arguments
 
 FLOAT16_UNIT_ROUNDOFF = 2.0**-11  # float16 keeps 11 significant bits: a stored value is within this relative error
-
-
-@pytest.fixture
-def accelerator():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
