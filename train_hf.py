@@ -22,7 +22,7 @@ from dataset_surgvu import EpochShuffleSampler, collate_clips
 from dataset_surgvu.latent_cache import latent_cache_off_reason
 from training_surgical_wm.accelerator import available_cores, cosine_schedule, init_trackers, make_accelerator
 from training_surgical_wm.arguments import parse_training_arguments, public_arguments
-from training_surgical_wm.checkpoints import resume_progress, save_checkpoint
+from training_surgical_wm.checkpoints import resume_progress
 from training_surgical_wm.data import (
     SkippedClips,
     clip_datasets,
@@ -180,14 +180,8 @@ def main(argv=None) -> None:
             accelerator.log({"train/loss": loss.item(), "train/temporal_loss": output.temporal_loss.item(),
                              "train/contrastive_loss": output.contrastive_loss.item(),
                              "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-            stopping = global_step < total_steps and preemption.stop_requested()
-            if global_step % train_args.checkpointing_steps == 0 or stopping:
-                path = save_checkpoint(accelerator, checkpoints_dir, trainer_state(epoch, batches_in_epoch),
-                                       train_args.checkpoints_total_limit)
-                logger.info(f"saved {path}")
-            if stopping:
-                logger.info(f"stopped at step {global_step} on a stop signal: resume from {path} with "
-                            "--resume_from_checkpoint latest")
+            if preemption.save_after_step(checkpoints_dir, lambda: trainer_state(epoch, batches_in_epoch), global_step,
+                                          total_steps, train_args):
                 if progress_bar is not None:
                     progress_bar.close()
                 accelerator.end_training()

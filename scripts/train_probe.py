@@ -45,7 +45,7 @@ from training_surgical_wm.arguments import (
     parse_dataclasses,
     public_arguments,
 )
-from training_surgical_wm.checkpoints import resume_progress, save_checkpoint
+from training_surgical_wm.checkpoints import resume_progress
 from training_surgical_wm.data import (
     SkippedClips,
     clip_datasets,
@@ -318,14 +318,8 @@ def main(argv=None) -> None:
             global_step += 1
             lr_scheduler.step()
             accelerator.log({"train/loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-            stopping = global_step < total_steps and preemption.stop_requested()
-            if global_step % train_args.checkpointing_steps == 0 or stopping:
-                path = save_checkpoint(accelerator, checkpoints_dir, trainer_state(epoch, batches_in_epoch),
-                                       train_args.checkpoints_total_limit)
-                logger.info(f"saved {path}")
-            if stopping:
-                logger.info(f"stopped at step {global_step} on a stop signal: resume from {path} with "
-                            "--resume_from_checkpoint latest")
+            if preemption.save_after_step(checkpoints_dir, lambda: trainer_state(epoch, batches_in_epoch), global_step,
+                                          total_steps, train_args):
                 accelerator.end_training()
                 return
             if global_step >= total_steps:

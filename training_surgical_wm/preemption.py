@@ -7,10 +7,15 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+
+from .arguments import TrainArguments
+from .checkpoints import save_checkpoint
 
 
 logger = get_logger(__name__, log_level="INFO")
@@ -68,3 +73,16 @@ class Preemption:
         number per optimizer step)."""
         flag = torch.tensor(float(self.received is not None), device=self.accelerator.device)
         return self.accelerator.reduce(flag, reduction="max").item() > 0
+
+    def save_after_step(self, checkpoints_dir: Path, state: Callable[[], dict], global_step: int, total_steps: int,
+                        train_args: TrainArguments) -> bool:
+        """After an optimizer step: the checkpoint that is due, every `--checkpointing_steps` or at the step a stop
+        signal reached (the last step needs none: the run ends there); True when the run must stop now."""
+        stopping = global_step < total_steps and self.stop_requested()
+        if global_step % train_args.checkpointing_steps == 0 or stopping:
+            path = save_checkpoint(self.accelerator, checkpoints_dir, state(), train_args.checkpoints_total_limit)
+            logger.info(f"saved {path}")
+        if stopping:
+            logger.info(f"stopped at step {global_step} on a stop signal: resume from {path} with "
+                        "--resume_from_checkpoint latest")
+        return stopping
