@@ -113,6 +113,68 @@ def test_probe_sigusr1_mid_epoch_saves_the_step_reached_and_exits_0(surgvu_sampl
     stopped_checkpoint(out, text, steps_per_epoch)
 
 
+def process_of_rank(launcher: int, rank: int) -> int:
+    """The pid of the training process of `rank` started by the launcher `launcher` (torchrun starts each in a session
+    of its own): the signal goes to that process alone, as when a scheduler's signal reaches one node only."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+    descendants, added = {launcher}, True
+    while added:
+        found = {pid for pid, parent in parents.items() if parent in descendants} - descendants
+        descendants |= found
+        added = bool(found)
+    for pid in sorted(descendants - {launcher}):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"train_hf.py" in command:
+            return pid
+    raise AssertionError(f"no training process of rank {rank} under the launcher {launcher}")
+
+
+def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step_with_one_checkpoint(train_inputs, tmp_path):
+    out, log, samples = tmp_path / "ddp", tmp_path / "ddp.log", tmp_path / "samples"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               os.path.join(REPO_ROOT, "configs", "accelerate", "cpu_2proc.yaml"), "train_hf.py", *train_inputs,
+               "--num_epochs", "2", "--checkpointing_steps", "100", "--output_dir", str(out), "--sample_log",
+               str(samples)]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=handle, stderr=handle, start_new_session=True,
+                                   env={**os.environ, "TQDM_DISABLE": "1", "ACCELERATE_USE_CPU": "1",
+                                        "OMP_NUM_THREADS": "1"})
+    try:
+        rank1 = Path(f"{samples}.rank1")
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and not (
+                rank1.is_file() and rank1.read_text().strip()):
+            time.sleep(0.02)
+        assert process.poll() is None, f"the run ended before the signal:\n{log.read_text()[-3000:]}"
+        os.kill(process_of_rank(process.pid, 1), signal.SIGUSR1)
+        returncode = process.wait(timeout=SIGNAL_TO_EXIT_LIMIT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    text = log.read_text()
+    assert returncode == 0, text[-3000:]
+    assert "SIGUSR1 received (process 1)" in text and "SIGUSR1 received (process 0)" not in text
+    steps_per_epoch = int(text.split(" per epoch)")[0].rsplit("(", 1)[1])
+    checkpoint = stopped_checkpoint(out, text, steps_per_epoch)
+    step = int(checkpoint.name.split("-")[1])
+    # Both processes stopped after the same optimizer step: each logged that step's batches and no later one.
+    for rank in (0, 1):
+        steps = [int(line.split()[0]) for line in Path(f"{samples}.rank{rank}").read_text().splitlines()
+                 if not line.startswith("final weights")]
+        assert steps and max(steps) == step - 1, (rank, steps, step)
+
+
 SECOND_SIGNAL = """
 import os, signal, sys, time
 from accelerate import Accelerator
