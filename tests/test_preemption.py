@@ -81,9 +81,14 @@ def test_sigterm_mid_epoch_saves_the_step_reached_exits_0_and_resumes_to_an_unin
     steps_per_epoch = int(reference.stderr.split(" per epoch)")[0].rsplit("(", 1)[1])
 
     out, log = tmp_path / "preempted", tmp_path / "preempted.log"
-    # One DataLoader worker: it gets the signal too, and must not die before the main process has saved.
-    returncode, seconds = preempt([sys.executable, "train_hf.py", *common, "--num_workers", "1", "--output_dir",
-                                   str(out), "--sample_log", str(tmp_path / "samples")], tmp_path / "samples", log, 3)
+    # As the README starts a run under a scheduler: `accelerate launch` from a shell that ignores the stop signals, so
+    # that the launcher waits for the training process instead of dying at once. One DataLoader worker: it gets the
+    # signal too, and must not die before the main process has saved.
+    launcher = ["bash", "-c", "trap '' TERM USR1; exec \"$@\"", "launch", sys.executable, "-m",
+                "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no"]
+    returncode, seconds = preempt([*launcher, "train_hf.py", *common, "--num_workers", "1", "--output_dir", str(out),
+                                   "--sample_log", str(tmp_path / "samples")], tmp_path / "samples", log, 3)
     text = log.read_text()
     assert returncode == 0, text[-3000:]
     assert seconds < SIGNAL_TO_EXIT_LIMIT
