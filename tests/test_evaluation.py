@@ -212,6 +212,31 @@ def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_
         assert text in result.stdout
 
 
+def test_a_task_probe_trained_as_the_demo_does_beats_every_baseline(world_model_dir, data_options, tmp_path):
+    """The demo's recipe (balanced class weights, a higher learning rate, more epochs: seconds on the latent cache) on
+    the split that holds out case_001 (two videos), whose tasks (Suspensory ligaments, Other) the training cases show too. The
+    default split holds out case_000, whose Range of motion and Uterine horn no training case shows: there a probe
+    can at best recognise Other, weighted F1 0.41 against 0.24 for Other everywhere (measured: 0 to 0.30)."""
+    split = ["--split_seed", 4]
+    result = run_script("train_probe.py", [
+        "--world_model", world_model_dir, "--target", "task", *data_options, *split, "--cache_dir",
+        tmp_path / "latent_cache", "--output_dir", tmp_path / "probe", "--num_epochs", 30, "--batch_size", 4,
+        "--learning_rate", 5e-3, "--class_weights", "balanced", "--probe_num_layers", 1, "--device", "cpu",
+        "--report_to", "none", "--checkpointing_steps", 1000])
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("evaluate_surgical_model.py", [
+        "--checkpoint", world_model_dir, *data_options, *split, "--task_probe", tmp_path / "probe" / "best",
+        "--output", tmp_path / "report.json", "--device", "cpu", "--batch_size", 3])
+    assert result.returncode == 0, result.stderr[-3000:]
+    task = json.loads((tmp_path / "report.json").read_text())["surgvu_probes"]["task"]
+    assert sorted(task["per_video"]) == ["case_001_video_part_001", "case_001_video_part_002"]
+    # Training seeds 42 and 1-8: weighted F1 0.85 to 0.92 on its 24 frames at 1 fps, against 0.64 for Other everywhere (the
+    # training majority too) and 0.21 for chance. The margins are half the smallest seen.
+    assert task["probe"]["f1"] > task["all_other"]["f1"] + 0.1
+    assert task["probe"]["f1"] > task["majority"]["f1"] + 0.1
+    assert task["probe"]["f1"] > task["chance"]["f1"] + 0.3
+
+
 def test_bad_input_gets_a_clear_error_naming_the_file(world_model_dir, probes, data_options, tmp_path):
     not_a_model = tmp_path / "bert"
     not_a_model.mkdir()
