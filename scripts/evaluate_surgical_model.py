@@ -13,7 +13,9 @@ same defaults, same split seed; `--fps` defaults to the model config's `fps`, an
 `--split validation` is the split that training held out. The report:
 - world-model quality: latent L1 and cosine, teacher-forced (step t + 1 from the true steps 1..t) and rolled out
   (horizon h from step 1), next to the copy-the-last-context baseline; the same with each clip's actions swapped
-  for another clip's; the distribution of per-step surprise (the teacher-forced L1 of each step);
+  for another clip's; the distribution of per-step surprise (the teacher-forced L1 of each step); predictions and
+  baselines are scored against the targets training's validation uses (a fine-tuned encoder's EMA target encoder's),
+  and the report says which encoder gave the inputs and which the targets;
 - SurgVU probes, when probes are given or trained (`--train_probes`): task recognition with the organisers' metric
   (every labelled frame of each video at `--eval_fps`, 1 fps by default, is scored; each clip's prediction is given
   to the frames of its time span and frames no clip covers count as Other; weighted F1 and accuracy per video, plain
@@ -228,33 +230,48 @@ def per_step_actions(world_model, actions: torch.Tensor, num_steps: int) -> torc
     return frames_to_steps(actions, world_model.config.frames_per_step)
 
 
-def clip_latents_and_actions(world_model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch's latents (cached, or encoded here) and its actions, one per step."""
+def clip_latents_and_actions(world_model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's latents (cached, or encoded here), its target latents and its actions, one per step. The targets
+    are those training scored predictions against: the EMA target encoder's when the encoder was fine-tuned, else
+    the latents themselves (a frozen encoder is its own target)."""
     if "latents" in batch:
         latents = batch["latents"].to(device)
+        targets = latents
     else:
-        latents = world_model.encode(batch["pixel_values_videos"].to(device))
-    return latents, per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
+        pixel_values_videos = batch["pixel_values_videos"].to(device)
+        latents = world_model.encode(pixel_values_videos)
+        targets = latents if world_model.target_encoder is None else world_model.encode_targets(pixel_values_videos)
+    return latents, targets, per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
+
+
+def encoder_roles(world_model) -> dict[str, str]:
+    """Which encoder produced the inputs and which the targets, for the report."""
+    if world_model.target_encoder is None:
+        return {"inputs": "the frozen encoder", "targets": "the frozen encoder (its own target)"}
+    return {"inputs": "the fine-tuned (online) encoder",
+            "targets": "the EMA target encoder, as in training's validation"}
 
 
 @torch.no_grad()
-def world_model_errors(world_model, latents: torch.Tensor, actions: torch.Tensor,
+def world_model_errors(world_model, latents: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor | None = None,
                        baselines: bool = True) -> dict[str, torch.Tensor]:
     """Teacher-forced and rolled-out L1 / cosine per clip and step, and (with `baselines`) their copy-the-last-context
-    baselines, which do not depend on the actions. The rollout's L1 and its baseline are the model's own
-    `rollout_errors`, the values training's validation reports."""
+    baselines, which do not depend on the actions. Predictions read `latents`; they, and the baselines' copies, are
+    scored against `targets` (default: `latents`), as training's validation scores them. The rollout's L1 and its
+    baseline are the model's own `rollout_errors`, the values training's validation reports."""
+    targets = latents if targets is None else targets
     num_steps = latents.shape[1]
-    target = latents[:, 1:]
+    target = targets[:, 1:]
     predicted = world_model.predict(latents[:, :-1], actions[:, :-1])  # step t + 1 from the true steps <= t
     imagined = world_model.rollout(latents[:, :1], actions, steps=num_steps - 1)  # horizon h from step 1
     errors = {}
     errors["teacher_forced_l1"], errors["teacher_forced_cosine"] = latent_errors(predicted, target)
-    errors["rollout_l1"], copy_context_l1 = rollout_errors(imagined, latents)
+    errors["rollout_l1"], copy_context_l1 = rollout_errors(imagined, targets)
     errors["rollout_cosine"] = latent_cosine(imagined, target)
     if baselines:
-        errors["teacher_forced_copy_l1"], errors["teacher_forced_copy_cosine"] = latent_errors(latents[:, :-1], target)
+        errors["teacher_forced_copy_l1"], errors["teacher_forced_copy_cosine"] = latent_errors(targets[:, :-1], target)
         errors["rollout_copy_l1"] = copy_context_l1
-        errors["rollout_copy_cosine"] = latent_cosine(latents[:, :1].expand_as(target), target)
+        errors["rollout_copy_cosine"] = latent_cosine(targets[:, :1].expand_as(target), target)
     return errors
 
 
@@ -291,15 +308,15 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
         broken.add(batch.get("broken_clips", []))
         if "sample_id" not in batch:  # every clip of the batch failed to decode
             continue
-        latents, actions = clip_latents_and_actions(world_model, batch, device)
-        errors = world_model_errors(world_model, latents, actions)
+        latents, targets, actions = clip_latents_and_actions(world_model, batch, device)
+        errors = world_model_errors(world_model, latents, actions, targets)
         for name, values in errors.items():
             sums.add(name, values)
         count += len(latents)
         surprise.append(errors["teacher_forced_l1"].flatten().cpu())
         other = swapped(actions, previous_actions)
         if other is not None:
-            for name, values in world_model_errors(world_model, latents, other, baselines=False).items():
+            for name, values in world_model_errors(world_model, latents, other, targets, baselines=False).items():
                 swap_sums.add(name, values)
             swap_count += len(latents)
             changed += (other != actions).flatten(1).any(1).sum().item()
@@ -552,6 +569,7 @@ def tools_section(result: dict, train_prevalence: np.ndarray, seed: int) -> dict
 def print_table(report: dict) -> None:
     section = report["world_model"]
     print(f"\n{report['split']} split of {report['test_data']}: {section['num_clips']} clips")
+    print(f"inputs from {report['encoders']['inputs']}; targets from {report['encoders']['targets']}")
     print("World model: latent L1 (cosine)")
     print(f"{'':>4} {'teacher-forced':>16} {'copy last':>16} {'rollout':>16} {'copy context':>16} "
           f"{'rollout, swapped':>18}")
@@ -723,7 +741,8 @@ def clip_source(world_model, split, name: str, transform, data_args: DataArgumen
     from dataset_surgvu import SurgVUClips
     from dataset_surgvu.latent_cache import LatentCache, LatentCacheError, LatentClips
 
-    if data_args.cache_dir and name != "all" and not data_args.no_cache:
+    # A cache holds the online encoder's latents only: a fine-tuned model's targets come from its EMA encoder.
+    if data_args.cache_dir and name != "all" and not data_args.no_cache and world_model.target_encoder is None:
         # The evaluation runs without autocast: a cache built in float32 matches.
         key = latent_cache_key(world_model, split, transform, fps=data_args.fps,
                                frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
@@ -764,9 +783,9 @@ def run_mmor(args, world_model, probes: dict, split, clips, device, indices: lis
         broken.add(batch.get("broken_clips", []))
         if "sample_id" not in batch:  # every clip of the batch failed to decode
             continue
-        latents, actions = clip_latents_and_actions(world_model, batch, device)
+        latents, targets, actions = clip_latents_and_actions(world_model, batch, device)
         predicted = world_model.predict(latents[:, :-1], actions[:, :-1])
-        last_l1, _ = latent_errors(predicted[:, -1:], latents[:, -1:])  # the clip's last timepoint
+        last_l1, _ = latent_errors(predicted[:, -1:], targets[:, -1:])  # the clip's last timepoint
         records["surprise"].append(last_l1[:, 0].cpu())
         for name in MMOR_LABELS:
             records[name].append(batch[name][:, -1].cpu())
@@ -932,7 +951,8 @@ def main(argv=None) -> int:
     surgvu_probes = {target: probe for target, probe in probes.items() if PROBE_TARGETS[target].dataset == "surgvu"}
     result = run(args, world_model, surgvu_probes, split, indices, clips, device)
     report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
-              "clips": source, "world_model": world_model_section(result)}
+              "clips": source, "encoders": encoder_roles(world_model),
+              "world_model": world_model_section(result)}
     if result["skipped_clips"]["clips"]:  # failed to decode: left out of every figure
         report["skipped_clips"] = result["skipped_clips"]
     if surgvu_probes:
