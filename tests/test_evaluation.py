@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, train
 
 
 pytestmark = pytest.mark.slow
@@ -162,6 +162,28 @@ def test_the_reported_rollout_error_and_copy_baseline_are_the_model_s(make_tiny_
     torch.testing.assert_close(errors["rollout_copy_l1"], copy_context_error, rtol=0, atol=0)
     swapped = world_model_errors(model, latents, actions.roll(1, dims=0), baselines=False)
     assert not any("copy" in name for name in swapped)
+
+
+def test_a_fine_tuned_model_is_scored_against_its_ema_targets(make_tiny_config):
+    """With a fine-tuned encoder the rollout error and both copy baselines are measured against the EMA target
+    encoder's latents, as `rollout_error` (and training's validation) measures them, not against the online ones."""
+    from evaluate_surgical_model import clip_latents_and_actions, world_model_errors
+    from modeling_surgical_wm import SurgicalWorldModel
+
+    torch.manual_seed(0)
+    model = SurgicalWorldModel(make_tiny_config(freeze_encoder=False)).eval()
+    with torch.no_grad():
+        for parameter in model.target_encoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # the EMA target has drifted from the online encoder
+    batch = {"pixel_values_videos": torch.randn(2, 4, 3, 32, 32), "actions": torch.rand(2, 4, 3)}
+    latents, targets, actions = clip_latents_and_actions(model, batch, "cpu")
+    assert (targets - latents).abs().max() > 1e-3
+    errors = world_model_errors(model, latents, actions, targets)
+    model_error, copy_context_error = model.rollout_error(batch["pixel_values_videos"], batch["actions"])
+    torch.testing.assert_close(errors["rollout_l1"], model_error, rtol=0, atol=1e-6)
+    torch.testing.assert_close(errors["rollout_copy_l1"], copy_context_error, rtol=0, atol=1e-6)
+    expected_copy_last = (targets[:, :-1] - targets[:, 1:]).abs().mean((2, 3))
+    torch.testing.assert_close(errors["teacher_forced_copy_l1"], expected_copy_last, rtol=0, atol=1e-6)
 
 
 def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_options, tmp_path):
@@ -413,3 +435,60 @@ def test_frames_no_clip_covers_are_scored_and_the_fill_changes_the_score(gapped_
     assert (nearest["probe_nearest_fill"]["f1"], nearest["probe_nearest_fill"]["accuracy"]) != \
         (other["probe"]["f1"], other["probe"]["accuracy"])
     assert f"{other['num_frames']} frames scored at 1 fps, {other['missing_frames']} without a prediction" in stdout
+
+
+def test_a_fine_tuned_model_s_rollout_error_is_training_validation_s(train_inputs, world_model_dir, accelerator,
+                                                                       tmp_path):
+    """With a fine-tuned encoder, training's validation scores predictions against the EMA target encoder's latents:
+    the evaluation scores the same clips against the same targets, horizon by horizon and in its copy baselines."""
+    import shutil
+
+    from dataset_surgvu import SurgVUClips, collate_clips
+    from modeling_surgical_wm import SurgicalWorldModel
+    from torch.utils.data import DataLoader
+    from training_surgical_wm.arguments import DataArguments
+    from training_surgical_wm.data import dataset_entry, load_dataset_splits
+    from training_surgical_wm.world_model import validation_per_clip
+
+    # A fast EMA, so that three steps leave the target encoder well apart from the online one.
+    start = tmp_path / "start"
+    shutil.copytree(world_model_dir, start)
+    config = json.loads((start / "config.json").read_text())
+    (start / "config.json").write_text(json.dumps({**config, "ema_momentum": 0.5}))
+    inputs = list(train_inputs)
+    inputs[inputs.index("--pretrained_checkpoint") + 1] = str(start)
+    out = tmp_path / "finetune"
+    result = train([*inputs, "--output_dir", out, "--num_epochs", "1", "--max_train_steps", "3",
+                    "--finetune_encoder", "--encoder_learning_rate", "1e-2", "--checkpointing_steps", "100"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((out / "final" / "trainer_state.json").read_text())["history"][-1]
+
+    data_root = inputs[inputs.index("--data_root") + 1]
+    dataset_cache = inputs[inputs.index("--dataset_cache_dir") + 1]
+    report_path = tmp_path / "report.json"
+    result = run_script("evaluate_surgical_model.py", [
+        "--checkpoint", out / "final", "--data_root", data_root, "--dataset_cache_dir", dataset_cache,
+        "--num_workers", "0", "--split", "validation", "--batch_size", "2", "--device", "cpu",
+        "--output", report_path])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert "EMA target encoder" in report["encoders"]["targets"] and "fine-tuned" in report["encoders"]["inputs"]
+    rollout = report["world_model"]["rollout"]
+
+    # The figures training's validation logged for these weights (every clip has every horizon: mean of means).
+    assert report["world_model"]["num_clips"] == trained["val_num_clips"]
+    assert np.mean(rollout["l1"]) == pytest.approx(trained["val_rollout_error"], abs=1e-6)
+    assert np.mean(rollout["copy_last_context_l1"]) == pytest.approx(trained["val_copy_context_error"], abs=1e-6)
+
+    # Horizon by horizon: training's validation of the exported model on the same clips.
+    model = SurgicalWorldModel.from_pretrained(out / "final").eval()
+    online, target = model.encoder.state_dict(), model.target_encoder.state_dict()
+    assert max((online[name] - target[name]).abs().max() for name in online) > 1e-3  # the two encoders differ
+    data_args = DataArguments(data_root=data_root, dataset_cache_dir=dataset_cache, fps=model.config.fps)
+    split = load_dataset_splits(data_args)["validation"]
+    transform = dataset_entry(data_args).transform(crop_size=model.config.encoder_config.crop_size)
+    loader = DataLoader(SurgVUClips(split, transform), batch_size=2, collate_fn=collate_clips)
+    per_clip = validation_per_clip(accelerator, model, loader, seed=7)
+    np.testing.assert_allclose(rollout["l1"], per_clip["rollout_error"].double().mean(0).numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(rollout["copy_last_context_l1"], per_clip["copy_context_error"].double().mean(0).numpy(),
+                               rtol=0, atol=1e-6)
