@@ -104,6 +104,10 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             One non-negative weight per label (`num_labels` of them): the cross-entropy `weight` for
             `problem_type="single_label_classification"`, the BCE `pos_weight` for `"multi_label_classification"`.
             Rare classes (e.g. sterility breaches) get a larger weight.
+        probe_world_model_fingerprints (`dict[str, str]`, *optional*):
+            SHA-256 of the weights of each world-model module the probe reads, taken from the world model it was
+            trained on: `{"encoder": ...}`, and `"predictor"` with `probe_use_predictor`. The evaluation refuses a
+            world model whose weights differ, since the probe's classes were learned on those exact features.
 
     The classification head also reads PreTrainedConfig's own `num_labels`, `id2label`, `label2id` and
     `problem_type` (`"single_label_classification"` or `"multi_label_classification"`).
@@ -155,6 +159,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     probe_use_predictor: bool = False
     probe_target: str | None = None
     probe_class_weights: list[float] | None = None
+    probe_world_model_fingerprints: dict[str, str] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -267,6 +272,15 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             raise ValueError(f"`probe_use_predictor` must be a bool, got {self.probe_use_predictor!r}.")
         if self.probe_target is not None and not isinstance(self.probe_target, str):
             raise ValueError(f"`probe_target` must be a string or None, got {self.probe_target!r}.")
+        fingerprints = self.probe_world_model_fingerprints
+        if fingerprints is not None and not (
+            isinstance(fingerprints, dict) and all(isinstance(value, str) for value in fingerprints.values())
+            and set(fingerprints) <= {"encoder", "predictor"}
+        ):
+            raise ValueError(
+                "`probe_world_model_fingerprints` must map 'encoder' (and 'predictor') to SHA-256 strings, got "
+                f"{fingerprints!r}."
+            )
         weights = self.probe_class_weights
         if weights is None:
             return

@@ -57,7 +57,7 @@ from training_surgical_wm.loading import (
     time_base,
     training_settings,
 )
-from training_surgical_wm.probes import split_label_counts
+from training_surgical_wm.probes import read_modules, split_label_counts, world_model_mismatch
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -129,9 +129,9 @@ def load_checkpoint(path: str):
 
 
 def load_probe(path: str, target: str, world_model):
-    """A probe for `target` ('task' or 'tools') that reads `world_model`'s latents; clear errors otherwise."""
-    from dataset_surgvu.latent_cache import module_fingerprint
-
+    """A probe for `target` ('task' or 'tools') that reads `world_model`'s latents; clear errors otherwise. The probe
+    runs the world model it holds: every module it reads must have `world_model`'s weights, or its figures would
+    be another model's."""
     config, where = checkpoint_config(path)
     if config.get("model_type") != "surgical_wm" or not is_probe(config):
         fail(f"{where}: not a probe of a surgical world model (architectures {config.get('architectures')}); "
@@ -143,9 +143,14 @@ def load_probe(path: str, target: str, world_model):
         fail(f"{where}: a probe for the labels {labels}, not the {target} classes {expected} ({flag} "
              f"expects a scripts/train_probe.py --target {target} export)")
     _, probe = load_checkpoint(path)
-    if module_fingerprint(probe.world_model.encoder) != module_fingerprint(world_model.encoder):
-        fail(f"{path}: this probe was trained on the latents of another encoder than {world_model.name_or_path}'s; "
-             "train it on this world model (scripts/train_probe.py --world_model ...)")
+    differs = world_model_mismatch(probe, world_model)
+    if differs:
+        reads = " and ".join(read_modules(probe.config))
+        option = " --probe_use_predictor" if probe.config.probe_use_predictor else ""
+        fail(f"{path}: this probe reads the {reads} of the world model it was trained on, and "
+             f"{world_model.name_or_path}'s {' and '.join(differs)} {'differ' if len(differs) > 1 else 'differs'}; "
+             f"train it on this world model (scripts/train_probe.py --world_model {world_model.name_or_path}"
+             f"{option} --target {target})")
     return probe
 
 

@@ -58,7 +58,7 @@ from training_surgical_wm.export import create_hub_repo, export_model, push_expo
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
 from training_surgical_wm.loading import check_checkpoint_folder
 from training_surgical_wm.preemption import Preemption, ignore_stop_signals
-from training_surgical_wm.probes import split_label_counts
+from training_surgical_wm.probes import read_modules, split_label_counts, world_model_fingerprints
 
 
 logger = get_logger(__name__, log_level="INFO")
@@ -101,9 +101,11 @@ def balanced_weights(counts: torch.Tensor, num_clips: int, target: ProbeTarget) 
 
 
 def load_probe_model(probe_args: ProbeArguments, class_weights: list[float] | None):
+    """The probe on the frozen world model, with the fingerprints of the world-model weights it reads recorded in its
+    config: the evaluation refuses it with a world model whose weights differ."""
     target = get_probe_target(probe_args.target)
     try:
-        return SurgicalWorldModelForVideoClassification.from_world_model(
+        model = SurgicalWorldModelForVideoClassification.from_world_model(
             probe_args.world_model, id2label=target.id2label, problem_type=target.problem_type,
             probe_target=probe_args.target,
             probe_num_layers=probe_args.probe_num_layers, probe_use_predictor=probe_args.probe_use_predictor,
@@ -111,6 +113,9 @@ def load_probe_model(probe_args: ProbeArguments, class_weights: list[float] | No
         )
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: --world_model {probe_args.world_model}: {error}") from None
+    model.config.probe_world_model_fingerprints = world_model_fingerprints(model.world_model,
+                                                                           read_modules(model.config))
+    return model
 
 
 def probe_card(config, probe_args: ProbeArguments, train_args: TrainArguments, state: dict,

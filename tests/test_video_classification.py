@@ -110,6 +110,8 @@ def test_return_dict_false_gives_a_tuple():
         ({"probe_num_layers": 1.5}, "probe_num_layers"),
         ({"probe_use_predictor": "yes"}, "probe_use_predictor"),
         ({"probe_target": 3}, "probe_target"),
+        ({"probe_world_model_fingerprints": {"decoder": "0" * 64}}, "probe_world_model_fingerprints"),
+        ({"probe_world_model_fingerprints": {"encoder": 3}}, "probe_world_model_fingerprints"),
         ({"num_labels": 3, "probe_class_weights": [1.0, 2.0]}, "2 weights but there are 3 labels"),
         ({"num_labels": 2, "probe_class_weights": [1.0, -2.0]}, "non-negative"),
         ({"num_labels": 2, "probe_class_weights": [1.0, float("nan")]}, "finite"),

@@ -1,11 +1,12 @@
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
 """What the probes need beyond the probe targets of dataset_surgvu.catalog (classes, problem type, label column,
 labelled clips): the label counts of a split, shared by scripts/train_probe.py (class weights) and the evaluation
-(majority baselines)."""
+(majority baselines); the fingerprints that tie a probe to the world-model weights it reads."""
 
 import torch
 
 from dataset_surgvu.catalog import ProbeTarget
+from dataset_surgvu.latent_cache import module_fingerprint
 
 
 def split_label_counts(split, indices: list[int], target: ProbeTarget) -> torch.Tensor:
@@ -18,3 +19,25 @@ def split_label_counts(split, indices: list[int], target: ProbeTarget) -> torch.
     if target.problem_type == "multi_label_classification":
         return torch.tensor(last, dtype=torch.float32).sum(0)
     return torch.bincount(torch.tensor(last), minlength=len(target.class_names)).float()
+
+
+def read_modules(config) -> tuple[str, ...]:
+    """The world-model modules whose outputs a probe reads: the encoder, and the predictor with
+    `probe_use_predictor`."""
+    return ("encoder", "predictor") if config.probe_use_predictor else ("encoder",)
+
+
+def world_model_fingerprints(world_model, modules: tuple[str, ...]) -> dict[str, str]:
+    """`module_fingerprint` of each of `world_model`'s `modules`, by name."""
+    return {name: module_fingerprint(getattr(world_model, name)) for name in modules}
+
+
+def world_model_mismatch(probe, world_model) -> list[str]:
+    """The modules the probe reads whose weights in `world_model` differ from those it was trained on (its recorded
+    fingerprints) or from those it holds and runs. A probe saved before the fingerprints were recorded is checked
+    against the copy it holds alone: that copy stayed frozen through its training, so it is exactly what it read."""
+    modules = read_modules(probe.config)
+    given = world_model_fingerprints(world_model, modules)
+    held = world_model_fingerprints(probe.world_model, modules)
+    recorded = probe.config.probe_world_model_fingerprints or {}
+    return [name for name in modules if given[name] != held[name] or given[name] != recorded.get(name, held[name])]
