@@ -45,7 +45,7 @@ TRAIN_METRICS = ("loss", "temporal_loss", "contrastive_loss", "mask_loss")  # av
 
 def main(argv=None) -> None:
     model_args, data_args, train_args = parse_training_arguments(argv, __doc__.splitlines()[0])
-    check_pretrained_checkpoint(model_args.pretrained_checkpoint)  # now, not after the data is built
+    saved = check_pretrained_checkpoint(model_args.pretrained_checkpoint)  # now, not after the data is built
     output_dir = Path(train_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
 
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
                          "scripts/check_setup.py --data_root ...).")
 
     # ---- model (its config records the data's action spec and frame rate, which the export carries)
-    model = load_world_model(model_args, entry.action_spec(dataset), fps=data_fps(metadata))
+    model = load_world_model(model_args, entry.action_spec(dataset), fps=data_fps(metadata), saved=saved)
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()
     transform = entry.transform(crop_size=model.config.encoder_config.crop_size)

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from accelerate.logging import get_logger
-from accelerate.utils import gather_object
 
 from dataset_surgvu import EpochShuffleSampler, collate_clips
 from dataset_surgvu.catalog import PROBE_TARGETS, ProbeTarget, get_dataset, get_probe_target
@@ -51,6 +50,7 @@ from training_surgical_wm.data import (
     clip_datasets,
     clip_inputs,
     dataset_entry,
+    gather_clip_values,
     load_dataset_splits,
     split_groups,
 )
@@ -166,24 +166,18 @@ form) before any use beyond non-commercial research.
 def validate(accelerator, model, dataloader, target: ProbeTarget, skipped: SkippedClips) -> dict:
     """Mean unweighted loss (cross-entropy, or binary cross-entropy averaged over the classes) and accuracy (per
     class for tools) over the validation clips, gathered from every process. Clips that fail to decode are left out
-    and counted in `skipped`: a batch that lost some is gathered as objects (the processes' batches differ in size)
-    and the clips padded in to even out the last batch are dropped by sample id."""
+    and counted in `skipped`, and each clip is counted once (`gather_clip_values`)."""
     model.eval()
     loss_sum, hits, count, seen = 0.0, 0.0, 0, set()
     for batch in dataloader:
         checked = skipped.check(batch)
         batch = checked.batch
-        values = (batch["sample_id"], model(**clip_inputs(batch)).logits.float(), target.clip_labels(batch))
-        if not checked.lost_clips:
-            sample_ids, logits, labels = accelerator.gather_for_metrics(values)
-        else:
-            parts = gather_object([] if checked.stand_in else [tuple(value.cpu() for value in values)])
-            if not parts:  # no process had a decoded clip
-                continue
-            sample_ids, logits, labels = (torch.cat(part) for part in zip(*parts))
-            fresh = torch.tensor([sample_id not in seen for sample_id in sample_ids.tolist()], dtype=torch.bool)
-            sample_ids, logits, labels = sample_ids[fresh], logits[fresh], labels[fresh]
-        seen.update(sample_ids.tolist())
+        values = {"sample_id": batch["sample_id"], "logits": model(**clip_inputs(batch)).logits.float(),
+                  "labels": target.clip_labels(batch)}
+        gathered = gather_clip_values(accelerator, checked, values, seen)
+        if gathered is None:  # no process had a decoded clip
+            continue
+        logits, labels = gathered["logits"], gathered["labels"]
         if target.problem_type != "multi_label_classification":
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             hits += (logits.argmax(-1) == labels).sum().item()

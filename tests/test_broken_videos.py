@@ -189,3 +189,19 @@ def test_the_cache_build_records_broken_clips_and_never_retries_them(accelerator
     CountingTransform.calls = 0
     again = build_latent_cache(accelerator, model, split, transform, tmp_path / "cache", key, **options)
     assert CountingTransform.calls == 0 and again.broken_clips == cache.broken_clips
+
+
+def test_validation_gathers_each_clip_once_and_skips_a_batch_no_process_decoded(accelerator):
+    from training_surgical_wm.data import CheckedBatch, gather_clip_values
+
+    seen = set()
+    intact = {"sample_id": torch.tensor([0, 1]), "value": torch.tensor([10.0, 11.0])}
+    got = gather_clip_values(accelerator, CheckedBatch(intact, False, False, False), intact, seen)
+    assert got["sample_id"].tolist() == [0, 1] and got["value"].tolist() == [10.0, 11.0]
+    # A batch that lost clips somewhere: gathered as objects; clip 1 again (the padding of the last batch) is dropped.
+    lost = {"sample_id": torch.tensor([1, 2]), "value": torch.tensor([11.0, 12.0])}
+    got = gather_clip_values(accelerator, CheckedBatch(lost, False, False, True), lost, seen)
+    assert got["sample_id"].tolist() == [2] and got["value"].tolist() == [12.0]
+    assert seen == {0, 1, 2}
+    # This process ran a stand-in and no other process had a clip: nothing to record.
+    assert gather_clip_values(accelerator, CheckedBatch(lost, True, True, True), lost, seen) is None

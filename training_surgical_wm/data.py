@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import send_to_device
+from accelerate.utils import gather_object, send_to_device
 
 from dataset_surgvu import BrokenClip, BrokenFiles, SurgVUClips, SurgVULabelError, collate_clips
 from dataset_surgvu.clips import batch_size
@@ -141,3 +141,23 @@ class SkippedClips:
             if not isinstance(item, BrokenClip):
                 return send_to_device(collate_clips([item]), self.accelerator.device)
         raise SystemExit(f"error: no {self.split} clip can be decoded: {self.files.summary()}")
+
+
+def gather_clip_values(accelerator: Accelerator, checked: CheckedBatch, values: dict[str, torch.Tensor],
+                       seen: set[int]) -> dict[str, torch.Tensor] | None:
+    """One validation batch's per-clip `values` (a "sample_id" among them) from every process, each clip once; None
+    when no process had a decoded clip. An intact batch goes through `gather_for_metrics`, which drops the samples
+    padded in to even out the last batch; a batch that lost clips on some process is gathered as objects (the
+    processes' batches then differ in size), and the clips already in `seen` (the padding) are dropped by sample id.
+    `seen` collects the sample ids returned."""
+    if not checked.lost_clips:
+        gathered = accelerator.gather_for_metrics(values)
+    else:
+        parts = gather_object([] if checked.stand_in else [{name: value.cpu() for name, value in values.items()}])
+        if not parts:
+            return None
+        gathered = {name: torch.cat([part[name] for part in parts]) for name in values}
+        fresh = torch.tensor([sample_id not in seen for sample_id in gathered["sample_id"].tolist()], dtype=torch.bool)
+        gathered = {name: value[fresh] for name, value in gathered.items()}
+    seen.update(gathered["sample_id"].tolist())
+    return gathered

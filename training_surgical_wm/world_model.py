@@ -4,17 +4,15 @@ per clip with seeded masks."""
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import gather_object
 
 from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
 from modeling_surgical_wm import SurgicalWorldModel
 
 from .arguments import ModelArguments
-from .data import CheckedBatch, SkippedClips, clip_inputs
+from .data import CheckedBatch, SkippedClips, clip_inputs, gather_clip_values
 from .loading import check_checkpoint_folder
 
 
@@ -36,12 +34,13 @@ def check_pretrained_checkpoint(source: str) -> dict:
     return {}
 
 
-def load_world_model(model_args: ModelArguments, action_spec: list[str],
-                     fps: float | None = None) -> SurgicalWorldModel:
+def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: float | None = None,
+                     saved: dict | None = None) -> SurgicalWorldModel:
     """The world model to train for data with `action_spec` sampled at `fps` (None: the data has no frame rate, as
     MM-OR's timepoints): a surgical world model (its action embedding re-initialised when the actions differ) or
     V-JEPA 2 with a new predictor. The config records the action spec, its groups and `fps` for the export. A local
-    folder is checked first (`check_pretrained_checkpoint`): transformers would fill missing weights at random."""
+    folder is checked first (`check_pretrained_checkpoint`, whose result a caller that already ran it passes as
+    `saved`): transformers would fill missing weights at random."""
     overrides = {
         "action_dim": len(action_spec),
         "action_spec": action_spec,
@@ -53,7 +52,7 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str],
         "fps": fps,
     }
     source = model_args.pretrained_checkpoint
-    saved = check_pretrained_checkpoint(source)
+    saved = check_pretrained_checkpoint(source) if saved is None else saved
     if saved.get("model_type") == "surgical_wm":
         model = SurgicalWorldModel.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
         saved_spec = saved.get("action_spec")
@@ -99,18 +98,17 @@ def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int,
     values are gathered with `gather_for_metrics`, which drops the samples padded in to even out the last batch.
     The rollout error is that of a rollout from each clip's first step over all its later steps; its baseline copies
     that first (context) latent. The contrastive loss compares a clip with the others of its batch, so it alone
-    depends on how the batches fall. Clips that fail to decode are left out and counted in `skipped`: a batch that
-    lost some is gathered as objects (the processes' batches differ in size), and the padded samples are then
-    dropped by sample id.
+    depends on how the batches fall. Clips that fail to decode are left out and counted in `skipped`, and each clip
+    is kept once (`gather_clip_values`).
     """
     model.eval()
     config = accelerator.unwrap_model(model).config
     per_clip = {"sample_id": [], "temporal_loss": [], "mask_loss": [], "contrastive_loss": [], "rollout_error": [],
                 "copy_context_error": []}
-    lost_clips = False
+    seen = set()
     for batch in dataloader:
         checked = skipped.check(batch) if skipped is not None else CheckedBatch(batch, False, False, False)
-        batch, lost_clips = checked.batch, lost_clips or checked.lost_clips
+        batch = checked.batch
         inputs, sample_ids = clip_inputs(batch), batch["sample_id"]
         batch_size = len(sample_ids)
         num_steps = (batch["latents"].shape[1] if "latents" in batch
@@ -126,19 +124,10 @@ def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int,
             "rollout_error": output.rollout_error.float(),  # (B, S - 1): per horizon
             "copy_context_error": output.copy_context_error.float(),
         }
-        if not checked.lost_clips:
-            for name, value in accelerator.gather_for_metrics(values).items():
-                per_clip[name].append(value.cpu())
-            continue
-        for gathered in gather_object([] if checked.stand_in else [{k: v.cpu() for k, v in values.items()}]):
-            for name, value in gathered.items():
-                per_clip[name].append(value)
-    per_clip = {name: torch.cat(values) if values else torch.zeros(0) for name, values in per_clip.items()}
-    if lost_clips:  # the padding that evens out the last batch repeats clips: keep each clip's first record
-        _, first = np.unique(per_clip["sample_id"].numpy(), return_index=True)
-        keep = torch.from_numpy(np.sort(first))
-        per_clip = {name: values[keep] for name, values in per_clip.items()}
-    return per_clip
+        gathered = gather_clip_values(accelerator, checked, values, seen)
+        for name, value in (gathered or {}).items():
+            per_clip[name].append(value.cpu())
+    return {name: torch.cat(values) if values else torch.zeros(0) for name, values in per_clip.items()}
 
 
 def run_validation(accelerator: Accelerator, model, dataloader, seed: int, skipped: SkippedClips | None = None) -> dict:
