@@ -151,6 +151,9 @@ Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps
     "sum": total.item(),
 }))
 accelerator.wait_for_everyone()
+# As train_hf.py does: a gloo process that exits without destroying its process group can abort at
+# interpreter shutdown ("terminate called without an active exception", SIGABRT), now and then.
+accelerator.end_training()
 """
 
 
