@@ -31,6 +31,10 @@ VJEPA2_PRESETS = {
 }
 
 
+# How actions enter the predictor: one token per step, or that token and an AdaLN modulation of every layer.
+ACTION_CONDITIONINGS = ("token", "adaln")
+
+
 class SurgicalWorldModelConfig(PreTrainedConfig):
     r"""
     Configuration of [`SurgicalWorldModel`]: a V-JEPA 2 video encoder whose per-step latents feed an
@@ -71,6 +75,26 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             Frames per second sampled from the video, the time base of a step (`None`: unknown, an older export).
         rollout_steps (`int`, *optional*, defaults to 2):
             Autoregressive steps of the rollout loss (V-JEPA 2-AC uses 2).
+        rollout_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the rollout loss next to the teacher-forcing loss in the training objective (V-JEPA 2-AC: 1).
+        action_conditioning (`str`, *optional*, defaults to `"token"`):
+            How actions reach the predictor: `"token"`, one action token per step (V-JEPA 2-AC), or `"adaln"`, that
+            token and, in every layer, a shift, scale and gate of the step's tokens computed from the step's action
+            embedding (AdaLN, as Meta's JEPA-WMs). The modulation starts at zero, gates as `1 + gate`, so an adaln
+            model starts exactly where the token model with the same weights is.
+        action_dropout (`float`, *optional*, defaults to 0.0):
+            Probability that training replaces a transition's action with a learned null action ("actions
+            unknown"); a model trained with it takes NaN actions as unknown at inference.
+        action_change_weight (`float`, *optional*, defaults to 1.0):
+            Weight, in the training objective, of the transitions whose action differs from the transition before
+            (the others weigh 1): where the labelled actions change, with the labels of t+1 paired with t -> t+1.
+        action_contrastive_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the action-contrastive loss: InfoNCE over L1 distances to the true next latent, the
+            prediction under the transition's own action against predictions under other actions of the batch.
+        action_contrastive_negatives (`int`, *optional*, defaults to 4):
+            Other actions per transition in the action-contrastive loss.
+        action_contrastive_temperature (`float`, *optional*, defaults to 0.01):
+            Temperature of the action-contrastive loss, in units of the L1 distance.
         contrastive_weight (`float`, *optional*, defaults to 0.1):
             Weight of the InfoNCE loss between predicted and true future latents.
         contrastive_temperature (`float`, *optional*, defaults to 0.1):
@@ -141,6 +165,14 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     frames_per_step: int = 1
     fps: float | int | None = None
     rollout_steps: int = 2
+    rollout_loss_weight: float | int = 1.0
+    # how actions enter, and the training terms that make the predictor use them
+    action_conditioning: str = "token"
+    action_dropout: float | int = 0.0
+    action_change_weight: float | int = 1.0
+    action_contrastive_weight: float | int = 0.0
+    action_contrastive_negatives: int = 4
+    action_contrastive_temperature: float | int = 0.01
     # losses
     contrastive_weight: float | int = 0.1
     contrastive_temperature: float | int = 0.1
@@ -168,12 +200,14 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     def _check_values(self):
         encoder = self.encoder_config
         for name in ("predictor_hidden_size", "predictor_num_hidden_layers", "predictor_num_attention_heads",
-                     "action_dim", "state_dim", "frames_per_step", "rollout_steps"):
+                     "action_dim", "state_dim", "frames_per_step", "rollout_steps", "action_contrastive_negatives"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"`{name}` must be an integer, got {value!r}.")
         for name in ("predictor_mlp_ratio", "predictor_drop_path_rate", "contrastive_weight",
-                     "contrastive_temperature", "lambda_mask", "mask_ratio", "ema_momentum"):
+                     "contrastive_temperature", "lambda_mask", "mask_ratio", "ema_momentum", "rollout_loss_weight",
+                     "action_dropout", "action_change_weight", "action_contrastive_weight",
+                     "action_contrastive_temperature"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"`{name}` must be a number, got {value!r}.")
@@ -185,6 +219,8 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             "rollout_steps": self.rollout_steps,
             "contrastive_temperature": self.contrastive_temperature,
             "frames_per_step": self.frames_per_step,
+            "action_contrastive_negatives": self.action_contrastive_negatives,
+            "action_contrastive_temperature": self.action_contrastive_temperature,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -194,7 +230,10 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             raise ValueError(f"`fps` must be a positive number of frames per second or None, got {self.fps!r}.")
         for name, value in {"action_dim": self.action_dim, "state_dim": self.state_dim,
                             "contrastive_weight": self.contrastive_weight, "lambda_mask": self.lambda_mask,
-                            "predictor_drop_path_rate": self.predictor_drop_path_rate}.items():
+                            "predictor_drop_path_rate": self.predictor_drop_path_rate,
+                            "rollout_loss_weight": self.rollout_loss_weight,
+                            "action_change_weight": self.action_change_weight,
+                            "action_contrastive_weight": self.action_contrastive_weight}.items():
             if value < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
         if self.predictor_hidden_size % self.predictor_num_attention_heads != 0:
@@ -216,6 +255,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             raise ValueError(f"`mask_ratio` must be in (0, 1), got {self.mask_ratio!r}.")
         if not 0.0 <= self.ema_momentum <= 1.0:
             raise ValueError(f"`ema_momentum` must be in [0, 1], got {self.ema_momentum!r}.")
+        self._check_action_training()
         if self.action_spec is not None and len(self.action_spec) != self.action_dim:
             raise ValueError(
                 f"`action_spec` names {len(self.action_spec)} dimensions but `action_dim` is {self.action_dim}."
@@ -227,6 +267,22 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
                 f"({encoder.patch_size})."
             )
         self._check_probe_values()
+
+    def _check_action_training(self) -> None:
+        if self.action_conditioning not in ACTION_CONDITIONINGS:
+            raise ValueError(
+                f"`action_conditioning` must be one of {list(ACTION_CONDITIONINGS)}, got {self.action_conditioning!r}."
+            )
+        if not 0.0 <= self.action_dropout < 1.0:
+            raise ValueError(f"`action_dropout` must be in [0, 1), got {self.action_dropout!r}.")
+        if self.action_dim == 0:
+            uses_actions = {"action_conditioning": self.action_conditioning != "token",
+                            "action_dropout": self.action_dropout > 0,
+                            "action_change_weight": self.action_change_weight != 1,
+                            "action_contrastive_weight": self.action_contrastive_weight > 0}
+            named = [name for name, used in uses_actions.items() if used]
+            if named:
+                raise ValueError(f"{named} need actions, but `action_dim` is 0 (a pure video world model).")
 
     def _check_action_groups(self, groups: list[str] | None) -> None:
         if groups is None:
@@ -320,4 +376,4 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
 
 SurgicalWorldModelConfig.register_for_auto_class()
 
-__all__ = ["SurgicalWorldModelConfig", "VJEPA2_PRESETS"]
+__all__ = ["ACTION_CONDITIONINGS", "SurgicalWorldModelConfig", "VJEPA2_PRESETS"]

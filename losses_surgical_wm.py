@@ -51,3 +51,35 @@ def contrastive_loss(predicted: torch.Tensor, target: torch.Tensor, temperature:
     logits = torch.einsum("bsd,csd->sbc", predicted, target) / temperature  # (S, B, B)
     labels = torch.arange(batch_size, device=logits.device).expand(logits.shape[0], -1)  # (S, B)
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+
+def action_changes(transition_actions: torch.Tensor) -> torch.Tensor:
+    """Which transitions `(batch, transitions)` have an action `(batch, transitions, dim)` other than the transition
+    before them (the first has none before it: False). With the labels of t+1 paired with t -> t+1, these are the
+    transitions whose labels change."""
+    changed = (transition_actions[:, 1:] != transition_actions[:, :-1]).any(-1)
+    return F.pad(changed, (1, 0), value=False)
+
+
+def weighted_l1_per_clip(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over the steps of each clip `(batch,)` of the L1 of each step (over tokens and channels) times its weight
+    `(batch, steps)`: a clip's value does not depend on the rest of the batch."""
+    per_step = (predicted.float() - target.float()).abs().mean(dim=(2, 3))  # (B, S)
+    return (per_step * weights).mean(1)
+
+
+def action_contrastive_loss(
+    own_error: torch.Tensor, other_errors: torch.Tensor, valid: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """
+    InfoNCE over L1 distances: the prediction of each transition under its own action must be nearer the true next
+    latent than its predictions under other actions. `own_error` `(batch, steps)` and `other_errors` `(batch, steps,
+    negatives)` are L1 distances to the target; `valid` `(batch, steps, negatives)` marks the other actions that
+    differ from the own one. The mean over the transitions with at least one valid other action (0 without any).
+    """
+    logits = -torch.cat([own_error.unsqueeze(-1), other_errors], dim=-1).float() / temperature  # (B, S, 1 + K)
+    logits = logits.masked_fill(F.pad(~valid, (1, 0), value=False), float("-inf"))
+    counted = valid.any(-1)  # (B, S)
+    per_transition = torch.logsumexp(logits, dim=-1) - logits[..., 0]  # -log softmax of the own action
+    per_transition = per_transition.masked_fill(~counted, 0.0)
+    return per_transition.sum() / counted.sum().clamp(min=1)

@@ -25,11 +25,29 @@ from transformers.utils import CONFIG_NAME, ModelOutput, logging
 
 try:
     from .configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
-    from .losses_surgical_wm import contrastive_loss, frames_to_steps, l1_per_clip, masked_l1_per_clip, rollout_errors
+    from .losses_surgical_wm import (
+        action_changes,
+        action_contrastive_loss,
+        contrastive_loss,
+        frames_to_steps,
+        l1_per_clip,
+        masked_l1_per_clip,
+        rollout_errors,
+        weighted_l1_per_clip,
+    )
     from .planning_surgical_wm import SurgicalWorldModelPlanningMixin, SurgicalWorldModelPlanOutput
 except ImportError:  # imported as a top-level module from a clone of the repository
     from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
-    from losses_surgical_wm import contrastive_loss, frames_to_steps, l1_per_clip, masked_l1_per_clip, rollout_errors
+    from losses_surgical_wm import (
+        action_changes,
+        action_contrastive_loss,
+        contrastive_loss,
+        frames_to_steps,
+        l1_per_clip,
+        masked_l1_per_clip,
+        rollout_errors,
+        weighted_l1_per_clip,
+    )
     from planning_surgical_wm import SurgicalWorldModelPlanningMixin, SurgicalWorldModelPlanOutput
 
 
@@ -40,13 +58,17 @@ logger = logging.get_logger(__name__)
 class SurgicalWorldModelOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`):
+        The training objective: teacher-forcing L1 + `rollout_loss_weight` * rollout L1 (a transition whose action
+        differs from the one before weighing `action_change_weight`), + `contrastive_weight * contrastive_loss +
+        lambda_mask * mask_loss + action_contrastive_weight * action_contrastive_loss`. With the default weights,
         `temporal_loss + contrastive_weight * contrastive_loss + lambda_mask * mask_loss`.
     predicted_latents (`torch.FloatTensor` of shape `(batch_size, steps - 1, tokens, dim)`):
         Teacher-forced predictions of z_{t+1} from z_{<=t} and the actions.
     target_latents (`torch.FloatTensor` of shape `(batch_size, steps - 1, tokens, dim)`):
         The true z_{t+1} (from the EMA target encoder when the encoder trains).
     temporal_loss (`torch.FloatTensor` of shape `()`):
-        `teacher_forcing_loss + rollout_loss`, the batch mean of `clip_temporal_loss`.
+        `teacher_forcing_loss + rollout_loss`, the batch mean of `clip_temporal_loss` (unweighted, as validation
+        compares it).
     teacher_forcing_loss (`torch.FloatTensor` of shape `()`):
         L1 between `predicted_latents` and `target_latents`.
     rollout_loss (`torch.FloatTensor` of shape `()`):
@@ -56,6 +78,10 @@ class SurgicalWorldModelOutput(ModelOutput):
     mask_loss (`torch.FloatTensor` of shape `()`, *optional*):
         L1 on the masked tokens of the mask-denoising prediction, the batch mean of `clip_mask_loss`
         (when `use_mask_aux`).
+    action_contrastive_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        InfoNCE over L1 distances to the true next latent: each transition's prediction under its own action against
+        its predictions under `action_contrastive_negatives` other actions of the batch (in training, with
+        `action_contrastive_weight` > 0).
     clip_temporal_loss (`torch.FloatTensor` of shape `(batch_size,)`):
         Teacher-forcing plus rollout L1 of each clip; a clip's value does not depend on the rest of the batch, so
         validation can average it over clips whatever the batch size or the number of processes.
@@ -88,6 +114,7 @@ class SurgicalWorldModelOutput(ModelOutput):
     rollout_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     mask_loss: torch.FloatTensor | None = None
+    action_contrastive_loss: torch.FloatTensor | None = None
     clip_temporal_loss: torch.FloatTensor | None = None
     clip_mask_loss: torch.FloatTensor | None = None
     rollout_error: torch.FloatTensor | None = None
@@ -211,8 +238,32 @@ class SurgicalWorldModelPredictorMLP(nn.Module):
         return self.fc2(self.activation(self.fc1(hidden_states)))
 
 
+class SurgicalWorldModelPredictorAdaLN(nn.Linear):
+    """
+    Per-step modulation of a predictor layer by the step's action embedding (`action_conditioning="adaln"`, as the
+    AdaLN predictor of Meta's JEPA-WMs): a shift and a scale of each normalised input, a gate of each residual
+    branch, for the attention and for the MLP. Initialised to zero and applied as `1 + scale`, `1 + gate`, so the
+    layer starts as the plain one (DiT's AdaLN-zero gates start at 0 instead, which would silence a pretrained
+    predictor). A linear layer itself, so that its weights are its own to initialise.
+    """
+
+    def __init__(self, config: SurgicalWorldModelConfig):
+        super().__init__(config.predictor_hidden_size, 6 * config.predictor_hidden_size)
+
+    def forward(self, action_embedding: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shift, scale, gate) of the attention then of the MLP, each `(B, T, 1, hidden)`, from the action
+        embedding `(B, T, hidden)` of T steps."""
+        return super().forward(F.silu(action_embedding)).unsqueeze(2).chunk(6, dim=-1)
+
+
+def per_step(hidden_states: torch.Tensor, factor: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """`hidden_states` `(B, T * tokens, hidden)` times a per-step `factor` `(B, T, 1, hidden)`, plus `shift`."""
+    steps = hidden_states.unflatten(1, (factor.shape[1], -1)) * factor  # (B, T, tokens, hidden)
+    return (steps if shift is None else steps + shift).flatten(1, 2)
+
+
 class SurgicalWorldModelPredictorLayer(GradientCheckpointingLayer):
-    """A pre-norm transformer block of the predictor."""
+    """A pre-norm transformer block of the predictor, modulated by the actions with `action_conditioning="adaln"`."""
 
     def __init__(self, config: SurgicalWorldModelConfig, drop_path_rate: float = 0.0):
         super().__init__()
@@ -221,6 +272,7 @@ class SurgicalWorldModelPredictorLayer(GradientCheckpointingLayer):
         self.norm2 = nn.LayerNorm(config.predictor_hidden_size, eps=config.layer_norm_eps)
         self.mlp = SurgicalWorldModelPredictorMLP(config)
         self.drop_path_rate = drop_path_rate
+        self.adaln = SurgicalWorldModelPredictorAdaLN(config) if config.action_conditioning == "adaln" else None
 
     def drop_path(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.drop_path_rate == 0.0 or not self.training:
@@ -239,14 +291,27 @@ class SurgicalWorldModelPredictorLayer(GradientCheckpointingLayer):
         past_value: torch.Tensor | None = None,
         shared_key: torch.Tensor | None = None,
         shared_value: torch.Tensor | None = None,
+        action_embedding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The layer's output and its attention's keys and values (see `SurgicalWorldModelPredictorAttention`).
-        Past keys and values are positional so that reentrant gradient checkpointing also sends them gradients."""
+        Past keys and values are positional so that reentrant gradient checkpointing also sends them gradients.
+        `action_embedding` `(B, T, hidden)`: the actions of the T steps given, for the AdaLN modulation (adaln only);
+        each step is modulated by its own action alone, so cached keys of earlier steps stay valid."""
+        if self.adaln is None:
+            attention_output, key, value = self.attention(
+                self.norm1(hidden_states), attention_mask, rotary, past_key, past_value, shared_key, shared_value
+            )
+            hidden_states = hidden_states + self.drop_path(attention_output)
+            hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+            return hidden_states, key, value
+        shift_attention, scale_attention, gate_attention, shift_mlp, scale_mlp, gate_mlp = self.adaln(action_embedding)
         attention_output, key, value = self.attention(
-            self.norm1(hidden_states), attention_mask, rotary, past_key, past_value, shared_key, shared_value
+            per_step(self.norm1(hidden_states), 1 + scale_attention, shift_attention), attention_mask, rotary,
+            past_key, past_value, shared_key, shared_value,
         )
-        hidden_states = hidden_states + self.drop_path(attention_output)
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        hidden_states = hidden_states + self.drop_path(per_step(attention_output, 1 + gate_attention))
+        mlp_output = self.mlp(per_step(self.norm2(hidden_states), 1 + scale_mlp, shift_mlp))
+        hidden_states = hidden_states + self.drop_path(per_step(mlp_output, 1 + gate_mlp))
         return hidden_states, key, value
 
 
@@ -262,6 +327,8 @@ class SurgicalWorldModelPredictor(nn.Module):
         self.action_proj = nn.Linear(config.action_dim, hidden) if config.action_dim > 0 else None
         self.state_proj = nn.Linear(config.state_dim, hidden) if config.state_dim > 0 else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, hidden)) if config.use_mask_aux else None
+        # The embedding of an unknown action (NaN in `actions`), learnt by action dropout.
+        self.null_action = nn.Parameter(torch.zeros(hidden)) if config.action_dropout > 0 else None
         rates = [config.predictor_drop_path_rate * i / max(config.predictor_num_hidden_layers - 1, 1)
                  for i in range(config.predictor_num_hidden_layers)]
         self.layers = nn.ModuleList(SurgicalWorldModelPredictorLayer(config, rate) for rate in rates)
@@ -271,6 +338,17 @@ class SurgicalWorldModelPredictor(nn.Module):
     def new_cache(self) -> "PredictorKVCache":
         """An empty cache for `forward(..., cache=)`: the keys and values of the steps this predictor has seen."""
         return PredictorKVCache()
+
+    def embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """The action embedding `(B, T, hidden)` of per-step `actions` `(B, T, action_dim)`: a row holding NaN is an
+        unknown action and gets the learned null action (with `action_dropout`; else NaN passes through, which
+        `check_step_inputs` refuses first)."""
+        if self.null_action is None:
+            return self.action_proj(actions)
+        unknown = actions.isnan().any(-1, keepdim=True)  # (B, T, 1)
+        embedded = self.action_proj(actions.masked_fill(unknown, 0.0))
+        # `where` rather than indexing: the null action is in the graph at every step (DDP needs its gradient).
+        return torch.where(unknown, self.null_action.to(embedded.dtype), embedded)
 
     @property
     def num_condition_tokens(self) -> int:
@@ -341,8 +419,10 @@ class SurgicalWorldModelPredictor(nn.Module):
                 raise ValueError("A token mask needs `use_mask_aux=True` in the config.")
             hidden_states = torch.where(token_mask[..., None], self.mask_token.to(hidden_states.dtype), hidden_states)
         condition = []
+        action_embedding = None
         if self.action_proj is not None:
-            condition.append(self.action_proj(actions.to(hidden_states.dtype)).unsqueeze(2))  # (B, T, 1, hidden)
+            action_embedding = self.embed_actions(actions.to(hidden_states.dtype))  # (B, T, hidden)
+            condition.append(action_embedding.unsqueeze(2))  # (B, T, 1, hidden)
         if self.state_proj is not None:
             condition.append(self.state_proj(states.to(hidden_states.dtype)).unsqueeze(2))  # (B, T, 1, hidden)
         hidden_states = torch.cat(condition + [hidden_states], dim=2)  # (B, T, c + N, hidden)
@@ -361,7 +441,7 @@ class SurgicalWorldModelPredictor(nn.Module):
         keys, values = [], []
         for index, layer in enumerate(self.layers):
             past = cache.layer_inputs(index) if cache is not None else (None, None, None, None)
-            hidden_states, key, value = layer(hidden_states, attention_mask, rotary, *past)
+            hidden_states, key, value = layer(hidden_states, attention_mask, rotary, *past, action_embedding)
             if cache is not None:
                 keys.append(key)
                 values.append(value)
@@ -489,15 +569,21 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv3d)):
+        if isinstance(module, SurgicalWorldModelPredictorAdaLN):
+            # Zero: each layer starts as the plain one.
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv3d)):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, SurgicalWorldModelPredictor) and module.mask_token is not None:
-            init.trunc_normal_(module.mask_token, std=std)
+        elif isinstance(module, SurgicalWorldModelPredictor):
+            for token in (module.mask_token, module.null_action):
+                if token is not None:
+                    init.trunc_normal_(token, std=std)
         elif isinstance(module, VJEPA2AttentivePooler):
             # V-JEPA 2's scheme (VJEPA2PreTrainedModel._init_weights): its linear layers and norms are initialised
             # above, first (children come first); then the query and the depth-scaled residual projections.
@@ -708,7 +794,13 @@ class SurgicalWorldModelEncodingMixin:
                 f"`{name}` cover {values.shape[1]} steps but {num_steps} are needed (one per step; per-frame {name} "
                 "go through `frames_to_steps` first)."
             )
-        return values[:, :num_steps]
+        values = values[:, :num_steps]
+        if name == "actions" and self.config.action_dropout == 0 and values.isnan().any():
+            raise ValueError(
+                "`actions` hold NaN: unknown actions need a model trained with `action_dropout` > 0, which has "
+                "learnt a null action for them."
+            )
+        return values
 
     def _clip_step_inputs(self, name: str, values: torch.Tensor | None, num_frames: int) -> torch.Tensor | None:
         """The `actions` or `states` of a clip of `num_frames` frames, given per step or per frame, to per step."""
@@ -956,6 +1048,54 @@ class SurgicalWorldModel(
         imagined = self._rollout_from_first_step(latents, actions, states, latents.shape[1] - 1, graph_steps=0)
         return rollout_errors(imagined, targets)
 
+    def _action_contrastive_loss(
+        self,
+        context: torch.Tensor,
+        future: torch.Tensor,
+        predicted: torch.Tensor,
+        transition_actions: torch.Tensor,
+        fed_actions: torch.Tensor,
+        states: torch.Tensor | None,
+        cache: PredictorKVCache,
+    ) -> torch.Tensor:
+        """
+        The action-contrastive loss of the transitions t -> t+1 of a teacher-forced pass: `context` `(B, T, N, D)`
+        its inputs, `future` its targets, `predicted` its predictions under `fed_actions` `(B, T, action_dim)` (NaN
+        where dropped), `cache` its keys and values. Each transition's other actions are drawn from the batch's
+        transition actions (other clips' and the clip's other steps') that differ from its own; its prediction under
+        each of them reuses the cached steps before it (one step per other action, not the clip again). Dropped
+        transitions, predicted under the null action, are left out.
+        """
+        batch_size, num_transitions, action_dim = transition_actions.shape
+        negatives = self.config.action_contrastive_negatives
+        pool = transition_actions.reshape(-1, action_dim)  # (P, A), P = B * T
+        differs = (pool[:, None] != pool[None]).any(-1)  # (P, P)
+        # A transition without any other action draws anything, left out below.
+        weights = differs.float() + (~differs.any(-1, keepdim=True)).float()
+        choice = torch.multinomial(weights, negatives, replacement=True)  # (P, K)
+        valid = differs.gather(1, choice) & ~fed_actions.isnan().any(-1).reshape(-1, 1)  # (P, K)
+        others = pool[choice].view(batch_size, num_transitions, negatives, action_dim)
+        other_errors = []
+        for step in reversed(range(num_transitions)):  # cropping the cache from its end
+            step_cache = None
+            if step > 0:
+                cache.crop(step)
+                step_cache = cache.share(negatives)  # steps < t, once per clip for its K other actions
+            prediction = self.predictor(
+                context[:, step : step + 1].repeat_interleave(negatives, dim=0),
+                others[:, step].reshape(batch_size * negatives, 1, action_dim),
+                None if states is None else states[:, step : step + 1].repeat_interleave(negatives, dim=0),
+                cache=step_cache,
+                update_cache=False,
+            ).view(batch_size, negatives, *future.shape[2:])  # (B, K, N, D)
+            other_errors.append((prediction.float() - future[:, step, None].float()).abs().mean(dim=(2, 3)))
+        other_errors = torch.stack(other_errors[::-1], dim=1)  # (B, T, K)
+        own_error = (predicted.float() - future.float()).abs().mean(dim=(2, 3))  # (B, T)
+        return action_contrastive_loss(
+            own_error, other_errors, valid.view(batch_size, num_transitions, negatives),
+            self.config.action_contrastive_temperature,
+        )
+
     def forward(
         self,
         pixel_values_videos: torch.Tensor | None = None,
@@ -1005,28 +1145,53 @@ class SurgicalWorldModel(
                     f"`token_mask` must be a bool tensor of shape (batch, steps - 1, tokens) = {tuple(context_shape)}, "
                     f"got {token_mask.dtype} of shape {tuple(token_mask.shape)}."
                 )
-        past_actions = None if actions is None else actions[:, :-1]
+        # The action of each transition t -> t+1: the labels at step t.
+        transition_actions = None if actions is None else actions[:, :-1]
+        past_actions = transition_actions
+        if self.training and self.config.action_dropout > 0:
+            # Some transitions learn "actions unknown": a NaN action, which the predictor embeds as its null action.
+            dropped = torch.rand(past_actions.shape[:2], device=past_actions.device) < self.config.action_dropout
+            past_actions = past_actions.masked_fill(dropped[..., None], float("nan"))
         past_states = None if states is None else states[:, :-1]
         future = targets[:, 1:]
 
+        # The action-contrastive loss runs the other actions of each transition on this pass's keys and values.
+        contrast = self.training and self.config.action_contrastive_weight > 0
+        cache = self.predictor.new_cache() if contrast else None
+        # `predict` without its input checks: `_encode_clip` has checked the actions and states already.
+        predicted = self.predictor(latents[:, :-1], past_actions, past_states,
+                                   output_hidden_states=bool(output_hidden_states), cache=cache)
         predictor_hidden_states = None
         if output_hidden_states:
-            # `predict` without its input checks: `_encode_clip` has checked the actions and states already.
-            predicted, predictor_hidden_states = self.predictor(
-                latents[:, :-1], past_actions, past_states, output_hidden_states=True
-            )
-        else:
-            predicted = self.predict(latents[:, :-1], past_actions, past_states)  # (B, S - 1, N, D)
+            predicted, predictor_hidden_states = predicted  # (B, S - 1, N, D), per layer
         clip_teacher_forcing_loss = l1_per_clip(predicted, future)
         rollout_steps = min(self.config.rollout_steps, num_steps - 1)
         imagined = self._rollout_from_first_step(
-            latents, actions, states, num_steps - 1 if return_rollout_error else rollout_steps, rollout_steps
+            latents, past_actions, states, num_steps - 1 if return_rollout_error else rollout_steps, rollout_steps
         )  # (B, S - 1 or rollout_steps, N, D)
         clip_rollout_loss = l1_per_clip(imagined[:, :rollout_steps], future[:, :rollout_steps])
         clip_temporal_loss = clip_teacher_forcing_loss + clip_rollout_loss
         temporal_loss = clip_temporal_loss.mean()
+        if self.config.action_change_weight != 1:
+            # `temporal_loss` stays the plain L1 that validation compares; the objective weighs the action changes.
+            changed = action_changes(transition_actions).float()  # (B, S - 1)
+            weights = 1 + (self.config.action_change_weight - 1) * changed
+            objective_teacher_forcing = weighted_l1_per_clip(predicted, future, weights)
+            objective_rollout = weighted_l1_per_clip(
+                imagined[:, :rollout_steps], future[:, :rollout_steps], weights[:, :rollout_steps]
+            )
+        else:
+            objective_teacher_forcing, objective_rollout = clip_teacher_forcing_loss, clip_rollout_loss
+        objective = (objective_teacher_forcing + self.config.rollout_loss_weight * objective_rollout).mean()
         contrastive = contrastive_loss(predicted, future, self.config.contrastive_temperature)
-        loss = temporal_loss + self.config.contrastive_weight * contrastive
+        loss = objective + self.config.contrastive_weight * contrastive
+
+        action_contrastive = None
+        if contrast:
+            action_contrastive = self._action_contrastive_loss(
+                latents[:, :-1], future, predicted, transition_actions, past_actions, past_states, cache
+            )
+            loss = loss + self.config.action_contrastive_weight * action_contrastive
 
         mask_loss = clip_mask_loss = None
         if self.config.use_mask_aux:
@@ -1051,6 +1216,7 @@ class SurgicalWorldModel(
             rollout_loss=clip_rollout_loss.mean(),
             contrastive_loss=contrastive,
             mask_loss=mask_loss,
+            action_contrastive_loss=action_contrastive,
             clip_temporal_loss=clip_temporal_loss,
             clip_mask_loss=clip_mask_loss,
             rollout_error=rollout_error,

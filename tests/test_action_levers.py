@@ -1,0 +1,186 @@
+"""The training levers that make the predictor depend on its actions: AdaLN conditioning, action dropout to a learned
+null action, weight on action changes, the rollout loss weight and the action-contrastive loss."""
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from modeling_surgical_wm import SurgicalWorldModel
+
+
+def build(**overrides):
+    torch.manual_seed(0)
+    return SurgicalWorldModel(tiny_config(**overrides))
+
+
+def latents_for(batch=2, steps=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, steps, 4, 32, generator=generator)
+
+
+def actions_for(batch=2, steps=4, dim=3, seed=1):
+    return torch.randn(batch, steps, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def perturb_modulation(model):
+    """AdaLN weights away from their zero start, as after some training."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in model.predictor.layers:
+            layer.adaln.weight.copy_(torch.randn(layer.adaln.weight.shape, generator=generator) * 0.1)
+            layer.adaln.bias.copy_(torch.randn(layer.adaln.bias.shape, generator=generator) * 0.1)
+
+
+# -- AdaLN -------------------------------------------------------------------------------------------------------------
+def test_a_new_adaln_model_predicts_what_the_token_model_with_the_same_weights_predicts():
+    token = build().eval()
+    adaln = build(action_conditioning="adaln").eval()
+    missing, unexpected = adaln.load_state_dict(token.state_dict(), strict=False)
+    assert not unexpected and missing and all(".adaln." in name for name in missing)
+    assert all(layer.adaln.weight.abs().sum() == 0 for layer in adaln.predictor.layers)
+    latents, actions = latents_for(), actions_for()
+    torch.testing.assert_close(adaln.predict(latents, actions), token.predict(latents, actions), rtol=0, atol=0)
+    perturb_modulation(adaln)
+    modulated = adaln.predict(latents, actions)
+    assert not torch.allclose(modulated, token.predict(latents, actions), atol=1e-4)
+    # The modulation reads the actions: other actions, another modulation.
+    assert not torch.allclose(modulated, adaln.predict(latents, actions.flip(0)), atol=1e-4)
+
+
+def test_adaln_cached_rollout_and_shared_history_equal_the_uncached_rollout():
+    model = build(action_conditioning="adaln").eval()
+    perturb_modulation(model)
+    latents = latents_for(batch=2, steps=3)
+    candidates = actions_for(batch=6, steps=5)
+    candidates[:, :2] = candidates[::3, :2].repeat_interleave(3, dim=0)  # one history per context, 3 candidates
+    with torch.no_grad():
+        uncached = model.rollout(latents, candidates, steps=3, use_cache=False)
+        cached = model.rollout(latents, candidates, steps=3)
+    assert cached.shape == (6, 3, 4, 32)
+    torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(cached[0], cached[1], atol=1e-4)  # the candidates' own actions matter
+
+
+def test_a_token_checkpoint_opened_with_adaln_starts_where_it_was(tmp_path):
+    token = build().eval()
+    token.save_pretrained(tmp_path)
+    adaln = SurgicalWorldModel.from_pretrained(tmp_path, action_conditioning="adaln").eval()
+    assert adaln.predictor.layers[0].adaln is not None
+    latents, actions = latents_for(), actions_for()
+    torch.testing.assert_close(adaln.predict(latents, actions), token.predict(latents, actions), rtol=0, atol=0)
+
+
+# -- action dropout and the null action --------------------------------------------------------------------------------
+def test_unknown_actions_take_the_null_action_and_dropout_drops_transitions_in_training():
+    model = build(action_dropout=0.5)
+    latents, actions = latents_for(), actions_for()
+    unknown = actions.clone()
+    unknown[:, 1] = float("nan")
+    model.eval()
+    predicted = model.predict(latents, unknown)
+    assert torch.isfinite(predicted).all()
+    with torch.no_grad():  # not a constant shift, which the layer norms would take out
+        model.predictor.null_action.add_(torch.randn(48, generator=torch.Generator().manual_seed(2)))
+    changed = model.predict(latents, unknown)
+    torch.testing.assert_close(changed[:, 0], predicted[:, 0])  # step 0 does not see step 1's action
+    assert not torch.allclose(changed[:, 1:], predicted[:, 1:], atol=1e-4)
+    # Training drops each transition's action with probability action_dropout: the same draws, the same predictions.
+    model.train()
+    torch.manual_seed(1)
+    output = model(latents=latents, actions=actions)
+    torch.manual_seed(1)
+    dropped = torch.rand(2, 3) < 0.5
+    assert dropped.any() and not dropped.all()
+    fed = actions[:, :3].masked_fill(dropped[..., None], float("nan"))
+    torch.testing.assert_close(output.predicted_latents, model.predictor(latents[:, :3], fed))
+    output.loss.backward()
+    assert model.predictor.null_action.grad.abs().sum() > 0
+
+
+def test_nan_actions_are_refused_by_a_model_without_a_null_action():
+    model = build().eval()
+    actions = actions_for()
+    actions[0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="action_dropout"):
+        model.predict(latents_for(), actions)
+    with pytest.raises(ValueError, match="action_dropout"):
+        model.rollout(latents_for()[:, :1], actions, steps=2)
+
+
+# -- loss weights ------------------------------------------------------------------------------------------------------
+def test_change_and_rollout_weights_change_the_objective_not_the_metrics():
+    latents = latents_for()
+    actions = torch.zeros(2, 4, 3)
+    actions[0, 2:, 0] = 1.0  # clip 0: transition 2 (2 -> 3) has another action than transition 1
+    plain = build(rollout_steps=3).eval()(latents=latents, actions=actions)
+    weighted = build(rollout_steps=3, action_change_weight=3.0, rollout_loss_weight=0.5).eval()(
+        latents=latents, actions=actions
+    )
+    for name in ("temporal_loss", "teacher_forcing_loss", "rollout_loss", "contrastive_loss"):
+        torch.testing.assert_close(weighted[name], plain[name])
+    per_step = (plain.predicted_latents - plain.target_latents).abs().mean(dim=(2, 3))  # (B, 3)
+    rolled = build(rollout_steps=3).eval().rollout(latents[:, :1], actions, steps=3)
+    rollout_per_step = (rolled - latents[:, 1:]).abs().mean(dim=(2, 3))  # (B, 3)
+    weights = torch.ones(2, 3)
+    weights[0, 2] = 3.0
+    expected = ((per_step * weights).mean(1) + 0.5 * (rollout_per_step * weights).mean(1)).mean()
+    torch.testing.assert_close(weighted.loss, expected + 0.1 * plain.contrastive_loss)
+    assert not torch.allclose(weighted.loss, plain.loss)
+
+
+# -- the action-contrastive loss ---------------------------------------------------------------------------------------
+def test_action_contrastive_loss_shares_the_cache_and_equals_rerunning_each_transition():
+    """Two clips, each holding one action throughout: each transition's only other action is the other clip's, so
+    the draw is known and every prediction under it can be recomputed from scratch."""
+    temperature = 0.05
+    model = build(action_contrastive_weight=1.0, action_contrastive_negatives=2,
+                  action_contrastive_temperature=temperature)
+    model.train()
+    latents = latents_for()
+    actions = torch.stack([torch.tensor([1.0, 0.0, 0.0]).expand(4, 3), torch.tensor([0.0, 1.0, 0.0]).expand(4, 3)])
+    output = model(latents=latents, actions=actions)
+    assert output.action_contrastive_loss.requires_grad
+
+    model.eval()
+    with torch.no_grad():
+        target = latents[:, 1:]
+        own = (model.predict(latents[:, :3], actions) - target).abs().mean(dim=(2, 3))  # (B, 3)
+        other = torch.empty(2, 3)
+        for step in range(3):
+            swapped = actions.clone()
+            swapped[:, step] = actions.flip(0)[:, step]  # the own history, the other clip's action at t
+            prediction = model.predictor(latents[:, : step + 1], swapped[:, : step + 1])[:, -1]
+            other[:, step] = (prediction - target[:, step]).abs().mean(dim=(1, 2))
+    logits = -torch.stack([own, other, other], dim=-1) / temperature
+    expected = (torch.logsumexp(logits, -1) - logits[..., 0]).mean()
+    torch.testing.assert_close(output.action_contrastive_loss, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(output.loss, output.temporal_loss + 0.1 * output.contrastive_loss + expected,
+                               rtol=1e-5, atol=1e-5)
+    assert model(latents=latents, actions=actions).action_contrastive_loss is None  # a training term only
+
+
+def test_action_contrastive_loss_leaves_out_transitions_without_another_action():
+    model = build(action_contrastive_weight=1.0).train()
+    same = torch.ones(2, 4, 3)
+    output = model(latents=latents_for(), actions=same)
+    assert output.action_contrastive_loss.item() == 0.0
+    output.loss.backward()  # still in the graph, with finite gradients
+    assert all(torch.isfinite(p.grad).all() for p in model.predictor.parameters() if p.grad is not None)
+
+
+# -- the config --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"action_conditioning": "film"}, "action_conditioning"),
+        ({"action_dropout": 1.0}, "action_dropout"),
+        ({"action_contrastive_negatives": 0}, "action_contrastive_negatives"),
+        ({"action_contrastive_temperature": 0.0}, "action_contrastive_temperature"),
+        ({"action_change_weight": -1.0}, "action_change_weight"),
+        ({"rollout_loss_weight": -0.5}, "rollout_loss_weight"),
+        ({"action_dim": 0, "action_conditioning": "adaln"}, "need actions"),
+    ],
+)
+def test_bad_lever_values_raise_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
