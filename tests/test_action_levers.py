@@ -1,5 +1,6 @@
 """The training levers that make the predictor depend on its actions: AdaLN conditioning, action dropout to a learned
-null action, weight on action changes, the rollout loss weight and the action-contrastive loss."""
+null action, weight on label changes, the rollout loss weight and the action-contrastive loss; and
+`--config_overrides`, which switches them on from train_hf.py's command line."""
 
 import pytest
 import torch
@@ -168,7 +169,7 @@ def test_action_contrastive_loss_leaves_out_transitions_without_another_action()
     assert all(torch.isfinite(p.grad).all() for p in model.predictor.parameters() if p.grad is not None)
 
 
-# -- the config --------------------------------------------------------------------------------------------------------
+# -- the config and the command line -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -184,3 +185,32 @@ def test_action_contrastive_loss_leaves_out_transitions_without_another_action()
 def test_bad_lever_values_raise_value_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
+
+
+def test_config_overrides_parse_and_refuse_with_one_line():
+    from training_surgical_wm.arguments import parse_config_overrides
+
+    assert parse_config_overrides("action_conditioning=adaln, action_dropout=0.1,rollout_loss_weight=2") == {
+        "action_conditioning": "adaln", "action_dropout": 0.1, "rollout_loss_weight": 2}
+    assert parse_config_overrides(None) == {}
+    for text, message in [("action_dropout", "not NAME=VALUE"), ("dropout=0.1", "not a field"),
+                          ("action_dim=3", "set by the data")]:
+        with pytest.raises(SystemExit, match=message) as refused:
+            parse_config_overrides(text)
+        assert str(refused.value).startswith("error: --config_overrides:") and "\n" not in str(refused.value)
+
+
+def test_load_world_model_applies_the_overrides_and_checks_their_values(tmp_path):
+    from training_surgical_wm.arguments import ModelArguments
+    from training_surgical_wm.world_model import load_world_model
+
+    build().save_pretrained(tmp_path)
+    spec = ["tool/a", "tool/b", "task/c"]
+    args = ModelArguments(pretrained_checkpoint=str(tmp_path),
+                          config_overrides="action_conditioning=adaln,action_contrastive_weight=0.5")
+    model = load_world_model(args, spec)
+    assert model.config.action_conditioning == "adaln" and model.config.action_contrastive_weight == 0.5
+    assert all(layer.adaln.weight.abs().sum() == 0 for layer in model.predictor.layers)
+    args.config_overrides = "action_dropout=1.5"
+    with pytest.raises(SystemExit, match="error: world model config: `action_dropout` must be in"):
+        load_world_model(args, spec)

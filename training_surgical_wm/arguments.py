@@ -3,6 +3,7 @@
 options of the evaluation and the latent cache tools), and how they are read: the command line, a YAML or JSON file
 given first, or both."""
 
+import json
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -24,6 +25,11 @@ class ModelArguments:
     use_mask_aux: bool = field(default=False, metadata={"help": "Add the mask-denoising auxiliary loss."})
     lambda_mask: float = field(default=0.1, metadata={"help": "Weight of the mask-denoising loss."})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "World model config fields to set, comma-separated NAME=VALUE, values read as JSON or else "
+                          "as text (e.g. action_conditioning=adaln,action_dropout=0.1,action_contrastive_weight=0.5)."},
+    )
 
 
 @dataclass
@@ -155,6 +161,35 @@ def check_common_arguments(data_args: DataArguments, train_args: TrainArguments)
                          f"{data_args.verify_cache}")
 
 
+# Config fields that the data or their own flags set: `--config_overrides` leaves them alone.
+SET_ELSEWHERE = {"action_dim": "the data", "action_spec": "the data", "discrete_action_groups": "the data",
+                 "fps": "the data", "encoder_config": "the checkpoint", "freeze_encoder": "--finetune_encoder",
+                 "use_mask_aux": "--use_mask_aux", "lambda_mask": "--lambda_mask"}
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """`--config_overrides` `NAME=VALUE,...` as a dict of world model config fields, values read as JSON or else as
+    text; one line naming what is wrong otherwise. The values are checked by the config itself."""
+    from configuration_surgical_wm import SurgicalWorldModelConfig
+
+    overrides = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not name or not value:
+            raise SystemExit(f"error: --config_overrides: {item.strip()!r} is not NAME=VALUE")
+        if name in SET_ELSEWHERE:
+            raise SystemExit(f"error: --config_overrides: {name} is set by {SET_ELSEWHERE[name]}")
+        if name not in SurgicalWorldModelConfig.__annotations__:
+            raise SystemExit(f"error: --config_overrides: {name} is not a field of the world model config")
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value
+    return overrides
+
+
 def parse_training_arguments(argv=None, description: str = "") -> tuple[ModelArguments, DataArguments, TrainArguments]:
     """train_hf.py's arguments: the model, data and training groups, checked; `--finetune_encoder` unfreezes."""
     model_args, data_args, train_args = parse_dataclasses((ModelArguments, DataArguments, TrainArguments), argv,
@@ -162,6 +197,7 @@ def parse_training_arguments(argv=None, description: str = "") -> tuple[ModelArg
     if model_args.finetune_encoder:
         model_args.encoder_frozen = False
     check_common_arguments(data_args, train_args)
+    parse_config_overrides(model_args.config_overrides)  # now, not after the data is built
     return model_args, data_args, train_args
 
 

@@ -11,7 +11,7 @@ from accelerate.logging import get_logger
 from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
 from modeling_surgical_wm import SurgicalWorldModel
 
-from .arguments import ModelArguments
+from .arguments import ModelArguments, parse_config_overrides
 from .data import CheckedBatch, SkippedClips, clip_inputs, gather_clip_values
 from .loading import check_checkpoint_folder
 
@@ -50,11 +50,16 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: fl
         "use_mask_aux": model_args.use_mask_aux,
         "lambda_mask": model_args.lambda_mask,
         "fps": fps,
+        **parse_config_overrides(model_args.config_overrides),
     }
     source = model_args.pretrained_checkpoint
     saved = check_pretrained_checkpoint(source) if saved is None else saved
     if saved.get("model_type") == "surgical_wm":
         model = SurgicalWorldModel.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
+        try:  # `from_pretrained` sets the keyword arguments after the config's own checks
+            model.config._check_values()
+        except ValueError as error:
+            raise SystemExit(f"error: world model config: {error}") from None
         saved_spec = saved.get("action_spec")
         if saved.get("action_dim") != len(action_spec):
             logger.warning(
@@ -77,6 +82,8 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: fl
         return SurgicalWorldModel.from_vjepa2(source, **overrides)
     except OSError as error:
         raise SystemExit(f"error: {error}") from None
+    except ValueError as error:
+        raise SystemExit(f"error: world model config: {error}") from None
 
 
 def seeded_token_masks(config, sample_ids: torch.Tensor, num_steps: int, seed: int) -> torch.Tensor:
