@@ -93,7 +93,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             prediction under the transition's own action against predictions under other actions of the batch.
         action_contrastive_negatives (`int`, *optional*, defaults to 4):
             Other actions per transition in the action-contrastive loss.
-        action_contrastive_temperature (`float`, *optional*, defaults to 0.01):
+        action_contrastive_temperature (`float`, *optional*, defaults to 0.1):
             Temperature of the action-contrastive loss, in units of the L1 distance.
         contrastive_weight (`float`, *optional*, defaults to 0.1):
             Weight of the InfoNCE loss between predicted and true future latents.
@@ -172,7 +172,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     action_change_weight: float | int = 1.0
     action_contrastive_weight: float | int = 0.0
     action_contrastive_negatives: int = 4
-    action_contrastive_temperature: float | int = 0.01
+    action_contrastive_temperature: float | int = 0.1
     # losses
     contrastive_weight: float | int = 0.1
     contrastive_temperature: float | int = 0.1
