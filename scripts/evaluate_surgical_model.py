@@ -25,7 +25,8 @@ same defaults, same split seed; `--fps` defaults to the model config's `fps`, an
 With `--dataset mmor` (MM-OR, per timepoint with `--clip_stride 1`) the report adds an MM-OR section: robot phase
 and next action through their probes (classification reports pooled over the takes and per take; null next actions
 skipped), and sterility-breach detection by a probe and by the world model's surprise, each thresholded at the
-F1-best threshold of the validation takes (precision, recall, F1 of the breach class, AUROC, AUPRC).
+F1-best threshold of the validation takes (precision, recall, F1 of the breach class, AUROC, AUPRC). MM-OR scores
+its test takes by default, and `--split validation` is refused: its thresholds would be fitted to the takes scored.
 Metrics are the local `evaluate` modules in metrics/. It writes `--output` (JSON), prints a table and, with
 `--plots`, saves PNG figures. `--push_to_hub` puts the headline figures into the model card's model-index.
 """
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from dataset_surgvu import BrokenFiles, collate_clips
-from dataset_surgvu.catalog import PROBE_TARGETS
+from dataset_surgvu.catalog import DATASETS, PROBE_TARGETS
 from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_key
 from modeling_surgical_wm import rollout_errors
 from training_surgical_wm.accelerator import available_cores
@@ -64,6 +65,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 METRICS_DIR = REPO_ROOT / "metrics"
 CHANCE_DRAWS = 5
 SURPRISE_PERCENTILES = (5, 25, 50, 75, 95, 99)
+CALIBRATION_SPLIT = "validation"  # every detection threshold is fitted there, so that split is never scored with it
 
 
 @dataclass
@@ -75,7 +77,13 @@ class EvaluationArguments:
     )
     test_data: str | None = field(default=None, metadata={"help": "SurgVU folder (surgvu24/ and labels/): "
                                                                    "the same as --data_root."})
-    split: str = field(default="validation", metadata={"help": "train, validation or all."})
+    split: str | None = field(
+        default=None,
+        metadata={"help": "The split scored: " + "; ".join(f"{entry.display_name} {', '.join(entry.evaluation_splits)}"
+                                                           for entry in DATASETS.values())
+                          + ". Default: test where the dataset has one, else validation. MM-OR's detection "
+                            f"thresholds are calibrated on {CALIBRATION_SPLIT}, which it then does not score."},
+    )
     output: str = field(default="report.json", metadata={"help": "Where the JSON report goes."})
     plots: str | None = field(default=None, metadata={"help": "A folder for the PNG figures (none without it)."})
     task_probe: str | None = field(default=None, metadata={"help": "A task probe (train_probe.py --target task)."})
@@ -613,7 +621,8 @@ def print_table(report: dict) -> None:
             print(f"{name:>10} {tools[name]['mAP']:8.3f} {tools[name]['f1']:8.3f}")
     mmor = report.get("mmor")
     if mmor:
-        print(f"\nMM-OR, {mmor['split']} takes {', '.join(mmor['takes'])}: {mmor['timepoints']} timepoints")
+        print(f"\nMM-OR, {mmor['split']} takes {', '.join(mmor['takes'])}: {mmor['timepoints']} timepoints "
+              f"(detection thresholds calibrated on the {mmor['calibration_split']} takes)")
         for target in ("phase", "next_action"):
             if target in mmor:
                 pooled = mmor[target]["pooled"]
@@ -621,14 +630,16 @@ def print_table(report: dict) -> None:
                       f"({pooled['timepoints']} timepoints)")
         breach = mmor["breach"]
         print(f"sterility breach ({breach['positives']} of {breach['timepoints']} timepoints), breach class:")
-        print(f"{'':>12} {'precision':>9} {'recall':>7} {'F1':>6} {'AUROC':>6} {'AUPRC':>6} {'threshold':>10}")
+        print(f"{'':>12} {'precision':>9} {'recall':>7} {'F1':>6} {'AUROC':>6} {'AUPRC':>6} {'threshold':>10} "
+              f"{'calibrated on':>13} {'scored on':>10}")
         for way in ("supervised", "surprise"):
             if way in breach:
                 values = breach[way]["pooled"]
                 cells = [values[key] for key in ("precision", "recall", "f1", "auroc", "auprc")]
                 print(f"{way:>12} " + " ".join(f"{value:>{width}.3f}" if value is not None else f"{'n/a':>{width}}"
                                                 for value, width in zip(cells, (9, 7, 6, 6, 6)))
-                      + f" {breach[way]['threshold']:>10.4f}")
+                      + f" {breach[way]['threshold']:>10.4f} {breach[way]['calibration_split']:>13} "
+                        f"{breach[way]['scored_split']:>10}")
     elif not probes:
         print("\nSurgVU probes: none given (--task_probe / --tool_probe, or --train_probes)")
 
@@ -823,17 +834,23 @@ def classification_summary(labels: np.ndarray, predictions: np.ndarray, names: l
             "per_take": {take: summary(takes == take) for take in sorted(set(takes.tolist()))}}
 
 
-def detection_summary(scores: np.ndarray, labels: np.ndarray, calibration_scores: np.ndarray,
-                      calibration_labels: np.ndarray, takes: list[str]) -> dict:
-    """Breach detection by `scores`: the threshold calibrated on the validation takes (the F1-best one there), then
-    precision, recall, F1 of the breach class, AUROC, AUPRC, pooled and per take, and a classification report."""
+def calibrate_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The F1-best detection threshold of `scores` on the labels of the calibration split's takes (ties: the
+    highest). Every threshold the report applies comes from here, fitted on data it does not score: a threshold
+    fitted on the scored takes flatters their F1."""
+    if labels.sum() == 0:
+        fail(f"the {CALIBRATION_SPLIT} takes have no breach: the detection threshold cannot be calibrated on them")
+    return load_metric("binary_detection").compute(predictions=scores.tolist(), references=labels.tolist())[
+        "threshold"]
+
+
+def detection_summary(scores: np.ndarray, labels: np.ndarray, threshold: float, takes: list[str],
+                      split: str) -> dict:
+    """Breach detection by `scores` at `threshold` (from `calibrate_threshold`): precision, recall, F1 of the breach
+    class, AUROC, AUPRC, pooled and per take, a classification report, and the splits that fitted and scored it."""
     from sklearn.metrics import classification_report
 
     metric = load_metric("binary_detection")
-    if calibration_labels.sum() == 0:
-        fail("the validation takes have no breach: the detection threshold cannot be calibrated on them")
-    threshold = metric.compute(predictions=calibration_scores.tolist(), references=calibration_labels.tolist())[
-        "threshold"]
     pooled = metric.compute(predictions=scores.tolist(), references=labels.tolist(), threshold=threshold)
     takes = np.array(takes)
     per_take = {take: metric.compute(predictions=scores[takes == take].tolist(),
@@ -841,15 +858,17 @@ def detection_summary(scores: np.ndarray, labels: np.ndarray, calibration_scores
                 for take in sorted(set(takes.tolist()))}
     report = classification_report(labels, (scores >= threshold).astype(int), labels=[0, 1],
                                    target_names=["no breach", "breach"], output_dict=True, zero_division=0)
-    return {"threshold": threshold, "threshold_from": "validation takes (F1-best threshold)", "pooled": pooled,
-            "per_take": per_take, "classification_report": report}
+    return {"threshold": threshold, "threshold_from": f"{CALIBRATION_SPLIT} takes (F1-best threshold)",
+            "calibration_split": CALIBRATION_SPLIT, "scored_split": split, "pooled": pooled, "per_take": per_take,
+            "classification_report": report}
 
 
 def mmor_section(records: dict, calibration: dict, split: str) -> dict:
     """Phase and next action through their probes, and sterility-breach detection two ways, per timepoint."""
     from dataset_mmor import NEXT_ACTIONS, ROBOT_PHASES
 
-    section = {"split": split, "timepoints": len(records["take"]), "takes": sorted(set(records["take"]))}
+    section = {"split": split, "calibration_split": CALIBRATION_SPLIT, "timepoints": len(records["take"]),
+               "takes": sorted(set(records["take"]))}
     for target, names in (("phase", list(ROBOT_PHASES)), ("next_action", list(NEXT_ACTIONS))):
         if f"{target}_scores" in records:
             keep = records[target] >= 0  # null next actions are skipped, as the public code skips them
@@ -863,12 +882,11 @@ def mmor_section(records: dict, calibration: dict, split: str) -> dict:
     takes = [t for t, k in zip(records["take"], keep) if k]
     breach = {"positives": int(labels.sum()), "timepoints": int(keep.sum())}
     if "breach_scores" in records:
-        breach["supervised"] = detection_summary(records["breach_scores"][keep, 1], labels,
-                                                 calibration["breach_scores"][keep_calibration, 1],
-                                                 calibration_labels, takes)
+        threshold = calibrate_threshold(calibration["breach_scores"][keep_calibration, 1], calibration_labels)
+        breach["supervised"] = detection_summary(records["breach_scores"][keep, 1], labels, threshold, takes, split)
         breach["supervised"]["score"] = "the breach probe's probability (class-weighted training)"
-    breach["surprise"] = detection_summary(records["surprise"][keep], labels, calibration["surprise"][keep_calibration],
-                                           calibration_labels, takes)
+    threshold = calibrate_threshold(calibration["surprise"][keep_calibration], calibration_labels)
+    breach["surprise"] = detection_summary(records["surprise"][keep], labels, threshold, takes, split)
     breach["surprise"]["score"] = "the world model's latent L1 at the timepoint (no breach label used)"
     breach["surprise"]["note"] = SURPRISE_NOTE
     section["breach"] = breach
@@ -889,7 +907,7 @@ def plot_surprise_over_time(records: dict, section: dict, directory: Path) -> st
         breaches = [records["timepoint"][i] for i in order if records["breach"][i] == 1]
         for time in breaches:
             axis.axvspan(time - 0.5, time + 0.5, color="red", alpha=0.3, lw=0)
-        axis.axhline(threshold, color="black", ls="--", lw=0.8, label="threshold (validation)")
+        axis.axhline(threshold, color="black", ls="--", lw=0.8, label=f"threshold ({CALIBRATION_SPLIT})")
         axis.set_title(f"{take}: {len(breaches)} breach timepoints (red)", fontsize=9)
         axis.set_ylabel("latent L1")
     axes[-1, 0].set_xlabel("timepoint")
@@ -904,8 +922,14 @@ def main(argv=None) -> int:
     if args.test_data:
         data_args.data_root = args.test_data
     entry = dataset_entry(data_args)
+    if args.split is None:
+        args.split = "test" if "test" in entry.evaluation_splits else "validation"
     if args.split not in entry.evaluation_splits:
         fail(f"--split must be one of {', '.join(entry.evaluation_splits)} for --dataset {entry.name}, got {args.split}")
+    if entry.name == "mmor" and args.split == CALIBRATION_SPLIT:
+        fail(f"--split {args.split}: the breach detection thresholds are calibrated on the {CALIBRATION_SPLIT} takes, "
+             "so their figures there would be fitted to the takes scored; score the test takes (--split test, the "
+             "default)")
     if args.push_to_hub and not args.hub_model_id:
         fail("--push_to_hub needs --hub_model_id <user>/<repo>")
     if data_args.verify_cache not in VERIFY_MODES:
@@ -979,13 +1003,14 @@ def main(argv=None) -> int:
             report["surgvu_probes"]["tools"] = tools_section(result, prevalence, args.seed)
     mmor_records = None
     if entry.name == "mmor":
-        if "validation" not in dataset or not len(dataset["validation"]):
-            fail(f"the validation takes of {data_args.data_root} have no clip: the detection thresholds are "
+        if CALIBRATION_SPLIT not in dataset or not len(dataset[CALIBRATION_SPLIT]):
+            fail(f"the {CALIBRATION_SPLIT} takes of {data_args.data_root} have no clip: the detection thresholds are "
                  "calibrated on them")
         mmor_probes = {target: probe for target, probe in probes.items()
                        if PROBE_TARGETS[target].dataset == "mmor"}
-        validation_clips, _ = clip_source(world_model, dataset["validation"], "validation", transform, data_args)
-        calibration = run_mmor(args, world_model, mmor_probes, dataset["validation"], validation_clips, device)
+        calibration_clips, _ = clip_source(world_model, dataset[CALIBRATION_SPLIT], CALIBRATION_SPLIT, transform,
+                                           data_args)
+        calibration = run_mmor(args, world_model, mmor_probes, dataset[CALIBRATION_SPLIT], calibration_clips, device)
         mmor_records = run_mmor(args, world_model, mmor_probes, split, clips, device, indices)
         report["mmor"] = mmor_section(mmor_records, calibration, args.split)
     if args.plots:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import evaluate_surgical_model
 from conftest import REPO_ROOT, train
 
 
@@ -68,15 +69,16 @@ def test_the_evaluation_has_an_mmor_section(stages, tmp_path):
     data = ["--dataset", "mmor", "--data_root", str(stages["mmor"]), "--dataset_cache_dir",
             str(stages["root"] / "arrow-stride1"), "--clip_stride", "1", "--num_workers", "0"]
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
-    result = subprocess.run(
+    result = subprocess.run(  # no --split: MM-OR scores its test takes by default
         [sys.executable, "scripts/evaluate_surgical_model.py", "--checkpoint", str(stages["stage2"] / "best"), *data,
-         "--train_probes", "--probe_epochs", "2", "--probe_dir", str(tmp_path / "probes"), "--split", "test",
+         "--train_probes", "--probe_epochs", "2", "--probe_dir", str(tmp_path / "probes"),
          "--output", str(report_path), "--plots", str(plots), "--device", "cpu"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
     manifest = json.loads((stages["mmor"] / "synthetic_manifest.json").read_text())
     mmor = report["mmor"]
+    assert report["split"] == mmor["split"] == "test" and mmor["calibration_split"] == "validation"
     assert mmor["takes"] == ["004_PKA"]  # the official test take of the sample
     # One record per timepoint that ends a clip of 8: every timepoint but the take's first 7.
     assert mmor["timepoints"] == manifest["takes"]["004_PKA"]["timepoints"] - 7
@@ -100,6 +102,7 @@ def test_the_evaluation_has_an_mmor_section(stages, tmp_path):
         # The threshold is the F1-best one among the validation takes' scores (ties: the highest), applied as is.
         threshold = f1_best_threshold(validation_scores[score], validation_scores["breach"])
         assert breach[way]["threshold"] == pytest.approx(threshold, rel=1e-5), way
+        assert (breach[way]["calibration_split"], breach[way]["scored_split"]) == ("validation", "test")
         scores, values = test_scores[score], breach[way]["pooled"]
         predicted = scores >= np.float32(breach[way]["threshold"])
         expected = {"precision": precision_score(test_breach, predicted, zero_division=0),
@@ -113,6 +116,46 @@ def test_the_evaluation_has_an_mmor_section(stages, tmp_path):
     assert "surprise" in breach["surprise"]["note"]
     assert (plots / "surprise_over_time.png").read_bytes()[:4] == b"\x89PNG"
     assert "sterility breach" in result.stdout
+    table = result.stdout[result.stdout.index("sterility breach"):].splitlines()
+    assert "calibrated on" in table[1] and all(line.split()[-2:] == ["validation", "test"] for line in table[2:4])
+
+
+def test_breach_thresholds_are_fitted_on_the_validation_takes_only():
+    """Scored takes whose own F1-best thresholds lie elsewhere: the report applies the validation takes' thresholds,
+    names both splits, and its F1 is the test takes' F1 at those thresholds."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+
+    def records(takes: list[str], shift: float) -> dict:
+        breach = (rng.random(60) < 0.2).astype(np.int64)
+        breach[:2] = 1, -1  # a breach, and a timepoint without a label (left out)
+        surprise = (breach + rng.normal(0, 0.6, 60) + shift).astype(np.float32)
+        probability = 1 / (1 + np.exp(-(2 * breach + rng.normal(0, 1.5, 60) - shift)))
+        return {"take": [takes[i % len(takes)] for i in range(60)], "breach": breach, "surprise": surprise,
+                "breach_scores": np.stack([1 - probability, probability], 1).astype(np.float32)}
+
+    validation, test = records(["002_PKA"], 0.0), records(["004_PKA", "005_PKA"], 0.5)
+    breach = evaluate_surgical_model.mmor_section(test, validation, "test")["breach"]
+    keep_validation, keep_test = validation["breach"] >= 0, test["breach"] >= 0
+    labels = test["breach"][keep_test]
+    for way, scores in (("supervised", lambda r: r["breach_scores"][:, 1]), ("surprise", lambda r: r["surprise"])):
+        fitted = f1_best_threshold(scores(validation)[keep_validation], validation["breach"][keep_validation])
+        on_test = f1_best_threshold(scores(test)[keep_test], labels)
+        assert breach[way]["threshold"] == pytest.approx(fitted, abs=1e-6) and abs(fitted - on_test) > 1e-3, way
+        assert (breach[way]["calibration_split"], breach[way]["scored_split"]) == ("validation", "test")
+        f1 = f1_score(labels, scores(test)[keep_test] >= breach[way]["threshold"], zero_division=0)
+        assert breach[way]["pooled"]["f1"] == pytest.approx(f1, abs=1e-9), way
+        assert set(breach[way]["per_take"]) == {"004_PKA", "005_PKA"}
+
+
+def test_scoring_the_takes_the_thresholds_are_calibrated_on_is_refused():
+    with pytest.raises(SystemExit) as stopped:  # refused before any model or data is read
+        evaluate_surgical_model.main(["--dataset", "mmor", "--split", "validation", "--checkpoint", "unused",
+                                      "--test_data", "unused", "--device", "cpu"])
+    message = str(stopped.value.code)
+    assert message.startswith("error: --split validation: ") and "\n" not in message
+    assert "calibrated on the validation takes" in message and "--split test" in message
 
 
 def f1_best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
