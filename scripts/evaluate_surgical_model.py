@@ -26,6 +26,14 @@ With `--dataset mmor` (MM-OR, per timepoint with `--clip_stride 1`) the report a
 and next action through their probes (classification reports pooled over the takes and per take; null next actions
 skipped), and sterility-breach detection by a probe and by the world model's surprise, each thresholded at the
 F1-best threshold of the validation takes (precision, recall, F1 of the breach class, AUROC, AUPRC).
+Action inference (`--action_inference_moments N`, 100 by default, 0: none; a model whose action_spec has categorical
+groups): N (start, goal) moments drawn by `--seed` from the scored clips, each `--action_inference_context` observed
+steps (the labelled actions between them given) and a goal `--action_inference_horizon` steps later; the world model's
+CEM planner (batched over the moments of a batch of clips, KV-cached) infers the actions between them. Per action group,
+the planned options' accuracy next to copying the last context action and to chance (each option drawn as often as it
+labels the training split's transitions), over all planned transitions and where the labelled action changes; the
+energy of the inferred and of the labelled actions; the teacher-forced L1 under another clip's actions over under the
+clip's own at transitions with and without an action change.
 Metrics are the local `evaluate` modules in metrics/. It writes `--output` (JSON), prints a table and, with
 `--plots`, saves PNG figures. `--push_to_hub` puts the headline figures into the model card's model-index.
 """

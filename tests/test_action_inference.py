@@ -154,7 +154,7 @@ def test_the_evaluation_reports_and_plots_the_action_inference(surgvu_sample, ti
     data = ["--checkpoint", out / "model", "--data_root", surgvu_sample[0], "--dataset_cache_dir", out / "arrow",
             "--num_workers", 0, "--device", "cpu"]
     result = run_evaluation([*data, "--output", out / "report.json", "--plots", out / "plots",
-                             "--action_inference_moments", 12, "--action_inference_samples", 24,
+                             "--max_clips", 4, "--action_inference_moments", 12, "--action_inference_samples", 24,
                              "--action_inference_iterations", 2])
     assert result.returncode == 0, result.stderr[-3000:]
     section = json.loads((out / "report.json").read_text())["action_inference"]
@@ -162,7 +162,7 @@ def test_the_evaluation_reports_and_plots_the_action_inference(surgvu_sample, ti
     assert list(section["groups"]) == ["USM1", "USM2", "USM3", "USM4", "task"]
     for group in section["groups"].values():
         assert group["overall"]["transitions"] == 12
-        assert 0 <= group["overall"]["planned"] <= 1 and 0 < group["overall"]["chance"] <= 1
+        assert 0 <= group["overall"]["planned"] <= 1 and 0 <= group["overall"]["chance"] <= 1
         assert group["at_changes"]["copy_last"] in (None, 0.0)  # wrong by definition at a change, horizon 1
     assert (out / "plots" / "action_inference.png").stat().st_size > 0
     assert "Action inference: 12 held-out moments" in result.stdout
