@@ -1035,8 +1035,8 @@ def plot_action_inference(section: dict, directory: Path) -> str:
         axis.set_xticks(positions, [f"{name}\n(n={count})" for name, count in zip(names, counts)], fontsize=8)
         axis.set_title(title, fontsize=9)
     axes[0].set_ylabel("accuracy")
-    axes[0].set_ylim(0, 1)
-    axes[0].legend(fontsize=7)
+    axes[0].set_ylim(0, 1.15)  # room for the legend above the bars
+    axes[0].legend(fontsize=7, ncol=3, loc="upper center")
     figure.suptitle(f"Action inference: {section['moments']} held-out moments, horizon {section['horizon']}")
     return save_figure(figure, directory / "action_inference.png")
 
