@@ -998,7 +998,8 @@ def print_action_inference(section: dict) -> None:
     print(f"\nAction inference: {section['moments']} held-out moments, {section['context_steps']} context steps, "
           f"{section['horizon']} planned transition(s) each (CEM {section['planner']['num_samples']} samples x "
           f"{section['planner']['iterations']} iterations); accuracy per group")
-    print(f"{'':>10} {'planned':>8} {'copy last':>10} {'chance':>7} | {'at changes:':>11} {'planned':>8} "
+    width = max(10, *(len(name) for name in section["groups"]))
+    print(f"{'':>{width}} {'planned':>8} {'copy last':>10} {'chance':>7} | {'at changes:':>11} {'planned':>8} "
           f"{'copy last':>10} {'chance':>7} {'n':>5}")
 
     def cells(values: dict) -> str:
@@ -1006,7 +1007,7 @@ def print_action_inference(section: dict) -> None:
                         for key, width in (("planned", 8), ("copy_last", 10), ("chance", 7)))
 
     for name, group in section["groups"].items():
-        print(f"{name:>10} {cells(group['overall'])} | {'':>11} {cells(group['at_changes'])} "
+        print(f"{name:>{width}} {cells(group['overall'])} | {'':>11} {cells(group['at_changes'])} "
               f"{group['at_changes']['transitions']:>5}")
     energy = section["energy"]
     if energy:
