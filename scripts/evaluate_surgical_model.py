@@ -986,7 +986,7 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
                   "clips) times its frequency among the scored transitions: the accuracy of drawing each option "
                   "at random as often as training labels it",
         "copy_last": "every planned transition given the last labelled action of the context",
-        "at_changes": "the planned transitions whose labelled option differs from the transition's before (the "
+        "changes": "the planned transitions whose labelled option differs from the transition's before (the "
                       "last context one for the first): copying the last context action is wrong at the first",
     })
     print(f"action inference: {section['moments']} moments planned in {time.perf_counter() - started:.1f} s",
@@ -1003,8 +1003,8 @@ def print_action_inference(section: dict) -> None:
           f"{'copy last':>10} {'chance':>7} {'n':>5}")
 
     def cells(values: dict) -> str:
-        return " ".join(f"{values[key]:>{width}.3f}" if values[key] is not None else f"{'n/a':>{width}}"
-                        for key, width in (("planned", 8), ("copy_last", 10), ("chance", 7)))
+        return " ".join(f"{values[key]:>{column}.3f}" if values[key] is not None else f"{'n/a':>{column}}"
+                        for key, column in (("planned", 8), ("copy_last", 10), ("chance", 7)))
 
     for name, group in section["groups"].items():
         print(f"{name:>{width}} {cells(group['overall'])} | {'':>11} {cells(group['at_changes'])} "
