@@ -140,6 +140,7 @@ def run_evaluation(args: list) -> subprocess.CompletedProcess:
                           env={**os.environ, "TQDM_DISABLE": "1"})
 
 
+@pytest.mark.slow
 def test_the_evaluation_reports_and_plots_the_action_inference(surgvu_sample, tiny_vjepa2_dir, tmp_path_factory):
     """On the SurgVU sample, with a world model that has SurgVU's action spec: the section, its figure and its
     printed headline; none of it with 0 moments."""
