@@ -27,6 +27,14 @@ and next action through their probes (classification reports pooled over the tak
 skipped), and sterility-breach detection by a probe and by the world model's surprise, each thresholded at the
 F1-best threshold of the validation takes (precision, recall, F1 of the breach class, AUROC, AUPRC). MM-OR scores
 its test takes by default, and `--split validation` is refused: its thresholds would be fitted to the takes scored.
+Action inference (`--action_inference_moments N`, 100 by default, 0: none; a model whose action_spec has categorical
+groups): N (start, goal) moments drawn by `--seed` from the scored clips, each `--action_inference_context` observed
+steps (the labelled actions between them given) and a goal `--action_inference_horizon` steps later; the world model's
+CEM planner (batched over the moments of a batch of clips, KV-cached) infers the actions between them. Per action group,
+the planned options' accuracy next to copying the last context action and to chance (each option drawn as often as it
+labels the training split's transitions), over all planned transitions and where the labelled action changes; the
+energy of the inferred and of the labelled actions; the teacher-forced L1 under another clip's actions over under the
+clip's own at transitions with and without an action change.
 Metrics are the local `evaluate` modules in metrics/. It writes `--output` (JSON), prints a table and, with
 `--plots`, saves PNG figures. `--push_to_hub` puts the headline figures into the model card's model-index.
 """
@@ -35,6 +43,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -116,6 +125,17 @@ class EvaluationArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Put the headline figures into the model card of "
                                                                "--hub_model_id."})
     hub_model_id: str | None = field(default=None, metadata={"help": "<user>/<repo> of the evaluated world model."})
+    action_inference_moments: int = field(default=100, metadata={"help": "Action inference: plan between this many "
+                                                                         "(start, goal) moments of the scored clips, "
+                                                                         "a seeded choice (0: no action inference)."})
+    action_inference_context: int = field(default=4, metadata={"help": "Action inference: observed steps up to each "
+                                                                       "start (at least 2: the last transition among "
+                                                                       "them is the copy-last baseline)."})
+    action_inference_horizon: int = field(default=1, metadata={"help": "Action inference: transitions planned from "
+                                                                       "each start to its goal."})
+    action_inference_samples: int = field(default=100, metadata={"help": "Action inference: CEM samples per "
+                                                                         "iteration (top 10 refitted, momentum 0.15)."})
+    action_inference_iterations: int = field(default=5, metadata={"help": "Action inference: CEM iterations."})
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -642,6 +662,8 @@ def print_table(report: dict) -> None:
                         f"{breach[way]['scored_split']:>10}")
     elif not probes:
         print("\nSurgVU probes: none given (--task_probe / --tool_probe, or --train_probes)")
+    if "action_inference" in report:
+        print_action_inference(report["action_inference"])
 
 
 def pyplot():
@@ -715,6 +737,8 @@ def save_plots(report: dict, surprise: np.ndarray, directory: Path) -> list[str]
             axis.set_yticks([0, 1], ["absent", "present"], fontsize=6)
         figure.suptitle(f"Tool presence per clip (rows true, columns predicted at 0.5; mAP {tools['probe']['mAP']:.3f})")
         written.append(save_figure(figure, directory / "confusion_tools.png"))
+    if "action_inference" in report:
+        written.append(plot_action_inference(report["action_inference"], directory))
     return written
 
 
@@ -771,6 +795,262 @@ def clip_source(world_model, split, name: str, transform, data_args: DataArgumen
         except LatentCacheError as error:
             print(f"latent cache not used ({error}): every clip is decoded and encoded", flush=True)
     return SurgVUClips(split, transform), "decoded and encoded here"
+
+
+# ---------------------------------------------------------------------------------------------- action inference
+ACTION_INFERENCE_TOP_K = 10
+ACTION_INFERENCE_MOMENTUM = 0.15
+
+
+def transition_actions(actions: torch.Tensor) -> torch.Tensor:
+    """The labelled action of each transition t -> t + 1, `(..., S - 1, A)` from per-step actions `(..., S, A)`: the
+    one the predictor is given for it, the labels in force at step t (`predict(latents[:, :-1], actions[:, :-1])`).
+    The action inference reads every transition's action through here, in planning, baselines and chance alike."""
+    return actions[..., :-1, :]
+
+
+def group_options(actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
+    """Each action's option per categorical group `(..., G)`: its largest dimension of the group when above 0.5, else
+    the group's size (none), as the planner's sampler numbers a group's options."""
+    options = []
+    for _, dims in groups:
+        values, best = actions[..., dims].max(-1)
+        options.append(torch.where(values > 0.5, best, len(dims)))
+    return torch.stack(options, -1)
+
+
+def inference_groups(world_model) -> list[tuple[str, list[int]]]:
+    """The categorical action groups `(name, dims)` planned over: the config's `discrete_action_groups`, else the
+    `action_spec` prefixes (as plan.py derives them); none without an `action_spec`."""
+    config = world_model.config
+    if not config.action_spec:
+        return []
+    return config.action_groups(config.discrete_action_groups or config.spec_groups(config.action_spec))
+
+
+def draw_moments(num_clips: int, num_steps: int, count: int, context: int, horizon: int,
+                 seed: int) -> list[tuple[int, int]]:
+    """`count` (clip position, start step) pairs, in clip order: a seeded choice without replacement among the starts
+    of every clip with `context` steps up to them and `horizon` after them (all of them when there are fewer)."""
+    candidates = [(clip, start) for clip in range(num_clips) for start in range(context - 1, num_steps - horizon)]
+    if count >= len(candidates):
+        return candidates
+    chosen = np.random.default_rng(seed).choice(len(candidates), size=count, replace=False)
+    return [candidates[index] for index in sorted(chosen.tolist())]
+
+
+def train_option_counts(world_model, train_split, groups: list[tuple[str, list[int]]],
+                        chunk: int = 1024) -> list[np.ndarray]:
+    """Per group, how many transitions of the training clips each option labels (every transition of every clip,
+    read through `transition_actions`): the prevalence the chance level is computed from."""
+    counts = [np.zeros(len(dims) + 1, dtype=np.int64) for _, dims in groups]
+    table = train_split.with_format("torch", columns=["actions"])
+    for start in range(0, len(train_split), chunk):
+        actions = table[start : start + chunk]["actions"].float()  # (clips, frames, A)
+        actions = per_step_actions(world_model, actions, actions.shape[1] // world_model.config.frames_per_step)
+        options = group_options(transition_actions(actions), groups).flatten(0, 1)  # (transitions, G)
+        for index, (_, dims) in enumerate(groups):
+            counts[index] += np.bincount(options[:, index].numpy(), minlength=len(dims) + 1)
+    return counts
+
+
+@torch.no_grad()
+def run_action_inference(args, world_model, clips, indices: list[int], moments: list[tuple[int, int]],
+                         groups: list[tuple[str, list[int]]], device) -> dict:
+    """Streams the clips that hold `moments`: the moments of a batch of clips are planned in one batched CEM, from
+    their `--action_inference_context` steps (with the labelled actions between them) to the goal step
+    `--action_inference_horizon` transitions later, and the labelled actions' energy is scored alike; every transition
+    of these clips gets its teacher-forced L1 under its own and under another clip's actions. Returns the options per
+    moment and planned transition (labelled, planned, the transition before it, the last context one) `(M, H, G)`,
+    the energies `(M,)`, and per transition after a clip's first: the two L1s and whether its action changed."""
+    context, horizon = args.action_inference_context, args.action_inference_horizon
+    starts_of = {}
+    for position, start in moments:
+        starts_of.setdefault(indices[position], []).append(start)
+    loader = DataLoader(Subset(clips, sorted(starts_of)), batch_size=args.batch_size, shuffle=False,
+                        num_workers=min(args.num_workers, available_cores()), collate_fn=collate_clips)
+    generator = torch.Generator().manual_seed(args.seed)
+    names = [name for name, _ in groups]
+    records = {name: [] for name in ("labelled", "planned", "previous", "copy_last", "energy", "labelled_energy",
+                                     "own_l1", "swapped_l1", "changed")}
+    broken, previous_actions = BrokenFiles(warn_line), None
+    for batch in loader:
+        broken.add(batch.get("broken_clips", []))
+        if "sample_id" not in batch:  # every clip of the batch failed to decode
+            continue
+        latents, targets, actions = clip_latents_and_actions(world_model, batch, device)
+        paired = transition_actions(actions)  # (B, S - 1, A)
+        other = swapped(actions, previous_actions)
+        previous_actions = actions
+        if other is not None:
+            own, _ = latent_errors(world_model.predict(latents[:, :-1], paired), targets[:, 1:])
+            swap, _ = latent_errors(world_model.predict(latents[:, :-1], transition_actions(other)), targets[:, 1:])
+            records["own_l1"].append(own[:, 1:].flatten().cpu())
+            records["swapped_l1"].append(swap[:, 1:].flatten().cpu())
+            records["changed"].append((paired[:, 1:] != paired[:, :-1]).any(-1).flatten().cpu())
+
+        rows, starts = zip(*[(row, start) for row, sample in enumerate(batch["sample_id"].tolist())
+                             for start in starts_of[sample]])
+        rows, starts = torch.tensor(rows)[:, None], torch.tensor(starts)[:, None]
+        window = latents[rows, starts + torch.arange(1 - context, horizon + 1)]  # (M, C + H, N, D)
+        moment_actions = paired[rows, starts + torch.arange(1 - context, horizon)]  # (M, C - 1 + H, A)
+        observed, goal = window[:, :context], window[:, -1:]
+        context_actions, labelled = moment_actions[:, : context - 1], moment_actions[:, context - 1 :]
+        output = world_model.plan(observed, goal, horizon=horizon, num_samples=args.action_inference_samples,
+                                  iterations=args.action_inference_iterations,
+                                  top_k=min(ACTION_INFERENCE_TOP_K, args.action_inference_samples),
+                                  momentum=ACTION_INFERENCE_MOMENTUM, generator=generator,
+                                  context_actions=context_actions, discrete_groups=names)
+        options = group_options(moment_actions.cpu(), groups)  # (M, C - 1 + H, G)
+        records["labelled"].append(options[:, context - 1 :])
+        records["previous"].append(options[:, context - 2 : -1])  # the transition before each planned one
+        records["copy_last"].append(options[:, context - 2 : context - 1].expand(-1, horizon, -1))
+        records["planned"].append(group_options(output.actions.cpu(), groups))
+        records["energy"].append(output.energy.float().cpu())
+        records["labelled_energy"].append(
+            world_model.energy(observed, goal, labelled, context_actions=context_actions).float().cpu())
+    if broken.count:
+        print(f"action inference: skipped {broken.count} clip(s) that failed to decode: {broken.summary()}",
+              flush=True)
+    return {name: torch.cat(values).numpy() if values else np.zeros(0) for name, values in records.items()}
+
+
+def action_inference_section(records: dict, train_counts: list[np.ndarray], groups: list[tuple[str, list[int]]],
+                             options: list[list[str]]) -> dict:
+    """Per group, the accuracy of the planned options next to copying the last context action and to chance, over
+    every planned transition and over those whose labelled option differs from the transition's before; the energy
+    of the inferred and of the labelled actions; the teacher-forced L1 under swapped over own actions."""
+
+    def rates(correct: np.ndarray, copied: np.ndarray, labels: np.ndarray, prevalence: np.ndarray) -> dict:
+        if not len(labels):
+            return {"transitions": 0, "planned": None, "copy_last": None, "chance": None}
+        frequency = np.bincount(labels, minlength=len(prevalence)) / len(labels)
+        return {"transitions": int(len(labels)), "planned": float(correct.mean()), "copy_last": float(copied.mean()),
+                "chance": float(prevalence @ frequency)}
+
+    section_groups = {}
+    for index, (name, _) in enumerate(groups):
+        labels = records["labelled"][..., index].flatten()
+        correct = records["planned"][..., index].flatten() == labels
+        copied = records["copy_last"][..., index].flatten() == labels
+        change = records["previous"][..., index].flatten() != labels
+        total = train_counts[index].sum()
+        prevalence = train_counts[index] / total if total else np.full(len(train_counts[index]), np.nan)
+        section_groups[name] = {"options": options[index],
+                                "train_prevalence": prevalence.tolist(),
+                                "overall": rates(correct, copied, labels, prevalence),
+                                "at_changes": rates(correct[change], copied[change], labels[change], prevalence)}
+
+    def ratio(mask: np.ndarray) -> dict:
+        own, swap = records["own_l1"][mask], records["swapped_l1"][mask]
+        if not len(own):
+            return {"transitions": 0, "own_l1": None, "swapped_l1": None, "ratio": None}
+        return {"transitions": int(len(own)), "own_l1": float(own.mean()), "swapped_l1": float(swap.mean()),
+                "ratio": float(swap.mean() / own.mean())}
+
+    changed = records["changed"].astype(bool)
+    energy, labelled_energy = records["energy"], records["labelled_energy"]
+    return {
+        "moments": int(len(energy)),
+        "groups": section_groups,
+        "energy": {"inferred": float(energy.mean()), "labelled": float(labelled_energy.mean()),
+                   "inferred_below_labelled": float((energy < labelled_energy).mean())} if len(energy) else None,
+        "swapped_over_own": {"with_change": ratio(changed), "without_change": ratio(~changed),
+                             "note": "teacher-forced latent L1 of each transition after a clip's first, under another "
+                                     "clip's actions over under its own (the clips the moments come from); with "
+                                     "change: its labelled action differs from the transition's before"},
+    }
+
+
+def action_inference(args, world_model, split, indices: list[int], clips, train_split, device) -> dict | None:
+    """The `action_inference` section (None, with a note, when the model has no categorical action group or the
+    clips are too short): the actions the planner infers between held-out moments, scored against the labels."""
+    groups = inference_groups(world_model)
+    context, horizon = args.action_inference_context, args.action_inference_horizon
+    num_steps = split.features["actions"].shape[0] // world_model.config.frames_per_step
+    if not groups:
+        print("action inference: none (the model's config has no action_spec with categorical groups)", flush=True)
+        return None
+    if num_steps < context + horizon:
+        print(f"action inference: none (clips of {num_steps} steps hold no {context} context steps and "
+              f"{horizon} more)", flush=True)
+        return None
+    started = time.perf_counter()
+    moments = draw_moments(len(indices), num_steps, args.action_inference_moments, context, horizon, args.seed)
+    records = run_action_inference(args, world_model, clips, indices, moments, groups, device)
+    spec = world_model.config.action_spec
+    options = [[spec[dim].split("/", 1)[1] for dim in dims] + ["none"] for _, dims in groups]
+    section = action_inference_section(records, train_option_counts(world_model, train_split, groups), groups,
+                                       options)
+    section.update({
+        "moments_drawn": len(moments),
+        "moments_possible": len(indices) * (num_steps - context - horizon + 1),
+        "context_steps": context, "horizon": horizon,
+        "planner": {"num_samples": args.action_inference_samples, "iterations": args.action_inference_iterations,
+                    "top_k": min(ACTION_INFERENCE_TOP_K, args.action_inference_samples),
+                    "momentum": ACTION_INFERENCE_MOMENTUM, "seed": args.seed},
+        "pairing": "transition t -> t + 1 is labelled with the actions in force at step t, as the predictor is given "
+                   "them",
+        "moments_from": f"a choice seeded by --seed among every start of the scored clips with {context} steps up to "
+                        f"it and {horizon} after it; the goal is the step {horizon} later",
+        "chance": "sum over a group's options of its training prevalence (over every transition of the training "
+                  "clips) times its frequency among the scored transitions: the accuracy of drawing each option "
+                  "at random as often as training labels it",
+        "copy_last": "every planned transition given the last labelled action of the context",
+        "changes": "the planned transitions whose labelled option differs from the transition's before (the "
+                      "last context one for the first): copying the last context action is wrong at the first",
+    })
+    print(f"action inference: {section['moments']} moments planned in {time.perf_counter() - started:.1f} s",
+          flush=True)
+    return section
+
+
+def print_action_inference(section: dict) -> None:
+    print(f"\nAction inference: {section['moments']} held-out moments, {section['context_steps']} context steps, "
+          f"{section['horizon']} planned transition(s) each (CEM {section['planner']['num_samples']} samples x "
+          f"{section['planner']['iterations']} iterations); accuracy per group")
+    width = max(10, *(len(name) for name in section["groups"]))
+    print(f"{'':>{width}} {'planned':>8} {'copy last':>10} {'chance':>7} | {'at changes:':>11} {'planned':>8} "
+          f"{'copy last':>10} {'chance':>7} {'n':>5}")
+
+    def cells(values: dict) -> str:
+        return " ".join(f"{values[key]:>{column}.3f}" if values[key] is not None else f"{'n/a':>{column}}"
+                        for key, column in (("planned", 8), ("copy_last", 10), ("chance", 7)))
+
+    for name, group in section["groups"].items():
+        print(f"{name:>{width}} {cells(group['overall'])} | {'':>11} {cells(group['at_changes'])} "
+              f"{group['at_changes']['transitions']:>5}")
+    energy = section["energy"]
+    if energy:
+        print(f"energy: inferred actions {energy['inferred']:.4f}, labelled actions {energy['labelled']:.4f} "
+              f"(inferred below labelled in {100 * energy['inferred_below_labelled']:.0f}% of the moments)")
+    swap = section["swapped_over_own"]
+    print("teacher-forced L1, swapped over own actions: " + ", ".join(
+        f"{swap[key]['ratio']:.3f} {label} ({swap[key]['transitions']} transitions)" if swap[key]["ratio"] is not None
+        else f"n/a {label}" for key, label in (("with_change", "where the action changes"),
+                                               ("without_change", "elsewhere"))))
+
+
+def plot_action_inference(section: dict, directory: Path) -> str:
+    plt = pyplot()
+
+    names = list(section["groups"])
+    positions = np.arange(len(names))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axis, subset, title in zip(axes, ("overall", "at_changes"), ("all planned transitions",
+                                                                     "where the labelled action changes")):
+        for offset, (key, label) in zip((-0.27, 0, 0.27), (("planned", "planned"), ("copy_last", "copy last context"),
+                                                            ("chance", "chance (training prevalence)"))):
+            values = [section["groups"][name][subset][key] for name in names]
+            axis.bar(positions + offset, [np.nan if value is None else value for value in values], 0.27, label=label)
+        counts = [section["groups"][name][subset]["transitions"] for name in names]
+        axis.set_xticks(positions, [f"{name}\n(n={count})" for name, count in zip(names, counts)], fontsize=8)
+        axis.set_title(title, fontsize=9)
+    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylim(0, 1.15)  # room for the legend above the bars
+    axes[0].legend(fontsize=7, ncol=3, loc="upper center")
+    figure.suptitle(f"Action inference: {section['moments']} held-out moments, horizon {section['horizon']}")
+    return save_figure(figure, directory / "action_inference.png")
 
 
 # ---------------------------------------------------------------------------------------------------------- MM-OR
@@ -937,6 +1217,12 @@ def main(argv=None) -> int:
     if not args.eval_fps > 0 or args.fill not in ("other", "nearest") or args.smooth_frames < 1:
         fail(f"--eval_fps must be positive, --fill other or nearest, --smooth_frames at least 1; got "
              f"{args.eval_fps:g}, {args.fill}, {args.smooth_frames}")
+    if min(args.action_inference_moments, args.action_inference_context - 2, args.action_inference_horizon - 1,
+           args.action_inference_samples - 1, args.action_inference_iterations - 1) < 0:
+        fail(f"--action_inference_moments must be at least 0, --action_inference_context at least 2, "
+             f"--action_inference_horizon, _samples and _iterations at least 1; got {args.action_inference_moments}, "
+             f"{args.action_inference_context}, {args.action_inference_horizon}, {args.action_inference_samples}, "
+             f"{args.action_inference_iterations}")
     args.num_workers = data_args.num_workers
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -1013,6 +1299,10 @@ def main(argv=None) -> int:
         calibration = run_mmor(args, world_model, mmor_probes, dataset[CALIBRATION_SPLIT], calibration_clips, device)
         mmor_records = run_mmor(args, world_model, mmor_probes, split, clips, device, indices)
         report["mmor"] = mmor_section(mmor_records, calibration, args.split)
+    if args.action_inference_moments:
+        section = action_inference(args, world_model, split, indices, clips, dataset["train"], device)
+        if section is not None:
+            report["action_inference"] = section
     if args.plots:
         report["plots"] = save_plots(report, result["surprise"].numpy(), Path(args.plots))
         if mmor_records is not None:

@@ -469,7 +469,7 @@ def test_a_fine_tuned_model_s_rollout_error_is_training_validation_s(train_input
     result = run_script("evaluate_surgical_model.py", [
         "--checkpoint", out / "final", "--data_root", data_root, "--dataset_cache_dir", dataset_cache,
         "--num_workers", "0", "--split", "validation", "--batch_size", "2", "--device", "cpu",
-        "--output", report_path])
+        "--output", report_path, "--action_inference_moments", "0"])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert "EMA target encoder" in report["encoders"]["targets"] and "fine-tuned" in report["encoders"]["inputs"]

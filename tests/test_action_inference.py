@@ -1,0 +1,179 @@
+"""The evaluation's action inference (scripts/evaluate_surgical_model.py): the planned actions between held-out
+moments scored against the labels, next to copying the last context action and to chance."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT, TINY_PREDICTOR
+
+
+SPEC = ["arm/grasper", "arm/scissors", "task/cut", "task/suture", "task/clip"]
+GROUPS = {"arm": [0, 1], "task": [2, 3, 4]}  # 3 and 4 options with none
+NUM_STEPS, CONTEXT = 6, 3
+
+
+def one_hot_actions(options: np.ndarray) -> torch.Tensor:
+    """Per-step actions `(clips, steps, 5)` from each step's option per group `(clips, steps, 2)` (last: none)."""
+    actions = torch.zeros(*options.shape[:2], len(SPEC))
+    for index, dims in enumerate(GROUPS.values()):
+        for option, dim in enumerate(dims):
+            actions[..., dim] += torch.from_numpy(options[..., index] == option).float()
+    return actions
+
+
+def persistent_options(rng: np.random.Generator, clips: int) -> np.ndarray:
+    """Options that mostly stay from step to step (a change in about one transition in three per group)."""
+    options = np.zeros((clips, NUM_STEPS, len(GROUPS)), dtype=np.int64)
+    for index, dims in enumerate(GROUPS.values()):
+        options[:, 0, index] = rng.integers(len(dims) + 1, size=clips)
+        for step in range(1, NUM_STEPS):
+            change = rng.random(clips) < 0.35
+            options[:, step, index] = np.where(change, rng.integers(len(dims) + 1, size=clips),
+                                               options[:, step - 1, index])
+    return options
+
+
+def actions_split(actions: torch.Tensor):
+    import datasets
+
+    features = datasets.Features({"actions": datasets.Array2D((NUM_STEPS, len(SPEC)), "float32")})
+    return datasets.Dataset.from_dict({"actions": actions.numpy()}, features=features)
+
+
+@pytest.fixture(scope="module")
+def explained_clips():
+    """A tiny world model and clips whose every step is the model's prediction from the CONTEXT steps before it under
+    the labelled actions (the labels in force at step t drive t -> t + 1): from a context of CONTEXT steps the
+    labelled actions reach each goal exactly, so the planner's answer is known. Returns the model, the scored clips, their options per step and the training clips' options."""
+    from conftest import tiny_config
+    from modeling_surgical_wm import SurgicalWorldModel
+
+    torch.manual_seed(0)
+    model = SurgicalWorldModel(tiny_config(action_dim=len(SPEC), action_spec=SPEC, normalize_latents=False)).eval()
+    rng = np.random.default_rng(5)
+    options = persistent_options(rng, 10)
+    actions = one_hot_actions(options)
+    config = model.config
+    latents = torch.randn(len(options), 1, config.tokens_per_step, config.latent_dim)
+    with torch.no_grad():
+        for step in range(NUM_STEPS - 1):  # from the last CONTEXT steps, as the planner sees them
+            first = max(0, step + 1 - CONTEXT)
+            following = model.predict(latents[:, first:], actions[:, first : step + 1])[:, -1:]
+            latents = torch.cat([latents, following], dim=1)
+    clips = [{"latents": latents[index], "actions": actions[index], "sample_id": torch.tensor(index)}
+             for index in range(len(options))]
+    return model, clips, options, persistent_options(rng, 30)
+
+
+def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_clips, capsys):
+    from evaluate_surgical_model import action_inference
+
+    model, clips, options, train_options = explained_clips
+    args = SimpleNamespace(action_inference_moments=1000, action_inference_context=CONTEXT,
+                           action_inference_horizon=1, action_inference_samples=48, action_inference_iterations=3,
+                           seed=0, batch_size=len(clips), num_workers=0)
+    scored = actions_split(one_hot_actions(options))
+    indices = list(range(len(clips)))
+    section = action_inference(args, model, scored, indices, clips, actions_split(one_hot_actions(train_options)),
+                               torch.device("cpu"))
+    assert "moments planned in" in capsys.readouterr().out
+
+    # Every start with 3 steps up to it and one after it: steps 2, 3 and 4 of every clip; the transition from the
+    # start takes the labels of the start, the last context transition those of the step before.
+    starts = [(clip, start) for clip in indices for start in range(CONTEXT - 1, NUM_STEPS - 1)]
+    assert section["moments"] == section["moments_drawn"] == section["moments_possible"] == len(starts) == 30
+    for index, name in enumerate(GROUPS):
+        labels = np.array([options[clip, start, index] for clip, start in starts])
+        last = np.array([options[clip, start - 1, index] for clip, start in starts])
+        changes = labels != last
+        assert 0 < changes.sum() < len(labels)  # the test sees both kinds of transition
+        train_labels = train_options[:, :-1, index].flatten()  # every training transition's label
+        prevalence = np.bincount(train_labels, minlength=len(GROUPS[name]) + 1) / len(train_labels)
+        group = section["groups"][name]
+        assert group["options"] == [SPEC[dim].split("/")[1] for dim in GROUPS[name]] + ["none"]
+        for subset, mask in (("overall", np.ones(len(labels), dtype=bool)), ("at_changes", changes)):
+            values = group[subset]
+            assert values["transitions"] == mask.sum()
+            assert values["copy_last"] == pytest.approx((labels[mask] == last[mask]).mean(), abs=1e-12)
+            assert values["chance"] == pytest.approx(sum(prevalence[option] * (labels[mask] == option).mean()
+                                                         for option in range(len(prevalence))), abs=1e-12)
+            assert values["planned"] == 1.0, (name, subset)  # the labels explain every goal exactly
+        assert group["at_changes"]["copy_last"] == 0.0
+    energy = section["energy"]
+    assert energy["labelled"] < 1e-5 and energy["inferred"] <= energy["labelled"] + 1e-6
+
+    # The teacher-forced L1 of every transition after a clip's first, under its own actions and under the next clip's
+    # (the clips are one batch), split by whether its labels differ from the transition's before.
+    latents, actions = torch.stack([clip["latents"] for clip in clips]), one_hot_actions(options)
+    with torch.no_grad():
+        own = (model.predict(latents[:, :-1], actions[:, :-1]) - latents[:, 1:]).abs().mean((2, 3))[:, 1:]
+        swapped = (model.predict(latents[:, :-1], actions.roll(-1, 0)[:, :-1]) - latents[:, 1:]).abs().mean((2, 3))
+    changed = torch.from_numpy((options[:, 1:-1] != options[:, :-2]).any(-1))
+    for key, mask in (("with_change", changed), ("without_change", ~changed)):
+        values = section["swapped_over_own"][key]
+        assert values["transitions"] == mask.sum() > 0
+        assert values["own_l1"] == pytest.approx(own[mask].mean().item(), rel=1e-5)
+        assert values["ratio"] == pytest.approx((swapped[:, 1:][mask].mean() / own[mask].mean()).item(), rel=1e-5)
+
+
+def test_the_moments_are_a_seeded_choice_of_the_scored_clips_starts():
+    from evaluate_surgical_model import draw_moments
+
+    every = draw_moments(5, NUM_STEPS, 1000, CONTEXT, 2, seed=0)
+    assert every == [(clip, start) for clip in range(5) for start in (2, 3)]
+    chosen = draw_moments(5, NUM_STEPS, 4, CONTEXT, 2, seed=0)
+    assert chosen == draw_moments(5, NUM_STEPS, 4, CONTEXT, 2, seed=0) and len(set(chosen)) == 4
+    assert set(chosen) < set(every) and chosen == sorted(chosen)
+    assert chosen != draw_moments(5, NUM_STEPS, 4, CONTEXT, 2, seed=1)
+
+
+def run_evaluation(args: list) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "scripts", "evaluate_surgical_model.py"),
+                           *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+
+
+@pytest.mark.slow
+def test_the_evaluation_reports_and_plots_the_action_inference(surgvu_sample, tiny_vjepa2_dir, tmp_path_factory):
+    """On the SurgVU sample, with a world model that has SurgVU's action spec: the section, its figure and its
+    printed headline; none of it with 0 moments."""
+    from dataset_surgvu import action_names
+    from load_vjepa2_pretrained import main as build
+
+    out = tmp_path_factory.mktemp("action-inference")
+    (out / "spec.json").write_text(json.dumps(action_names()))
+    sizes = [str(item) for name, value in TINY_PREDICTOR.items() for item in (f"--{name}", value)]
+    assert build(["--encoder", tiny_vjepa2_dir, "--save_path", str(out / "model"), "--action_spec",
+                  str(out / "spec.json"), *sizes]) == 0
+    data = ["--checkpoint", out / "model", "--data_root", surgvu_sample[0], "--dataset_cache_dir", out / "arrow",
+            "--num_workers", 0, "--device", "cpu"]
+    result = run_evaluation([*data, "--output", out / "report.json", "--plots", out / "plots",
+                             "--max_clips", 4, "--action_inference_moments", 12, "--action_inference_samples", 24,
+                             "--action_inference_iterations", 2])
+    assert result.returncode == 0, result.stderr[-3000:]
+    section = json.loads((out / "report.json").read_text())["action_inference"]
+    assert section["moments"] == section["moments_drawn"] == 12 < section["moments_possible"]
+    assert list(section["groups"]) == ["USM1", "USM2", "USM3", "USM4", "task"]
+    for group in section["groups"].values():
+        assert group["overall"]["transitions"] == 12
+        assert 0 <= group["overall"]["planned"] <= 1 and 0 <= group["overall"]["chance"] <= 1
+        assert group["at_changes"]["copy_last"] in (None, 0.0)  # wrong by definition at a change, horizon 1
+    assert (out / "plots" / "action_inference.png").stat().st_size > 0
+    assert "Action inference: 12 held-out moments" in result.stdout
+    assert "teacher-forced L1, swapped over own actions" in result.stdout
+
+    result = run_evaluation([*data, "--output", out / "off.json", "--max_clips", 2, "--action_inference_moments", 0])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "action_inference" not in json.loads((out / "off.json").read_text())
+    assert "Action inference" not in result.stdout
+
+    result = run_evaluation([*data, "--output", out / "bad.json", "--action_inference_context", 1])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--action_inference_context at least 2" in result.stderr
