@@ -1185,8 +1185,8 @@ def plot_surprise_over_time(records: dict, section: dict, directory: Path) -> st
         times = [records["timepoint"][i] for i in order]
         axis.plot(times, records["surprise"][order], lw=1, label="surprise")
         breaches = [records["timepoint"][i] for i in order if records["breach"][i] == 1]
-        for time in breaches:
-            axis.axvspan(time - 0.5, time + 0.5, color="red", alpha=0.3, lw=0)
+        for timepoint in breaches:
+            axis.axvspan(timepoint - 0.5, timepoint + 0.5, color="red", alpha=0.3, lw=0)
         axis.axhline(threshold, color="black", ls="--", lw=0.8, label=f"threshold ({CALIBRATION_SPLIT})")
         axis.set_title(f"{take}: {len(breaches)} breach timepoints (red)", fontsize=9)
         axis.set_ylabel("latent L1")
