@@ -51,6 +51,8 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: fl
         "lambda_mask": model_args.lambda_mask,
         "fps": fps,
     }
+    if model_args.action_pairing is not None:
+        overrides["action_pairing"] = model_args.action_pairing
     source = model_args.pretrained_checkpoint
     saved = check_pretrained_checkpoint(source) if saved is None else saved
     if saved.get("model_type") == "surgical_wm":
