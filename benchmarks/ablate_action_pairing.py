@@ -2,8 +2,9 @@
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
 """Which labels should a transition take as its action? Scores world models trained with each `action_pairing` on the
 validation clips of their latent cache: teacher-forced latent L1 with the clip's own actions (overall, for step 2
-from step 1 alone, and at the transitions where the labels change or not), the rollout L1 at horizon 4 from the first step, and the error with
-another clip's actions over the error with its own (the clips' labels rolled by one over the split).
+from step 1 alone, and at the transitions where the labels change or not), the rollout L1 at horizon 4 from the
+first step, and the error with another clip's actions over the error with its own (the clips' labels rolled by one
+over the split).
 
     python benchmarks/ablate_action_pairing.py --data_root demo_output/surgvu \
         --dataset_cache_dir demo_output/arrow-cache --cache_dir demo_output/run/latent_cache \

@@ -13,8 +13,9 @@ the steps in between (one step: the model config's `frames_per_step` frames at i
 back to the run's, from `trainer_state.json` beside the weights, else 4.0; `--fps` overrides it). Prints each step's
 inferred action decoded to names through `config.action_spec` (per categorical group: the chosen tool or task, or none;
 other dimensions as numbers) next to the labelled one from the case's tools.csv/tasks.csv (found as the dataset
-builder finds them, or under `--labels_dir`), the labelled action of each step paired with it as the model's
-`action_pairing` pairs labels and transitions (the labels at the step's end, or at its start), the matches per group next to chance, and the energy per CEM iteration.
+builder finds them, or under `--labels_dir`; each step's labelled action is paired with it as the model's
+`action_pairing` pairs labels and transitions: the labels at the step's end, or at its start), the matches per group
+next to chance, and the energy per CEM iteration.
 `--json` writes the same as JSON.
 """
 

@@ -134,7 +134,7 @@ Epochs: {trainer_state.get("epoch")}; optimizer steps: {trainer_state.get("globa
 
 Each step takes a {config.action_dim}-dimensional action: {", ".join(spec[:8])}{", ..." if len(spec) > 8 else ""}
 (full list in `config.action_spec`). The transition from step t to step t + 1 takes the labels at
-{"t + 1, the tool installed or task begun during it" if config.action_pairing == "next" else "t, those in force before it"}
+{"t + 1, those in force at its end" if config.action_pairing == "next" else "t, those in force at its start"}
 (`config.action_pairing = "{config.action_pairing}"`; `model.transition_actions(labels)` pairs them).
 
 ## Data licence
