@@ -30,6 +30,11 @@ VJEPA2_PRESETS = {
     },
 }
 
+# How a transition t -> t + 1 takes its action from per-step labels (`SurgicalWorldModel.transition_actions`).
+ACTION_PAIRINGS = ("current", "next")
+# The pairing of exports whose config.json predates `action_pairing`: what they were trained with.
+LEGACY_ACTION_PAIRING = "current"
+
 
 # How actions enter the predictor: one token per step, or that token and an AdaLN modulation of every layer.
 ACTION_CONDITIONINGS = ("token", "adaln")
@@ -68,6 +73,12 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             `action_spec` names before the first `/` (`"USM1"` for `"USM1/needle driver"`, ...): a one-hot over the
             group's dimensions, or all zeros for none. Planning samples these from a categorical distribution and
             every other dimension from a Gaussian. SurgVU: `["USM1", "USM2", "USM3", "USM4", "task"]`.
+        action_pairing (`str`, *optional*, defaults to `"next"`):
+            Which per-step label is the action of the transition from step t to step t + 1: `"next"`, the labels at
+            t + 1 (the tool installed or the task begun during the transition: what happens in it); `"current"`,
+            the labels at t (the labels in force before it, one step late for a change; the pairing of exports
+            whose config has no `action_pairing`). Data and latent caches keep the labels per step; the model pairs
+            them (`transition_actions`), in training, evaluation and planning alike.
         frames_per_step (`int`, *optional*, defaults to 1):
             Frames that make one world-model step: 1 (the frame is repeated into a tubelet) or the encoder's
             `tubelet_size` (one real tubelet).
@@ -161,6 +172,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     state_dim: int = 0
     action_spec: list[str] | None = None
     discrete_action_groups: list[str] | None = None
+    action_pairing: str = "next"
     # time
     frames_per_step: int = 1
     fps: float | int | None = None
@@ -261,6 +273,8 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
                 f"`action_spec` names {len(self.action_spec)} dimensions but `action_dim` is {self.action_dim}."
             )
         self._check_action_groups(self.discrete_action_groups)
+        if self.action_pairing not in ACTION_PAIRINGS:
+            raise ValueError(f"`action_pairing` must be one of {list(ACTION_PAIRINGS)}, got {self.action_pairing!r}.")
         if encoder.crop_size % encoder.patch_size != 0:
             raise ValueError(
                 f"The encoder's crop_size ({encoder.crop_size}) must be a multiple of its patch_size "
@@ -363,6 +377,14 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
         return self.encoder_config.hidden_size
 
     @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "SurgicalWorldModelConfig":
+        """As `PreTrainedConfig.from_dict`; a saved config without `action_pairing` keeps the pairing it was trained
+        with, `LEGACY_ACTION_PAIRING`, rather than taking the default of new models."""
+        if "action_pairing" not in config_dict:
+            config_dict = {**config_dict, "action_pairing": LEGACY_ACTION_PAIRING}
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
     def from_preset(cls, preset: str, **kwargs) -> "SurgicalWorldModelConfig":
         """A config for one of the V-JEPA 2 encoders (`vitl`, `vith`, `vitg`, `vitg384`), without downloading."""
         if preset not in VJEPA2_PRESETS:
@@ -376,4 +398,4 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
 
 SurgicalWorldModelConfig.register_for_auto_class()
 
-__all__ = ["ACTION_CONDITIONINGS", "SurgicalWorldModelConfig", "VJEPA2_PRESETS"]
+__all__ = ["ACTION_CONDITIONINGS", "ACTION_PAIRINGS", "LEGACY_ACTION_PAIRING", "SurgicalWorldModelConfig", "VJEPA2_PRESETS"]

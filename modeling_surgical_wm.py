@@ -891,6 +891,19 @@ class SurgicalWorldModel(
         self._set_encoder_trainable(not config.freeze_encoder)
 
     # --------------------------------------------------------------------------------------------- predict
+    def transition_actions(self, actions: torch.Tensor | None) -> torch.Tensor | None:
+        """
+        The action of each transition t -> t + 1, `(..., steps - 1, action_dim)`, from the labels in force at each
+        step `(..., steps, action_dim)` (per step, not per frame: see `frames_to_steps`), as `config.action_pairing`
+        pairs them: the labels at t + 1 (`"next"`) or at t (`"current"`). Its output is what `predict`, `rollout`,
+        `energy` and `plan` take as actions; every caller that holds per-step labels pairs them here. None stays None.
+        """
+        if actions is None:
+            return None
+        if actions.shape[-2] < 2:
+            raise ValueError(f"Per-step actions of {actions.shape[-2]} step(s) hold no transition: give at least 2.")
+        return actions[..., 1:, :] if self.config.action_pairing == "next" else actions[..., :-1, :]
+
     def predict(
         self,
         latents: torch.Tensor,
@@ -903,8 +916,8 @@ class SurgicalWorldModel(
 
         Args:
             latents: `(batch, steps, tokens, dim)` from `encode`.
-            actions: `(batch, >= steps, action_dim)`, the action taken at each step (per step, not per frame: see
-                `frames_to_steps`); steps past `steps` are ignored; None gives zero actions.
+            actions: `(batch, >= steps, action_dim)`, the action of the transition out of each step, from per-step
+                labels through `transition_actions`; steps past `steps` are ignored; None gives zero actions.
             states: `(batch, >= steps, state_dim)` per step, when the model has a state token.
             token_mask: `(batch, steps, tokens)` bool, tokens replaced by the mask token (mask-denoising).
         """
@@ -925,8 +938,9 @@ class SurgicalWorldModel(
     ) -> torch.Tensor:
         """
         Autoregressive imagination: from `context_latents` `(contexts, context, tokens, dim)`, predicts `steps` future
-        latents, each fed back as input. `actions` (and `states`) are per step (per-frame values go through
-        `frames_to_steps` first) and cover at least the horizon `context + steps - 1`; later steps are ignored.
+        latents, each fed back as input. `actions` are those of the transitions out of each step
+        (`transition_actions` of per-step labels), `states` per step, and both cover at least the horizon
+        `context + steps - 1`; later steps are ignored.
 
         The rows of `actions` may be G times the contexts: G candidate action sequences per context, rows
         `b * G ... b * G + G - 1` starting from context `b` (planning). Returns `(rows, steps, tokens, dim)`.
@@ -1045,7 +1059,8 @@ class SurgicalWorldModel(
         same values as `forward(..., return_rollout_error=True)`. `latents` may replace the pixels as in `forward`.
         """
         latents, targets, actions, states, _ = self._encode_clip(pixel_values_videos, latents, actions, states)
-        imagined = self._rollout_from_first_step(latents, actions, states, latents.shape[1] - 1, graph_steps=0)
+        imagined = self._rollout_from_first_step(latents, self.transition_actions(actions), states,
+                                                 latents.shape[1] - 1, graph_steps=0)
         return rollout_errors(imagined, targets)
 
     def _action_contrastive_loss(
@@ -1114,8 +1129,9 @@ class SurgicalWorldModel(
             The clip's latents exactly as `encode` returns them (normalization included), instead of its pixels: a
             latent cache for frozen-encoder training. Only with a frozen encoder, which is then its own target.
         actions (`torch.FloatTensor` of shape `(batch_size, steps or frames, action_dim)`, *optional*):
-            The action at every step (see `config.action_spec`), or at every frame (SurgVU's labels): per-frame
-            actions become per-step ones by averaging the frames of each step (`frames_to_steps`), here, once.
+            The labels in force at every step (see `config.action_spec`), or at every frame (SurgVU's labels):
+            per-frame actions become per-step ones by averaging the frames of each step (`frames_to_steps`), here,
+            once; each transition then takes its action as `config.action_pairing` says (`transition_actions`).
             None trains a pure video world model.
         states (`torch.FloatTensor` of shape `(batch_size, steps or frames, state_dim)`, *optional*):
             Proprioceptive state per step (or per frame, averaged alike), when `config.state_dim > 0`.
@@ -1145,8 +1161,7 @@ class SurgicalWorldModel(
                     f"`token_mask` must be a bool tensor of shape (batch, steps - 1, tokens) = {tuple(context_shape)}, "
                     f"got {token_mask.dtype} of shape {tuple(token_mask.shape)}."
                 )
-        # The action of each transition t -> t+1: the labels at step t.
-        transition_actions = None if actions is None else actions[:, :-1]
+        transition_actions = self.transition_actions(actions)  # (B, S - 1, A): the action of each transition
         past_actions = transition_actions
         if self.training and self.config.action_dropout > 0:
             # Some transitions learn "actions unknown": a NaN action, which the predictor embeds as its null action.

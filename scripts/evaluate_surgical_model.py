@@ -13,7 +13,8 @@ same defaults, same split seed; `--fps` defaults to the model config's `fps`, an
 `--split validation` is the split that training held out. The report:
 - world-model quality: latent L1 and cosine, teacher-forced (step t + 1 from the true steps 1..t) and rolled out
   (horizon h from step 1), next to the copy-the-last-context baseline; the same with each clip's actions swapped
-  for another clip's; the distribution of per-step surprise (the teacher-forced L1 of each step); predictions and
+  for another clip's (the labels of each step given to the transitions as the model's `action_pairing` pairs them,
+  which the report names); the distribution of per-step surprise (the teacher-forced L1 of each step); predictions and
   baselines are scored against the targets training's validation uses (a fine-tuned encoder's EMA target encoder's),
   and the report says which encoder gave the inputs and which the targets;
 - SurgVU probes, when probes are given or trained (`--train_probes`): task recognition with the organisers' metric
@@ -289,14 +290,16 @@ def encoder_roles(world_model) -> dict[str, str]:
 def world_model_errors(world_model, latents: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor | None = None,
                        baselines: bool = True) -> dict[str, torch.Tensor]:
     """Teacher-forced and rolled-out L1 / cosine per clip and step, and (with `baselines`) their copy-the-last-context
-    baselines, which do not depend on the actions. Predictions read `latents`; they, and the baselines' copies, are
+    baselines, which do not depend on the actions. `actions` are the labels per step, paired with the transitions as
+    the model pairs them (`transition_actions`). Predictions read `latents`; they, and the baselines' copies, are
     scored against `targets` (default: `latents`), as training's validation scores them. The rollout's L1 and its
     baseline are the model's own `rollout_errors`, the values training's validation reports."""
     targets = latents if targets is None else targets
     num_steps = latents.shape[1]
     target = targets[:, 1:]
-    predicted = world_model.predict(latents[:, :-1], actions[:, :-1])  # step t + 1 from the true steps <= t
-    imagined = world_model.rollout(latents[:, :1], actions, steps=num_steps - 1)  # horizon h from step 1
+    transitions = world_model.transition_actions(actions)  # (B, S - 1, A)
+    predicted = world_model.predict(latents[:, :-1], transitions)  # step t + 1 from the true steps <= t
+    imagined = world_model.rollout(latents[:, :1], transitions, steps=num_steps - 1)  # horizon h from step 1
     errors = {}
     errors["teacher_forced_l1"], errors["teacher_forced_cosine"] = latent_errors(predicted, target)
     errors["rollout_l1"], copy_context_l1 = rollout_errors(imagined, targets)
@@ -603,6 +606,8 @@ def print_table(report: dict) -> None:
     section = report["world_model"]
     print(f"\n{report['split']} split of {report['test_data']}: {section['num_clips']} clips")
     print(f"inputs from {report['encoders']['inputs']}; targets from {report['encoders']['targets']}")
+    print(f"the action of transition t -> t + 1: the labels at {'t + 1' if report['action_pairing'] == 'next' else 't'}"
+          f" (action_pairing {report['action_pairing']!r})")
     print("World model: latent L1 (cosine)")
     print(f"{'':>4} {'teacher-forced':>16} {'copy last':>16} {'rollout':>16} {'copy context':>16} "
           f"{'rollout, swapped':>18}")
@@ -802,11 +807,11 @@ ACTION_INFERENCE_TOP_K = 10
 ACTION_INFERENCE_MOMENTUM = 0.15
 
 
-def transition_actions(actions: torch.Tensor) -> torch.Tensor:
+def transition_actions(world_model, actions: torch.Tensor) -> torch.Tensor:
     """The labelled action of each transition t -> t + 1, `(..., S - 1, A)` from per-step actions `(..., S, A)`: the
-    one the predictor is given for it, the labels in force at step t (`predict(latents[:, :-1], actions[:, :-1])`).
+    one the predictor is given for it, as the model's `action_pairing` says (`SurgicalWorldModel.transition_actions`).
     The action inference reads every transition's action through here, in planning, baselines and chance alike."""
-    return actions[..., :-1, :]
+    return world_model.transition_actions(actions)
 
 
 def group_options(actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
@@ -848,7 +853,7 @@ def train_option_counts(world_model, train_split, groups: list[tuple[str, list[i
     for start in range(0, len(train_split), chunk):
         actions = table[start : start + chunk]["actions"].float()  # (clips, frames, A)
         actions = per_step_actions(world_model, actions, actions.shape[1] // world_model.config.frames_per_step)
-        options = group_options(transition_actions(actions), groups).flatten(0, 1)  # (transitions, G)
+        options = group_options(transition_actions(world_model, actions), groups).flatten(0, 1)  # (transitions, G)
         for index, (_, dims) in enumerate(groups):
             counts[index] += np.bincount(options[:, index].numpy(), minlength=len(dims) + 1)
     return counts
@@ -879,12 +884,13 @@ def run_action_inference(args, world_model, clips, indices: list[int], moments: 
         if "sample_id" not in batch:  # every clip of the batch failed to decode
             continue
         latents, targets, actions = clip_latents_and_actions(world_model, batch, device)
-        paired = transition_actions(actions)  # (B, S - 1, A)
+        paired = transition_actions(world_model, actions)  # (B, S - 1, A)
         other = swapped(actions, previous_actions)
         previous_actions = actions
         if other is not None:
             own, _ = latent_errors(world_model.predict(latents[:, :-1], paired), targets[:, 1:])
-            swap, _ = latent_errors(world_model.predict(latents[:, :-1], transition_actions(other)), targets[:, 1:])
+            swapped_actions = transition_actions(world_model, other)
+            swap, _ = latent_errors(world_model.predict(latents[:, :-1], swapped_actions), targets[:, 1:])
             records["own_l1"].append(own[:, 1:].flatten().cpu())
             records["swapped_l1"].append(swap[:, 1:].flatten().cpu())
             records["changed"].append((paired[:, 1:] != paired[:, :-1]).any(-1).flatten().cpu())
@@ -1080,7 +1086,7 @@ def run_mmor(args, world_model, probes: dict, split, clips, device, indices: lis
         if "sample_id" not in batch:  # every clip of the batch failed to decode
             continue
         latents, targets, actions = clip_latents_and_actions(world_model, batch, device)
-        predicted = world_model.predict(latents[:, :-1], actions[:, :-1])
+        predicted = world_model.predict(latents[:, :-1], world_model.transition_actions(actions))
         last_l1, _ = latent_errors(predicted[:, -1:], targets[:, -1:])  # the clip's last timepoint
         records["surprise"].append(last_l1[:, 0].cpu())
         for name in MMOR_LABELS:
@@ -1267,7 +1273,7 @@ def main(argv=None) -> int:
     result = run(args, world_model, surgvu_probes, split, indices, clips, device)
     report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
               "clips": source, "encoders": encoder_roles(world_model),
-              "world_model": world_model_section(result)}
+              "action_pairing": world_model.config.action_pairing, "world_model": world_model_section(result)}
     if result["skipped_clips"]["clips"]:  # failed to decode: left out of every figure
         report["skipped_clips"] = result["skipped_clips"]
     if surgvu_probes:

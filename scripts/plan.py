@@ -13,7 +13,9 @@ the steps in between (one step: the model config's `frames_per_step` frames at i
 back to the run's, from `trainer_state.json` beside the weights, else 4.0; `--fps` overrides it). Prints each step's
 inferred action decoded to names through `config.action_spec` (per categorical group: the chosen tool or task, or none;
 other dimensions as numbers) next to the labelled one from the case's tools.csv/tasks.csv (found as the dataset
-builder finds them, or under `--labels_dir`), the matches per group next to chance, and the energy per CEM iteration.
+builder finds them, or under `--labels_dir`; each step's labelled action is paired with it as the model's
+`action_pairing` pairs labels and transitions: the labels at the step's end, or at its start), the matches per group
+next to chance, and the energy per CEM iteration.
 `--json` writes the same as JSON.
 """
 
@@ -175,6 +177,8 @@ def format_report(result: dict) -> str:
         f"CEM: {result['settings']['num_samples']} samples, {result['settings']['iterations']} iterations, top "
         f"{result['settings']['top_k']}, momentum {result['settings']['momentum']:g}, seed {result['settings']['seed']}",
         f"labels: {result['labels']}",
+        f"the action of a step: the labels at its {'end' if result['action_pairing'] == 'next' else 'start'} "
+        f"(action_pairing {result['action_pairing']!r})",
         "",
         f"{'step':>4}  {'from -> to (s)':<16}  {'group':<{name_width}}{'inferred':<{width}}{'labelled':<{width}}match",
     ]
@@ -266,7 +270,6 @@ def main(argv=None) -> int:
     # Sampled frames from the first context frame to the goal frame; step j holds frames j*F .. j*F + F - 1.
     positions = np.arange(first_k, goal_k + 1)
     indices, timestamps = grid[positions], grid[positions] / info.fps
-    num_steps = context_steps + span_steps  # context steps, the steps planned over, then the goal step last
 
     part, labels, offsets, label_note = case_labels(video, args.labels_dir)
     labelled = None
@@ -299,10 +302,13 @@ def main(argv=None) -> int:
     with torch.no_grad():
         latents = model.encode(pixels[None])  # (1, context + 1, N, D)
         context, goal = latents[:, :context_steps], latents[:, context_steps:]
+        # The labelled action of each transition, paired as the model pairs them: the first `context_steps - 1` are
+        # given between the context's steps, the next `horizon` are the ones the plan infers.
+        transitions = None if labelled is None else model.transition_actions(torch.from_numpy(labelled)).numpy()
         context_actions = None
         if context_steps > 1:
-            if labelled is not None:
-                context_actions = torch.from_numpy(labelled[None, : context_steps - 1]).to(device)
+            if transitions is not None:
+                context_actions = torch.from_numpy(transitions[None, : context_steps - 1]).to(device)
             else:
                 logger.info("no labels: the actions between the context steps are zeros")
         generator = torch.Generator().manual_seed(args.seed)
@@ -310,7 +316,7 @@ def main(argv=None) -> int:
                             top_k=args.top_k, momentum=args.momentum, generator=generator,
                             context_actions=context_actions, discrete_groups=derived, chunk_size=args.chunk_size)
         labelled_energy = None
-        planned_labels = labelled[context_steps - 1 : num_steps - 1] if labelled is not None else None
+        planned_labels = transitions[context_steps - 1 :] if transitions is not None else None
         if planned_labels is not None and len(planned_labels) == horizon:
             labelled_energy = float(model.energy(context, goal, torch.from_numpy(planned_labels[None]).to(device),
                                                  context_actions=context_actions, chunk_size=args.chunk_size)[0])
@@ -355,6 +361,7 @@ def main(argv=None) -> int:
         "fps": fps,
         "fps_from": fps_source,
         "frames_per_step": frames_per_step,
+        "action_pairing": config.action_pairing,
         "start": args.start,
         "goal": args.goal,
         "start_used": start_used,

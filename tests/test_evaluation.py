@@ -157,6 +157,9 @@ def test_the_reported_rollout_error_and_copy_baseline_are_the_model_s(make_tiny_
     latents = torch.randn(3, 5, config.tokens_per_step, config.latent_dim)
     actions = torch.rand(3, 5, config.action_dim)
     errors = world_model_errors(model, latents, actions)
+    # A new model pairs each transition t -> t + 1 with the labels at t + 1.
+    predicted = model.predict(latents[:, :-1], actions[:, 1:])
+    torch.testing.assert_close(errors["teacher_forced_l1"], (predicted - latents[:, 1:]).abs().mean((2, 3)))
     model_error, copy_context_error = model.rollout_error(latents=latents, actions=actions)
     torch.testing.assert_close(errors["rollout_l1"], model_error, rtol=0, atol=0)
     torch.testing.assert_close(errors["rollout_copy_l1"], copy_context_error, rtol=0, atol=0)
@@ -194,6 +197,8 @@ def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_
         "--batch_size", 3])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
+    assert report["action_pairing"] == "next"
+    assert "the action of transition t -> t + 1: the labels at t + 1 (action_pairing 'next')" in result.stdout
 
     section = report["world_model"]
     steps = 8 - 1  # 8-frame clips, one frame per step: horizons 1..7

@@ -147,12 +147,54 @@ def test_rollout_error_against_copy_context(freeze_encoder):
     model_error, copy_context = model.rollout_error(pixels, actions)
     assert model_error.shape == copy_context.shape == (2, 3)
     targets = model.encode_targets(pixels)
-    imagined = model.rollout(model.encode(pixels)[:, :1], actions, steps=3)
+    imagined = model.rollout(model.encode(pixels)[:, :1], model.transition_actions(actions), steps=3)
     torch.testing.assert_close(model_error, (imagined - targets[:, 1:]).abs().mean(dim=(2, 3)))
     torch.testing.assert_close(copy_context, (targets[:, :1] - targets[:, 1:]).abs().mean(dim=(2, 3)))
     output = model(pixels, actions, return_rollout_error=True)
     torch.testing.assert_close(output.rollout_error, model_error)
     torch.testing.assert_close(output.copy_context_error, copy_context)
+
+
+@pytest.mark.parametrize("pairing, carries_the_tool", [("next", [False, True, True]), ("current", [False, False, True])])
+def test_each_transition_takes_the_labels_of_the_action_pairing(pairing, carries_the_tool):
+    """A tool is installed between steps 1 and 2. With "next" the transition 1 -> 2 carries it (the labels at its end);
+    with "current" only 2 -> 3 does (the labels at its start). Training's forward, its rollout and the rollout error
+    all give the predictor exactly these transition actions."""
+    model = build(action_pairing=pairing).eval()
+    no_tool = torch.zeros(1, 4, 3)
+    tool = no_tool.clone()
+    tool[:, 2:, 0] = 1.0  # per-step labels: the tool is in from step 2 on
+    transitions = model.transition_actions(tool)
+    assert transitions.shape == (1, 3, 3)
+    assert (transitions[0, :, 0] == 1).tolist() == carries_the_tool
+    latents = model.encode(clip(batch=1))
+    output = model(latents=latents, actions=tool, return_rollout_error=True)
+    torch.testing.assert_close(output.predicted_latents, model.predict(latents[:, :-1], transitions), rtol=0, atol=0)
+    imagined = model.rollout(latents[:, :1], transitions, steps=3)
+    torch.testing.assert_close(output.rollout_error, (imagined - latents[:, 1:]).abs().mean((2, 3)))
+    torch.testing.assert_close(model.rollout_error(latents=latents, actions=tool)[0], output.rollout_error)
+    # The prediction of a step moves with the tool exactly where the transition into it carries the tool.
+    moved = (output.predicted_latents - model(latents=latents, actions=no_tool).predicted_latents).abs().amax((2, 3))
+    assert (moved[0] > 0).tolist() == carries_the_tool
+    with pytest.raises(ValueError, match="hold no transition"):
+        model.transition_actions(tool[:, :1])
+
+
+def test_new_configs_pair_next_and_exports_without_the_field_keep_the_legacy_pairing(tmp_path):
+    import json
+
+    assert build().config.action_pairing == "next"
+    build().save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["action_pairing"] == "next"
+    assert SurgicalWorldModel.from_pretrained(tmp_path / "new").config.action_pairing == "next"
+    # An export from before the field: trained with the labels at t, so it loads with them.
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    del config["action_pairing"]
+    (tmp_path / "new" / "config.json").write_text(json.dumps(config))
+    assert SurgicalWorldModel.from_pretrained(tmp_path / "new").config.action_pairing == "current"
+    assert SurgicalWorldModelConfig.from_pretrained(tmp_path / "new").action_pairing == "current"
+    with pytest.raises(ValueError, match="action_pairing"):
+        tiny_config(action_pairing="delta")
 
 
 def per_step_mean(values, frames_per_step):
@@ -204,7 +246,7 @@ def test_forward_rollout_loss_uses_the_actions_of_an_explicit_rollout(frames_per
     per_step = per_step_mean(actions, frames_per_step)
     latents = model.encode(pixels)
     output = model(pixels, actions)
-    for step_actions in (per_step, per_step[:, :2]):
+    for step_actions in (model.transition_actions(per_step), model.transition_actions(per_step[:, :3])):
         rolled = model.rollout(latents[:, :1], step_actions, steps=2)
         torch.testing.assert_close(output.rollout_loss, (rolled - latents[:, 1:3]).abs().mean())
     # The long rollout of the validation metrics gives the same rollout loss: its first steps are the short one.
@@ -238,7 +280,7 @@ def test_rollout_error_uses_the_actions_of_forward(frames_per_step):
     torch.testing.assert_close(output.copy_context_error, copy_context)
     torch.testing.assert_close(model.rollout_error(pixels, per_step)[0], model_error)
     latents = model.encode(pixels)
-    imagined = model.rollout(latents[:, :1], per_step[:, :3], steps=3)
+    imagined = model.rollout(latents[:, :1], model.transition_actions(per_step), steps=3)
     torch.testing.assert_close(model_error, (imagined - latents[:, 1:]).abs().mean(dim=(2, 3)))
 
 
@@ -272,7 +314,7 @@ def test_a_given_token_mask_replaces_the_random_one():
     second = model(pixels, actions, token_mask=token_mask)
     torch.testing.assert_close(first.mask_loss, second.mask_loss, rtol=0, atol=0)
     latents = model.encode(pixels)
-    denoised = model.predict(latents[:, :-1], actions, token_mask=token_mask)
+    denoised = model.predict(latents[:, :-1], model.transition_actions(actions), token_mask=token_mask)
     per_token = (denoised - latents[:, 1:]).abs().mean(-1)  # (B, S - 1, N)
     expected = torch.stack([per_token[i][token_mask[i]].mean() for i in range(2)])
     torch.testing.assert_close(first.clip_mask_loss, expected)

@@ -118,12 +118,18 @@ def test_the_table_puts_inferred_and_labelled_surgvu_names_side_by_side(planned,
     assert run.stderr.count("using the action_spec prefixes ['USM1', 'USM2', 'USM3', 'USM4', 'task']") == 1
 
 
-def test_frames_and_labels_are_the_dataset_builders(planned, span, tmp_path):
+@pytest.fixture(scope="module")
+def builder_rows(span, tmp_path_factory):
+    """Every clip row the dataset builder makes of the sample."""
     from dataset_surgvu import load_surgvu
 
+    dataset = load_surgvu(span["root"], cache_dir=tmp_path_factory.mktemp("arrow"))
+    return [row for split in dataset.values() for row in split]
+
+
+def test_frames_and_labels_are_the_dataset_builders(planned, span, builder_rows):
     _, (result, _) = planned
-    dataset = load_surgvu(span["root"], cache_dir=tmp_path / "arrow")
-    (row,) = [row for split in dataset.values() for row in split
+    (row,) = [row for row in builder_rows
               if row["video_path"].endswith(span["video"].name) and result["frame_indices"]["context"][0]
               in row["frame_indices"]]
     position = row["frame_indices"].index(result["frame_indices"]["context"][0])
@@ -131,8 +137,33 @@ def test_frames_and_labels_are_the_dataset_builders(planned, span, tmp_path):
     assert result["crop_box"] == row["crop_box"]
     assert result["start_used"] == pytest.approx(row["timestamps"][position])
     assert result["goal_used"] == pytest.approx(row["timestamps"][position + 4])
-    # One frame per step: the labelled action of planned step i is the builder's action at frame position + i.
-    np.testing.assert_array_equal(np.array(result["labelled_actions"]), np.array(row["actions"][position:position + 4]))
+    # One frame per step, and a new model pairs a step with the labels at its end: the labelled action of planned
+    # step i is the builder's action at frame position + i + 1.
+    assert result["action_pairing"] == "next"
+    np.testing.assert_array_equal(np.array(result["labelled_actions"]),
+                                  np.array(row["actions"][position + 1:position + 5]))
+
+
+def test_the_labelled_actions_follow_the_models_action_pairing(world_model, builder_rows, tmp_path):
+    """Over a span where the labels change, each planned step is compared with the labels at its end for a new model
+    and with those at its start for an export without `action_pairing` (trained that way, and loaded so)."""
+    row, position = next((row, position) for row in builder_rows if row["has_labels"]
+                         for position in range(len(row["actions"]) - 4)
+                         if row["actions"][position:position + 4] != row["actions"][position + 1:position + 5])
+    older = tmp_path / "older"
+    shutil.copytree(world_model, older)
+    config = json.loads((older / "config.json").read_text())
+    del config["action_pairing"]
+    (older / "config.json").write_text(json.dumps(config))
+    for checkpoint, pairing, offset in ((world_model, "next", 1), (older, "current", 0)):
+        out = tmp_path / f"{pairing}.json"
+        run = plan_script(["--checkpoint", checkpoint, "--video", row["video_path"], "--start",
+                           row["timestamps"][position], "--goal", row["timestamps"][position + 4], *CEM, "--json", out])
+        assert run.returncode == 0, run.stderr[-3000:]
+        result = json.loads(out.read_text())
+        assert result["action_pairing"] == pairing and f"(action_pairing '{pairing}')" in run.stdout
+        np.testing.assert_array_equal(np.array(result["labelled_actions"]),
+                                      np.array(row["actions"][position + offset:position + offset + 4]))
     assert len(result["actions"]) == 4 and all(len(action) == 56 for action in result["actions"])
 
 

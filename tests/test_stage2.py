@@ -187,7 +187,7 @@ def recomputed_scores(stages: dict, probe_dir, split: str) -> dict[str, np.ndarr
                                    *(f"{target}_scores" for target in probes))}
     for batch in torch.utils.data.DataLoader(clips, batch_size=8, shuffle=False):
         latents = world_model.encode(batch["pixel_values_videos"])  # (B, T, N, D), one step per timepoint
-        predicted = world_model.predict(latents[:, :-1], batch["actions"][:, :-1])
+        predicted = world_model.predict(latents[:, :-1], world_model.transition_actions(batch["actions"]))
         found["surprise"].append((predicted[:, -1] - latents[:, -1]).abs().mean((1, 2)))
         for name in ("phase", "next_action", "breach"):
             found[name].append(batch[name][:, -1])

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import HfArgumentParser
 
+from configuration_surgical_wm import ACTION_PAIRINGS
 from dataset_surgvu.catalog import DATASETS
 from dataset_surgvu.latent_cache import PRECISIONS, VERIFY_MODES
 
@@ -25,6 +26,12 @@ class ModelArguments:
     use_mask_aux: bool = field(default=False, metadata={"help": "Add the mask-denoising auxiliary loss."})
     lambda_mask: float = field(default=0.1, metadata={"help": "Weight of the mask-denoising loss."})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    action_pairing: str | None = field(
+        default=None,
+        metadata={"help": "The labels a transition t -> t + 1 takes as its action: next (at t + 1) or current (at t). "
+                          "Default: the pretrained world model's (current for an export that predates the choice), "
+                          "next for a new one.", "choices": list(ACTION_PAIRINGS)},
+    )
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "World model config fields to set, comma-separated NAME=VALUE, values read as JSON or else "

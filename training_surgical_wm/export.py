@@ -117,7 +117,8 @@ dimensions per step.
 from transformers import AutoModel
 model = AutoModel.from_pretrained("{load_id}", trust_remote_code=True)
 latents = model.encode(pixel_values_videos)          # (B, T, 3, {config.encoder_config.crop_size}, {config.encoder_config.crop_size}) -> (B, T, N, D)
-future = model.rollout(latents[:, :1], actions, steps=4)  # actions: one per step, (B, steps, {config.action_dim})
+actions = model.transition_actions(labels)           # labels at each step (B, T, {config.action_dim}) -> (B, T - 1, {config.action_dim})
+future = model.rollout(latents[:, :1], actions, steps=4)
 ```
 
 ## Training
@@ -132,7 +133,9 @@ Epochs: {trainer_state.get("epoch")}; optimizer steps: {trainer_state.get("globa
 ## Actions
 
 Each step takes a {config.action_dim}-dimensional action: {", ".join(spec[:8])}{", ..." if len(spec) > 8 else ""}
-(full list in `config.action_spec`).
+(full list in `config.action_spec`). The transition from step t to step t + 1 takes the labels at
+{"t + 1, those in force at its end" if config.action_pairing == "next" else "t, those in force at its start"}
+(`config.action_pairing = "{config.action_pairing}"`; `model.transition_actions(labels)` pairs them).
 
 ## Data licence
 

@@ -52,6 +52,8 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: fl
         "fps": fps,
         **parse_config_overrides(model_args.config_overrides),
     }
+    if model_args.action_pairing is not None:
+        overrides["action_pairing"] = model_args.action_pairing
     source = model_args.pretrained_checkpoint
     saved = check_pretrained_checkpoint(source) if saved is None else saved
     if saved.get("model_type") == "surgical_wm":
