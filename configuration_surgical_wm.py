@@ -64,6 +64,11 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             `action_spec` names before the first `/` (`"USM1"` for `"USM1/needle driver"`, ...): a one-hot over the
             group's dimensions, or all zeros for none. Planning samples these from a categorical distribution and
             every other dimension from a Gaussian. SurgVU: `["USM1", "USM2", "USM3", "USM4", "task"]`.
+        action_prior (`dict`, *optional*):
+            The training data's action statistics, written by train_hf.py (`empirical_action_prior` of
+            planning_surgical_wm): per discrete group its options, their marginal frequencies and step-to-step
+            transition counts, and the combinations of options seen in one step, which
+            `plan(action_prior=..., seen_only=...)` samples from.
         frames_per_step (`int`, *optional*, defaults to 1):
             Frames that make one world-model step: 1 (the frame is repeated into a tubelet) or the encoder's
             `tubelet_size` (one real tubelet).
@@ -137,6 +142,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     state_dim: int = 0
     action_spec: list[str] | None = None
     discrete_action_groups: list[str] | None = None
+    action_prior: dict | None = None
     # time
     frames_per_step: int = 1
     fps: float | int | None = None
