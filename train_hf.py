@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()
     # The training split's action statistics, for planning's action prior: from the label arrays, no video decoded.
-    train_actions = dataset["train"].with_format("torch", columns=["actions"])["actions"]  # (clips, frames, A)
+    train_actions = dataset["train"].with_format("torch", columns=["actions"])[:]["actions"]  # (clips, frames, A)
     model.config.action_prior = empirical_action_prior(frames_to_steps(train_actions, model.config.frames_per_step),
                                                        model.config.action_groups(), model.config.action_spec)
     transform = entry.transform(crop_size=model.config.encoder_config.crop_size)
