@@ -79,6 +79,11 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             the labels at t (the labels in force before it, one step late for a change; the pairing of exports
             whose config has no `action_pairing`). Data and latent caches keep the labels per step; the model pairs
             them (`transition_actions`), in training, evaluation and planning alike.
+        action_prior (`dict`, *optional*):
+            The training data's action statistics, written by train_hf.py (`empirical_action_prior` of
+            planning_surgical_wm): per discrete group its options, their marginal frequencies and step-to-step
+            transition counts, and the combinations of options seen in one step, which
+            `plan(action_prior=..., seen_only=...)` samples from.
         frames_per_step (`int`, *optional*, defaults to 1):
             Frames that make one world-model step: 1 (the frame is repeated into a tubelet) or the encoder's
             `tubelet_size` (one real tubelet).
@@ -173,6 +178,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     action_spec: list[str] | None = None
     discrete_action_groups: list[str] | None = None
     action_pairing: str = "next"
+    action_prior: dict | None = None
     # time
     frames_per_step: int = 1
     fps: float | int | None = None

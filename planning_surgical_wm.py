@@ -15,6 +15,71 @@ import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
 
+# CEM settings by source: `plan(preset=...)` takes the arguments its caller leaves None from one of these. `bounds`
+# clip each continuous action dimension; momenta weigh the old search distribution against the elites' statistics
+# (`momentum` for the Gaussian means and the categorical probabilities, `std_momentum` for the Gaussian spreads).
+PLANNING_PRESETS: dict[str, dict] = {
+    # The V-JEPA 2 paper (Assran et al., 2025, arXiv:2506.09985), Section 4.2 "Planning" and its appendix on planning
+    # details: CEM with 800 samples, 10 iterations, top 10, a horizon of 1 step, each action within an L1 ball of
+    # radius 0.075 (clipped per dimension here). The paper gives no momentum: the released wrapper's.
+    "vjepa2_ac_paper": {"num_samples": 800, "iterations": 10, "top_k": 10, "horizon": 1, "momentum": 0.15,
+                        "std_momentum": 0.15, "bounds": (-0.075, 0.075)},
+    # facebookresearch/vjepa2, notebooks/utils/world_model_wrapper.py: `WorldModel.__init__`'s `mpc_args` (rollout 2,
+    # samples 400, topk 10, cem_steps 10, momentum_mean 0.15, momentum_std 0.15, maxnorm 0.05).
+    "vjepa2_ac_wrapper": {"num_samples": 400, "iterations": 10, "top_k": 10, "horizon": 2, "momentum": 0.15,
+                          "std_momentum": 0.15, "bounds": (-0.05, 0.05)},
+    # facebookresearch/vjepa2, notebooks/utils/mpc_utils.py: `cem`'s defaults (rollout 1, cem_steps 100,
+    # momentum_mean 0.25, momentum_std 0.95, samples 100, topk 10, maxnorm 0.05).
+    "vjepa2_ac_mpc_utils": {"num_samples": 100, "iterations": 100, "top_k": 10, "horizon": 1, "momentum": 0.25,
+                            "std_momentum": 0.95, "bounds": (-0.05, 0.05)},
+    # This project's default: the wrapper's search with 200 samples x 5 iterations, which reached as many goals and
+    # recovered about as many hidden actions as each of the three above, within the noise of a small measurement
+    # over discrete actions, in less time than any of them (benchmarks/README.md, "Choosing the default preset").
+    "surgical_wm": {"num_samples": 200, "iterations": 5, "top_k": 10, "horizon": 2, "momentum": 0.15,
+                    "std_momentum": 0.15, "bounds": (-0.05, 0.05)},
+}
+DEFAULT_PLANNING_PRESET = "surgical_wm"
+# How `plan` starts its categorical distributions: uniform options, or the training data's `config.action_prior`
+# (its marginals at every step, or its step-to-step transitions chained from the last context action).
+ACTION_PRIORS = ("uniform", "marginal", "transition")
+
+
+def step_options(actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
+    """The option of each group `(..., groups)` in actions `(..., action_dim)`: its dimension with the largest value
+    when above 0.5 (a step's mean over its frames holds a label for most of the step), else `len(dims)`: none."""
+    options = []
+    for _, dims in groups:
+        values, best = actions[..., dims].max(-1)
+        options.append(torch.where(values > 0.5, best, torch.full_like(best, len(dims))))
+    return torch.stack(options, dim=-1)
+
+
+def empirical_action_prior(actions: torch.Tensor, groups: list[tuple[str, list[int]]], action_spec: list[str]) -> dict:
+    """
+    The action statistics of training data, for `config.action_prior`: per group of `groups` its options (the names
+    after the `/` of `action_spec`, then "none"), their marginal frequencies over all steps, and the counts of each
+    option followed by each at the next step of a clip (`transitions[from][to]`); the combinations of options of all
+    groups seen in one step, as option indices in group order. `actions` `(clips, steps, action_dim)` are per-step
+    actions as the model is trained on (clips that overlap count each of their steps).
+    """
+    options = step_options(actions, groups)  # (C, S, G)
+    prior = {"steps": int(options.shape[0] * options.shape[1]),
+             "transitions_counted": int(options.shape[0] * max(options.shape[1] - 1, 0)), "groups": {}}
+    for index, (name, dims) in enumerate(groups):
+        count = len(dims) + 1
+        chosen = options[..., index]
+        frequencies = torch.bincount(chosen.flatten(), minlength=count).double()
+        pairs = chosen[:, :-1] * count + chosen[:, 1:]  # (C, S - 1): from * options + to
+        transitions = torch.bincount(pairs.flatten(), minlength=count * count).view(count, count)
+        prior["groups"][name] = {
+            "options": [action_spec[dim].split("/", 1)[1] for dim in dims] + ["none"],
+            "marginal": (frequencies / frequencies.sum().clamp_min(1)).tolist(),
+            "transitions": transitions.tolist(),
+        }
+    prior["combinations"] = torch.unique(options.flatten(0, 1), dim=0).tolist()
+    return prior
+
+
 @dataclass
 class SurgicalWorldModelPlanOutput(ModelOutput):
     r"""
@@ -29,6 +94,9 @@ class SurgicalWorldModelPlanOutput(ModelOutput):
     action_mean (`torch.FloatTensor` of shape `(contexts, horizon, action_dim)`):
         The final search distribution in action space: the Gaussian means of continuous dimensions, and the
         probability of each option of a categorical group in its dimension (`1 - sum` is the probability of none).
+    settings (`dict`):
+        What the search ran with: `preset`, `action_prior`, `seen_only` and the values of `horizon`, `num_samples`,
+        `iterations`, `top_k`, `momentum`, `std_momentum` and `bounds` (the preset's unless given).
     """
 
     actions: torch.FloatTensor | None = None
@@ -36,6 +104,7 @@ class SurgicalWorldModelPlanOutput(ModelOutput):
     energy_per_iteration: torch.FloatTensor | None = None
     elite_energy_per_iteration: torch.FloatTensor | None = None
     action_mean: torch.FloatTensor | None = None
+    settings: dict | None = None
 
 
 class SurgicalWorldModelActionSampler:
@@ -43,7 +112,10 @@ class SurgicalWorldModelActionSampler:
     CEM's search distribution over `(contexts, horizon, action_dim)` actions: a Gaussian per step and continuous
     dimension, clipped to `bounds`, and a categorical distribution per step for each group of `groups` (the options are
     the group's dimensions and none, which leaves them all 0). Starts wide (the middle of the bounds, half their width;
-    uniform options) and is refit to elites with `momentum * old + (1 - momentum) * new`.
+    uniform options, or `probabilities` per group `(B, H, options)` from an action prior) and is refit to elites with
+    `momentum * old + (1 - momentum) * new` (`std_momentum` for the spreads). With `combinations` `(K, groups)`, the
+    option indices of the combinations allowed, a step draws one of them with probability proportional to the
+    product of its options' probabilities: no other combination is ever proposed.
     """
 
     def __init__(
@@ -54,9 +126,12 @@ class SurgicalWorldModelActionSampler:
         groups: list[tuple[str, list[int]]],
         bounds: tuple[float, float] | torch.Tensor,
         device: torch.device,
+        probabilities: list[torch.Tensor] | None = None,
+        combinations: torch.Tensor | None = None,
     ):
         self.batch_size, self.horizon, self.action_dim, self.groups, self.device = (
             batch_size, horizon, action_dim, groups, device)
+        self.combinations = None if combinations is None else combinations.to(device)
         in_group = torch.zeros(action_dim, dtype=torch.bool)
         for _, dims in groups:
             in_group[dims] = True
@@ -67,8 +142,10 @@ class SurgicalWorldModelActionSampler:
         self.low, self.high = low[self.continuous], high[self.continuous]
         self.mean = ((self.low + self.high) / 2).expand(batch_size, horizon, -1).clone()  # (B, H, Dc)
         self.std = ((self.high - self.low) / 2).expand(batch_size, horizon, -1).clone()
-        self.probabilities = [torch.full((batch_size, horizon, len(dims) + 1), 1.0 / (len(dims) + 1), device=device)
-                              for _, dims in groups]  # the last option of each group: none
+        if probabilities is None:
+            probabilities = [torch.full((batch_size, horizon, len(dims) + 1), 1.0 / (len(dims) + 1), device=device)
+                             for _, dims in groups]  # the last option of each group: none
+        self.probabilities = [probs.to(device, torch.float32) for probs in probabilities]
 
     def sample(self, num_samples: int, generator: torch.Generator | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`num_samples` sequences `(B, S, H, A)` and, per group, the option drawn at each step `(B, S, H)`."""
@@ -78,21 +155,32 @@ class SurgicalWorldModelActionSampler:
                             device=self.device)
         samples[..., self.continuous] = torch.maximum(
             torch.minimum(self.mean[:, None] + self.std[:, None] * noise, self.high), self.low)
-        choices = []
-        for (_, dims), probs in zip(self.groups, self.probabilities):
-            drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), num_samples, replacement=True,
+        if self.combinations is None:
+            choices = []
+            for (_, dims), probs in zip(self.groups, self.probabilities):
+                drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), num_samples, replacement=True,
+                                          generator=generator)  # (B * H, S)
+                choices.append(drawn.view(batch_size, horizon, num_samples).transpose(1, 2))  # (B, S, H)
+        else:
+            weights = torch.ones(batch_size, horizon, len(self.combinations), device=self.device)  # (B, H, K)
+            for index, probs in enumerate(self.probabilities):
+                weights = weights * probs[..., self.combinations[:, index]]
+            weights = torch.where(weights.sum(-1, keepdim=True) > 0, weights, torch.ones_like(weights))
+            drawn = torch.multinomial(weights.reshape(-1, weights.shape[-1]), num_samples, replacement=True,
                                       generator=generator)  # (B * H, S)
             drawn = drawn.view(batch_size, horizon, num_samples).transpose(1, 2)  # (B, S, H)
+            choices = [self.combinations[drawn, index] for index in range(len(self.groups))]
+        for (_, dims), drawn in zip(self.groups, choices):
             samples[..., dims] = F.one_hot(drawn, len(dims) + 1)[..., : len(dims)].to(samples.dtype)
-            choices.append(drawn)
         return samples, choices
 
-    def refit(self, elites: torch.Tensor, elite_choices: list[torch.Tensor], momentum: float) -> None:
+    def refit(self, elites: torch.Tensor, elite_choices: list[torch.Tensor], momentum: float,
+              std_momentum: float) -> None:
         """Moves the distribution toward the elites `(B, k, H, A)` and their options per group `(B, k, H)`."""
         if self.continuous:
             elite_continuous = elites[..., self.continuous]
             self.mean = momentum * self.mean + (1 - momentum) * elite_continuous.mean(1)
-            self.std = momentum * self.std + (1 - momentum) * elite_continuous.std(1, unbiased=False)
+            self.std = std_momentum * self.std + (1 - std_momentum) * elite_continuous.std(1, unbiased=False)
         for index, ((_, dims), drawn) in enumerate(zip(self.groups, elite_choices)):
             counts = F.one_hot(drawn, len(dims) + 1).float().mean(1)  # (B, H, options)
             self.probabilities[index] = momentum * self.probabilities[index] + (1 - momentum) * counts
@@ -319,12 +407,12 @@ class SurgicalWorldModelPlanningMixin:
         self,
         context: torch.Tensor,
         goal: torch.Tensor | None = None,
-        horizon: int = 2,
-        num_samples: int = 400,
-        iterations: int = 10,
-        top_k: int = 10,
-        momentum: float = 0.15,
-        bounds: tuple[float, float] | torch.Tensor = (-0.05, 0.05),
+        horizon: int | None = None,
+        num_samples: int | None = None,
+        iterations: int | None = None,
+        top_k: int | None = None,
+        momentum: float | None = None,
+        bounds: tuple[float, float] | torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         context_actions: torch.Tensor | None = None,
         states: torch.Tensor | None = None,
@@ -332,16 +420,28 @@ class SurgicalWorldModelPlanningMixin:
         chunk_size: int | None = None,
         use_cache: bool = True,
         deduplicate: bool = True,
+        preset: str = DEFAULT_PLANNING_PRESET,
+        std_momentum: float | None = None,
+        action_prior: str = "uniform",
+        seen_only: bool = False,
     ) -> SurgicalWorldModelPlanOutput:
         """
         Searches for the `horizon` actions that lead from `context` to `goal` with the cross-entropy method (CEM), as
-        V-JEPA 2-AC plans (its defaults: 400 samples, 10 iterations, top 10, horizon 2, momentum 0.15, actions within
-        +-0.05). Each iteration samples `num_samples` action sequences, scores them all with `energy` (batched, the
-        KV-cached rollout, `chunk_size` candidates per call), and refits the search distribution to the `top_k`
-        lowest: a Gaussian per step for continuous dimensions (clipped to `bounds`), a categorical distribution per
-        step for each group of `discrete_groups` (default `config.discrete_action_groups`; the options are the
-        group's dimensions and none). New statistics are mixed with the old as `momentum * old + (1 - momentum) *
-        new`. Also infers the actions that explain a stretch of video: the context is its start, the goal its end.
+        V-JEPA 2-AC plans. Each iteration samples `num_samples` action sequences, scores them all with `energy`
+        (batched, the KV-cached rollout, `chunk_size` candidates per call), and refits the search distribution to the
+        `top_k` lowest: a Gaussian per step for continuous dimensions (clipped to `bounds`), a categorical
+        distribution per step for each group of `discrete_groups` (default `config.discrete_action_groups`; the
+        options are the group's dimensions and none). New statistics are mixed with the old as `momentum * old +
+        (1 - momentum) * new` (`std_momentum` for the Gaussian spreads). Also infers the actions that explain a
+        stretch of video: the context is its start, the goal its end.
+
+        `preset` (a name of `PLANNING_PRESETS`: `vjepa2_ac_paper`, `vjepa2_ac_wrapper`, `vjepa2_ac_mpc_utils` or this
+        project's `surgical_wm`) gives every search setting left None; an explicit argument overrides it.
+        `action_prior` starts the categorical distributions from the training data's statistics in
+        `config.action_prior` instead of uniform options: `"marginal"` (each option's frequency, at every step) or
+        `"transition"` (the step-to-step transitions chained from the option of the last context action, or from the
+        marginals without context actions); CEM then refits them as it refits uniform ones. `seen_only` draws only the
+        combinations of options seen in one training step.
 
         Each distinct sequence is rolled out once per plan (`deduplicate`): once the categorical distributions narrow,
         most samples repeat sequences already scored. The observed history (a context of several steps) is computed
@@ -353,23 +453,36 @@ class SurgicalWorldModelPlanningMixin:
             bounds: `(low, high)` of continuous dimensions, numbers or tensors of `action_dim` values.
             generator: makes the search deterministic (sampling runs on the generator's device).
         Returns:
-            [`SurgicalWorldModelPlanOutput`]: the best sequence found, its energy and the energy per iteration.
+            [`SurgicalWorldModelPlanOutput`]: the best sequence found, its energy and the energy per iteration, and the
+            settings the search ran with (preset, prior and each value).
         """
+        if preset not in PLANNING_PRESETS:
+            raise ValueError(f"Unknown planning preset {preset!r}; the presets are {', '.join(PLANNING_PRESETS)}.")
+        given = {"horizon": horizon, "num_samples": num_samples, "iterations": iterations, "top_k": top_k,
+                 "momentum": momentum, "std_momentum": std_momentum, "bounds": bounds}
+        settings = {name: PLANNING_PRESETS[preset][name] if value is None else value for name, value in given.items()}
+        horizon, num_samples, iterations, top_k, momentum, std_momentum, bounds = settings.values()
         for name, value, low in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("iterations", iterations, 1),
                                  ("top_k", top_k, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
         if top_k > num_samples:
             raise ValueError(f"`top_k` ({top_k}) cannot exceed `num_samples` ({num_samples}).")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}.")
+        for name, value in (("momentum", momentum), ("std_momentum", std_momentum)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+        if action_prior not in ACTION_PRIORS:
+            raise ValueError(f"`action_prior` must be one of {', '.join(ACTION_PRIORS)}, got {action_prior!r}.")
         if self.config.action_dim == 0:
             raise ValueError("This model takes no actions (action_dim=0): there is nothing to plan.")
         context, goal = self._context_and_goal(context, goal)
         batch_size = context.shape[0]
         sample_device = generator.device if generator is not None else torch.device("cpu")
-        sampler = SurgicalWorldModelActionSampler(batch_size, horizon, self.config.action_dim,
-                                                  self.config.action_groups(discrete_groups), bounds, sample_device)
+        groups = self.config.action_groups(discrete_groups)
+        probabilities, combinations = self._prior_start(groups, action_prior, seen_only, context_actions, batch_size,
+                                                        horizon)
+        sampler = SurgicalWorldModelActionSampler(batch_size, horizon, self.config.action_dim, groups, bounds,
+                                                  sample_device, probabilities, combinations)
         history, states = self._history_and_states(context, context_actions, states, horizon)
         # The observed history is computed once per plan, and each distinct sequence rolled out once per plan.
         scored = [{} for _ in range(batch_size)] if deduplicate else None
@@ -393,9 +506,66 @@ class SurgicalWorldModelPlanningMixin:
             improved = elite_energies[:, 0] < best_energy
             best_energy = torch.where(improved, elite_energies[:, 0], best_energy)
             best_actions[improved] = elites[improved, 0]
-            sampler.refit(elites, [drawn[rows, order] for drawn in choices], momentum)
+            sampler.refit(elites, [drawn[rows, order] for drawn in choices], momentum, std_momentum)
 
         return SurgicalWorldModelPlanOutput(
             actions=best_actions, energy=best_energy, energy_per_iteration=torch.stack(lowest, dim=1),
             elite_energy_per_iteration=torch.stack(elite_mean, dim=1), action_mean=sampler.action_mean(),
+            settings={"preset": preset, "action_prior": action_prior, "seen_only": seen_only, **settings,
+                      "bounds": bounds.tolist() if isinstance(bounds, torch.Tensor) else list(bounds)},
         )
+
+    def _prior_start(
+        self,
+        groups: list[tuple[str, list[int]]],
+        action_prior: str,
+        seen_only: bool,
+        context_actions: torch.Tensor | None,
+        batch_size: int,
+        horizon: int,
+    ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+        """The starting probabilities per group `(B, H, options)` that `action_prior` gives (None: uniform) and, with
+        `seen_only`, the combinations seen in training `(K, groups)`, both from `config.action_prior`, checked against
+        the planning groups."""
+        if action_prior == "uniform" and not seen_only:
+            return None, None
+        prior = getattr(self.config, "action_prior", None)
+        if not prior:
+            raise ValueError(
+                f"`action_prior={action_prior!r}`{' and `seen_only`' if seen_only else ''} need the training data's "
+                "action statistics in `config.action_prior`, which this model has none of: train it with train_hf.py, "
+                "or plan with `action_prior='uniform'` and `seen_only=False`."
+            )
+        for name, dims in groups:
+            stats = prior["groups"].get(name)
+            if stats is None or len(stats["marginal"]) != len(dims) + 1:
+                raise ValueError(
+                    f"`config.action_prior` has no statistics of {len(dims) + 1} options for the action group {name!r} "
+                    f"(it has {sorted(prior['groups'])}): it was computed for other actions."
+                )
+        if list(prior["groups"]) != [name for name, _ in groups]:
+            raise ValueError(f"`config.action_prior` covers the groups {list(prior['groups'])}, planning uses "
+                             f"{[name for name, _ in groups]}: plan with the groups it was computed for.")
+        combinations = torch.tensor(prior["combinations"], dtype=torch.long) if seen_only else None
+        if action_prior == "uniform":
+            return None, combinations
+        last = None
+        if action_prior == "transition" and context_actions is not None and context_actions.shape[1] > 0:
+            last = step_options(context_actions[:, -1].float().cpu(), groups)  # (B, groups)
+        probabilities = []
+        for index, (name, _) in enumerate(groups):
+            marginal = torch.tensor(prior["groups"][name]["marginal"], dtype=torch.float32)
+            if action_prior == "marginal":
+                probabilities.append(marginal.expand(batch_size, horizon, -1).clone())
+                continue
+            counts = torch.tensor(prior["groups"][name]["transitions"], dtype=torch.float32)
+            totals = counts.sum(1, keepdim=True)
+            # An option never followed by another in training: the marginals.
+            transitions = torch.where(totals > 0, counts / totals.clamp_min(1), marginal)  # (from, to)
+            step = marginal.expand(batch_size, -1) if last is None else transitions[last[:, index]]  # (B, options)
+            per_step = []
+            for _ in range(horizon):
+                per_step.append(step)
+                step = step @ transitions
+            probabilities.append(torch.stack(per_step, dim=1))  # (B, H, options)
+        return probabilities, combinations

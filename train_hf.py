@@ -20,6 +20,8 @@ from accelerate.logging import get_logger
 
 from dataset_surgvu import EpochShuffleSampler, collate_clips
 from dataset_surgvu.latent_cache import latent_cache_off_reason
+from modeling_surgical_wm import frames_to_steps
+from planning_surgical_wm import empirical_action_prior
 from training_surgical_wm.accelerator import available_cores, cosine_schedule, init_trackers, make_accelerator
 from training_surgical_wm.arguments import parse_training_arguments, public_arguments
 from training_surgical_wm.checkpoints import resume_progress
@@ -69,6 +71,10 @@ def main(argv=None) -> None:
     model = load_world_model(model_args, entry.action_spec(dataset), fps=data_fps(metadata), saved=saved)
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()
+    # The training split's action statistics, for planning's action prior: from the label arrays, no video decoded.
+    train_actions = dataset["train"].with_format("torch", columns=["actions"])[:]["actions"]  # (clips, frames, A)
+    model.config.action_prior = empirical_action_prior(frames_to_steps(train_actions, model.config.frames_per_step),
+                                                       model.config.action_groups(), model.config.action_spec)
     transform = entry.transform(crop_size=model.config.encoder_config.crop_size)
     num_workers = min(data_args.num_workers, available_cores())
     train_sampler = EpochShuffleSampler(len(dataset["train"]), train_args.seed)

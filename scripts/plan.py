@@ -17,6 +17,13 @@ builder finds them, or under `--labels_dir`; each step's labelled action is pair
 `action_pairing` pairs labels and transitions: the labels at the step's end, or at its start), the matches per group
 next to chance, and the energy per CEM iteration.
 `--json` writes the same as JSON.
+
+`--preset` names the search settings (`planning_surgical_wm.PLANNING_PRESETS`: `vjepa2_ac_paper`, `vjepa2_ac_wrapper`,
+`vjepa2_ac_mpc_utils`, or this project's default `surgical_wm`); `--num_samples`, `--iterations`, `--top_k`,
+`--momentum` and `--std_momentum` override its values; the horizon is the span's steps (or `--horizon`), whatever the
+preset plans. `--action_prior marginal|transition` starts the search from the training data's action statistics that
+train_hf.py writes into the config, `--seen_only` proposes only the combinations of tools and task seen in training;
+the report and the JSON name the preset and the prior.
 """
 
 import argparse
@@ -36,6 +43,7 @@ from dataset_surgvu.builder import sample_frame_indices
 from dataset_surgvu.labels import build_actions, labels_at, part_offsets, read_case_labels
 from dataset_surgvu.layout import find_cases, parse_part_file, resolve_dirs
 from modeling_surgical_wm import SurgicalWorldModel, frames_to_steps
+from planning_surgical_wm import ACTION_PRIORS, DEFAULT_PLANNING_PRESET, PLANNING_PRESETS
 from training_surgical_wm.arguments import DataArguments
 from training_surgical_wm.loading import TRAINER_STATE, checkpoint_config, fail, is_probe, time_base, training_settings
 
@@ -63,16 +71,30 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "start frame alone)")
     parser.add_argument("--horizon", type=int, default=None, help="steps to plan (default: the steps from --start "
                                                                   "to --goal)")
-    parser.add_argument("--num_samples", type=int, default=400, help="action sequences sampled per CEM iteration")
-    parser.add_argument("--iterations", type=int, default=10, help="CEM iterations")
-    parser.add_argument("--top_k", type=int, default=10, help="elites refitted per iteration")
-    parser.add_argument("--momentum", type=float, default=0.15, help="weight of the old search distribution")
+    parser.add_argument("--preset", choices=list(PLANNING_PRESETS), default=DEFAULT_PLANNING_PRESET,
+                        help=f"the CEM settings the flags below leave unset (default {DEFAULT_PLANNING_PRESET})")
+    parser.add_argument("--num_samples", type=int, default=None, help="action sequences sampled per CEM iteration")
+    parser.add_argument("--iterations", type=int, default=None, help="CEM iterations")
+    parser.add_argument("--top_k", type=int, default=None, help="elites refitted per iteration")
+    parser.add_argument("--momentum", type=float, default=None, help="weight of the old search distribution (means "
+                                                                     "and categorical probabilities)")
+    parser.add_argument("--std_momentum", type=float, default=None, help="weight of the old spreads of continuous "
+                                                                         "action dimensions")
+    parser.add_argument("--action_prior", choices=ACTION_PRIORS, default="uniform",
+                        help="where the search over tools and tasks starts: uniform options, or the training data's "
+                             "statistics from the config (marginal: their frequencies; transition: their step-to-step "
+                             "transitions from the last context action)")
+    parser.add_argument("--seen_only", action="store_true", help="propose only combinations of options seen in one "
+                                                                 "training step")
     parser.add_argument("--chunk_size", type=int, default=None, help="candidates per predictor call (default: about "
                                                                      "1 GiB of keys, values and scores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: cuda when available)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
+    for name, value in PLANNING_PRESETS[args.preset].items():
+        if name != "horizon" and name != "bounds" and getattr(args, name) is None:
+            setattr(args, name, value)
     if args.fps is not None and not args.fps > 0:
         parser.error(f"--fps must be positive, got {args.fps}")
     for name in ("context_steps", "horizon", "num_samples", "iterations", "top_k", "chunk_size"):
@@ -81,8 +103,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1, got {value}")
     if args.top_k > args.num_samples:
         parser.error(f"--top_k ({args.top_k}) cannot exceed --num_samples ({args.num_samples})")
-    if not 0.0 <= args.momentum < 1.0:
-        parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    for name in ("momentum", "std_momentum"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     return args
 
 
@@ -170,12 +193,16 @@ def format_report(result: dict) -> str:
     width = max([len("inferred"), *(len(str(value)) for step in result["steps"] for side in ("inferred", "labelled")
                                     for value in (step[side] or {}).values())]) + 2
     name_width = max([len("group"), *(len(name) for name in result["steps"][0]["inferred"])]) + 2
+    settings = result["settings"]
     lines = [
         f"planned {result['horizon']} steps from {result['start_used']:.2f} s to {result['goal_used']:.2f} s of "
         f"{result['video']} ({result['fps']:g} fps, {result['frames_per_step']} frame(s) per step; context: "
         f"{result['context_steps']} step(s) ending at {result['start_used']:.2f} s)",
-        f"CEM: {result['settings']['num_samples']} samples, {result['settings']['iterations']} iterations, top "
-        f"{result['settings']['top_k']}, momentum {result['settings']['momentum']:g}, seed {result['settings']['seed']}",
+        f"CEM ({settings['preset']}): {settings['num_samples']} samples, {settings['iterations']} iterations, top "
+        f"{settings['top_k']}, momentum {settings['momentum']:g} (spread {settings['std_momentum']:g}), seed "
+        f"{settings['seed']}",
+        f"action prior: {settings['action_prior']}"
+        + (", combinations seen in training only" if settings["seen_only"] else ""),
         f"labels: {result['labels']}",
         f"the action of a step: the labels at its {'end' if result['action_pairing'] == 'next' else 'start'} "
         f"(action_pairing {result['action_pairing']!r})",
@@ -312,9 +339,14 @@ def main(argv=None) -> int:
             else:
                 logger.info("no labels: the actions between the context steps are zeros")
         generator = torch.Generator().manual_seed(args.seed)
-        output = model.plan(context, goal, horizon=horizon, num_samples=args.num_samples, iterations=args.iterations,
-                            top_k=args.top_k, momentum=args.momentum, generator=generator,
-                            context_actions=context_actions, discrete_groups=derived, chunk_size=args.chunk_size)
+        try:
+            output = model.plan(context, goal, horizon=horizon, num_samples=args.num_samples,
+                                iterations=args.iterations, top_k=args.top_k, momentum=args.momentum,
+                                std_momentum=args.std_momentum, generator=generator, context_actions=context_actions,
+                                discrete_groups=derived, chunk_size=args.chunk_size, preset=args.preset,
+                                action_prior=args.action_prior, seen_only=args.seen_only)
+        except ValueError as error:  # a prior the config lacks or that was computed for other actions
+            fail(f"{where}: {error}")
         labelled_energy = None
         planned_labels = transitions[context_steps - 1 :] if transitions is not None else None
         if planned_labels is not None and len(planned_labels) == horizon:
@@ -372,8 +404,7 @@ def main(argv=None) -> int:
         "frame_indices": {"context": indices[:context_frames].tolist(),
                           "goal": indices[len(positions) - frames_per_step:].tolist()},
         "crop_box": box,
-        "settings": {"num_samples": args.num_samples, "iterations": args.iterations, "top_k": args.top_k,
-                     "momentum": args.momentum, "seed": args.seed, "chunk_size": args.chunk_size},
+        "settings": {**output.settings, "seed": args.seed, "chunk_size": args.chunk_size},
         "groups": {group: {"options": [spec[dim].split("/", 1)[1] for dim in dims] + ["none"],
                            "chance": 1.0 / (len(dims) + 1)} for group, dims in groups},
         "groups_derived_from_action_spec": derived is not None,

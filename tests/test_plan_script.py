@@ -293,3 +293,53 @@ def test_bad_inputs_fail_clearly(world_model, span, tmp_path):
     config.pop("action_spec")
     (bare / "config.json").write_text(json.dumps(config))
     assert "has no action_spec" in error(checkpoint=bare)
+
+
+def test_the_json_names_the_preset_and_the_prior_and_a_seen_only_plan_keeps_to_seen_combinations(world_model, span,
+                                                                                                  tmp_path, capsys):
+    """A preset's values reach the search unless a flag overrides them; a prior written into the config (as
+    train_hf.py writes it) with --seen_only proposes only combinations of tools and task seen in training."""
+    import torch
+
+    from dataset_surgvu import action_names
+    from configuration_surgical_wm import SurgicalWorldModelConfig
+    from plan import main
+    from planning_surgical_wm import empirical_action_prior
+
+    spec = action_names()
+    groups = SurgicalWorldModelConfig.from_pretrained(world_model).action_groups(GROUPS)
+    seen = torch.zeros(1, 2, len(spec))  # two steps: USM1 needle driver and the first task, then nothing
+    seen[0, 0, [groups[0][1][0], groups[4][1][0]]] = 1.0
+    prior = empirical_action_prior(seen, groups, spec)
+    with_prior = tmp_path / "with-prior"
+    shutil.copytree(world_model, with_prior)
+    config = json.loads((with_prior / "config.json").read_text())
+    (with_prior / "config.json").write_text(json.dumps({**config, "action_prior": prior}))
+    common = ["--video", str(span["video"]), "--start", "0.5", "--goal", "1.25", "--context_steps", "1", "--device",
+              "cpu", "--json", str(tmp_path / "plan.json")]
+
+    assert main(["--checkpoint", str(with_prior), *common, "--preset", "vjepa2_ac_mpc_utils", "--iterations", "2",
+                 "--num_samples", "12"]) == 0
+    printed, result = capsys.readouterr().out, json.loads((tmp_path / "plan.json").read_text())
+    assert {key: result["settings"][key] for key in ("preset", "num_samples", "iterations", "top_k", "momentum",
+                                                     "std_momentum", "action_prior", "seen_only", "horizon")} == {
+        "preset": "vjepa2_ac_mpc_utils", "num_samples": 12, "iterations": 2, "top_k": 10, "momentum": 0.25,
+        "std_momentum": 0.95, "action_prior": "uniform", "seen_only": False, "horizon": 3}
+    assert "CEM (vjepa2_ac_mpc_utils): 12 samples, 2 iterations, top 10" in printed
+    assert "action prior: uniform" in printed
+
+    assert main(["--checkpoint", str(with_prior), *common, *SEARCH, "--action_prior", "marginal", "--seen_only"]) == 0
+    printed, result = capsys.readouterr().out, json.loads((tmp_path / "plan.json").read_text())
+    assert (result["settings"]["action_prior"], result["settings"]["seen_only"]) == ("marginal", True)
+    assert result["settings"]["preset"] == "surgical_wm"
+    assert "action prior: marginal, combinations seen in training only" in printed
+    first_task = spec[groups[4][1][0]].split("/", 1)[1]
+    allowed = [{"USM1": "needle driver", "USM2": "none", "USM3": "none", "USM4": "none", "task": first_task},
+               {group: "none" for group in GROUPS}]
+    assert all(step["inferred"] in allowed for step in result["steps"])
+
+    with pytest.raises(SystemExit) as raised:
+        main(["--checkpoint", str(world_model), *common, *SEARCH, "--action_prior", "transition"])
+    message = str(raised.value)
+    assert message.startswith(f"error: {world_model}") and "need the training data's action statistics" in message
+    assert "\n" not in message

@@ -3,12 +3,14 @@ SIGKILL, the NaN guard, two real CPU processes (gloo) and a push to a loopback H
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -90,6 +92,19 @@ def test_training_run_exports_best_and_final(train_inputs, tmp_path):
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["action_dim"] == len(config["action_spec"]) == 56
     assert (config["fps"], config["frames_per_step"]) == (4.0, 1)  # the data's frame rate and step, for its users
+    # The training split's action statistics, for planning: every step of every training clip counted once.
+    prior = config["action_prior"]
+    clips = int(re.search(r"clips: (\d+) train", log).group(1))
+    assert prior["steps"] == clips * 8 and prior["transitions_counted"] == clips * 7
+    assert list(prior["groups"]) == config["discrete_action_groups"] == ["USM1", "USM2", "USM3", "USM4", "task"]
+    for name, stats in prior["groups"].items():
+        assert sum(stats["marginal"]) == pytest.approx(1.0) and len(stats["options"]) == len(stats["marginal"])
+        transitions = np.array(stats["transitions"])
+        assert transitions.sum() == prior["transitions_counted"]
+        # Each clip's last step starts no transition: the counts left over by the rows are one per clip.
+        from_counts = np.array(stats["marginal"]) * prior["steps"] - transitions.sum(1)
+        assert from_counts.min() > -1e-6 and from_counts.sum() == pytest.approx(clips)
+    assert all(len(combination) == 5 for combination in prior["combinations"]) and prior["combinations"]
     assert "base_model:" in (out / "best" / "README.md").read_text()
 
     checkpoints = sorted(os.listdir(out / "checkpoints"))
