@@ -92,7 +92,7 @@ def test_unknown_actions_take_the_null_action_and_dropout_drops_transitions_in_t
     torch.manual_seed(1)
     dropped = torch.rand(2, 3) < 0.5
     assert dropped.any() and not dropped.all()
-    fed = actions[:, :3].masked_fill(dropped[..., None], float("nan"))
+    fed = model.transition_actions(actions).masked_fill(dropped[..., None], float("nan"))
     torch.testing.assert_close(output.predicted_latents, model.predictor(latents[:, :3], fed))
     output.loss.backward()
     assert model.predictor.null_action.grad.abs().sum() > 0
@@ -112,7 +112,7 @@ def test_nan_actions_are_refused_by_a_model_without_a_null_action():
 def test_change_and_rollout_weights_change_the_objective_not_the_metrics():
     latents = latents_for()
     actions = torch.zeros(2, 4, 3)
-    actions[0, 2:, 0] = 1.0  # clip 0: transition 2 (2 -> 3) has another action than transition 1
+    actions[0, 3:, 0] = 1.0  # clip 0: the labels change at step 3, so transition 2 (2 -> 3) takes another action
     plain = build(rollout_steps=3).eval()(latents=latents, actions=actions)
     weighted = build(rollout_steps=3, action_change_weight=3.0, rollout_loss_weight=0.5).eval()(
         latents=latents, actions=actions
@@ -120,7 +120,9 @@ def test_change_and_rollout_weights_change_the_objective_not_the_metrics():
     for name in ("temporal_loss", "teacher_forcing_loss", "rollout_loss", "contrastive_loss"):
         torch.testing.assert_close(weighted[name], plain[name])
     per_step = (plain.predicted_latents - plain.target_latents).abs().mean(dim=(2, 3))  # (B, 3)
-    rolled = build(rollout_steps=3).eval().rollout(latents[:, :1], actions, steps=3)
+    model = build(rollout_steps=3).eval()
+    assert model.config.action_pairing == "next"  # each transition takes the labels at its end
+    rolled = model.rollout(latents[:, :1], model.transition_actions(actions), steps=3)
     rollout_per_step = (rolled - latents[:, 1:]).abs().mean(dim=(2, 3))  # (B, 3)
     weights = torch.ones(2, 3)
     weights[0, 2] = 3.0
