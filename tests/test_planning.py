@@ -296,9 +296,12 @@ def motion_world():
                 visited.append(STATES.index(state))
                 taken.append(action_vector(move, paint))
             rows.append(visited)
-            actions.append(torch.stack(taken + [torch.zeros(len(SPEC))]))
+            # Per-step labels: the move made between steps t and t + 1 is in force at t + 1, and the model pairs
+            # each transition with the labels at its end.
+            actions.append(torch.stack([torch.zeros(len(SPEC))] + taken))
         return table[torch.tensor(rows)], torch.stack(actions)
 
+    assert model.config.action_pairing == "next"
     optimizer = torch.optim.AdamW(model.predictor.parameters(), lr=3e-3)
     model.train()
     threads = torch.get_num_threads()
