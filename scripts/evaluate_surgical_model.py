@@ -55,6 +55,7 @@ from training_surgical_wm.data import (
     SPLIT_OPTIONS,
     dataset_entry,
     load_dataset_splits,
+    requested_split,
     resolve_split_options,
     split_definition,
     split_mismatch,
@@ -231,12 +232,14 @@ def reused_splits(args: EvaluationArguments, models: dict) -> list[str]:
 
 def check_data_split(models: dict, current: dict) -> None:
     """Stops with one line when a checkpoint (`models`: path -> model) was trained on data split otherwise than
-    `current`: cases it trained or chose on could be scored."""
+    `current` (a `split_definition`, or the `requested_split` before the data is built): cases it was fitted or chosen
+    on could be scored."""
     for path, model in models.items():
         recorded = model.config.data_split
         if recorded is None:
-            print(f"note: {path} records no data split (saved before splits were recorded): taken as chosen on "
-                  "validation; the cases it was trained on cannot be checked", flush=True)
+            if "groups" in current:
+                print(f"note: {path} records no data split (saved before splits were recorded): taken as chosen on "
+                      "validation; the cases it was trained on cannot be checked", flush=True)
             continue
         mismatch = split_mismatch(recorded, current)
         if mismatch:
@@ -976,7 +979,9 @@ def main(argv=None) -> int:
     data_args.fps = clip_fps(data_args.fps, world_model.config, args.checkpoint)
     evaluated = checkpoint_probe if checkpoint_probe is not None else world_model
     resolve_split_options(data_args, evaluated.config.data_split)
-    reused_splits(args, {args.checkpoint: evaluated})  # before any probe is trained
+    # Before any data is built or probe trained: the split options, and the split scored.
+    check_data_split({args.checkpoint: evaluated}, requested_split(entry.name, data_args))
+    reused_splits(args, {args.checkpoint: evaluated})
     given = {"task": args.task_probe, "tools": args.tool_probe, "phase": args.phase_probe,
              "next_action": args.next_action_probe, "breach": args.breach_probe}
     if args.train_probes:

@@ -21,8 +21,9 @@ card) are train_hf.py's, from training_surgical_wm. `output_dir/best` (lowest va
 `scripts/evaluate_surgical_model.py` loads; it reloads alone with
 `AutoModelForVideoClassification.from_pretrained(dir, trust_remote_code=True)`. The case split is the world model's
 (`data_split` in its config) unless `--split_seed`, `--validation_fraction`, `--test_fraction` or `--test_cases` say
-otherwise, and a split other than the one the world model was trained on is refused: its test cases would have
-trained the probe. The probe's config records its split in turn.
+otherwise, and a split other than the one the world model was trained on is refused: cases it was fitted or chosen on
+would land in the probe's validation or test split. `best/` is chosen on validation; the probe's config records its
+split in turn.
 """
 
 import sys
@@ -55,6 +56,7 @@ from training_surgical_wm.data import (
     dataset_entry,
     gather_clip_values,
     load_dataset_splits,
+    requested_split,
     resolve_split_options,
     split_definition,
     split_groups,
@@ -124,6 +126,14 @@ def load_probe_model(probe_args: ProbeArguments, class_weights: list[float] | No
     model.config.probe_world_model_fingerprints = world_model_fingerprints(model.world_model,
                                                                            read_modules(model.config))
     return model
+
+
+def refuse_other_split(probe_args: ProbeArguments, mismatch: str | None) -> None:
+    """Stops with one line when the data is split otherwise than the world model's training data was (`mismatch`):
+    cases it was fitted or chosen on would land in the probe's held-out splits, or the other way round."""
+    if mismatch:
+        raise SystemExit(f"error: --world_model {probe_args.world_model} was {mismatch}; leave --split_seed, "
+                         "--validation_fraction, --test_fraction and --test_cases unset to use its split")
 
 
 def probe_card(config, probe_args: ProbeArguments, train_args: TrainArguments, state: dict,
@@ -214,6 +224,8 @@ def main(argv=None) -> None:
         saved = check_checkpoint_folder(probe_args.world_model, ("surgical_wm",))
     resolve_split_options(data_args, saved.get("data_split"))
     entry = dataset_entry(data_args)
+    if saved.get("data_split"):  # the options now; the cases once the data is built
+        refuse_other_split(probe_args, split_mismatch(saved["data_split"], requested_split(entry.name, data_args)))
     output_dir = Path(train_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
 
@@ -237,10 +249,8 @@ def main(argv=None) -> None:
     model = load_probe_model(probe_args, class_weights)
     world_model = model.world_model
     split = split_definition(entry.name, dataset, metadata, "validation" if indices["validation"] else "train")
-    mismatch = split_mismatch(model.config.data_split, split) if model.config.data_split else None
-    if mismatch:
-        raise SystemExit(f"error: --world_model {probe_args.world_model} was {mismatch}; leave --split_seed, "
-                         "--validation_fraction, --test_fraction and --test_cases unset to use its split")
+    if model.config.data_split:
+        refuse_other_split(probe_args, split_mismatch(model.config.data_split, split))
     model.config.data_split = split
     transform = entry.transform(crop_size=world_model.config.encoder_config.crop_size)
     num_workers = min(data_args.num_workers, available_cores())

@@ -79,6 +79,14 @@ def split_definition(dataset_name: str, dataset, metadata: dict, selection_split
     return {**definition, "selection_split": selection_split} if selection_split else definition
 
 
+def requested_split(dataset_name: str, data_args: DataArguments) -> dict:
+    """The split the data options ask for, before any data is built: `split_definition`'s options without the cases,
+    to compare with a model's record at once."""
+    return {"dataset": dataset_name, "split_seed": int(data_args.split_seed),
+            "validation_fraction": float(data_args.validation_fraction),
+            "test_fraction": float(data_args.test_fraction), "test_cases": sorted(data_args.test_cases or [])}
+
+
 def resolve_split_options(data_args: DataArguments, recorded: dict | None) -> None:
     """Fills the case-split options left unset (None) on the command line: from the split `recorded` in a model's
     config, so that a later script finds the split the model was trained on, else from the training defaults."""
@@ -90,26 +98,28 @@ def resolve_split_options(data_args: DataArguments, recorded: dict | None) -> No
 
 def describe_split(definition: dict) -> str:
     """A split definition in one phrase: its options and the size of each split."""
-    groups = definition.get("groups", {})
-    sizes = " / ".join(f"{len(members)} {name}" for name, members in groups.items())
+    groups = definition.get("groups")
+    sizes = f" ({' / '.join(f'{len(members)} {name}' for name, members in groups.items())})" if groups else ""
     if "split_seed" not in definition:
-        return f"the {definition.get('dataset')} official splits ({sizes})"
+        return f"the {definition.get('dataset')} official splits{sizes}"
     forced = definition.get("test_cases") or []
     return (f"{definition.get('dataset')} cases by split_seed {definition['split_seed']}, validation_fraction "
             f"{definition['validation_fraction']:g}, test_fraction {definition['test_fraction']:g}"
-            + (f", test_cases {' '.join(forced)}" if forced else "") + f" ({sizes})")
+            + (f", test_cases {' '.join(forced)}" if forced else "") + sizes)
 
 
 def split_mismatch(recorded: dict, current: dict) -> str | None:
-    """None when `current` splits the data as `recorded` (a model's record) does; else one phrase naming both, and
-    the cases (takes) that changed split."""
-    names = (recorded.keys() | current.keys()) - {"selection_split"}
+    """None when `current` (a `split_definition`, or a `requested_split` before the data is built) splits the data as
+    `recorded` (a model's record) does, on what both state; else one phrase naming both, and the cases (takes) that
+    changed split."""
+    names = (recorded.keys() & current.keys()) - {"selection_split"}
     if all(recorded.get(name) == current.get(name) for name in names):
         return None
     where = [{member: split for split, members in definition.get("groups", {}).items() for member in members}
              for definition in (recorded, current)]
-    moved = sorted(f"{member} ({where[0].get(member, 'absent')} there, {where[1].get(member, 'absent')} here)"
-                   for member in where[0].keys() | where[1].keys() if where[0].get(member) != where[1].get(member))
+    moved = [] if not all(where) else sorted(
+        f"{member} ({where[0].get(member, 'absent')} there, {where[1].get(member, 'absent')} here)"
+        for member in where[0].keys() | where[1].keys() if where[0].get(member) != where[1].get(member))
     return (f"trained on {describe_split(recorded)}, but this run splits the data as {describe_split(current)}"
             + (f"; in another split: {', '.join(moved[:4])}{', ...' if len(moved) > 4 else ''}" if moved else ""))
 
