@@ -54,6 +54,7 @@ from training_surgical_wm.arguments import DataArguments, parse_dataclasses
 from training_surgical_wm.data import (
     SPLIT_OPTIONS,
     dataset_entry,
+    describe_split,
     load_dataset_splits,
     requested_split,
     resolve_split_options,
@@ -1004,7 +1005,8 @@ def main(argv=None) -> int:
     reused = reused_splits(args, checkpoints)
 
     dataset = load_dataset_splits(data_args)
-    check_data_split(checkpoints, split_definition(entry.name, dataset, entry.build_metadata(dataset)))
+    data_split = split_definition(entry.name, dataset, entry.build_metadata(dataset))
+    check_data_split(checkpoints, data_split)
     if args.split == "all":
         import datasets
 
@@ -1025,6 +1027,7 @@ def main(argv=None) -> int:
     report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
               "selection_split": ", ".join([name for name in selection_splits(checkpoints) if name != "train"]
                                            or ["train"]),
+              "data_split": describe_split(data_split),
               "clips": source, "encoders": encoder_roles(world_model),
               "world_model": world_model_section(result)}
     if reused:

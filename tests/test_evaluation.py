@@ -556,6 +556,8 @@ def test_the_test_split_is_scored_by_default_and_a_selection_split_only_with_a_w
     report, stdout = json.loads((tmp_path / "test.json").read_text()), capsys.readouterr().out
     # The model's recorded split, not the options' default seed 0 (whose test case is case_001).
     assert (report["split"], report["selection_split"]) == ("test", "validation") and "warning" not in report
+    assert report["data_split"] == ("surgvu cases by split_seed 4, validation_fraction 0.2, test_fraction 0.2 "
+                                    "(1 train / 1 validation / 1 test)")
     assert report["world_model"]["num_clips"] == len(dataset["test"])
     assert "\ntest split of" in stdout and "chosen on the validation split" in stdout and "WARNING" not in stdout
 
