@@ -148,6 +148,11 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             SHA-256 of the weights of each world-model module the probe reads, taken from the world model it was
             trained on: `{"encoder": ...}`, and `"predictor"` with `probe_use_predictor`. The evaluation refuses a
             world model whose weights differ, since the probe's classes were learned on those exact features.
+        data_split (`dict`, *optional*):
+            How the training data was split, recorded by the training scripts: the dataset, the case-split options and
+            the cases (takes) of each split, and `selection_split`, the split whose loss chose the export. Later
+            scripts read the same split by default and refuse another (`None`: an older export, taken as chosen on
+            validation).
 
     The classification head also reads PreTrainedConfig's own `num_labels`, `id2label`, `label2id` and
     `problem_type` (`"single_label_classification"` or `"multi_label_classification"`).
@@ -210,6 +215,8 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     probe_target: str | None = None
     probe_class_weights: list[float] | None = None
     probe_world_model_fingerprints: dict[str, str] | None = None
+    # the training data
+    data_split: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -6,8 +6,9 @@
     accelerate launch --config_file configs/accelerate/fsdp_vitg.yaml train_hf.py config.yaml --num_epochs 3
 
 Arguments come from the command line, from a YAML or JSON file given first, or both (the command line wins).
-Outputs: `output_dir/best` (lowest validation loss) and `output_dir/final`, each a transformers directory that
-`AutoModel.from_pretrained(dir, trust_remote_code=True)` loads; `output_dir/checkpoints/checkpoint-<step>` to resume.
+Outputs: `output_dir/best` (lowest validation loss; the test split chooses nothing) and `output_dir/final`, each a
+transformers directory that `AutoModel.from_pretrained(dir, trust_remote_code=True)` loads, its config recording the
+data split (`data_split`); `output_dir/checkpoints/checkpoint-<step>` to resume.
 The helpers (arguments, accelerator, data and latent cache, checkpoints, guard, export) are training_surgical_wm's.
 """
 
@@ -32,6 +33,7 @@ from training_surgical_wm.data import (
     data_fps,
     dataset_entry,
     load_dataset_splits,
+    split_definition,
     split_groups,
 )
 from training_surgical_wm.export import create_hub_repo, export_model, model_card, push_export
@@ -69,6 +71,9 @@ def main(argv=None) -> None:
 
     # ---- model (its config records the data's action spec and frame rate, which the export carries)
     model = load_world_model(model_args, entry.action_spec(dataset), fps=data_fps(metadata), saved=saved)
+    # The split travels with every export, so later scripts find it and refuse data split another way.
+    model.config.data_split = split_definition(entry.name, dataset, metadata,
+                                               "validation" if len(dataset["validation"]) else "train")
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()
     # The training split's action statistics, for planning's action prior: from the label arrays, no video decoded.
@@ -108,7 +113,8 @@ def main(argv=None) -> None:
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("***** Running training *****")
-    logger.info(f"  clips: {len(dataset['train'])} train / {len(dataset['validation'])} validation "
+    logger.info(f"  clips: {len(dataset['train'])} train / {len(dataset['validation'])} validation / "
+                f"{len(dataset['test']) if 'test' in dataset else 0} test, never read for a choice "
                 f"({split_groups(dataset, metadata)})")
     logger.info(f"  epochs: {train_args.num_epochs}, optimizer steps: {total_steps} ({steps_per_epoch} per epoch)")
     logger.info(f"  batch per device: {train_args.batch_size}, accumulation: {train_args.gradient_accumulation_steps}, "

@@ -1,7 +1,7 @@
 """SurgVU as a `datasets` dataset of clips, with exact and fast clip decoding and V-JEPA 2 preprocessing.
 
     from dataset_surgvu import load_surgvu, ClipTransform, get_action_spec
-    dataset = load_surgvu("/data/surgvu")            # DatasetDict(train, validation), split by case
+    dataset = load_surgvu("/data/surgvu")            # DatasetDict(train, validation, test), split by case
     transform = ClipTransform(crop_size=256)          # decodes lazily; use inside DataLoader workers
     inputs = transform(dataset["train"][0])           # pixel_values_videos [T, 3, 256, 256], actions [T, 56], ...
 """

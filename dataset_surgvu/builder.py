@@ -5,6 +5,10 @@ datasets 4+ no longer runs loading scripts, so `load_surgvu` instantiates the bu
 cache, keyed by the options and by a fingerprint of the files (paths, sizes, modification times). What a build found in
 the data (unreadable videos, cases without labels, the case split, label noise) is saved beside its Arrow files as
 `surgvu_build.json` and read back by `get_build_metadata`.
+
+The cases are split three ways, each case into one split: `train`, `validation` (which chooses checkpoints) and
+`test` (which chose nothing, for the figures a report gives). SurgVU's own test videos are not public, so by default
+a fifth of the cases is held out for each of validation and test.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from .video import CorruptVideoError, probe_video, read_keyframes
 
 logger = logging.getLogger(__name__)
 
-_BUILD_VERSION = "1.1.0"  # 1.1: the build metadata moved from the description to surgvu_build.json
+_BUILD_VERSION = "1.2.0"  # 1.1: the build metadata moved to surgvu_build.json; 1.2: a test split
 BUILD_INFO_FILENAME = "surgvu_build.json"
 
 _DESCRIPTION = """\
@@ -80,10 +84,12 @@ class SurgVUConfig(datasets.BuilderConfig):
     frames_per_clip: int = 8
     clip_stride: int | None = None  # sampled steps between clip starts; None: frames_per_clip (no overlap)
     validation_fraction: float = 0.2  # of the cases
+    test_fraction: float = 0.2  # of the cases; no labelled SurgVU test set is public, so some are held out
     split_seed: int = 0  # of the case split (not of training)
     exclude_cases: tuple[str, ...] = ()
     validation_cases: tuple[str, ...] = ()  # forced into validation
     train_cases: tuple[str, ...] = ()  # forced into train
+    test_cases: tuple[str, ...] = ()  # forced into test (e.g. the organisers' held-out cases)
     crop_tool_band: bool = True  # the bottom band shows the installed tool names: a label leak
     tool_band_fraction: float = 0.08  # height of that band (public pipelines keep the top 92%)
     crop_black_margins: bool = True
@@ -102,13 +108,17 @@ class SurgVUConfig(datasets.BuilderConfig):
             raise ValueError(f"clip_stride must be at least 1 (sampled steps), got {self.clip_stride}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0 or self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1) and leave cases for training next to validation_fraction "
+                             f"{self.validation_fraction}, got {self.test_fraction}")
         if not 0.0 <= self.tool_band_fraction < 0.5:
             raise ValueError(f"tool_band_fraction must be in [0, 0.5), got {self.tool_band_fraction}")
-        for name in ("exclude_cases", "validation_cases", "train_cases"):
+        for name in ("exclude_cases", "validation_cases", "train_cases", "test_cases"):
             setattr(self, name, tuple(sorted(getattr(self, name) or ())))
-        both = set(self.validation_cases) & set(self.train_cases)
-        if both:
-            raise ValueError(f"cases forced into both train and validation: {sorted(both)}")
+        for first, second in (("train", "validation"), ("train", "test"), ("validation", "test")):
+            both = set(getattr(self, f"{first}_cases")) & set(getattr(self, f"{second}_cases"))
+            if both:
+                raise ValueError(f"cases forced into both {first} and {second}: {sorted(both)}")
 
     @property
     def stride(self) -> int:
@@ -121,6 +131,7 @@ class SurgVUBuildInfo:
 
     train_cases: tuple[str, ...]
     validation_cases: tuple[str, ...]
+    test_cases: tuple[str, ...]
     excluded_cases: tuple[str, ...]  # asked for and present
     cases_without_labels: tuple[str, ...]  # left out, or kept with has_labels=False (see options)
     corrupt_videos: dict[str, str]  # video path -> why it could not be read; skipped
@@ -144,6 +155,7 @@ class SurgVUBuildInfo:
             "excluded_cases": list(self.excluded_cases),
             "train_cases": list(self.train_cases),
             "validation_cases": list(self.validation_cases),
+            "test_cases": list(self.test_cases),
             "label_noise": dict(self.label_noise),
             "options": dict(self.options),
         }
@@ -167,7 +179,7 @@ class SurgVUBuildInfo:
         try:
             fields = json.loads(path.read_text())
             values = {field.name: fields[field.name] for field in dataclasses.fields(cls)}
-            for name in ("train_cases", "validation_cases", "excluded_cases", "cases_without_labels"):
+            for name in ("train_cases", "validation_cases", "test_cases", "excluded_cases", "cases_without_labels"):
                 values[name] = tuple(values[name])
             return cls(**values)
         except (ValueError, TypeError, KeyError) as error:
@@ -251,12 +263,14 @@ class SurgVU(datasets.GeneratorBasedBuilder):
                 items[case.case_id] = {"case_id": case.case_id, "labels": labels, "offsets": offsets, "parts": parts}
 
         _log_skipped_labels(noise)
-        validation = assign_validation_cases(
-            sorted(items), config.validation_fraction, config.split_seed, config.validation_cases, config.train_cases
+        validation, test = assign_cases(
+            sorted(items), config.validation_fraction, config.test_fraction, config.split_seed,
+            validation_cases=config.validation_cases, train_cases=config.train_cases, test_cases=config.test_cases,
         )
         self._build_info = SurgVUBuildInfo(
-            train_cases=tuple(sorted(set(items) - validation)),
+            train_cases=tuple(sorted(set(items) - validation - test)),
             validation_cases=tuple(sorted(validation)),
+            test_cases=tuple(sorted(test)),
             excluded_cases=tuple(excluded),
             cases_without_labels=tuple(sorted(unlabeled)),
             corrupt_videos=corrupt,
@@ -271,6 +285,9 @@ class SurgVU(datasets.GeneratorBasedBuilder):
                 "require_labels": config.require_labels,
                 "split_seed": config.split_seed,
                 "validation_fraction": config.validation_fraction,
+                "test_fraction": config.test_fraction,
+                "forced_cases": {"train": list(config.train_cases), "validation": list(config.validation_cases),
+                                 "test": list(config.test_cases)},
             },
         )
         return [
@@ -278,6 +295,7 @@ class SurgVU(datasets.GeneratorBasedBuilder):
             datasets.SplitGenerator(
                 datasets.Split.VALIDATION, {"cases": [items[c] for c in self._build_info.validation_cases]}
             ),
+            datasets.SplitGenerator(datasets.Split.TEST, {"cases": [items[c] for c in self._build_info.test_cases]}),
         ]
 
     def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
@@ -354,25 +372,35 @@ def detect_black_margins(
     return int(content[0]), int(content[-1] + 1 - content[0])
 
 
-def assign_validation_cases(
-    case_ids: list[str], fraction: float, seed: int, validation_cases=(), train_cases=()
-) -> set[str]:
-    """Validation cases: the forced ones, then the free cases ranked by a seeded hash of their id.
+def assign_cases(case_ids: list[str], validation_fraction: float, test_fraction: float, seed: int, *,
+                 validation_cases=(), train_cases=(), test_cases=()) -> tuple[set[str], set[str]]:
+    """The validation and test cases (the rest is train): the forced ones, then the free cases ranked by a seeded
+    hash of their id, validation taking the first and test the next.
 
-    A case's rank does not depend on the other cases, so adding a case to the folder moves at most a few cases.
+    A case's rank does not depend on the other cases, so adding a case to the folder moves at most a few cases; with
+    `test_fraction` 0 and no forced test case, validation is the same as before the test split existed, so older
+    builds keep their split. A split with a positive fraction gets at least one case while each split can have one
+    (validation from 2 cases, test from 3).
     """
     present = set(case_ids)
-    for name, forced in (("validation_cases", validation_cases), ("train_cases", train_cases)):
+    for name, forced in (("validation_cases", validation_cases), ("train_cases", train_cases),
+                         ("test_cases", test_cases)):
         unknown = sorted(set(forced) - present)
         if unknown:
             logger.warning("%s names cases that are not in the dataset: %s", name, unknown)
-    forced_validation = set(validation_cases) & present
-    free = sorted(present - forced_validation - set(train_cases))
-    wanted = int(round(fraction * len(case_ids)))
-    if fraction > 0 and len(case_ids) >= 2:
-        wanted = max(wanted, 1)
+    forced_validation, forced_test = set(validation_cases) & present, set(test_cases) & present
+    free = present - forced_validation - forced_test - set(train_cases)
     ranked = sorted(free, key=lambda case_id: hashlib.sha256(f"{seed}/{case_id}".encode()).hexdigest())
-    return forced_validation | set(ranked[: max(0, wanted - len(forced_validation))])
+
+    def wanted(fraction: float, fewest_cases: int) -> int:
+        count = int(round(fraction * len(case_ids)))
+        return max(count, 1) if fraction > 0 and len(case_ids) >= fewest_cases else count
+
+    free_validation = max(0, wanted(validation_fraction, 2) - len(forced_validation))
+    free_test = max(0, wanted(test_fraction, 3) - len(forced_test))
+    validation = forced_validation | set(ranked[:free_validation])
+    test = forced_test | set(ranked[free_validation:free_validation + free_test])
+    return validation, test
 
 
 def _log_skipped_labels(noise: collections.Counter) -> None:
@@ -411,10 +439,12 @@ def load_surgvu(
     frames_per_clip: int = 8,
     clip_stride: int | None = None,
     validation_fraction: float = 0.2,
+    test_fraction: float = 0.2,
     split_seed: int = 0,
     exclude_cases=None,
     validation_cases=None,
     train_cases=None,
+    test_cases=None,
     crop_tool_band: bool = True,
     tool_band_fraction: float = 0.08,
     crop_black_margins: bool = True,
@@ -422,7 +452,8 @@ def load_surgvu(
     check_video_ends: bool = True,
     cache_dir=None,
 ) -> datasets.DatasetDict:
-    """Build (or reuse from the Arrow cache) the SurgVU clip dataset; returns `train` and `validation`, split by case.
+    """Build (or reuse from the Arrow cache) the SurgVU clip dataset; returns `train`, `validation` and `test`, split
+    by case.
 
     Args:
         data_dir: the folder holding `surgvu24/` and `labels/`, or `surgvu24/` itself (then give `labels_dir`).
@@ -430,9 +461,11 @@ def load_surgvu(
         fps, frames_per_clip, clip_stride: clips of `frames_per_clip` frames sampled at `fps`, starting every
             `clip_stride` sampled steps (default: `frames_per_clip`, no overlap). A part shorter than a clip yields
             none.
-        validation_fraction, split_seed: the share of cases in validation, chosen by a hash of the case id seeded by
-            `split_seed` (its own seed: changing the training seed does not move cases between the splits).
-        exclude_cases, validation_cases, train_cases: case ids (`case_012`) left out, or forced into a split.
+        validation_fraction, test_fraction, split_seed: the shares of cases in validation and in test, chosen by a
+            hash of the case id seeded by `split_seed` (its own seed: changing the training seed does not move cases
+            between the splits); see `assign_cases`.
+        exclude_cases, validation_cases, train_cases, test_cases: case ids (`case_012`) left out, or forced into a
+            split (`test_cases`: e.g. the organisers' held-out cases, for a user who has their labels).
         crop_tool_band, tool_band_fraction, crop_black_margins: what `crop_box` removes.
         require_labels: leave out cases without label files (default); False keeps them with `has_labels=False`.
         check_video_ends: demux each video's last packets to detect truncated files (skipped, listed in the info).
@@ -457,10 +490,12 @@ def load_surgvu(
         frames_per_clip=int(frames_per_clip),
         clip_stride=clip_stride,
         validation_fraction=float(validation_fraction),
+        test_fraction=float(test_fraction),
         split_seed=int(split_seed),
         exclude_cases=tuple(exclude_cases or ()),
         validation_cases=tuple(validation_cases or ()),
         train_cases=tuple(train_cases or ()),
+        test_cases=tuple(test_cases or ()),
         crop_tool_band=crop_tool_band,
         tool_band_fraction=float(tool_band_fraction),
         crop_black_margins=crop_black_margins,
@@ -473,7 +508,7 @@ def load_surgvu(
         logger.warning("%s is missing beside the cached Arrow files: building the dataset again", build_info)
         builder.download_and_prepare(download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD)
     splits = {}
-    for split in ("train", "validation"):
+    for split in ("train", "validation", "test"):
         if builder.info.splits[split].num_examples > 0:
             splits[split] = builder.as_dataset(split=split)
         else:  # the Arrow reader refuses an empty split; its (empty) Arrow file still holds the features
@@ -545,7 +580,7 @@ def get_build_info(dataset) -> SurgVUBuildInfo:
 
 def get_build_metadata(dataset) -> dict:
     """`get_build_info(dataset)` as a dict: action spec, class lists, corrupt videos, cases without labels, excluded,
-    train and validation cases, label noise and options."""
+    train, validation and test cases, label noise and options."""
     return get_build_info(dataset).to_metadata()
 
 
@@ -578,7 +613,7 @@ __all__ = [
     "get_action_spec",
     "get_build_info",
     "get_build_metadata",
-    "assign_validation_cases",
+    "assign_cases",
     "sample_frame_indices",
     "case_task_frames",
     "TaskFrames",

@@ -68,23 +68,26 @@ class DatasetEntry:
     action_spec: Callable  # (built DatasetDict or split) -> list[str], one name per action dimension
     build_metadata: Callable  # (built DatasetDict) -> dict: the builder's record of the build ({} when none)
     targets: dict[str, ProbeTarget]  # probe target name -> target, in the order the evaluation trains them
-    evaluation_splits: tuple[str, ...]  # what the evaluation's --split may name ("all": train and validation)
+    evaluation_splits: tuple[str, ...]  # what the evaluation's --split may name ("all": every split)
 
 
 def _load_surgvu_splits(data_root, *, camera: str = "azure:1", labels_dir=None, fps: float = 4.0,
                         frames_per_clip: int = 8, clip_stride: int | None = None, validation_fraction: float = 0.2,
-                        split_seed: int = 0, cache_dir=None, skip_missing_frames: bool = False):
-    """SurgVU's `train` and `validation`, split by case (`camera` and `skip_missing_frames` are MM-OR's and not
-    read)."""
+                        test_fraction: float = 0.2, split_seed: int = 0, test_cases=None, cache_dir=None,
+                        skip_missing_frames: bool = False):
+    """SurgVU's `train`, `validation` and `test`, split by case (`camera` and `skip_missing_frames` are MM-OR's and
+    not read)."""
     return load_surgvu(data_root, labels_dir, fps=fps, frames_per_clip=frames_per_clip, clip_stride=clip_stride,
-                       validation_fraction=validation_fraction, split_seed=split_seed, cache_dir=cache_dir)
+                       validation_fraction=validation_fraction, test_fraction=test_fraction, split_seed=split_seed,
+                       test_cases=test_cases, cache_dir=cache_dir)
 
 
 def _load_mmor_splits(data_root, *, camera: str = "azure:1", labels_dir=None, fps: float = 4.0,
                       frames_per_clip: int = 8, clip_stride: int | None = None, validation_fraction: float = 0.2,
-                      split_seed: int = 0, cache_dir=None, skip_missing_frames: bool = False):
-    """MM-OR's official `train`, `validation` and `test` takes (`labels_dir`, `fps`, `validation_fraction` and
-    `split_seed` are SurgVU's and not read: MM-OR's splits and timepoints are its own)."""
+                      test_fraction: float = 0.2, split_seed: int = 0, test_cases=None, cache_dir=None,
+                      skip_missing_frames: bool = False):
+    """MM-OR's official `train`, `validation` and `test` takes (`labels_dir`, `fps`, the fractions, `split_seed` and
+    `test_cases` are SurgVU's and not read: MM-OR's splits and timepoints are its own)."""
     return dataset_mmor.load_mmor(data_root, camera, frames_per_clip=frames_per_clip, clip_stride=clip_stride,
                                   skip_missing_frames=skip_missing_frames, cache_dir=cache_dir)
 
@@ -106,7 +109,7 @@ SURGVU_DATASET = DatasetEntry(
         "tools": ProbeTarget("tools", "surgvu", tuple(TOOL_CLASSES), "multi_label_classification", "tools",
                              "case_has_labels"),
     },
-    evaluation_splits=("train", "validation", "all"),  # no test split: SurgVU's test videos are not public
+    evaluation_splits=("train", "validation", "test", "all"),  # test: cases held out of the release's labelled ones
 )
 
 MMOR_DATASET = DatasetEntry(

@@ -47,7 +47,7 @@ class CacheArguments:
         metadata={"help": "The training run's output_dir: the cache goes to <output_dir>/latent_cache/<split> "
                           "unless --cache_dir is given."},
     )
-    split: str = field(default="all", metadata={"help": "train, validation or all."})
+    split: str = field(default="all", metadata={"help": "train, validation, test or all."})
     batch_size: int = field(default=TrainArguments.batch_size, metadata={"help": "Clips per encoder forward pass."})
     device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: what accelerate picks)."})
     mixed_precision: str | None = field(
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
     args, model_args, data_args = parser.parse_args_into_dataclasses(args=argv)
     if model_args.finetune_encoder:  # as training_surgical_wm.arguments.parse_training_arguments does
         model_args.encoder_frozen = False
-    if args.split not in ("train", "validation", "all"):
-        parser.error(f"--split must be train, validation or all, got {args.split}")
+    if args.split not in ("train", "validation", "test", "all"):
+        parser.error(f"--split must be train, validation, test or all, got {args.split}")
     if args.device not in (None, "cuda", "mps", "cpu"):
         parser.error(f"--device must be cuda, mps or cpu, got {args.device}")
     if data_args.cache_precision not in PRECISIONS:
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         print(f"error: the latent cache cannot serve this run: {off_reason}", file=sys.stderr)
         return 2
 
-    names = ["train", "validation"] if args.split == "all" else [args.split]
+    names = list(dataset) if args.split == "all" else [args.split]
     cache_root = latent_cache_root(data_args.cache_dir, args.output_dir)
     num_workers = min(data_args.num_workers, available_cores())
     config = model.config

@@ -1,18 +1,20 @@
 #!/usr/bin/env python
 """The bundled demo, end to end on CPU in a few minutes (`make demo`):
 
-1. writes the synthetic SurgVU-format sample (12 cases, H.264, noisy labels) and a tiny V-JEPA 2 checkpoint;
+1. writes the synthetic SurgVU-format sample (12 cases, H.264, noisy labels) and a tiny V-JEPA 2 checkpoint; the
+   builder splits its cases three ways with the default options (train, validation, test);
 2. builds a world model on that encoder (`scripts/load_vjepa2_pretrained.py`);
 3. trains it with `accelerate launch train_hf.py`, encoder frozen: each clip is decoded and encoded once, into the
-   latent cache, and every epoch trains from there;
+   latent cache, and every epoch trains from there; `best/` is chosen on the validation cases;
 4. trains a task probe and a tool-presence probe on the frozen world model (`scripts/train_probe.py`), from the same
-   latent cache;
-5. evaluates in a fresh process (`scripts/evaluate_surgical_model.py`, which loads the exports with
+   latent cache, on the world model's split; each `best/` is chosen on the validation cases;
+5. evaluates on the test cases, which chose nothing, in a fresh process (`scripts/evaluate_surgical_model.py`, which
+   loads the exports with
    `from_pretrained(..., trust_remote_code=True)`): world-model error per horizon next to the copy-context baseline,
    with swapped actions, the surprise distribution, and the probes next to chance and majority (task recognition
    scored on every labelled frame at 1 fps, as the SurgVU organisers score it, also smoothed over 5 frames); writes
    `report.json`, PNG figures and the task predictions in the organisers' format, and prints the table;
-6. infers the actions of a few steps of a held-out video from their first and last frames (`scripts/plan.py`, the
+6. infers the actions of a few steps of a test video from their first and last frames (`scripts/plan.py`, the
    world model's CEM planner), next to the labelled ones; writes `plan.json`.
 """
 
@@ -33,14 +35,15 @@ def run(args: list[str], cwd: str = REPO_ROOT, **env) -> None:
 
 
 def plan_span(data: str, cache: str, steps: int = 4, fps: float = 4.0) -> tuple[str, float, float]:
-    """A validation video of the sample and a span of `steps` steps at `fps` inside one of its labelled task
-    segments (the manifest's clean ground truth), a step clear of either end of the segment."""
+    """A test video of the sample (the split the training scripts use, with their default options) and a span of
+    `steps` steps at `fps` inside one of its labelled task segments (the manifest's clean ground truth), a step clear
+    of either end of the segment."""
     from dataset_surgvu import get_build_metadata, load_surgvu
 
-    validation = get_build_metadata(load_surgvu(data, cache_dir=cache))["validation_cases"]
+    test = get_build_metadata(load_surgvu(data, cache_dir=cache))["test_cases"]
     with open(os.path.join(data, "synthetic_manifest.json")) as handle:
         manifest = json.load(handle)
-    for case_id in validation:
+    for case_id in test:
         case = manifest["cases"][case_id]
         first = case["parts"][0]  # starts the case timeline, on which the segments are given
         end = first["num_frames"] / manifest["fps"]
@@ -50,7 +53,7 @@ def plan_span(data: str, cache: str, steps: int = 4, fps: float = 4.0) -> tuple[
             goal = start + steps / fps
             if segment["task"] != "Other" and goal + 1 / fps <= min(segment["stop"], end):
                 return os.path.join(data, first["path"]), start, goal
-    raise SystemExit(f"error: no validation video of {data} has a task segment long enough for {steps} steps")
+    raise SystemExit(f"error: no test video of {data} has a task segment long enough for {steps} steps")
 
 
 def main() -> None:

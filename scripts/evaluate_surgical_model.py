@@ -4,13 +4,16 @@
 
     python scripts/evaluate_surgical_model.py --checkpoint outputs/surgical_wm/best --test_data /data/surgvu \
         [--task_probe outputs/probe_task/best --tool_probe outputs/probe_tools/best | --train_probes] \
-        [--split validation] [--output report.json] [--plots plots/]
+        [--split test] [--output report.json] [--plots plots/]
 
 Clips are streamed through the model (decoded and encoded batch by batch, or read from a finished latent cache
 given with `--cache_dir` whose key is this evaluation's and whose shards pass `--verify_cache`), never loaded whole.
 The data options are train_hf.py's (`--test_data` is `--data_root`;
-same defaults, same split seed; `--fps` defaults to the model config's `fps`, and steps are its `frames_per_step`), so
-`--split validation` is the split that training held out. The report:
+`--fps` defaults to the model config's `fps`, and steps are its `frames_per_step`); the case split is the one the
+model's config records (`data_split`), and data split another way is refused. The default `--split test` holds the
+cases that chose nothing: `validation` chose `best/` (the world model's and the probes') and `train` fitted them, so
+those are refused unless `--allow_selection_split` is given, and the report then carries a warning. The report names
+the split it scored and the split that chose the checkpoints. The report:
 - world-model quality: latent L1 and cosine, teacher-forced (step t + 1 from the true steps 1..t) and rolled out
   (horizon h from step 1), next to the copy-the-last-context baseline; the same with each clip's actions swapped
   for another clip's (the labels of each step given to the transitions as the model's `action_pairing` pairs them,
@@ -59,7 +62,16 @@ from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_key
 from modeling_surgical_wm import rollout_errors
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
-from training_surgical_wm.data import dataset_entry, load_dataset_splits
+from training_surgical_wm.data import (
+    SPLIT_OPTIONS,
+    dataset_entry,
+    describe_split,
+    load_dataset_splits,
+    requested_split,
+    resolve_split_options,
+    split_definition,
+    split_mismatch,
+)
 from training_surgical_wm.loading import (
     check_weights,
     checkpoint_config,
@@ -93,6 +105,10 @@ class EvaluationArguments:
                                                            for entry in DATASETS.values())
                           + ". Default: test where the dataset has one, else validation. MM-OR's detection "
                             f"thresholds are calibrated on {CALIBRATION_SPLIT}, which it then does not score."},
+    )
+    allow_selection_split: bool = field(
+        default=False, metadata={"help": "Report on a split that chose or fitted the checkpoints (validation, train, "
+                                         "all), with a warning in the report."}
     )
     output: str = field(default="report.json", metadata={"help": "Where the JSON report goes."})
     plots: str | None = field(default=None, metadata={"help": "A folder for the PNG figures (none without it)."})
@@ -190,7 +206,9 @@ def train_probes(args: EvaluationArguments, data_args: DataArguments) -> dict[st
     data_options = []
     for item in fields(DataArguments):
         value = getattr(data_args, item.name)
-        if value is not None:
+        if isinstance(value, list):
+            data_options += [f"--{item.name}", *map(str, value)] if value else []
+        elif value is not None:
             data_options += [f"--{item.name}", str(value)]
     targets = tuple(dataset_entry(data_args).targets)  # task and tools, or phase, next_action and breach
     found = {}
@@ -221,6 +239,41 @@ def clip_fps(fps_flag: float | None, config, checkpoint: str | None = None) -> f
     if fps_flag is not None and config.fps is not None and float(config.fps) != float(fps_flag):
         print(f"note: --fps {fps_flag:g}, but the model was trained on clips at {config.fps:g} fps", flush=True)
     return fps
+
+
+def selection_splits(models: dict) -> list[str]:
+    """The splits that fitted or chose the checkpoints (`models`: path -> world model or probe): train, and each one's
+    recorded `selection_split` (validation for a checkpoint saved before splits were recorded)."""
+    return sorted({"train"} | {(model.config.data_split or {}).get("selection_split", "validation")
+                               for model in models.values()})
+
+
+def reused_splits(args: EvaluationArguments, models: dict) -> list[str]:
+    """The splits scored by `--split` that fitted or chose the checkpoints (`models`: path -> model); one line
+    refusing them without `--allow_selection_split`."""
+    chosen_on = selection_splits(models)
+    reused = sorted(chosen_on if args.split == "all" else set(chosen_on) & {args.split})
+    if reused and not args.allow_selection_split:
+        fail(f"--split {args.split}: the {' and '.join(reused)} cases fitted or chose the checkpoints, so figures on "
+             "them are no test; score --split test, or pass --allow_selection_split to report them with a warning")
+    return reused
+
+
+def check_data_split(models: dict, current: dict) -> None:
+    """Stops with one line when a checkpoint (`models`: path -> model) was trained on data split otherwise than
+    `current` (a `split_definition`, or the `requested_split` before the data is built): cases it was fitted or chosen
+    on could be scored."""
+    for path, model in models.items():
+        recorded = model.config.data_split
+        if recorded is None:
+            if "groups" in current:
+                print(f"note: {path} records no data split (saved before splits were recorded): taken as chosen on "
+                      "validation; the cases it was trained on cannot be checked", flush=True)
+            continue
+        mismatch = split_mismatch(recorded, current)
+        if mismatch:
+            fail(f"{path} was {mismatch}; leave {', '.join(f'--{name}' for name in SPLIT_OPTIONS)} unset to use "
+                 "its split")
 
 
 def load_metric(name: str):
@@ -604,7 +657,10 @@ def tools_section(result: dict, train_prevalence: np.ndarray, seed: int) -> dict
 
 def print_table(report: dict) -> None:
     section = report["world_model"]
-    print(f"\n{report['split']} split of {report['test_data']}: {section['num_clips']} clips")
+    print(f"\n{report['split']} split of {report['test_data']}: {section['num_clips']} clips; the checkpoints were "
+          f"chosen on the {report['selection_split']} split")
+    if "warning" in report:
+        print(f"WARNING: {report['warning']}")
     print(f"inputs from {report['encoders']['inputs']}; targets from {report['encoders']['targets']}")
     print(f"the action of transition t -> t + 1: the labels at {'t + 1' if report['action_pairing'] == 'next' else 't'}"
           f" (action_pairing {report['action_pairing']!r})")
@@ -1202,9 +1258,11 @@ def plot_surprise_over_time(records: dict, section: dict, directory: Path) -> st
 
 
 def main(argv=None) -> int:
-    # `--fps` unset: the model's config says at what frame rate it was trained (below).
+    # `--fps` and the split options unset: the model's config says at what frame rate and on which split it was
+    # trained (below).
     args, data_args = parse_dataclasses((EvaluationArguments, DataArguments), argv, __doc__.splitlines()[0],
-                                        defaults={"fps": None})
+                                        defaults={"fps": None, "split_seed": None, "validation_fraction": None,
+                                                  "test_fraction": None})
     if args.test_data:
         data_args.data_root = args.test_data
     entry = dataset_entry(data_args)
@@ -1235,6 +1293,11 @@ def main(argv=None) -> int:
     world_model, checkpoint_probe = load_checkpoint(args.checkpoint)
     world_model.to(device)
     data_args.fps = clip_fps(data_args.fps, world_model.config, args.checkpoint)
+    evaluated = checkpoint_probe if checkpoint_probe is not None else world_model
+    resolve_split_options(data_args, evaluated.config.data_split)
+    # Before any data is built or probe trained: the split options, and the split scored.
+    check_data_split({args.checkpoint: evaluated}, requested_split(entry.name, data_args))
+    reused_splits(args, {args.checkpoint: evaluated})
     given = {"task": args.task_probe, "tools": args.tool_probe, "phase": args.phase_probe,
              "next_action": args.next_action_probe, "breach": args.breach_probe}
     if args.train_probes:
@@ -1252,12 +1315,17 @@ def main(argv=None) -> int:
         fail("--predictions_dir writes the task probe's predictions: give --task_probe (or --train_probes)")
     for probe in probes.values():
         probe.to(device).eval()
+    checkpoints = {args.checkpoint: evaluated,
+                   **{path: probes[target] for target, path in given.items() if path}}
+    reused = reused_splits(args, checkpoints)
 
     dataset = load_dataset_splits(data_args)
+    data_split = split_definition(entry.name, dataset, entry.build_metadata(dataset))
+    check_data_split(checkpoints, data_split)
     if args.split == "all":
         import datasets
 
-        split = datasets.concatenate_datasets([dataset["train"], dataset["validation"]])
+        split = datasets.concatenate_datasets(list(dataset.values()))
     else:
         split = dataset[args.split]
     indices = list(range(len(split) if args.max_clips is None else min(args.max_clips, len(split))))
@@ -1272,8 +1340,14 @@ def main(argv=None) -> int:
     surgvu_probes = {target: probe for target, probe in probes.items() if PROBE_TARGETS[target].dataset == "surgvu"}
     result = run(args, world_model, surgvu_probes, split, indices, clips, device)
     report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
+              "selection_split": ", ".join([name for name in selection_splits(checkpoints) if name != "train"]
+                                           or ["train"]),
+              "data_split": describe_split(data_split),
               "clips": source, "encoders": encoder_roles(world_model),
               "action_pairing": world_model.config.action_pairing, "world_model": world_model_section(result)}
+    if reused:
+        report["warning"] = (f"scored on the {' and '.join(reused)} cases, which fitted or chose the checkpoints "
+                             "(--allow_selection_split): these figures are optimistic, not a test")
     if result["skipped_clips"]["clips"]:  # failed to decode: left out of every figure
         report["skipped_clips"] = result["skipped_clips"]
     if surgvu_probes:

@@ -16,7 +16,8 @@ other dimensions as numbers) next to the labelled one from the case's tools.csv/
 builder finds them, or under `--labels_dir`; each step's labelled action is paired with it as the model's
 `action_pairing` pairs labels and transitions: the labels at the step's end, or at its start), the matches per group
 next to chance, and the energy per CEM iteration.
-`--json` writes the same as JSON.
+`--json` writes the same as JSON, with `case_split`: the split of the model's training data (`data_split` in its
+config) that held the video's case; a train or validation case is warned about, since it fitted or chose the model.
 
 `--preset` names the search settings (`planning_surgical_wm.PLANNING_PRESETS`: `vjepa2_ac_paper`, `vjepa2_ac_wrapper`,
 `vjepa2_ac_mpc_utils`, or this project's default `surgical_wm`); `--num_samples`, `--iterations`, `--top_k`,
@@ -156,6 +157,14 @@ def decode_action(vector: np.ndarray, spec: list[str], groups, continuous: list[
 
 
 # ------------------------------------------------------------------------------------------------------- video
+def case_split(config, video: Path) -> str | None:
+    """The split of the model's training data (`data_split` in its config) that holds the video's case; None when the
+    config records no split (an older export) or the case is in none of them."""
+    parsed = parse_part_file(video.name)
+    groups = (config.data_split or {}).get("groups", {})
+    return next((name for name, cases in groups.items() if parsed is not None and parsed[0] in cases), None)
+
+
 def case_labels(video: Path, labels_dir: str | None):
     """(part number, labels, part offsets, note): the labels of the video's case on its timeline, found as the
     builder finds them; labels None with the reason in `note` when there are none."""
@@ -298,6 +307,10 @@ def main(argv=None) -> int:
     positions = np.arange(first_k, goal_k + 1)
     indices, timestamps = grid[positions], grid[positions] / info.fps
 
+    split = case_split(config, video)
+    if split in ("train", "validation"):
+        logger.warning("%s is from a %s case of %s: the model was fitted or chosen on it, so what is inferred here is "
+                       "no test (the test cases chose nothing)", video.name, split, args.checkpoint)
     part, labels, offsets, label_note = case_labels(video, args.labels_dir)
     labelled = None
     if labels is not None and spec != action_names():
@@ -389,6 +402,7 @@ def main(argv=None) -> int:
         "checkpoint": args.checkpoint,
         "config": where,
         "video": str(video),
+        "case_split": split,
         "duration": info.duration,
         "fps": fps,
         "fps_from": fps_source,

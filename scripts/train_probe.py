@@ -19,7 +19,11 @@ points at it), checkpoints, resuming, the non-finite guard (`--max_bad_steps`), 
 debugging hooks (`--sample_log`, `--nan_at_steps`), the exports and the Hub push (`--push_to_hub`: `best/` with its
 card) are train_hf.py's, from training_surgical_wm. `output_dir/best` (lowest validation loss) is what
 `scripts/evaluate_surgical_model.py` loads; it reloads alone with
-`AutoModelForVideoClassification.from_pretrained(dir, trust_remote_code=True)`.
+`AutoModelForVideoClassification.from_pretrained(dir, trust_remote_code=True)`. The case split is the world model's
+(`data_split` in its config) unless `--split_seed`, `--validation_fraction`, `--test_fraction` or `--test_cases` say
+otherwise, and a split other than the one the world model was trained on is refused: cases it was fitted or chosen on
+would land in the probe's validation or test split. `best/` is chosen on validation; the probe's config records its
+split in turn.
 """
 
 import sys
@@ -52,7 +56,11 @@ from training_surgical_wm.data import (
     dataset_entry,
     gather_clip_values,
     load_dataset_splits,
+    requested_split,
+    resolve_split_options,
+    split_definition,
     split_groups,
+    split_mismatch,
 )
 from training_surgical_wm.export import create_hub_repo, export_model, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
@@ -64,7 +72,9 @@ from training_surgical_wm.probes import read_modules, split_label_counts, world_
 logger = get_logger(__name__, log_level="INFO")
 
 PROBE_DEFAULTS = {"output_dir": "outputs/probe", "num_epochs": 20, "learning_rate": 1e-3, "warmup_epochs": 1,
-                  "weight_decay": 0.01, "checkpointing_steps": 200}
+                  "weight_decay": 0.01, "checkpointing_steps": 200,
+                  # unset: the world model's recorded split (resolve_split_options)
+                  "split_seed": None, "validation_fraction": None, "test_fraction": None}
 
 
 @dataclass
@@ -116,6 +126,14 @@ def load_probe_model(probe_args: ProbeArguments, class_weights: list[float] | No
     model.config.probe_world_model_fingerprints = world_model_fingerprints(model.world_model,
                                                                            read_modules(model.config))
     return model
+
+
+def refuse_other_split(probe_args: ProbeArguments, mismatch: str | None) -> None:
+    """Stops with one line when the data is split otherwise than the world model's training data was (`mismatch`):
+    cases it was fitted or chosen on would land in the probe's held-out splits, or the other way round."""
+    if mismatch:
+        raise SystemExit(f"error: --world_model {probe_args.world_model} was {mismatch}; leave --split_seed, "
+                         "--validation_fraction, --test_fraction and --test_cases unset to use its split")
 
 
 def probe_card(config, probe_args: ProbeArguments, train_args: TrainArguments, state: dict,
@@ -201,9 +219,13 @@ def main(argv=None) -> None:
     if target.dataset != data_args.dataset:
         raise SystemExit(f"error: --target {probe_args.target} is a {target.dataset} label; the data is "
                          f"--dataset {data_args.dataset}")
+    saved = {}
     if Path(probe_args.world_model).exists():  # before the data is built: transformers would fill gaps at random
-        check_checkpoint_folder(probe_args.world_model, ("surgical_wm",))
+        saved = check_checkpoint_folder(probe_args.world_model, ("surgical_wm",))
+    resolve_split_options(data_args, saved.get("data_split"))
     entry = dataset_entry(data_args)
+    if saved.get("data_split"):  # the options now; the cases once the data is built
+        refuse_other_split(probe_args, split_mismatch(saved["data_split"], requested_split(entry.name, data_args)))
     output_dir = Path(train_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
 
@@ -223,9 +245,13 @@ def main(argv=None) -> None:
     class_weights = (balanced_weights(counts, len(indices["train"]), target)
                      if probe_args.class_weights == "balanced" else None)
 
-    # ---- model: the frozen world model and a new head
+    # ---- model: the frozen world model and a new head, on the split the world model was trained on
     model = load_probe_model(probe_args, class_weights)
     world_model = model.world_model
+    split = split_definition(entry.name, dataset, metadata, "validation" if indices["validation"] else "train")
+    if model.config.data_split:
+        refuse_other_split(probe_args, split_mismatch(model.config.data_split, split))
+    model.config.data_split = split
     transform = entry.transform(crop_size=world_model.config.encoder_config.crop_size)
     num_workers = min(data_args.num_workers, available_cores())
     clips = clip_datasets(accelerator, world_model, dataset, transform, data_args, output_dir,

@@ -94,12 +94,13 @@ def world_model_dir(tiny_vjepa2_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def train_inputs(surgvu_sample, world_model_dir, tmp_path_factory):
-    """Common arguments: the sample data, its Arrow cache (built once), the tiny world model, CPU, no trackers."""
+    """Common arguments: the sample data, its Arrow cache (built once), the tiny world model, CPU, no trackers. No
+    test split: the sample's 3 labelled cases stay 2 for training and 1 for validation, which these runs check."""
     root, _ = surgvu_sample
     cache = tmp_path_factory.mktemp("arrow-cache")
     return ["--data_root", str(root), "--dataset_cache_dir", str(cache), "--pretrained_checkpoint", world_model_dir,
             "--device", "cpu", "--report_to", "none", "--num_workers", "0", "--batch_size", "2",
-            "--learning_rate", "1e-3", "--warmup_epochs", "0", "--seed", "7"]
+            "--learning_rate", "1e-3", "--warmup_epochs", "0", "--seed", "7", "--test_fraction", "0"]
 
 
 def train(args, env=None, timeout=600, launcher=None):

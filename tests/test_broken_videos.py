@@ -23,10 +23,16 @@ from modeling_surgical_wm import SurgicalWorldModel
 pytestmark = pytest.mark.slow
 
 
+# No test split: the sample's 3 labelled cases stay 2 for training (so one broken video leaves the other's clips) and 1
+# for validation.
+SPLIT = {"test_fraction": 0.0}
+
+
 def run_options(world_model_dir, root, arrow) -> list[str]:
     return ["--data_root", str(root), "--dataset_cache_dir", str(arrow), "--pretrained_checkpoint", world_model_dir,
             "--device", "cpu", "--report_to", "none", "--num_workers", "0", "--batch_size", "2",
-            "--learning_rate", "1e-3", "--warmup_epochs", "0", "--seed", "7", "--num_epochs", "1", "--no_cache"]
+            "--learning_rate", "1e-3", "--warmup_epochs", "0", "--seed", "7", "--num_epochs", "1", "--no_cache",
+            "--test_fraction", "0"]
 
 
 def prepared_copy(sample_root, folder: Path) -> tuple[Path, Path, str, int]:
@@ -34,7 +40,7 @@ def prepared_copy(sample_root, folder: Path) -> tuple[Path, Path, str, int]:
     its number of clips)."""
     root, arrow = folder / "sample", folder / "arrow"
     shutil.copytree(sample_root, root)
-    video, clips = Counter(load_surgvu(root, cache_dir=arrow)["train"]["video_path"]).most_common(1)[0]
+    video, clips = Counter(load_surgvu(root, cache_dir=arrow, **SPLIT)["train"]["video_path"]).most_common(1)[0]
     return root, arrow, video, clips
 
 
@@ -144,7 +150,8 @@ def test_the_evaluation_skips_and_counts_the_broken_clips(broken_sample, world_m
     root, arrow, video, clips = broken_sample
     result = subprocess.run(
         [sys.executable, "scripts/evaluate_surgical_model.py", "--checkpoint", world_model_dir, "--data_root",
-         str(root), "--dataset_cache_dir", str(arrow), "--split", "train", "--num_workers", "0", "--device", "cpu",
+         str(root), "--dataset_cache_dir", str(arrow), "--test_fraction", "0", "--split", "train",
+         "--allow_selection_split", "--num_workers", "0", "--device", "cpu",
          "--output", str(tmp_path / "report.json")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "TQDM_DISABLE": "1"},
     )
@@ -153,14 +160,14 @@ def test_the_evaluation_skips_and_counts_the_broken_clips(broken_sample, world_m
     assert result.stdout.count(f"{video}: cannot be decoded") == 1, result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["skipped_clips"] == {"clips": clips, "files": {video: clips}}
-    train_clips = len(load_surgvu(root, cache_dir=arrow)["train"])
+    train_clips = len(load_surgvu(root, cache_dir=arrow, **SPLIT)["train"])
     assert report["world_model"]["num_clips"] == train_clips - clips
 
 
 def test_the_cache_build_records_broken_clips_and_never_retries_them(accelerator, broken_sample, world_model_dir,
                                                                      tmp_path):
     root, arrow, video, _ = broken_sample
-    split = load_surgvu(root, cache_dir=arrow)["train"]
+    split = load_surgvu(root, cache_dir=arrow, **SPLIT)["train"]
     model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
 
     class CountingTransform(ClipTransform):

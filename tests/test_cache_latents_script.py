@@ -101,7 +101,8 @@ def test_builds_the_cache_train_hf_looks_for(train_inputs, tmp_path):
     latent_shape = (8 // config.frames_per_step, config.tokens_per_step, config.latent_dim)
     check_printed_sizes(result.stdout, latent_shape, "float16")
     total = sum(len(split) for split in dataset.values())
-    assert re.search(rf"^this dataset \(train \+ validation\): {total:,} clips x ", result.stdout, flags=re.M)
+    names = re.escape(" + ".join(dataset))  # every split: train, validation and test
+    assert re.search(rf"^this dataset \({names}\): {total:,} clips x ", result.stdout, flags=re.M)
 
     # One shard's bytes changed in place, its size and mtime kept: only --verify_cache full can tell, and rewrites it.
     victim = output_dir / "latent_cache" / "train" / "shard-00000.safetensors"

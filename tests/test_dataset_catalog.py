@@ -40,7 +40,7 @@ def test_the_table_names_surgvu_and_mmor():
     for entry in DATASETS.values():
         for name, target in entry.targets.items():
             assert target.name == name and target.dataset == entry.name and get_probe_target(name) is target
-    assert get_dataset("surgvu").evaluation_splits == ("train", "validation", "all")
+    assert get_dataset("surgvu").evaluation_splits == ("train", "validation", "test", "all")
     assert get_dataset("mmor").evaluation_splits == ("train", "validation", "test")
 
 
@@ -68,7 +68,7 @@ def test_surgvu_entry_loads_as_load_surgvu(surgvu_splits):
     dataset, root, cache = surgvu_splits
     expected = load_surgvu(root, None, fps=4.0, frames_per_clip=8, clip_stride=None, validation_fraction=0.2,
                            split_seed=0, cache_dir=str(cache))
-    assert list(dataset) == ["train", "validation"]
+    assert list(dataset) == ["train", "validation", "test"]
     for name in expected:
         assert dataset[name]._fingerprint == expected[name]._fingerprint
         assert dataset[name].to_dict() == expected[name].to_dict()

@@ -1,6 +1,7 @@
 """The SurgVU builder on SurgVU-format folders with real H.264 videos and real-style noisy labels."""
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from dataset_surgvu import (
 from dataset_surgvu.builder import (
     BUILD_INFO_FILENAME,
     SurgVUBuildInfo,
-    assign_validation_cases,
+    assign_cases,
     get_build_info,
     sample_frame_indices,
 )
@@ -251,11 +252,11 @@ def test_split_is_by_case_deterministic_and_seeded(surgvu_sample, tmp_path):
     assert (set(metadata["train_cases"]), set(metadata["validation_cases"])) == (train_cases, validation_cases)
 
     cases = [f"case_{n:03d}" for n in range(40)]
-    splits = {seed: assign_validation_cases(cases, 0.2, seed) for seed in range(4)}
+    splits = {seed: assign_cases(cases, 0.2, 0.0, seed)[0] for seed in range(4)}
     assert all(len(validation) == 8 for validation in splits.values())
     assert len({frozenset(validation) for validation in splits.values()}) > 1  # the seed matters
-    assert assign_validation_cases(list(reversed(cases)), 0.2, 1) == splits[1]  # order of discovery does not
-    assert len(splits[1] ^ assign_validation_cases(cases + ["case_099"], 0.2, 1)) <= 2  # one more case moves one
+    assert assign_cases(list(reversed(cases)), 0.2, 0.0, 1)[0] == splits[1]  # order of discovery does not
+    assert len(splits[1] ^ assign_cases(cases + ["case_099"], 0.2, 0.0, 1)[0]) <= 2  # one more case moves one
 
     forced = _load(root, tmp_path, validation_cases=["case_000"], train_cases=["case_001"], exclude_cases=["case_002"])
     assert "case_000" in set(forced["validation"]["case_id"])
@@ -263,6 +264,39 @@ def test_split_is_by_case_deterministic_and_seeded(surgvu_sample, tmp_path):
     assert "case_002" not in set(forced["train"]["case_id"]) | set(forced["validation"]["case_id"])
     with pytest.raises(ValueError, match="both train and validation"):
         _load(root, tmp_path, validation_cases=["case_000"], train_cases=["case_000"])
+
+
+def test_test_split_holds_whole_cases_seeded_and_forced(surgvu_sample, tmp_path):
+    root, _ = surgvu_sample
+    dataset = _load(root, tmp_path)  # the defaults: a fifth of the 3 labelled cases each for validation and test
+    cases = {name: set(split["case_id"]) for name, split in dataset.items()}
+    assert list(cases) == ["train", "validation", "test"] and all(len(found) == 1 for found in cases.values())
+    assert len(cases["train"] | cases["validation"] | cases["test"]) == 3  # a case in one split only
+    metadata = get_build_metadata(dataset)
+    assert [set(metadata[f"{name}_cases"]) for name in cases] == list(cases.values())
+    assert (metadata["options"]["validation_fraction"], metadata["options"]["test_fraction"]) == (0.2, 0.2)
+
+    (forced_case,) = cases["train"]
+    forced = _load(root, tmp_path, test_cases=[forced_case])
+    assert set(forced["test"]["case_id"]) == {forced_case}
+    assert get_build_metadata(forced)["options"]["forced_cases"]["test"] == [forced_case]
+    assert len(_load(root, tmp_path, test_fraction=0.0)["test"]) == 0
+    with pytest.raises(ValueError, match="both validation and test"):
+        _load(root, tmp_path, validation_cases=[forced_case], test_cases=[forced_case])
+
+    case_ids = [f"case_{n:03d}" for n in range(40)]
+    for seed in range(3):
+        # The rule of the builds made before the test split: the first fifth by a seeded hash of the case id.
+        ranked = sorted(case_ids, key=lambda case_id: hashlib.sha256(f"{seed}/{case_id}".encode()).hexdigest())
+        validation, test = assign_cases(case_ids, 0.2, 0.0, seed)
+        assert (validation, test) == (set(ranked[:8]), set())  # test_fraction 0: the validation split of before
+        validation, test = assign_cases(case_ids, 0.2, 0.25, seed)
+        assert validation == set(ranked[:8]) and len(test) == 10 and not validation & test
+        assert assign_cases(case_ids, 0.2, 0.25, seed) == (validation, test)  # deterministic
+    tests = {frozenset(assign_cases(case_ids, 0.2, 0.2, seed)[1]) for seed in range(4)}
+    assert len(tests) > 1  # seeded by split_seed
+    validation, test = assign_cases(case_ids, 0.2, 0.2, 0, test_cases=["case_005", "case_006"])
+    assert {"case_005", "case_006"} <= test and len(test) == 8 and len(validation) == 8 and not validation & test
 
 
 def test_cache_is_reused_and_follows_data_and_options(surgvu_sample, tmp_path):
@@ -306,7 +340,8 @@ def test_build_info_is_a_file_beside_the_arrow_files(surgvu_sample, tmp_path, ca
     metadata = get_build_metadata(dataset)
     assert set(metadata) == {
         "action_spec", "arms", "tool_classes", "task_classes", "corrupt_videos", "num_corrupt_videos",
-        "cases_without_labels", "excluded_cases", "train_cases", "validation_cases", "label_noise", "options",
+        "cases_without_labels", "excluded_cases", "train_cases", "validation_cases", "test_cases", "label_noise",
+        "options",
     }  # fmt: skip
     assert metadata["action_spec"] == get_action_spec() and metadata["num_corrupt_videos"] == 1
     assert metadata["train_cases"] == sorted(set(dataset["train"]["case_id"]))

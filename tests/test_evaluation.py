@@ -29,8 +29,14 @@ def run_script(script: str, args: list[str], env: dict | None = None, timeout: i
 
 @pytest.fixture(scope="module")
 def data_options(surgvu_sample, tmp_path_factory):
+    """No test split: the sample's 3 labelled cases stay 2 for training and 1 for validation, on which the figures
+    these tests check were measured; the evaluations score that validation case with `SELECTION_SPLIT`."""
     root, _ = surgvu_sample
-    return ["--data_root", root, "--dataset_cache_dir", tmp_path_factory.mktemp("eval-arrow"), "--num_workers", "0"]
+    return ["--data_root", root, "--dataset_cache_dir", tmp_path_factory.mktemp("eval-arrow"), "--num_workers", "0",
+            "--test_fraction", "0"]
+
+
+SELECTION_SPLIT = ["--split", "validation", "--allow_selection_split"]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +65,8 @@ def test_probe_training_leaves_the_world_model_as_it_was(world_model_dir, probes
             assert torch.equal(kept[name], tensor), (target, name)
         config = json.loads((directory / "best" / "config.json").read_text())
         assert config["probe_target"] == target
+        split = config["data_split"]  # the probe's own record of its split, chosen on validation
+        assert (split["selection_split"], split["test_fraction"], split["groups"]["test"]) == ("validation", 0.0, [])
         assert config["problem_type"] == ("single_label_classification" if target == "task"
                                           else "multi_label_classification")
         assert len(config["id2label"]) == (8 if target == "task" else 12)
@@ -192,7 +200,7 @@ def test_a_fine_tuned_model_is_scored_against_its_ema_targets(make_tiny_config):
 def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_options, tmp_path):
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
     result = run_script("evaluate_surgical_model.py", [
-        "--checkpoint", world_model_dir, *data_options, "--task_probe", probes["task"] / "best",
+        "--checkpoint", world_model_dir, *data_options, *SELECTION_SPLIT, "--task_probe", probes["task"] / "best",
         "--tool_probe", probes["tools"] / "best", "--output", report_path, "--plots", plots, "--device", "cpu",
         "--batch_size", 3])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -252,7 +260,8 @@ def test_a_task_probe_trained_as_the_demo_does_beats_every_baseline(world_model_
         "--report_to", "none", "--checkpointing_steps", 1000])
     assert result.returncode == 0, result.stderr[-3000:]
     result = run_script("evaluate_surgical_model.py", [
-        "--checkpoint", world_model_dir, *data_options, *split, "--task_probe", tmp_path / "probe" / "best",
+        "--checkpoint", world_model_dir, *data_options, *split, *SELECTION_SPLIT, "--task_probe",
+        tmp_path / "probe" / "best",
         "--output", tmp_path / "report.json", "--device", "cpu", "--batch_size", 3])
     assert result.returncode == 0, result.stderr[-3000:]
     task = json.loads((tmp_path / "report.json").read_text())["surgvu_probes"]["task"]
@@ -287,14 +296,14 @@ def test_bad_input_gets_a_clear_error_naming_the_file(world_model_dir, probes, d
     assert "--fill other or nearest" in result.stderr and "previous" in result.stderr
 
     result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
-                                                       "--validation_fraction", "0", "--split", "validation"])
+                                                       "--validation_fraction", "0", *SELECTION_SPLIT])
     assert result.returncode != 0 and "has no clip" in result.stderr
 
-    # The split and the probes the dataset table offers for SurgVU: no test split, no MM-OR probe.
+    # The splits and the probes the dataset table offers for SurgVU: no other split, no MM-OR probe.
     result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
-                                                       "--split", "test"])
+                                                       "--split", "holdout"])
     assert result.returncode != 0
-    assert "--split must be one of train, validation, all for --dataset surgvu, got test" in result.stderr
+    assert "--split must be one of train, validation, test, all for --dataset surgvu, got holdout" in result.stderr
     result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
                                                        "--phase_probe", probes["task"] / "best"])
     assert result.returncode != 0
@@ -332,7 +341,7 @@ def test_push_to_hub_puts_the_headline_figures_in_the_model_index(world_model_di
         assert done.returncode == 0, done.stderr[-2000:]
         report_path = tmp_path / "report.json"
         result = run_script("evaluate_surgical_model.py", [
-            "--checkpoint", world_model_dir, *data_options, "--task_probe", probes["task"] / "best",
+            "--checkpoint", world_model_dir, *data_options, *SELECTION_SPLIT, "--task_probe", probes["task"] / "best",
             "--output", report_path, "--device", "cpu", "--push_to_hub", "--hub_model_id", repo_id],
             env=hub.env(tmp_path / "hf-eval"))
         assert result.returncode == 0, result.stderr[-3000:]
@@ -369,14 +378,22 @@ def gapped_evaluations(world_model_dir, probes, data_options, tmp_path_factory):
     """The task probe evaluated on clips of 8 frames that start every 12 sampled steps: the 4 steps between two clips
     and the ends of the videos are covered by no clip. Half the cases are held out: three videos, one case in two
     parts. Once with the organisers' fill, once with `--fill nearest` and a 3-frame majority filter; each writes its
-    predictions. Returns {fill: (task section, predictions dir, stdout)}."""
+    predictions. The probe is given as an export from before splits were recorded: this split holds out one of the
+    cases it trained on, which the evaluation would refuse, and only the scoring is checked here. Returns {fill: (task
+    section, predictions dir, stdout)}."""
+    import shutil
+
     out = tmp_path_factory.mktemp("gapped")
+    probe = out / "probe"
+    shutil.copytree(probes["task"] / "best", probe)
+    config = json.loads((probe / "config.json").read_text())
+    (probe / "config.json").write_text(json.dumps({**config, "data_split": None}))
     runs = {}
     for fill, extra in (("other", []), ("nearest", ["--fill", "nearest", "--smooth_frames", 3])):
         result = run_script("evaluate_surgical_model.py", [
-            "--checkpoint", world_model_dir, *data_options, "--clip_stride", 12, "--validation_fraction", 0.5,
-            "--task_probe", probes["task"] / "best", "--output", out / f"{fill}.json", "--predictions_dir", out / fill,
-            "--device", "cpu", *extra])
+            "--checkpoint", world_model_dir, *data_options, *SELECTION_SPLIT, "--clip_stride", 12,
+            "--validation_fraction", 0.5, "--task_probe", probe, "--output", out / f"{fill}.json",
+            "--predictions_dir", out / fill, "--device", "cpu", *extra])
         assert result.returncode == 0, result.stderr[-3000:]
         report = json.loads((out / f"{fill}.json").read_text())
         runs[fill] = (report["surgvu_probes"]["task"], out / fill, result.stdout)
@@ -473,10 +490,13 @@ def test_a_fine_tuned_model_s_rollout_error_is_training_validation_s(train_input
     report_path = tmp_path / "report.json"
     result = run_script("evaluate_surgical_model.py", [
         "--checkpoint", out / "final", "--data_root", data_root, "--dataset_cache_dir", dataset_cache,
-        "--num_workers", "0", "--split", "validation", "--batch_size", "2", "--device", "cpu",
+        "--num_workers", "0", *SELECTION_SPLIT, "--batch_size", "2", "--device", "cpu",
         "--output", report_path, "--action_inference_moments", "0"])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
+    recorded = json.loads((out / "final" / "config.json").read_text())["data_split"]  # the split training chose on
+    assert (recorded["selection_split"], recorded["test_fraction"]) == ("validation", 0.0)
+    assert report["split"] == "validation" and "validation" in report["warning"]
     assert "EMA target encoder" in report["encoders"]["targets"] and "fine-tuned" in report["encoders"]["inputs"]
     rollout = report["world_model"]["rollout"]
 
@@ -489,7 +509,8 @@ def test_a_fine_tuned_model_s_rollout_error_is_training_validation_s(train_input
     model = SurgicalWorldModel.from_pretrained(out / "final").eval()
     online, target = model.encoder.state_dict(), model.target_encoder.state_dict()
     assert max((online[name] - target[name]).abs().max() for name in online) > 1e-3  # the two encoders differ
-    data_args = DataArguments(data_root=data_root, dataset_cache_dir=dataset_cache, fps=model.config.fps)
+    data_args = DataArguments(data_root=data_root, dataset_cache_dir=dataset_cache, fps=model.config.fps,
+                              test_fraction=0.0)
     split = load_dataset_splits(data_args)["validation"]
     transform = dataset_entry(data_args).transform(crop_size=model.config.encoder_config.crop_size)
     loader = DataLoader(SurgVUClips(split, transform), batch_size=2, collate_fn=collate_clips)
@@ -497,3 +518,77 @@ def test_a_fine_tuned_model_s_rollout_error_is_training_validation_s(train_input
     np.testing.assert_allclose(rollout["l1"], per_clip["rollout_error"].double().mean(0).numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(rollout["copy_last_context_l1"], per_clip["copy_context_error"].double().mean(0).numpy(),
                                rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def split_recorded(world_model_dir, surgvu_sample, tmp_path_factory):
+    """The tiny world model with the split train_hf.py records for the sample at split_seed 4 and the default
+    fractions (train case_000, validation case_001, test case_002), and the data options of that sample without any
+    split option. Returns (model directory, data options, the splits)."""
+    import shutil
+
+    from dataset_surgvu import get_build_metadata, load_surgvu
+    from training_surgical_wm.data import split_definition
+
+    root, _ = surgvu_sample
+    out = tmp_path_factory.mktemp("split-recorded")
+    model, cache = out / "model", out / "arrow"
+    shutil.copytree(world_model_dir, model)
+    dataset = load_surgvu(root, split_seed=4, cache_dir=cache)
+    config = json.loads((model / "config.json").read_text())
+    split = split_definition("surgvu", dataset, get_build_metadata(dataset), "validation")
+    (model / "config.json").write_text(json.dumps({**config, "data_split": split}))
+    return model, ["--data_root", root, "--dataset_cache_dir", cache, "--num_workers", "0", "--device", "cpu"], dataset
+
+
+def stopped_with(main, argv: list) -> str:
+    """The one line a script's main() stops with (a SystemExit, not another exception)."""
+    with pytest.raises(SystemExit) as stopped:
+        main([str(arg) for arg in argv])
+    message = str(stopped.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def test_the_test_split_is_scored_by_default_and_a_selection_split_only_with_a_warning(split_recorded, tmp_path,
+                                                                                         capsys):
+    from evaluate_surgical_model import main
+
+    model, data, dataset = split_recorded
+    assert [set(dataset[name]["case_id"]) for name in ("train", "validation", "test")] == [
+        {"case_000"}, {"case_001"}, {"case_002"}]
+    assert main([str(arg) for arg in ["--checkpoint", model, *data, "--output", tmp_path / "test.json"]]) == 0
+    report, stdout = json.loads((tmp_path / "test.json").read_text()), capsys.readouterr().out
+    # The model's recorded split, not the options' default seed 0 (whose test case is case_001).
+    assert (report["split"], report["selection_split"]) == ("test", "validation") and "warning" not in report
+    assert report["data_split"] == ("surgvu cases by split_seed 4, validation_fraction 0.2, test_fraction 0.2 "
+                                    "(1 train / 1 validation / 1 test)")
+    assert report["world_model"]["num_clips"] == len(dataset["test"])
+    assert "\ntest split of" in stdout and "chosen on the validation split" in stdout and "WARNING" not in stdout
+
+    for split in ("validation", "train", "all"):
+        message = stopped_with(main, ["--checkpoint", model, *data, "--split", split])
+        assert message.startswith(f"error: --split {split}:") and "--allow_selection_split" in message, message
+
+    assert main([str(arg) for arg in ["--checkpoint", model, *data, *SELECTION_SPLIT, "--max_clips", 2,
+                                      "--output", tmp_path / "validation.json"]]) == 0
+    report, stdout = json.loads((tmp_path / "validation.json").read_text()), capsys.readouterr().out
+    assert report["split"] == "validation" and report["world_model"]["num_clips"] == 2
+    assert "chose the checkpoints" in report["warning"] and f"WARNING: {report['warning']}" in stdout
+
+
+def test_a_split_other_than_the_world_model_s_is_refused_naming_both(split_recorded, tmp_path):
+    from evaluate_surgical_model import main as evaluate
+    from train_probe import main as train_probe
+
+    model, data, _ = split_recorded
+    refused = {"split_seed 0, validation_fraction 0.2, test_fraction 0.2":
+               stopped_with(evaluate, ["--checkpoint", model, *data, "--split_seed", 0]),
+               "split_seed 4, validation_fraction 0.2, test_fraction 0":
+               stopped_with(train_probe, ["--world_model", model, *data, "--test_fraction", 0, "--report_to", "none",
+                                          "--output_dir", tmp_path / "probe"])}
+    for ours, message in refused.items():
+        assert str(model) in message, message
+        assert "trained on surgvu cases by split_seed 4, validation_fraction 0.2, test_fraction 0.2 " in message
+        assert message.endswith("unset to use its split") and f"splits the data as surgvu cases by {ours};" in message
+    assert not (tmp_path / "probe").exists()

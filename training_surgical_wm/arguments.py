@@ -60,9 +60,17 @@ class DataArguments:
         default=None, metadata={"help": "Sampled frames (MM-OR: timepoints) between clip starts (default: "
                                         "frames_per_clip, no overlap; 1 gives a clip ending at every frame)."}
     )
-    validation_fraction: float = field(default=0.2, metadata={"help": "Share of cases held out for validation."})
+    validation_fraction: float = field(
+        default=0.2, metadata={"help": "Share of cases held out for validation (chooses best/)."}
+    )
+    test_fraction: float = field(
+        default=0.2, metadata={"help": "Share of cases held out for test (chooses nothing; the evaluation scores it)."}
+    )
     split_seed: int = field(
         default=0, metadata={"help": "Seed of the case split (apart from --seed: evaluation finds the same split)."}
+    )
+    test_cases: list[str] | None = field(
+        default=None, metadata={"help": "Cases forced into test (e.g. the organisers' held-out cases): case_NNN ..."}
     )
     num_workers: int = field(default=8, metadata={"help": "DataLoader workers (capped at the available cores)."})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Where the Arrow files of the dataset go."})

@@ -1,6 +1,7 @@
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
 """The data of a run: the dataset `--dataset` names, read once through the table of dataset_surgvu.catalog, its
-splits for the data options, a batch's clip input, the clip datasets of every split (from the latent cache of
+splits for the data options and the record of that split that a model carries (`split_definition`), a batch's clip
+input, the clip datasets of every split (from the latent cache of
 dataset_surgvu.latent_cache when it can serve the run, else decoded), and the clips skipped because their video
 broke (`SkippedClips`, `--max_bad_clips`)."""
 
@@ -30,14 +31,15 @@ def dataset_entry(data_args: DataArguments) -> DatasetEntry:
 
 
 def load_dataset_splits(data_args: DataArguments):
-    """The splits for these data options (one definition, shared by the scripts): SurgVU's `train` and `validation`
-    (split by case), or MM-OR's official `train`, `validation` and `test` takes. A SurgVU label file of another format
-    stops the script with one line naming it."""
+    """The splits for these data options (one definition, shared by the scripts): SurgVU's `train`, `validation` and
+    `test` (split by case), or MM-OR's official `train`, `validation` and `test` takes. A SurgVU label file of another
+    format stops the script with one line naming it."""
     try:
         return dataset_entry(data_args).load_splits(
             data_args.data_root, camera=data_args.camera, labels_dir=data_args.labels_dir, fps=data_args.fps,
             frames_per_clip=data_args.frames_per_clip, clip_stride=data_args.clip_stride,
-            validation_fraction=data_args.validation_fraction, split_seed=data_args.split_seed,
+            validation_fraction=data_args.validation_fraction, test_fraction=data_args.test_fraction,
+            split_seed=data_args.split_seed, test_cases=data_args.test_cases,
             skip_missing_frames=data_args.skip_missing_frames, cache_dir=data_args.dataset_cache_dir,
         )
     except SurgVULabelError as error:
@@ -45,13 +47,81 @@ def load_dataset_splits(data_args: DataArguments):
 
 
 def split_groups(dataset, metadata: dict) -> str:
-    """What the clips of the train and validation splits come from, for the banner: cases (SurgVU's build records
-    them) or takes (MM-OR's rows name theirs)."""
+    """What the clips of the train, validation and test splits come from, for the banner: cases (SurgVU's build
+    records them) or takes (MM-OR's rows name theirs)."""
     if "train_cases" in metadata:
-        return f"{len(metadata['train_cases'])} / {len(metadata.get('validation_cases', []))} cases"
+        sizes = (len(metadata.get(f"{name}_cases", [])) for name in ("train", "validation", "test"))
+        return " / ".join(map(str, sizes)) + " cases"
     if "take" in dataset["train"].column_names:
-        return f"{len(set(dataset['train']['take']))} / {len(set(dataset['validation']['take']))} takes"
+        return " / ".join(str(len(set(split["take"]))) for split in dataset.values()) + " takes"
     return "0 / 0 cases"
+
+
+SPLIT_OPTIONS = ("split_seed", "validation_fraction", "test_fraction", "test_cases")  # SurgVU's case split
+
+
+def split_definition(dataset_name: str, dataset, metadata: dict, selection_split: str | None = None) -> dict:
+    """How the data is split, as a model records it in its config (`data_split`) and a later script compares it: the
+    dataset, SurgVU's case-split options as the build applied them and the cases of each split (MM-OR: its official
+    takes), and `selection_split`, the split whose loss chose `best/`."""
+    if "train_cases" in metadata:
+        options = metadata.get("options", {})
+        definition = {"dataset": dataset_name, "split_seed": options.get("split_seed"),
+                      "validation_fraction": options.get("validation_fraction"),
+                      "test_fraction": options.get("test_fraction"),
+                      "test_cases": list(options.get("forced_cases", {}).get("test", [])),
+                      "groups": {name: list(metadata.get(f"{name}_cases", []))
+                                 for name in ("train", "validation", "test")}}
+    else:
+        definition = {"dataset": dataset_name,
+                      "groups": {name: sorted(set(split["take"])) if "take" in split.column_names else []
+                                 for name, split in dataset.items()}}
+    return {**definition, "selection_split": selection_split} if selection_split else definition
+
+
+def requested_split(dataset_name: str, data_args: DataArguments) -> dict:
+    """The split the data options ask for, before any data is built: `split_definition`'s options without the cases,
+    to compare with a model's record at once."""
+    return {"dataset": dataset_name, "split_seed": int(data_args.split_seed),
+            "validation_fraction": float(data_args.validation_fraction),
+            "test_fraction": float(data_args.test_fraction), "test_cases": sorted(data_args.test_cases or [])}
+
+
+def resolve_split_options(data_args: DataArguments, recorded: dict | None) -> None:
+    """Fills the case-split options left unset (None) on the command line: from the split `recorded` in a model's
+    config, so that a later script finds the split the model was trained on, else from the training defaults."""
+    for name in SPLIT_OPTIONS:
+        if getattr(data_args, name) is None:
+            value = (recorded or {}).get(name, getattr(DataArguments, name, None))
+            setattr(data_args, name, list(value) if isinstance(value, (list, tuple)) else value)
+
+
+def describe_split(definition: dict) -> str:
+    """A split definition in one phrase: its options and the size of each split."""
+    groups = definition.get("groups")
+    sizes = f" ({' / '.join(f'{len(members)} {name}' for name, members in groups.items())})" if groups else ""
+    if "split_seed" not in definition:
+        return f"the {definition.get('dataset')} official splits{sizes}"
+    forced = definition.get("test_cases") or []
+    return (f"{definition.get('dataset')} cases by split_seed {definition['split_seed']}, validation_fraction "
+            f"{definition['validation_fraction']:g}, test_fraction {definition['test_fraction']:g}"
+            + (f", test_cases {' '.join(forced)}" if forced else "") + sizes)
+
+
+def split_mismatch(recorded: dict, current: dict) -> str | None:
+    """None when `current` (a `split_definition`, or a `requested_split` before the data is built) splits the data as
+    `recorded` (a model's record) does, on what both state; else one phrase naming both, and the cases (takes) that
+    changed split."""
+    names = (recorded.keys() & current.keys()) - {"selection_split"}
+    if all(recorded.get(name) == current.get(name) for name in names):
+        return None
+    where = [{member: split for split, members in definition.get("groups", {}).items() for member in members}
+             for definition in (recorded, current)]
+    moved = [] if not all(where) else sorted(
+        f"{member} ({where[0].get(member, 'absent')} there, {where[1].get(member, 'absent')} here)"
+        for member in where[0].keys() | where[1].keys() if where[0].get(member) != where[1].get(member))
+    return (f"trained on {describe_split(recorded)}, but this run splits the data as {describe_split(current)}"
+            + (f"; in another split: {', '.join(moved[:4])}{', ...' if len(moved) > 4 else ''}" if moved else ""))
 
 
 def data_fps(metadata: dict) -> float | None:
