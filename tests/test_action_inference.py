@@ -50,7 +50,7 @@ def actions_split(actions: torch.Tensor):
 @pytest.fixture(scope="module")
 def explained_clips():
     """A tiny world model and clips whose every step is the model's prediction from the CONTEXT steps before it under
-    the labelled actions (the labels in force at step t drive t -> t + 1): from a context of CONTEXT steps the
+    the labelled actions (paired with transitions as the model pairs them): from a context of CONTEXT steps the
     labelled actions reach each goal exactly, so the planner's answer is known. Returns the model, the scored clips, their options per step and the training clips' options."""
     from conftest import tiny_config
     from modeling_surgical_wm import SurgicalWorldModel
@@ -65,7 +65,8 @@ def explained_clips():
     with torch.no_grad():
         for step in range(NUM_STEPS - 1):  # from the last CONTEXT steps, as the planner sees them
             first = max(0, step + 1 - CONTEXT)
-            following = model.predict(latents[:, first:], actions[:, first : step + 1])[:, -1:]
+            paired = model.transition_actions(actions[:, first : step + 2])  # transitions first -> ... -> step + 1
+            following = model.predict(latents[:, first:], paired)[:, -1:]
             latents = torch.cat([latents, following], dim=1)
     clips = [{"latents": latents[index], "actions": actions[index], "sample_id": torch.tensor(index)}
              for index in range(len(options))]
@@ -85,16 +86,17 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
                                torch.device("cpu"))
     assert "moments planned in" in capsys.readouterr().out
 
-    # Every start with 3 steps up to it and one after it: steps 2, 3 and 4 of every clip; the transition from the
-    # start takes the labels of the start, the last context transition those of the step before.
+    # Every start with 3 steps up to it and one after it: steps 2, 3 and 4 of every clip; with the default pairing
+    # the transition from the start takes the labels of the step after it, the last context transition the start's.
+    assert model.config.action_pairing == "next"
     starts = [(clip, start) for clip in indices for start in range(CONTEXT - 1, NUM_STEPS - 1)]
     assert section["moments"] == section["moments_drawn"] == section["moments_possible"] == len(starts) == 30
     for index, name in enumerate(GROUPS):
-        labels = np.array([options[clip, start, index] for clip, start in starts])
-        last = np.array([options[clip, start - 1, index] for clip, start in starts])
+        labels = np.array([options[clip, start + 1, index] for clip, start in starts])
+        last = np.array([options[clip, start, index] for clip, start in starts])
         changes = labels != last
         assert 0 < changes.sum() < len(labels)  # the test sees both kinds of transition
-        train_labels = train_options[:, :-1, index].flatten()  # every training transition's label
+        train_labels = train_options[:, 1:, index].flatten()  # every training transition's label
         prevalence = np.bincount(train_labels, minlength=len(GROUPS[name]) + 1) / len(train_labels)
         group = section["groups"][name]
         assert group["options"] == [SPEC[dim].split("/")[1] for dim in GROUPS[name]] + ["none"]
@@ -113,9 +115,9 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
     # (the clips are one batch), split by whether its labels differ from the transition's before.
     latents, actions = torch.stack([clip["latents"] for clip in clips]), one_hot_actions(options)
     with torch.no_grad():
-        own = (model.predict(latents[:, :-1], actions[:, :-1]) - latents[:, 1:]).abs().mean((2, 3))[:, 1:]
-        swapped = (model.predict(latents[:, :-1], actions.roll(-1, 0)[:, :-1]) - latents[:, 1:]).abs().mean((2, 3))
-    changed = torch.from_numpy((options[:, 1:-1] != options[:, :-2]).any(-1))
+        own = (model.predict(latents[:, :-1], actions[:, 1:]) - latents[:, 1:]).abs().mean((2, 3))[:, 1:]
+        swapped = (model.predict(latents[:, :-1], actions.roll(-1, 0)[:, 1:]) - latents[:, 1:]).abs().mean((2, 3))
+    changed = torch.from_numpy((options[:, 2:] != options[:, 1:-1]).any(-1))  # transition t takes the labels at t + 1
     for key, mask in (("with_change", changed), ("without_change", ~changed)):
         values = section["swapped_over_own"][key]
         assert values["transitions"] == mask.sum() > 0
