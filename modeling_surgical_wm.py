@@ -267,6 +267,11 @@ class SurgicalWorldModelPredictor(nn.Module):
         self.layers = nn.ModuleList(SurgicalWorldModelPredictorLayer(config, rate) for rate in rates)
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.output_proj = nn.Linear(hidden, config.latent_dim)
+        # Zero at initialisation with `predict_residual`, as DiT's adaLN-zero zeroes its residual branches: an
+        # untrained predictor returns its input ("nothing moves") at any width and depth, where a random projection
+        # of 24 layers' output starts far from it. Its weight gets gradients from the first step (the final norm's
+        # output is not zero), the layers below from the second.
+        self.output_proj.zero_init = config.predict_residual
 
     def new_cache(self) -> "PredictorKVCache":
         """An empty cache for `forward(..., cache=)`: the keys and values of the steps this predictor has seen."""
@@ -373,7 +378,8 @@ class SurgicalWorldModelPredictor(nn.Module):
         hidden_states = self.norm(hidden_states).view(batch_size, num_steps, tokens_per_step, -1)
         prediction = self.output_proj(hidden_states[:, :, self.num_condition_tokens :])  # (B, T, N, latent_dim)
         if self.config.predict_residual:
-            # Predict the change from z_t: an untrained predictor starts at "nothing moves" instead of at noise.
+            # Predict the change from z_t: with the zero output projection of `_init_weights`, an untrained
+            # predictor starts at "nothing moves" instead of at noise.
             # Masked tokens contribute no residual, or the denoising target would leak through it.
             base = latents if token_mask is None else latents.masked_fill(token_mask[..., None], 0.0)
             prediction = prediction + base.to(prediction.dtype)
@@ -489,7 +495,10 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv3d)):
+        if getattr(module, "zero_init", False):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv3d)):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
