@@ -552,13 +552,17 @@ class SurgicalWorldModelEncodingMixin:
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         # Loading replaces the parameters, and with them the frozen encoder's requires_grad=False.
         model._set_encoder_trainable(not model.config.freeze_encoder)
-        if model.target_encoder is not None and any(
-            key.startswith("target_encoder.") for key in loading_info.get("missing_keys", ())
-        ):
-            # A frozen-encoder checkpoint opened for fine-tuning: the EMA target starts from the encoder.
-            logger.info("No EMA target encoder in the checkpoint: starting it from the encoder.")
-            model.reset_target_encoder()
         return (model, loading_info) if output_loading_info else model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """A checkpoint with one encoder (frozen, or an export) opened for fine-tuning: the EMA target starts from the
+        encoder, said in one line, rather than listed key by key in transformers' report as newly initialised."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        target_keys = {key for key in loading_info.missing_keys if key.startswith("target_encoder.")}
+        if self.target_encoder is not None and target_keys:
+            loading_info.missing_keys -= target_keys
+            logger.info("No EMA target encoder in the checkpoint: starting it from the encoder.")
+            self.reset_target_encoder()
 
     @classmethod
     def from_vjepa2(
@@ -1174,6 +1178,17 @@ class SurgicalWorldModelForVideoClassification(SurgicalWorldModelPreTrainedModel
         # Loading replaces the parameters, and with them requires_grad=False.
         model._freeze_world_model()
         return (model, loading_info) if output_loading_info else model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """A probe started on a world model (none of the head's weights in the checkpoint): its head is new by
+        design, said in one line, rather than listed key by key in transformers' report as newly initialised. Part
+        of a head, or a world-model weight, missing is still reported."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        head_keys = {key for key in self.state_dict() if not key.startswith(f"{self.base_model_prefix}.")}
+        if head_keys and head_keys <= loading_info.missing_keys:
+            loading_info.missing_keys -= head_keys
+            heads = sorted({key.split(".")[0] for key in head_keys})
+            logger.info(f"A new probe head ({', '.join(heads)}) on the world model's weights: initialised to train.")
 
     @classmethod
     def from_world_model(

@@ -1,6 +1,7 @@
 """Unit tests of the world model on tiny configs: shapes, losses, causality, freezing, precision, save/load."""
 
 import ast
+import logging
 import os
 import subprocess
 import sys
@@ -491,6 +492,32 @@ def test_trainable_encoder_checkpoint_round_trips_its_ema_target(tmp_path):
     build().save_pretrained(frozen_dir)
     finetune = SurgicalWorldModel.from_pretrained(frozen_dir, freeze_encoder=False)
     torch.testing.assert_close(finetune.target_encoder.state_dict(), finetune.encoder.state_dict())
+
+
+def test_loading_says_in_one_line_what_starts_new_and_still_reports_a_lost_weight(tmp_path, caplog):
+    """A target encoder started from the encoder, or a probe head on a world model, is new by design: one line, not
+    transformers' table of MISSING keys "newly initialized"; a weight the checkpoint lost is still in that table."""
+    from safetensors.torch import save_file
+
+    from modeling_surgical_wm import SurgicalWorldModelForVideoClassification
+
+    build().save_pretrained(tmp_path / "frozen")
+    with caplog.at_level(logging.INFO):
+        finetune = SurgicalWorldModel.from_pretrained(tmp_path / "frozen", freeze_encoder=False)
+        SurgicalWorldModelForVideoClassification.from_world_model(
+            str(tmp_path / "frozen"), {0: "a", 1: "b"}, "single_label_classification")
+    assert "MISSING" not in caplog.text and "newly initialized" not in caplog.text, caplog.text
+    assert "starting it from the encoder" in caplog.text and "new probe head (classifier, pooler)" in caplog.text
+    torch.testing.assert_close(finetune.target_encoder.state_dict(), finetune.encoder.state_dict())
+
+    weights = load_file(tmp_path / "frozen" / "model.safetensors")
+    del weights["predictor.norm.weight"]
+    save_file(weights, tmp_path / "frozen" / "model.safetensors", metadata={"format": "pt"})
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        SurgicalWorldModel.from_pretrained(tmp_path / "frozen", freeze_encoder=False)
+    assert "MISSING" in caplog.text and "predictor.norm.weight" in caplog.text, caplog.text
+    assert "target_encoder" not in caplog.text
 
 
 def test_from_vjepa2_takes_dimensions_and_weights_from_the_checkpoint(tiny_vjepa2_dir):
