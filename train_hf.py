@@ -7,7 +7,8 @@
 
 Arguments come from the command line, from a YAML or JSON file given first, or both (the command line wins).
 Outputs: `output_dir/best` (lowest validation loss) and `output_dir/final`, each a transformers directory that
-`AutoModel.from_pretrained(dir, trust_remote_code=True)` loads; `output_dir/checkpoints/checkpoint-<step>` to resume.
+`AutoModel.from_pretrained(dir, trust_remote_code=True)` loads, with one encoder (a fine-tuned one's EMA target by
+default, `--export_encoder`); `output_dir/checkpoints/checkpoint-<step>` (both encoders) to resume.
 The helpers (arguments, accelerator, data and latent cache, checkpoints, guard, export) are training_surgical_wm's.
 """
 
@@ -218,7 +219,7 @@ def main(argv=None) -> None:
             best_state = trainer_state(epoch + 1, 0)
             export_model(accelerator, model, output_dir / "best", best_state,
                          model_card(world_model.config, train_args, best_state, repo_id, entry.name,
-                                    entry.display_name))
+                                    entry.display_name, model_args.export_encoder), model_args.export_encoder)
         model.train()
 
     # ---- final export, model card, upload
@@ -226,7 +227,8 @@ def main(argv=None) -> None:
     hooks.on_end(world_model)
     final_state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
     export_model(accelerator, model, output_dir / "final", final_state,
-                 model_card(world_model.config, train_args, final_state, repo_id, entry.name, entry.display_name))
+                 model_card(world_model.config, train_args, final_state, repo_id, entry.name, entry.display_name,
+                            model_args.export_encoder), model_args.export_encoder)
     if progress_bar is not None:
         progress_bar.close()
     push_export(accelerator, repo_id, output_dir / "best", "Upload surgical world model")

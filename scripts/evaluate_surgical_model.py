@@ -249,9 +249,14 @@ def clip_latents_and_actions(world_model, batch: dict, device) -> tuple[torch.Te
     return latents, targets, per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
 
 
-def encoder_roles(world_model) -> dict[str, str]:
-    """Which encoder produced the inputs and which the targets, for the report."""
+def encoder_roles(world_model, settings: dict | None = None) -> dict[str, str]:
+    """Which encoder produced the inputs and which the targets, for the report; `settings`, the run's training
+    arguments (`training_settings`), say whether an export's one encoder was fine-tuned and which of the two it is."""
     if world_model.target_encoder is None:
+        if (settings or {}).get("finetune_encoder"):
+            kept = ("the fine-tuned online encoder" if settings.get("export_encoder") == "online"
+                    else "the EMA target encoder of the fine-tuned run")
+            return {"inputs": f"{kept} (the export's one encoder)", "targets": f"{kept} (its own target)"}
         return {"inputs": "the frozen encoder", "targets": "the frozen encoder (its own target)"}
     return {"inputs": "the fine-tuned (online) encoder",
             "targets": "the EMA target encoder, as in training's validation"}
@@ -956,7 +961,7 @@ def main(argv=None) -> int:
     surgvu_probes = {target: probe for target, probe in probes.items() if PROBE_TARGETS[target].dataset == "surgvu"}
     result = run(args, world_model, surgvu_probes, split, indices, clips, device)
     report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
-              "clips": source, "encoders": encoder_roles(world_model),
+              "clips": source, "encoders": encoder_roles(world_model, training_settings(args.checkpoint)[0]),
               "world_model": world_model_section(result)}
     if result["skipped_clips"]["clips"]:  # failed to decode: left out of every figure
         report["skipped_clips"] = result["skipped_clips"]
