@@ -36,7 +36,12 @@ from training_surgical_wm.data import (
 from training_surgical_wm.export import create_hub_repo, export_model, model_card, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
 from training_surgical_wm.preemption import Preemption, ignore_stop_signals
-from training_surgical_wm.world_model import check_pretrained_checkpoint, load_world_model, run_validation
+from training_surgical_wm.world_model import (
+    check_pretrained_checkpoint,
+    contrastive_off_reason,
+    load_world_model,
+    run_validation,
+)
 
 
 logger = get_logger(__name__, log_level="INFO")
@@ -109,6 +114,8 @@ def main(argv=None) -> None:
     logger.info(f"  batch per device: {train_args.batch_size}, accumulation: {train_args.gradient_accumulation_steps}, "
                 f"global batch: {train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps}")
     logger.info(f"  trainable parameters: {trainable / 1e6:.2f} M (encoder {'frozen' if model_args.encoder_frozen else 'trained'})")
+    if (reason := contrastive_off_reason(accelerator.unwrap_model(model).config, train_args.batch_size)) is not None:
+        logger.warning(reason)
 
     # ---- resume
     progress = resume_progress(accelerator, train_args, checkpoints_dir)

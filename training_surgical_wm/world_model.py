@@ -79,6 +79,16 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: fl
         raise SystemExit(f"error: {error}") from None
 
 
+def contrastive_off_reason(config, batch_size: int) -> str | None:
+    """Why the contrastive term adds nothing to this run, or None: it compares each clip with the other clips of its
+    batch on its process, so a batch of one clip per device leaves it at 0 whatever its weight."""
+    if config.contrastive_weight > 0 and batch_size < 2:
+        return (f"the contrastive loss is off: it compares each clip with the other clips of its batch on its process, "
+                f"and --batch_size {batch_size} gives it none, so it stays 0 (contrastive_weight "
+                f"{config.contrastive_weight:g} adds nothing); a batch of 2 or more clips per device turns it on")
+    return None
+
+
 def seeded_token_masks(config, sample_ids: torch.Tensor, num_steps: int, seed: int) -> torch.Tensor:
     """Mask-denoising masks `(B, num_steps, tokens)` drawn from (seed, sample id): the same clip gets the same mask
     whatever the batch, the process count or the epoch, so validation losses (and the `best/` choice) reproduce."""
