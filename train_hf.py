@@ -40,6 +40,7 @@ from training_surgical_wm.world_model import (
     check_pretrained_checkpoint,
     contrastive_off_reason,
     load_world_model,
+    release_encoder,
     run_validation,
 )
 
@@ -104,6 +105,9 @@ def main(argv=None) -> None:
         model, optimizer, train_dataloader, val_dataloader
     )
     lr_scheduler, steps_per_epoch, total_steps = cosine_schedule(accelerator, optimizer, train_dataloader, train_args)
+    # A complete latent cache: the encoder never runs again, so its weights leave memory (the exports read them back).
+    encoder_file = (release_encoder(accelerator, model, output_dir / "frozen_encoder.safetensors")
+                    if cache_off is None else None)
     init_trackers(accelerator, "surgical_wm", train_args, model_args, data_args, train_args)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -226,7 +230,8 @@ def main(argv=None) -> None:
             best_state = trainer_state(epoch + 1, 0)
             export_model(accelerator, model, output_dir / "best", best_state,
                          model_card(world_model.config, train_args, best_state, repo_id, entry.name,
-                                    entry.display_name, model_args.export_encoder), model_args.export_encoder)
+                                    entry.display_name, model_args.export_encoder), model_args.export_encoder,
+                         encoder_file)
         model.train()
 
     # ---- final export, model card, upload
@@ -235,7 +240,7 @@ def main(argv=None) -> None:
     final_state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
     export_model(accelerator, model, output_dir / "final", final_state,
                  model_card(world_model.config, train_args, final_state, repo_id, entry.name, entry.display_name,
-                            model_args.export_encoder), model_args.export_encoder)
+                            model_args.export_encoder), model_args.export_encoder, encoder_file)
     if progress_bar is not None:
         progress_bar.close()
     push_export(accelerator, repo_id, output_dir / "best", "Upload surgical world model")

@@ -4,9 +4,13 @@ with a complete one in place at every moment), the world model's card, and the H
 
 import contextlib
 import json
+import math
+import struct
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 from accelerate.logging import get_logger
 
 from .arguments import TrainArguments
@@ -74,18 +78,52 @@ def frozen_encoder_config(config):
         config.freeze_encoder = freeze_encoder
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def write_with_encoder(path: Path, state_dict: dict, encoder_file: Path) -> None:
+    """Writes the safetensors file `path` of `state_dict`'s tensors and those of `encoder_file` (a released encoder's,
+    `world_model.release_encoder`), which are read and written one at a time: the encoder is never whole in memory
+    again. The layout is safetensors': a little-endian header length, the JSON header, the tensors' bytes in order."""
+    names_of = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    with safe_open(str(encoder_file), framework="pt") as encoder:
+        entries = {name: (encoder.get_slice(name).get_dtype(), list(encoder.get_slice(name).get_shape()))
+                   for name in encoder.keys()}
+        entries.update({name: (names_of[tensor.dtype], list(tensor.shape)) for name, tensor in tensors.items()})
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name in sorted(entries):
+            dtype, shape = entries[name]
+            size = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+        with open(path, "wb") as handle:
+            handle.write(struct.pack("<Q", len(encoded)) + encoded)
+            for name in sorted(entries):
+                tensor = tensors[name] if name in tensors else encoder.get_tensor(name)
+                handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def export_model(accelerator: Accelerator, model, directory: Path, trainer_state: dict, card: str,
-                 encoder: str = "target") -> None:
+                 encoder: str = "target", encoder_file: Path | None = None) -> None:
     """A transformers directory written by rank 0 beside the old one, then swapped in so that a complete one exists at
     every moment; the state dict is gathered on every rank (FSDP). A fine-tuned model's export holds one encoder
-    (`one_encoder`): the resumable checkpoints keep both."""
+    (`one_encoder`): the resumable checkpoints keep both. A released frozen encoder's weights come from
+    `encoder_file`."""
     state_dict = one_encoder(full_state_dict(accelerator, model), encoder)
     if accelerator.is_main_process:
         recover_directory(directory)
         partial = directory.with_name(f"{PARTIAL_PREFIX}{directory.name}")
         plain_model = accelerator.unwrap_model(model)
         with own_class(plain_model), frozen_encoder_config(plain_model.config):
-            plain_model.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
+            # A copy: save_pretrained empties the dict it is given as it writes.
+            plain_model.save_pretrained(partial, state_dict=dict(state_dict), safe_serialization=True)
+        if encoder_file is not None:
+            write_with_encoder(partial / "model.safetensors", state_dict, encoder_file)
         (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
         (partial / "README.md").write_text(card)
         move_into_place(partial, directory)

@@ -5,7 +5,9 @@ per clip with seeded masks."""
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from accelerate.logging import get_logger
 
 from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
@@ -87,6 +89,38 @@ def contrastive_off_reason(config, batch_size: int) -> str | None:
                 f"and --batch_size {batch_size} gives it none, so it stays 0 (contrastive_weight "
                 f"{config.contrastive_weight:g} adds nothing); a batch of 2 or more clips per device turns it on")
     return None
+
+
+def release_encoder(accelerator: Accelerator, model, path: Path) -> Path | None:
+    """Takes a frozen encoder's weights out of memory once the latent cache holds every clip: the run never encodes
+    again. They are written once to `path` (the main process), from which the exports read them back one tensor at a
+    time (`export.write_with_encoder`); checkpoints leave them out, since a resumed run loads the encoder from
+    --pretrained_checkpoint to check its cache. Returns `path`, or None where the encoder stays (sharded by FSDP or
+    DeepSpeed, whose wrappers own the parameters)."""
+    if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        logger.info("latent cache: complete, but the encoder stays in memory (its weights are sharded)")
+        return None
+    world_model = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in world_model.encoder.state_dict(
+            prefix="encoder.").items()}, str(path), metadata={"format": "pt"})
+    accelerator.wait_for_everyone()
+    size = sum(parameter.numel() * parameter.element_size() for parameter in world_model.encoder.parameters())
+    world_model.encoder.to("meta")
+
+    def leave_out_encoder(module, state_dict, prefix, local_metadata) -> None:
+        for name in [name for name in state_dict if name.startswith(f"{prefix}encoder.")]:
+            del state_dict[name]
+
+    def encoder_not_missing(module, incompatible_keys) -> None:
+        incompatible_keys.missing_keys[:] = [name for name in incompatible_keys.missing_keys
+                                             if not name.startswith("encoder.")]
+
+    world_model.register_state_dict_post_hook(leave_out_encoder)
+    world_model.register_load_state_dict_post_hook(encoder_not_missing)
+    logger.info(f"latent cache: complete, so the frozen encoder's weights ({size / 2**30:.2f} GiB) leave memory for the "
+                f"rest of the run; the exports read them back from {path}")
+    return path
 
 
 def seeded_token_masks(config, sample_ids: torch.Tensor, num_steps: int, seed: int) -> torch.Tensor:
