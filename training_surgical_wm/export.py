@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors import safe_open
 from accelerate.logging import get_logger
+from safetensors import safe_open
 
 from .arguments import TrainArguments
 from .checkpoints import PARTIAL_PREFIX, move_into_place, recover_directory

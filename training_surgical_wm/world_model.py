@@ -5,10 +5,10 @@ per clip with seeded masks."""
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from accelerate.logging import get_logger
+from accelerate.utils import DistributedType
+from safetensors.torch import save_file
 
 from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
 from modeling_surgical_wm import SurgicalWorldModel
