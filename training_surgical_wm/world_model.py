@@ -97,10 +97,14 @@ def release_encoder(accelerator: Accelerator, model, path: Path) -> Path | None:
     time (`export.write_with_encoder`); checkpoints leave them out, since a resumed run loads the encoder from
     --pretrained_checkpoint to check its cache. Returns `path`, or None where the encoder stays (sharded by FSDP or
     DeepSpeed, whose wrappers own the parameters)."""
-    if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+    from torch.distributed.tensor import DTensor
+
+    world_model = accelerator.unwrap_model(model)
+    sharded = any(isinstance(parameter, DTensor) for parameter in world_model.encoder.parameters())
+    if sharded or accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                       DistributedType.MULTI_CPU):
         logger.info("latent cache: complete, but the encoder stays in memory (its weights are sharded)")
         return None
-    world_model = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in world_model.encoder.state_dict(
             prefix="encoder.").items()}, str(path), metadata={"format": "pt"})
