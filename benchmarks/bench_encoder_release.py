@@ -5,15 +5,15 @@ One side per process (peak memory is per process): a world model on a V-JEPA 2 e
 random weights and the demo's predictor, prepared by Accelerate on the CPU as train_hf.py prepares it; with
 `--release`, `release_encoder` (what train_hf.py calls once the cache is complete) then drops the encoder's weights.
 Then `--steps` AdamW steps on random cached-latent batches, as a cached run trains. Prints the resident memory after
-the model is built, the peak resident memory of the training steps alone (the kernel's peak is reset before them,
-`/proc/self/clear_refs`) and the process's peak; last line `training peak: N.NN GiB`.
+the model is built (and after the release), then the peak resident memory of the training steps alone: the kernel's
+peak is reset before them (`/proc/self/clear_refs`, which also resets what `getrusage` and `/usr/bin/time` report).
+Last line `training peak: N.NN GiB`.
 
     .venv/bin/python benchmarks/bench_encoder_release.py --preset vitg            # the encoder stays
     .venv/bin/python benchmarks/bench_encoder_release.py --preset vitg --release  # the encoder leaves
 """
 
 import argparse
-import resource
 import tempfile
 from pathlib import Path
 
@@ -62,8 +62,6 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-    process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"process peak: {process_peak:.2f} GiB")
     print(f"training peak: {resident_gib('VmHWM'):.2f} GiB")
 
 
