@@ -106,6 +106,7 @@ def release_encoder(accelerator: Accelerator, model, path: Path) -> Path | None:
         logger.info("latent cache: complete, but the encoder stays in memory (its weights are sharded)")
         return None
     if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in world_model.encoder.state_dict(
             prefix="encoder.").items()}, str(path), metadata={"format": "pt"})
     accelerator.wait_for_everyone()
