@@ -61,7 +61,8 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
         predictor_drop_path_rate (`float`, *optional*, defaults to 0.0):
             Stochastic depth of the predictor layers.
         predict_residual (`bool`, *optional*, defaults to `True`):
-            The predictor outputs the change z_{t+1} - z_t (added back to z_t) rather than z_{t+1} itself.
+            The predictor outputs the change z_{t+1} - z_t (added back to z_t) rather than z_{t+1} itself; a new
+            predictor's output projection starts at zero, so an untrained one predicts that nothing moves.
         action_dim (`int`, *optional*, defaults to 7):
             Size of the action vector given at every step (0: a pure video world model, no action token).
         state_dim (`int`, *optional*, defaults to 0):

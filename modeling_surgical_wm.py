@@ -334,6 +334,11 @@ class SurgicalWorldModelPredictor(nn.Module):
         self.layers = nn.ModuleList(SurgicalWorldModelPredictorLayer(config, rate) for rate in rates)
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.output_proj = nn.Linear(hidden, config.latent_dim)
+        # Zero at initialisation with `predict_residual`, as DiT's adaLN-zero zeroes its residual branches: an
+        # untrained predictor returns its input ("nothing moves") at any width and depth, where a random projection
+        # of 24 layers' output starts far from it. Its weight gets gradients from the first step (the final norm's
+        # output is not zero), the layers below from the second.
+        self.output_proj.zero_init = config.predict_residual
 
     def new_cache(self) -> "PredictorKVCache":
         """An empty cache for `forward(..., cache=)`: the keys and values of the steps this predictor has seen."""
@@ -453,7 +458,8 @@ class SurgicalWorldModelPredictor(nn.Module):
         hidden_states = self.norm(hidden_states).view(batch_size, num_steps, tokens_per_step, -1)
         prediction = self.output_proj(hidden_states[:, :, self.num_condition_tokens :])  # (B, T, N, latent_dim)
         if self.config.predict_residual:
-            # Predict the change from z_t: an untrained predictor starts at "nothing moves" instead of at noise.
+            # Predict the change from z_t: with the zero output projection of `_init_weights`, an untrained
+            # predictor starts at "nothing moves" instead of at noise.
             # Masked tokens contribute no residual, or the denoising target would leak through it.
             base = latents if token_mask is None else latents.masked_fill(token_mask[..., None], 0.0)
             prediction = prediction + base.to(prediction.dtype)
@@ -569,8 +575,8 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, SurgicalWorldModelPredictorAdaLN):
-            # Zero: each layer starts as the plain one.
+        if isinstance(module, SurgicalWorldModelPredictorAdaLN) or getattr(module, "zero_init", False):
+            # Zero: each AdaLN layer starts as the plain one; a residual predictor's output starts at "nothing moves".
             init.zeros_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Conv3d)):
@@ -629,13 +635,17 @@ class SurgicalWorldModelEncodingMixin:
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         # Loading replaces the parameters, and with them the frozen encoder's requires_grad=False.
         model._set_encoder_trainable(not model.config.freeze_encoder)
-        if model.target_encoder is not None and any(
-            key.startswith("target_encoder.") for key in loading_info.get("missing_keys", ())
-        ):
-            # A frozen-encoder checkpoint opened for fine-tuning: the EMA target starts from the encoder.
-            logger.info("No EMA target encoder in the checkpoint: starting it from the encoder.")
-            model.reset_target_encoder()
         return (model, loading_info) if output_loading_info else model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """A checkpoint with one encoder (frozen, or an export) opened for fine-tuning: the EMA target starts from the
+        encoder, said in one line, rather than listed key by key in transformers' report as newly initialised."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        target_keys = {key for key in loading_info.missing_keys if key.startswith("target_encoder.")}
+        if self.target_encoder is not None and target_keys:
+            loading_info.missing_keys -= target_keys
+            logger.info("No EMA target encoder in the checkpoint: starting it from the encoder.")
+            self.reset_target_encoder()
 
     @classmethod
     def from_vjepa2(
@@ -850,6 +860,11 @@ class SurgicalWorldModelEncodingMixin:
             self._check_latents(latents)
             targets = latents  # a frozen encoder is its own target
             num_frames = latents.shape[1] * self.config.frames_per_step
+        elif self.target_encoder is not None and not self.training and not output_hidden_states:
+            # Validation scores a fine-tuned model as it is exported by default: its EMA target encoder (V-JEPA's
+            # encoder downstream) gives the inputs and the targets, so `best/` is chosen on what the export computes.
+            latents = targets = self.encode_targets(pixel_values_videos)
+            num_frames = pixel_values_videos.shape[1]
         else:
             latents, encoder_hidden_states = self._encode(pixel_values_videos, output_hidden_states)  # (B, S, N, D)
             # A frozen encoder is its own target: no second encoding of the clip.
@@ -1346,6 +1361,17 @@ class SurgicalWorldModelForVideoClassification(SurgicalWorldModelPreTrainedModel
         # Loading replaces the parameters, and with them requires_grad=False.
         model._freeze_world_model()
         return (model, loading_info) if output_loading_info else model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """A probe started on a world model (none of the head's weights in the checkpoint): its head is new by
+        design, said in one line, rather than listed key by key in transformers' report as newly initialised. Part
+        of a head, or a world-model weight, missing is still reported."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        head_keys = {key for key in self.state_dict() if not key.startswith(f"{self.base_model_prefix}.")}
+        if head_keys and head_keys <= loading_info.missing_keys:
+            loading_info.missing_keys -= head_keys
+            heads = sorted({key.split(".")[0] for key in head_keys})
+            logger.info(f"A new probe head ({', '.join(heads)}) on the world model's weights: initialised to train.")
 
     @classmethod
     def from_world_model(

@@ -7,8 +7,9 @@
 
 Arguments come from the command line, from a YAML or JSON file given first, or both (the command line wins).
 Outputs: `output_dir/best` (lowest validation loss; the test split chooses nothing) and `output_dir/final`, each a
-transformers directory that `AutoModel.from_pretrained(dir, trust_remote_code=True)` loads, its config recording the
-data split (`data_split`); `output_dir/checkpoints/checkpoint-<step>` to resume.
+transformers directory that `AutoModel.from_pretrained(dir, trust_remote_code=True)` loads, with one encoder (a
+fine-tuned one's EMA target by default, `--export_encoder`), its config recording the data split (`data_split`);
+`output_dir/checkpoints/checkpoint-<step>` (both encoders) to resume.
 The helpers (arguments, accelerator, data and latent cache, checkpoints, guard, export) are training_surgical_wm's.
 """
 
@@ -39,7 +40,13 @@ from training_surgical_wm.data import (
 from training_surgical_wm.export import create_hub_repo, export_model, model_card, push_export
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
 from training_surgical_wm.preemption import Preemption, ignore_stop_signals
-from training_surgical_wm.world_model import check_pretrained_checkpoint, load_world_model, run_validation
+from training_surgical_wm.world_model import (
+    check_pretrained_checkpoint,
+    contrastive_off_reason,
+    load_world_model,
+    release_encoder,
+    run_validation,
+)
 
 
 logger = get_logger(__name__, log_level="INFO")
@@ -109,6 +116,9 @@ def main(argv=None) -> None:
         model, optimizer, train_dataloader, val_dataloader
     )
     lr_scheduler, steps_per_epoch, total_steps = cosine_schedule(accelerator, optimizer, train_dataloader, train_args)
+    # A complete latent cache: the encoder never runs again, so its weights leave memory (the exports read them back).
+    encoder_file = (release_encoder(accelerator, model, output_dir / "frozen_encoder.safetensors")
+                    if cache_off is None else None)
     init_trackers(accelerator, "surgical_wm", train_args, model_args, data_args, train_args)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -120,6 +130,8 @@ def main(argv=None) -> None:
     logger.info(f"  batch per device: {train_args.batch_size}, accumulation: {train_args.gradient_accumulation_steps}, "
                 f"global batch: {train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps}")
     logger.info(f"  trainable parameters: {trainable / 1e6:.2f} M (encoder {'frozen' if model_args.encoder_frozen else 'trained'})")
+    if (reason := contrastive_off_reason(accelerator.unwrap_model(model).config, train_args.batch_size)) is not None:
+        logger.warning(reason)
 
     # ---- resume
     progress = resume_progress(accelerator, train_args, checkpoints_dir)
@@ -230,7 +242,8 @@ def main(argv=None) -> None:
             best_state = trainer_state(epoch + 1, 0)
             export_model(accelerator, model, output_dir / "best", best_state,
                          model_card(world_model.config, train_args, best_state, repo_id, entry.name,
-                                    entry.display_name))
+                                    entry.display_name, model_args.export_encoder), model_args.export_encoder,
+                         encoder_file)
         model.train()
 
     # ---- final export, model card, upload
@@ -238,7 +251,8 @@ def main(argv=None) -> None:
     hooks.on_end(world_model)
     final_state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
     export_model(accelerator, model, output_dir / "final", final_state,
-                 model_card(world_model.config, train_args, final_state, repo_id, entry.name, entry.display_name))
+                 model_card(world_model.config, train_args, final_state, repo_id, entry.name, entry.display_name,
+                            model_args.export_encoder), model_args.export_encoder, encoder_file)
     if progress_bar is not None:
         progress_bar.close()
     push_export(accelerator, repo_id, output_dir / "best", "Upload surgical world model")

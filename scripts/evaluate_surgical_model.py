@@ -318,25 +318,30 @@ def per_step_actions(world_model, actions: torch.Tensor, num_steps: int) -> torc
 
 
 def clip_latents_and_actions(world_model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch's latents (cached, or encoded here), its target latents and its actions, one per step. The targets
-    are those training scored predictions against: the EMA target encoder's when the encoder was fine-tuned, else
-    the latents themselves (a frozen encoder is its own target)."""
+    """A batch's latents (cached, or encoded here), its target latents and its actions, one per step. A model that
+    still holds both encoders of a fine-tuned run (a checkpoint) is scored as training's validation scores it and as
+    its default export computes: its EMA target encoder gives the inputs and the targets. Otherwise the one encoder
+    is its own target."""
     if "latents" in batch:
         latents = batch["latents"].to(device)
-        targets = latents
     else:
         pixel_values_videos = batch["pixel_values_videos"].to(device)
-        latents = world_model.encode(pixel_values_videos)
-        targets = latents if world_model.target_encoder is None else world_model.encode_targets(pixel_values_videos)
-    return latents, targets, per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
+        latents = (world_model.encode(pixel_values_videos) if world_model.target_encoder is None
+                   else world_model.encode_targets(pixel_values_videos))
+    return latents, latents, per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
 
 
-def encoder_roles(world_model) -> dict[str, str]:
-    """Which encoder produced the inputs and which the targets, for the report."""
+def encoder_roles(world_model, settings: dict | None = None) -> dict[str, str]:
+    """Which encoder produced the inputs and which the targets, for the report; `settings`, the run's training
+    arguments (`training_settings`), say whether an export's one encoder was fine-tuned and which of the two it is."""
     if world_model.target_encoder is None:
+        if (settings or {}).get("finetune_encoder"):
+            kept = ("the fine-tuned online encoder" if settings.get("export_encoder") == "online"
+                    else "the EMA target encoder of the fine-tuned run")
+            return {"inputs": f"{kept} (the export's one encoder)", "targets": f"{kept} (its own target)"}
         return {"inputs": "the frozen encoder", "targets": "the frozen encoder (its own target)"}
-    return {"inputs": "the fine-tuned (online) encoder",
-            "targets": "the EMA target encoder, as in training's validation"}
+    role = "the EMA target encoder of the fine-tuned run (as training's validation and the default export)"
+    return {"inputs": role, "targets": f"{role}, its own target"}
 
 
 @torch.no_grad()
@@ -1343,7 +1348,7 @@ def main(argv=None) -> int:
               "selection_split": ", ".join([name for name in selection_splits(checkpoints) if name != "train"]
                                            or ["train"]),
               "data_split": describe_split(data_split),
-              "clips": source, "encoders": encoder_roles(world_model),
+              "clips": source, "encoders": encoder_roles(world_model, training_settings(args.checkpoint)[0]),
               "action_pairing": world_model.config.action_pairing, "world_model": world_model_section(result)}
     if reused:
         report["warning"] = (f"scored on the {' and '.join(reused)} cases, which fitted or chose the checkpoints "

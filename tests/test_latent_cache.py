@@ -368,7 +368,8 @@ def test_training_from_the_cache_equals_training_without_it(train_inputs, tmp_pa
     gradients that differ in the same proportion: the test allows 8u (= 0.0039), four times the one-step bound.
     """
     tolerance = 8 * FLOAT16_UNIT_ROUNDOFF
-    common = [*train_inputs, "--num_epochs", "2", "--checkpointing_steps", "100"]
+    # A new predictor starts at "nothing moves" (a zero output projection): 3e-3 lets two epochs move it clearly.
+    common = [*train_inputs, "--num_epochs", "2", "--checkpointing_steps", "100", "--learning_rate", "3e-3"]
     runs = {}
     for name, flags in (("uncached", ["--no_cache"]), ("cached", [])):
         result = train([*common, *flags, "--output_dir", str(tmp_path / name)])
@@ -388,3 +389,31 @@ def test_training_from_the_cache_equals_training_without_it(train_inputs, tmp_pa
     differences = {name: abs(first_cached[name] - first_uncached[name]) for name in first_cached
                    if isinstance(first_cached[name], float)}
     print("largest first-epoch difference:", max(differences.items(), key=lambda item: item[1]))
+
+
+def test_a_released_encoder_leaves_memory_and_comes_back_whole_in_the_export(make_tiny_config, accelerator, tmp_path):
+    """Training from a complete cache drops the frozen encoder's weights: state dicts (checkpoints) leave it out and a
+    checkpoint loads without it; the export writes it back from its file, tensor by tensor, byte for byte."""
+    from training_surgical_wm.export import export_model
+    from training_surgical_wm.world_model import release_encoder
+
+    torch.manual_seed(0)
+    model = SurgicalWorldModel(make_tiny_config())
+    with torch.no_grad():
+        model.predictor.output_proj.weight.normal_()  # not the zeros of a new predictor
+    full = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    latents = torch.randn(1, 3, model.config.tokens_per_step, model.config.latent_dim)
+    expected = model(latents=latents).predicted_latents
+    model = accelerator.prepare(model)
+    encoder_file = release_encoder(accelerator, model, tmp_path / "frozen_encoder.safetensors")
+    assert all(parameter.is_meta for parameter in model.encoder.parameters())
+    assert not any(name.startswith("encoder.") for name in model.state_dict())
+    torch.testing.assert_close(model(latents=latents).predicted_latents, expected)  # a cached run needs no encoder
+    model.load_state_dict({name: tensor for name, tensor in full.items() if not name.startswith("encoder.")})
+
+    export_model(accelerator, model, tmp_path / "final", {"global_step": 1}, "card\n", encoder_file=encoder_file)
+    exported = load_file(tmp_path / "final" / "model.safetensors")
+    assert exported.keys() == full.keys()
+    assert all(torch.equal(exported[name], full[name]) for name in full)
+    reloaded = SurgicalWorldModel.from_pretrained(tmp_path / "final").eval()
+    torch.testing.assert_close(reloaded(latents=latents).predicted_latents, expected)

@@ -1,6 +1,7 @@
 """Unit tests of the world model on tiny configs: shapes, losses, causality, freezing, precision, save/load."""
 
 import ast
+import logging
 import os
 import subprocess
 import sys
@@ -24,8 +25,13 @@ def actions_for(batch=2, steps=4, dim=3, seed=1):
 
 
 def build(**overrides):
+    """A tiny world model whose predictor output is not the zero of a new one (which returns its input whatever
+    the history and actions), so that the tests see the whole network as a trained model has it."""
     torch.manual_seed(0)
-    return SurgicalWorldModel(tiny_config(**overrides))
+    model = SurgicalWorldModel(tiny_config(**overrides))
+    with torch.no_grad():
+        torch.nn.init.trunc_normal_(model.predictor.output_proj.weight, std=model.config.initializer_range)
+    return model
 
 
 def test_shapes_of_encode_predict_rollout_and_forward():
@@ -70,6 +76,30 @@ def test_loss_falls_when_overfitting_one_batch():
         optimizer.step()
         losses.append(output.loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_an_untrained_default_size_predictor_starts_at_nothing_moves():
+    """At the default 1024 x 24 predictor (on a tiny encoder), a new model's rollout is no worse than copying the
+    context at any horizon: its zero output projection leaves the residual z_t unchanged."""
+    config = SurgicalWorldModelConfig()
+    torch.manual_seed(0)
+    model = SurgicalWorldModel(tiny_config(**{name: getattr(config, name) for name in (
+        "predictor_hidden_size", "predictor_num_hidden_layers", "predictor_num_attention_heads")})).eval()
+    assert model.predictor.layers[0].mlp.fc1.weight.shape == (4096, 1024) and len(model.predictor.layers) == 24
+    model_error, copy_context = model.rollout_error(clip(batch=1, frames=8), actions_for(batch=1, steps=8))
+    assert model_error.shape == (1, 7) and (copy_context > 0.1).all()
+    assert (model_error <= 1.1 * copy_context).all(), (model_error, copy_context)
+
+
+def test_the_zero_output_projection_learns_and_only_with_predict_residual():
+    model = SurgicalWorldModel(tiny_config())
+    assert not model.predictor.output_proj.weight.any()
+    latents = model.encode(clip())
+    torch.testing.assert_close(model.predict(latents, actions_for()), latents)
+    model(clip(), actions_for()).loss.backward()
+    assert model.predictor.output_proj.weight.grad.abs().sum() > 0  # the first step moves it off zero
+    direct = SurgicalWorldModel(tiny_config(predict_residual=False))
+    assert direct.predictor.output_proj.weight.abs().mean() > 1e-3  # no residual to fall back on: a random init
 
 
 def test_predictor_is_block_causal():
@@ -504,6 +534,32 @@ def test_trainable_encoder_checkpoint_round_trips_its_ema_target(tmp_path):
     build().save_pretrained(frozen_dir)
     finetune = SurgicalWorldModel.from_pretrained(frozen_dir, freeze_encoder=False)
     torch.testing.assert_close(finetune.target_encoder.state_dict(), finetune.encoder.state_dict())
+
+
+def test_loading_says_in_one_line_what_starts_new_and_still_reports_a_lost_weight(tmp_path, caplog):
+    """A target encoder started from the encoder, or a probe head on a world model, is new by design: one line, not
+    transformers' table of MISSING keys "newly initialized"; a weight the checkpoint lost is still in that table."""
+    from safetensors.torch import save_file
+
+    from modeling_surgical_wm import SurgicalWorldModelForVideoClassification
+
+    build().save_pretrained(tmp_path / "frozen")
+    with caplog.at_level(logging.INFO):
+        finetune = SurgicalWorldModel.from_pretrained(tmp_path / "frozen", freeze_encoder=False)
+        SurgicalWorldModelForVideoClassification.from_world_model(
+            str(tmp_path / "frozen"), {0: "a", 1: "b"}, "single_label_classification")
+    assert "MISSING" not in caplog.text and "newly initialized" not in caplog.text, caplog.text
+    assert "starting it from the encoder" in caplog.text and "new probe head (classifier, pooler)" in caplog.text
+    torch.testing.assert_close(finetune.target_encoder.state_dict(), finetune.encoder.state_dict())
+
+    weights = load_file(tmp_path / "frozen" / "model.safetensors")
+    del weights["predictor.norm.weight"]
+    save_file(weights, tmp_path / "frozen" / "model.safetensors", metadata={"format": "pt"})
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        SurgicalWorldModel.from_pretrained(tmp_path / "frozen", freeze_encoder=False)
+    assert "MISSING" in caplog.text and "predictor.norm.weight" in caplog.text, caplog.text
+    assert "target_encoder" not in caplog.text
 
 
 def test_from_vjepa2_takes_dimensions_and_weights_from_the_checkpoint(tiny_vjepa2_dir):

@@ -4,6 +4,7 @@ SIGKILL, the NaN guard, two real CPU processes (gloo) and a push to a loopback H
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,19 +255,37 @@ def test_push_to_hub_then_automodel_through_a_loopback_hub_and_the_token_is_writ
 def test_finetuned_encoder_in_bf16_trains_the_encoder_and_exports_its_ema_target(train_inputs, world_model_dir,
                                                                                   tmp_path):
     out = tmp_path / "finetune"
-    result = train([*train_inputs, "--output_dir", str(out), "--num_epochs", "1", "--max_train_steps", "3",
-                    "--finetune_encoder", "--encoder_learning_rate", "1e-3", "--mixed_precision", "bf16",
-                    "--checkpointing_steps", "100"])
+    common = [*train_inputs, "--num_epochs", "1", "--max_train_steps", "3", "--finetune_encoder",
+              "--encoder_learning_rate", "1e-3", "--mixed_precision", "bf16", "--checkpointing_steps", "1"]
+    result = train([*common, "--output_dir", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mixed precision: bf16" in result.stderr and "encoder trained" in result.stderr
     start = load_file(Path(world_model_dir) / "model.safetensors")
-    final = load_file(out / "final" / "model.safetensors")
+    last = load_file(out / "checkpoints" / "checkpoint-3" / "model.safetensors")  # resumable: both encoders
     key = "encoder.layer.0.mlp.fc1.weight"
-    assert not torch.equal(final[key], start[key])  # the encoder moved
-    target = final["target_encoder.layer.0.mlp.fc1.weight"]
+    online, target = last[key], last[f"target_{key}"]
+    assert not torch.equal(online, start[key])  # the encoder moved
     # The EMA target moved by (1 - momentum) per step: between the start and the online encoder, close to the start.
-    assert 0 < (target - start[key]).abs().max() < (final[key] - start[key]).abs().max()
-    assert json.loads((out / "final" / "config.json").read_text())["freeze_encoder"] is False
+    assert 0 < (target - start[key]).abs().max() < (online - start[key]).abs().max()
+    # The export holds one encoder, the EMA target, as V-JEPA's downstream evaluations use it: a frozen export's size.
+    final = load_file(out / "final" / "model.safetensors")
+    assert not any(name.startswith("target_encoder.") for name in final) and final.keys() == start.keys()
+    assert torch.equal(final[key], target)
+    frozen_size = (Path(world_model_dir) / "model.safetensors").stat().st_size
+    assert abs((out / "final" / "model.safetensors").stat().st_size - frozen_size) < 1024
+    assert json.loads((out / "final" / "config.json").read_text())["freeze_encoder"] is True
+    assert "holds the EMA target encoder" in (out / "final" / "README.md").read_text()
     # --max_train_steps 3 ends the cosine schedule: the learning rate reaches zero at step 3, not epochs later.
     state = json.loads((out / "final" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and state["history"][-1]["lr"] == 0.0
+
+    # Resuming from a checkpoint replays the last step with both encoders; --export_encoder online exports the other.
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(out / "checkpoints", resumed_dir / "checkpoints")
+    resumed = train([*common, "--output_dir", str(resumed_dir), "--export_encoder", "online",
+                     "--resume_from_checkpoint", str(resumed_dir / "checkpoints" / "checkpoint-2")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    exported = load_file(resumed_dir / "final" / "model.safetensors")
+    assert exported.keys() == start.keys()
+    torch.testing.assert_close(exported[key], online, atol=1e-5, rtol=0)
+    assert "holds the online encoder" in (resumed_dir / "final" / "README.md").read_text()

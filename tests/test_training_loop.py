@@ -187,3 +187,19 @@ def test_a_changed_action_spec_reinitialises_the_action_embedding(make_tiny_conf
     for name, tensor in source.state_dict().items():
         if not name.startswith("predictor.action_proj."):
             assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_a_batch_of_one_clip_is_warned_to_have_no_contrastive_loss(make_tiny_config):
+    from modeling_surgical_wm import SurgicalWorldModel
+    from training_surgical_wm.world_model import contrastive_off_reason
+
+    torch.manual_seed(0)
+    model = SurgicalWorldModel(make_tiny_config(contrastive_weight=0.1)).eval()
+    latents = torch.randn(2, 3, model.config.tokens_per_step, model.config.latent_dim)
+    with torch.no_grad():
+        assert model(latents=latents[:1]).contrastive_loss == 0  # what the warning says
+        assert model(latents=latents).contrastive_loss > 0
+    reason = contrastive_off_reason(model.config, batch_size=1)
+    assert "--batch_size 1" in reason and "contrastive loss is off" in reason
+    assert contrastive_off_reason(model.config, batch_size=2) is None
+    assert contrastive_off_reason(make_tiny_config(contrastive_weight=0.0), batch_size=1) is None

@@ -14,6 +14,9 @@ from dataset_surgvu.catalog import DATASETS
 from dataset_surgvu.latent_cache import PRECISIONS, VERIFY_MODES
 
 
+EXPORT_ENCODERS = ("target", "online")  # which encoder of a fine-tuned model an export holds
+
+
 @dataclass
 class ModelArguments:
     pretrained_checkpoint: str = field(
@@ -23,6 +26,11 @@ class ModelArguments:
     )
     encoder_frozen: bool = field(default=True, metadata={"help": "Keep the V-JEPA 2 encoder frozen (default)."})
     finetune_encoder: bool = field(default=False, metadata={"help": "Fine-tune the encoder (EMA targets)."})
+    export_encoder: str = field(
+        default="target",
+        metadata={"help": "With --finetune_encoder, the one encoder best/ and final/ hold: target (the EMA target "
+                          "encoder, as V-JEPA's downstream evaluations use it) or online; checkpoints keep both."},
+    )
     use_mask_aux: bool = field(default=False, metadata={"help": "Add the mask-denoising auxiliary loss."})
     lambda_mask: float = field(default=0.1, metadata={"help": "Weight of the mask-denoising loss."})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
@@ -211,6 +219,9 @@ def parse_training_arguments(argv=None, description: str = "") -> tuple[ModelArg
                                                           description)
     if model_args.finetune_encoder:
         model_args.encoder_frozen = False
+    if model_args.export_encoder not in EXPORT_ENCODERS:
+        raise SystemExit(f"error: --export_encoder must be {' or '.join(EXPORT_ENCODERS)}, got "
+                         f"{model_args.export_encoder}")
     check_common_arguments(data_args, train_args)
     parse_config_overrides(model_args.config_overrides)  # now, not after the data is built
     return model_args, data_args, train_args

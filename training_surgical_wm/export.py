@@ -4,10 +4,14 @@ with a complete one in place at every moment), the world model's card, and the H
 
 import contextlib
 import json
+import math
+import struct
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from safetensors import safe_open
 
 from .arguments import TrainArguments
 from .checkpoints import PARTIAL_PREFIX, move_into_place, recover_directory
@@ -49,15 +53,77 @@ def own_class(model):
         model.__class__ = sharded_class
 
 
-def export_model(accelerator: Accelerator, model, directory: Path, trainer_state: dict, card: str) -> None:
+def one_encoder(state_dict: dict, encoder: str = "target") -> dict:
+    """The state dict of a fine-tuned model with one encoder under `encoder.`: the EMA target's weights (`target`,
+    the encoder V-JEPA's downstream evaluations and V-JEPA 2-AC's training use) or the online one's (`online`). A
+    frozen model's, which has one already, as it is."""
+    if not any(name.startswith("target_encoder.") for name in state_dict):
+        return state_dict
+    source = "target_encoder." if encoder == "target" else "encoder."
+    kept = {name: tensor for name, tensor in state_dict.items() if not name.startswith(("encoder.", "target_encoder."))}
+    kept.update({f"encoder.{name.removeprefix(source)}": tensor for name, tensor in state_dict.items()
+                 if name.startswith(source)})
+    return kept
+
+
+@contextlib.contextmanager
+def frozen_encoder_config(config):
+    """The config saved with a one-encoder export says `freeze_encoder=True`: that is what the files hold, and a model
+    opened from them builds no second encoder (fine-tuning it again starts a new EMA target from the encoder)."""
+    freeze_encoder = config.freeze_encoder
+    config.freeze_encoder = True
+    try:
+        yield config
+    finally:
+        config.freeze_encoder = freeze_encoder
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def write_with_encoder(path: Path, state_dict: dict, encoder_file: Path) -> None:
+    """Writes the safetensors file `path` of `state_dict`'s tensors and those of `encoder_file` (a released encoder's,
+    `world_model.release_encoder`), which are read and written one at a time: the encoder is never whole in memory
+    again. The layout is safetensors': a little-endian header length, the JSON header, the tensors' bytes in order."""
+    names_of = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    with safe_open(str(encoder_file), framework="pt") as encoder:
+        entries = {name: (encoder.get_slice(name).get_dtype(), list(encoder.get_slice(name).get_shape()))
+                   for name in encoder.keys()}
+        entries.update({name: (names_of[tensor.dtype], list(tensor.shape)) for name, tensor in tensors.items()})
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name in sorted(entries):
+            dtype, shape = entries[name]
+            size = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+        with open(path, "wb") as handle:
+            handle.write(struct.pack("<Q", len(encoded)) + encoded)
+            for name in sorted(entries):
+                tensor = tensors[name] if name in tensors else encoder.get_tensor(name)
+                handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def export_model(accelerator: Accelerator, model, directory: Path, trainer_state: dict, card: str,
+                 encoder: str = "target", encoder_file: Path | None = None) -> None:
     """A transformers directory written by rank 0 beside the old one, then swapped in so that a complete one exists at
-    every moment; the state dict is gathered on every rank (FSDP)."""
-    state_dict = full_state_dict(accelerator, model)
+    every moment; the state dict is gathered on every rank (FSDP). A fine-tuned model's export holds one encoder
+    (`one_encoder`): the resumable checkpoints keep both. A released frozen encoder's weights come from
+    `encoder_file`."""
+    state_dict = one_encoder(full_state_dict(accelerator, model), encoder)
     if accelerator.is_main_process:
         recover_directory(directory)
         partial = directory.with_name(f"{PARTIAL_PREFIX}{directory.name}")
-        with own_class(accelerator.unwrap_model(model)) as plain_model:
-            plain_model.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
+        plain_model = accelerator.unwrap_model(model)
+        with own_class(plain_model), frozen_encoder_config(plain_model.config):
+            # A copy: save_pretrained empties the dict it is given as it writes.
+            plain_model.save_pretrained(partial, state_dict=dict(state_dict), safe_serialization=True)
+        if encoder_file is not None:
+            write_with_encoder(partial / "model.safetensors", state_dict, encoder_file)
         (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
         (partial / "README.md").write_text(card)
         move_into_place(partial, directory)
@@ -90,9 +156,10 @@ def card_metadata(config, metrics: dict, repo_id: str | None, dataset: str = "su
 
 
 def model_card(config, train_args: TrainArguments, trainer_state: dict, repo_id: str | None, dataset: str = "surgvu",
-               dataset_name: str = "SurgVU") -> str:
-    """The world model's card: how to load it, how it was trained, its actions, the data's licence; `dataset` and
-    `dataset_name` (the dataset table's name and display name) say what its validation figures were measured on."""
+               dataset_name: str = "SurgVU", encoder: str = "target") -> str:
+    """The world model's card: how to load it, how it was trained, which encoder it holds (`encoder`, of a fine-tuned
+    one), its actions, the data's licence; `dataset` and `dataset_name` (the dataset table's name and display name)
+    say what its validation figures were measured on."""
     metrics = trainer_state.get("best_metrics") or {}
     base_model = config.encoder_name_or_path or "facebook/vjepa2-vitl-fpc64-256"
     metric_rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())
@@ -106,7 +173,7 @@ def model_card(config, train_args: TrainArguments, trainer_state: dict, repo_id:
 # Surgical world model on V-JEPA 2
 
 An action-conditioned world model (V-JEPA 2-AC style) trained on {dataset_name} robotic surgery video with `train_hf.py`.
-The V-JEPA 2 encoder ({base_model}, {"frozen" if config.freeze_encoder else "fine-tuned with EMA targets"}) encodes
+The V-JEPA 2 encoder ({base_model}, {encoder_phrase(config, encoder)}) encodes
 each step; a block-causal predictor ({config.predictor_num_hidden_layers} layers, width
 {config.predictor_hidden_size}) predicts the next step's latent from the past and {config.action_dim} action
 dimensions per step.
@@ -142,6 +209,16 @@ Each step takes a {config.action_dim}-dimensional action: {", ".join(spec[:8])}{
 Trained on SurgVU (Intuitive Surgical), whose licence is reported as CC BY-NC-SA 4.0: check the dataset's terms
 before any use of these weights beyond non-commercial research.
 """
+
+
+def encoder_phrase(config, encoder: str) -> str:
+    """What the card says of the exported encoder."""
+    if config.freeze_encoder:
+        return "frozen"
+    if encoder == "target":
+        return ("fine-tuned with EMA targets; this export holds the EMA target encoder, as V-JEPA's downstream "
+                "evaluations use it")
+    return "fine-tuned with EMA targets; this export holds the online encoder (`--export_encoder online`)"
 
 
 def create_hub_repo(accelerator: Accelerator, train_args: TrainArguments, output_dir: Path) -> str | None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import DistributedType
+from safetensors.torch import save_file
 
 from configuration_surgical_wm import VJEPA2_PRESETS, SurgicalWorldModelConfig
 from modeling_surgical_wm import SurgicalWorldModel
@@ -86,6 +88,53 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: fl
         raise SystemExit(f"error: {error}") from None
     except ValueError as error:
         raise SystemExit(f"error: world model config: {error}") from None
+
+
+def contrastive_off_reason(config, batch_size: int) -> str | None:
+    """Why the contrastive term adds nothing to this run, or None: it compares each clip with the other clips of its
+    batch on its process, so a batch of one clip per device leaves it at 0 whatever its weight."""
+    if config.contrastive_weight > 0 and batch_size < 2:
+        return (f"the contrastive loss is off: it compares each clip with the other clips of its batch on its process, "
+                f"and --batch_size {batch_size} gives it none, so it stays 0 (contrastive_weight "
+                f"{config.contrastive_weight:g} adds nothing); a batch of 2 or more clips per device turns it on")
+    return None
+
+
+def release_encoder(accelerator: Accelerator, model, path: Path) -> Path | None:
+    """Takes a frozen encoder's weights out of memory once the latent cache holds every clip: the run never encodes
+    again. They are written once to `path` (the main process), from which the exports read them back one tensor at a
+    time (`export.write_with_encoder`); checkpoints leave them out, since a resumed run loads the encoder from
+    --pretrained_checkpoint to check its cache. Returns `path`, or None where the encoder stays (sharded by FSDP or
+    DeepSpeed, whose wrappers own the parameters)."""
+    from torch.distributed.tensor import DTensor
+
+    world_model = accelerator.unwrap_model(model)
+    sharded = any(isinstance(parameter, DTensor) for parameter in world_model.encoder.parameters())
+    if sharded or accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                       DistributedType.MULTI_CPU):
+        logger.info("latent cache: complete, but the encoder stays in memory (its weights are sharded)")
+        return None
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in world_model.encoder.state_dict(
+            prefix="encoder.").items()}, str(path), metadata={"format": "pt"})
+    accelerator.wait_for_everyone()
+    size = sum(parameter.numel() * parameter.element_size() for parameter in world_model.encoder.parameters())
+    world_model.encoder.to("meta")
+
+    def leave_out_encoder(module, state_dict, prefix, local_metadata) -> None:
+        for name in [name for name in state_dict if name.startswith(f"{prefix}encoder.")]:
+            del state_dict[name]
+
+    def encoder_not_missing(module, incompatible_keys) -> None:
+        incompatible_keys.missing_keys[:] = [name for name in incompatible_keys.missing_keys
+                                             if not name.startswith("encoder.")]
+
+    world_model.register_state_dict_post_hook(leave_out_encoder)
+    world_model.register_load_state_dict_post_hook(encoder_not_missing)
+    logger.info(f"latent cache: complete, so the frozen encoder's weights ({size / 2**30:.2f} GiB) leave memory for the "
+                f"rest of the run; the exports read them back from {path}")
+    return path
 
 
 def seeded_token_masks(config, sample_ids: torch.Tensor, num_steps: int, seed: int) -> torch.Tensor:
