@@ -175,9 +175,10 @@ def test_the_reported_rollout_error_and_copy_baseline_are_the_model_s(make_tiny_
     assert not any("copy" in name for name in swapped)
 
 
-def test_a_fine_tuned_model_is_scored_against_its_ema_targets(make_tiny_config):
-    """With a fine-tuned encoder the rollout error and both copy baselines are measured against the EMA target
-    encoder's latents, as `rollout_error` (and training's validation) measures them, not against the online ones."""
+def test_a_model_holding_both_encoders_is_scored_with_its_ema_target_encoder(make_tiny_config):
+    """A fine-tuned run's checkpoint holds the online encoder and its EMA target: the evaluation, like training's
+    validation (`rollout_error` in eval mode), encodes inputs and targets with the EMA target encoder, the encoder its
+    default export keeps, not with the online one."""
     from evaluate_surgical_model import clip_latents_and_actions, world_model_errors
     from modeling_surgical_wm import SurgicalWorldModel
 
@@ -188,7 +189,10 @@ def test_a_fine_tuned_model_is_scored_against_its_ema_targets(make_tiny_config):
             parameter.add_(0.05 * torch.randn_like(parameter))  # the EMA target has drifted from the online encoder
     batch = {"pixel_values_videos": torch.randn(2, 4, 3, 32, 32), "actions": torch.rand(2, 4, 3)}
     latents, targets, actions = clip_latents_and_actions(model, batch, "cpu")
-    assert (targets - latents).abs().max() > 1e-3
+    with torch.no_grad():
+        torch.testing.assert_close(latents, model.encode_targets(batch["pixel_values_videos"]), rtol=0, atol=0)
+        assert (latents - model.encode(batch["pixel_values_videos"])).abs().max() > 1e-3
+    assert targets is latents
     errors = world_model_errors(model, latents, actions, targets)
     model_error, copy_context_error = model.rollout_error(batch["pixel_values_videos"], batch["actions"])
     torch.testing.assert_close(errors["rollout_l1"], model_error, rtol=0, atol=1e-6)
