@@ -201,10 +201,28 @@ def test_a_model_holding_both_encoders_is_scored_with_its_ema_target_encoder(mak
     torch.testing.assert_close(errors["teacher_forced_copy_l1"], expected_copy_last, rtol=0, atol=1e-6)
 
 
-def test_report_has_every_section_and_the_figures(world_model_dir, probes, data_options, tmp_path):
+@pytest.fixture(scope="module")
+def acting_world_model_dir(world_model_dir, tmp_path_factory):
+    """The tiny world model with a drawn output projection, as after training: a new predictor's is zero, so it
+    returns its input whatever the actions, and the report's swapped-action rows would equal its own-action rows."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = tmp_path_factory.mktemp("acting-world-model") / "model"
+    shutil.copytree(world_model_dir, out)
+    weights = load_file(out / "model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    for name in ("predictor.output_proj.weight", "predictor.output_proj.bias"):
+        weights[name] = 0.05 * torch.randn(weights[name].shape, generator=generator)
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_report_has_every_section_and_the_figures(acting_world_model_dir, probes, data_options, tmp_path):
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
     result = run_script("evaluate_surgical_model.py", [
-        "--checkpoint", world_model_dir, *data_options, *SELECTION_SPLIT, "--task_probe", probes["task"] / "best",
+        "--checkpoint", acting_world_model_dir, *data_options, *SELECTION_SPLIT, "--task_probe", probes["task"] / "best",
         "--tool_probe", probes["tools"] / "best", "--output", report_path, "--plots", plots, "--device", "cpu",
         "--batch_size", 3])
     assert result.returncode == 0, result.stderr[-3000:]
