@@ -57,6 +57,8 @@ def explained_clips():
 
     torch.manual_seed(0)
     model = SurgicalWorldModel(tiny_config(action_dim=len(SPEC), action_spec=SPEC, normalize_latents=False)).eval()
+    with torch.no_grad():  # not the zero output of a new predictor, which ignores the actions
+        torch.nn.init.trunc_normal_(model.predictor.output_proj.weight, std=model.config.initializer_range)
     rng = np.random.default_rng(5)
     options = persistent_options(rng, 10)
     actions = one_hot_actions(options)

@@ -10,8 +10,13 @@ from modeling_surgical_wm import SurgicalWorldModel
 
 
 def build(**overrides):
+    """A tiny world model whose predictor output is not the zero of a new one (which returns its input whatever the
+    actions), so that the tests see how the actions reach the output, as in a trained model."""
     torch.manual_seed(0)
-    return SurgicalWorldModel(tiny_config(**overrides))
+    model = SurgicalWorldModel(tiny_config(**overrides))
+    with torch.no_grad():
+        torch.nn.init.trunc_normal_(model.predictor.output_proj.weight, std=model.config.initializer_range)
+    return model
 
 
 def latents_for(batch=2, steps=4, seed=0):
