@@ -88,6 +88,9 @@ def main() -> None:
                         help="the clips scored (default: test, which chose nothing)")
     parser.add_argument("--runs", nargs="+", required=True, help="name=export directory, one per run")
     args = parser.parse_args()
+    for run in args.runs:
+        if not os.path.isfile(os.path.join(run.partition("=")[2], "config.json")):
+            raise SystemExit(f"error: --runs {run}: expected NAME=DIR, DIR an export holding config.json")
     latents, labels = split_clips(args)
     print(f"{len(latents)} {args.split} clips of {latents.shape[1]} steps")
     print("| run | pairing | levers | TF L1 own | step 2 | at changes | elsewhere | rollout L1 h4 | swapped/own | "
@@ -95,8 +98,6 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in args.runs:
         name, _, path = run.partition("=")
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise SystemExit(f"error: --runs {run}: expected NAME=DIR, DIR an export holding config.json")
         model = SurgicalWorldModel.from_pretrained(path).eval()
         row = scores(model, latents, labels)
         print(f"| {name} | {model.config.action_pairing} | {levers(model.config)} | {row['own']:.4f} | "
