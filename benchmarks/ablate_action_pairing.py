@@ -1,25 +1,29 @@
 #!/usr/bin/env python
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
-"""Which labels should a transition take as its action? Scores world models trained with each `action_pairing` on the
-validation clips of their latent cache: teacher-forced latent L1 with the clip's own actions (overall, for step 2
-from step 1 alone, and at the transitions where the labels change or not), the rollout L1 at horizon 4 from the
-first step, and the error with another clip's actions over the error with its own (the clips' labels rolled by one
-over the split).
+"""Which labels should a transition take as its action, and which training levers make the predictor use them?
+Scores world models trained with each `action_pairing`, or with each action lever of their config, on one split's
+clips of their latent cache (`--split`, default `test`, the split that chose nothing): teacher-forced latent L1 with
+the clip's own actions (overall, for step 2 from step 1 alone, and at the transitions where the labels change or
+not), the rollout L1 at horizon 4 from the first step, and the error with another clip's actions over the error with
+its own (the clips' labels rolled by one over the split).
 
     python benchmarks/ablate_action_pairing.py --data_root demo_output/surgvu \
         --dataset_cache_dir demo_output/arrow-cache --cache_dir demo_output/run/latent_cache \
         --runs current-0=runs/current-0/final next-0=runs/next-0/final
 
 Each model is scored on the same clips; the changes are those of the per-step labels, whatever the pairing. Prints a
-Markdown table, one row per run.
+Markdown table, one row per run, whose `levers` column lists the action levers a run's config sets away from their
+defaults.
 """
 
 import argparse
+import os
 
 import torch
 from torch.utils.data import DataLoader
 
 from dataset_surgvu import collate_clips
+from configuration_surgical_wm import SurgicalWorldModelConfig
 from dataset_surgvu.latent_cache import LatentCache, LatentClips
 from modeling_surgical_wm import SurgicalWorldModel
 from training_surgical_wm.arguments import DataArguments
@@ -27,14 +31,22 @@ from training_surgical_wm.data import load_dataset_splits
 
 
 ROLLOUT_HORIZON = 4
+# The config fields that decide how much the predictor leans on its actions, named in the `levers` column when a run
+# sets them away from their defaults.
+LEVERS = ("action_contrastive_weight", "action_dropout", "action_change_weight", "action_conditioning",
+          "rollout_steps", "rollout_loss_weight")
 
 
-def validation_clips(args) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation split's cached latents `(C, S, N, D)` and per-step labels `(C, S, A)`, in split order."""
+def split_clips(args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's cached latents `(C, S, N, D)` and per-step labels `(C, S, A)`, in split order."""
     data_args = DataArguments(data_root=args.data_root, dataset_cache_dir=args.dataset_cache_dir, num_workers=0)
-    split = load_dataset_splits(data_args)["validation"]
-    clips = LatentClips(split, LatentCache(f"{args.cache_dir}/validation"))
+    splits = load_dataset_splits(data_args)
+    if args.split not in splits or len(splits[args.split]) == 0:
+        raise SystemExit(f"error: {args.data_root} has no {args.split!r} clips")
+    clips = LatentClips(splits[args.split], LatentCache(f"{args.cache_dir}/{args.split}"))
     batches = [batch for batch in DataLoader(clips, batch_size=16, collate_fn=collate_clips) if "latents" in batch]
+    if not batches:
+        raise SystemExit(f"error: {args.cache_dir}/{args.split} holds no cached latents of the {args.split!r} clips")
     return (torch.cat([batch["latents"].float() for batch in batches]),
             torch.cat([batch["actions"].float() for batch in batches]))
 
@@ -51,7 +63,8 @@ def scores(model: SurgicalWorldModel, latents: torch.Tensor, labels: torch.Tenso
     imagined = model.rollout(latents[:, :1], model.transition_actions(labels), steps=ROLLOUT_HORIZON)
     rollout = (imagined[:, -1] - latents[:, ROLLOUT_HORIZON]).abs().mean().item()
     return {
-        "own": own.mean().item(), "own_first": own[:, 0].mean().item(), "own_change": own[changed].mean().item(), "own_same": own[~changed].mean().item(),
+        "own": own.mean().item(), "own_first": own[:, 0].mean().item(), "own_change": own[changed].mean().item(),
+        "own_same": own[~changed].mean().item(),
         "rollout": rollout, "ratio": (swapped.mean() / own.mean()).item(),
         "ratio_change": (swapped[changed].mean() / own[changed].mean()).item(),
         "ratio_same": (swapped[~changed].mean() / own[~changed].mean()).item(),
@@ -59,25 +72,37 @@ def scores(model: SurgicalWorldModel, latents: torch.Tensor, labels: torch.Tenso
     }
 
 
+def levers(config: SurgicalWorldModelConfig) -> str:
+    """The action levers that `config` sets away from their defaults, as `name=value`, or `-` for none."""
+    defaults = SurgicalWorldModelConfig()
+    changed = [f"{name}={getattr(config, name)}" for name in LEVERS if getattr(config, name) != getattr(defaults, name)]
+    return ", ".join(changed) or "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_root", required=True)
     parser.add_argument("--dataset_cache_dir", default=None)
-    parser.add_argument("--cache_dir", required=True, help="the latent cache the runs trained from (its validation/)")
+    parser.add_argument("--cache_dir", required=True, help="the latent cache the runs trained from (its SPLIT/)")
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
+                        help="the clips scored (default: test, which chose nothing)")
     parser.add_argument("--runs", nargs="+", required=True, help="name=export directory, one per run")
     args = parser.parse_args()
-    latents, labels = validation_clips(args)
-    print(f"{len(latents)} validation clips of {latents.shape[1]} steps")
-    print("| run | pairing | TF L1 own | step 2 | at changes | elsewhere | rollout L1 h4 | swapped/own | at changes | "
-          "elsewhere |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in args.runs:
-        name, path = run.split("=", 1)
+        if not os.path.isfile(os.path.join(run.partition("=")[2], "config.json")):
+            raise SystemExit(f"error: --runs {run}: expected NAME=DIR, DIR an export holding config.json")
+    latents, labels = split_clips(args)
+    print(f"{len(latents)} {args.split} clips of {latents.shape[1]} steps")
+    print("| run | pairing | levers | TF L1 own | step 2 | at changes | elsewhere | rollout L1 h4 | swapped/own | "
+          "at changes | elsewhere |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for run in args.runs:
+        name, _, path = run.partition("=")
         model = SurgicalWorldModel.from_pretrained(path).eval()
         row = scores(model, latents, labels)
-        print(f"| {name} | {model.config.action_pairing} | {row['own']:.4f} | {row['own_first']:.4f} | "
-              f"{row['own_change']:.4f} | {row['own_same']:.4f} | {row['rollout']:.4f} | {row['ratio']:.3f} | "
-              f"{row['ratio_change']:.3f} | {row['ratio_same']:.3f} |", flush=True)
+        print(f"| {name} | {model.config.action_pairing} | {levers(model.config)} | {row['own']:.4f} | "
+              f"{row['own_first']:.4f} | {row['own_change']:.4f} | {row['own_same']:.4f} | {row['rollout']:.4f} | "
+              f"{row['ratio']:.3f} | {row['ratio_change']:.3f} | {row['ratio_same']:.3f} |", flush=True)
     print(f"transitions where the labels change: {row['changes']:.1%}")
 
 

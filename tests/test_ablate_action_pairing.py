@@ -1,0 +1,86 @@
+"""The scores of `benchmarks/ablate_action_pairing.py`: own and swapped actions, at label changes and elsewhere."""
+
+import importlib.util
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, tiny_config
+from configuration_surgical_wm import SurgicalWorldModelConfig
+from modeling_surgical_wm import SurgicalWorldModel
+
+
+def load_ablation():
+    """The benchmark script as a module (benchmarks/ is a folder of scripts, not a package)."""
+    path = os.path.join(REPO_ROOT, "benchmarks", "ablate_action_pairing.py")
+    spec = importlib.util.spec_from_file_location("ablate_action_pairing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ablation = load_ablation()
+
+
+class ShiftModel:
+    """A world model whose next latent is the last one plus the option of the transition's action, plus 0.1: with
+    the true actions it misses by exactly 0.1 at every transition, so every score has an answer worked by hand."""
+
+    config = SimpleNamespace(action_pairing="next")
+
+    def transition_actions(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels[:, 1:]
+
+    def predict(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return latents + actions.argmax(-1)[:, :, None, None] + 0.1
+
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor, steps: int) -> torch.Tensor:
+        imagined = [context[:, -1]]
+        for step in range(steps):
+            imagined.append(imagined[-1] + actions[:, step].argmax(-1)[:, None, None] + 0.1)
+        return torch.stack(imagined[1:], 1)
+
+
+def one_hot_labels(options: list[list[int]]) -> torch.Tensor:
+    """Per-step one-hot labels `(C, S, 3)` from each clip's option per step."""
+    return torch.nn.functional.one_hot(torch.tensor(options), 3).float()
+
+
+# 3 clips of 5 transitions, 1 + 0 + 2 of them where the labels change.
+OPTIONS = [[0, 0, 1, 1, 1, 1], [2, 2, 2, 2, 2, 2], [1, 1, 1, 0, 0, 2]]
+
+
+def test_scores_split_the_error_at_label_changes_and_compare_swapped_with_own_actions():
+    labels = one_hot_labels(OPTIONS)
+    torch.manual_seed(0)
+    moves = torch.tensor(OPTIONS).float()
+    moves[:, 0] = 0
+    latents = torch.randn(3, 1, 4, 8) + moves.cumsum(1)[:, :, None, None]  # (C, S, N, D): z_t+1 = z_t + option
+    row = ablation.scores(ShiftModel(), latents, labels)
+    assert row["changes"] == pytest.approx(3 / 15)
+    for name in ("own", "own_first", "own_change", "own_same"):
+        assert row[name] == pytest.approx(0.1), name
+    assert row["rollout"] == pytest.approx(0.4)  # 0.1 more at each of 4 steps
+    # Clip c takes clip c - 1's labels; each transition then misses by |swapped option - own option + 0.1|:
+    # clip 0: 1.1 0.1* 0.9 0.9 1.1, clip 1: 1.9 0.9 0.9 0.9 0.9, clip 2: 1.1 1.1 2.1* 2.1 0.1* (* a label change).
+    assert row["ratio"] == pytest.approx(16.1 / 15 / 0.1)
+    assert row["ratio_change"] == pytest.approx(2.3 / 3 / 0.1)
+    assert row["ratio_same"] == pytest.approx(13.8 / 12 / 0.1)
+
+
+def test_a_world_model_scores_swapped_as_own_when_every_clip_has_the_same_labels():
+    torch.manual_seed(0)
+    model = SurgicalWorldModel(tiny_config()).eval()
+    latents = torch.nn.functional.layer_norm(torch.randn(3, 6, 4, 32), (32,))  # (C, S, N, D), as `encode` makes them
+    row = ablation.scores(model, latents, one_hot_labels(OPTIONS[:1] * 3))
+    assert row["changes"] == pytest.approx(1 / 5)
+    assert row["ratio"] == row["ratio_change"] == row["ratio_same"] == 1.0
+    assert row["own"] == pytest.approx(0.2 * row["own_change"] + 0.8 * row["own_same"], rel=1e-5)
+
+
+def test_levers_names_the_action_levers_set_away_from_their_defaults():
+    assert ablation.levers(SurgicalWorldModelConfig()) == "-"
+    config = SurgicalWorldModelConfig(action_contrastive_weight=0.1, rollout_steps=4, action_pairing="current")
+    assert ablation.levers(config) == "action_contrastive_weight=0.1, rollout_steps=4"
