@@ -106,6 +106,7 @@ def test_probe_sigusr1_mid_epoch_saves_the_step_reached_and_exits_0(surgvu_sampl
     out, log = tmp_path / "preempted", tmp_path / "preempted.log"
     command = [sys.executable, os.path.join("scripts", "train_probe.py"), "--world_model", world_model_dir,
                "--target", "task", "--data_root", str(root), "--dataset_cache_dir", str(tmp_path / "arrow"),
+               "--test_fraction", "0",  # 2 training cases: an epoch long enough to stop in
                "--num_workers", "0", "--num_epochs", "1", "--batch_size", "2", "--probe_num_layers", "1",
                "--device", "cpu", "--report_to", "none", "--checkpointing_steps", "100", "--output_dir", str(out),
                "--sample_log", str(tmp_path / "samples")]
