@@ -60,6 +60,7 @@ from dataset_surgvu import BrokenFiles, collate_clips
 from dataset_surgvu.catalog import DATASETS, PROBE_TARGETS
 from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_key
 from modeling_surgical_wm import rollout_errors
+from planning_surgical_wm import step_options
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
 from training_surgical_wm.data import (
@@ -868,23 +869,6 @@ ACTION_INFERENCE_TOP_K = 10
 ACTION_INFERENCE_MOMENTUM = 0.15
 
 
-def transition_actions(world_model, actions: torch.Tensor) -> torch.Tensor:
-    """The labelled action of each transition t -> t + 1, `(..., S - 1, A)` from per-step actions `(..., S, A)`: the
-    one the predictor is given for it, as the model's `action_pairing` says (`SurgicalWorldModel.transition_actions`).
-    The action inference reads every transition's action through here, in planning, baselines and chance alike."""
-    return world_model.transition_actions(actions)
-
-
-def group_options(actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
-    """Each action's option per categorical group `(..., G)`: its largest dimension of the group when above 0.5, else
-    the group's size (none), as the planner's sampler numbers a group's options."""
-    options = []
-    for _, dims in groups:
-        values, best = actions[..., dims].max(-1)
-        options.append(torch.where(values > 0.5, best, len(dims)))
-    return torch.stack(options, -1)
-
-
 def inference_groups(world_model) -> list[tuple[str, list[int]]]:
     """The categorical action groups `(name, dims)` planned over: the config's `discrete_action_groups`, else the
     `action_spec` prefixes (as plan.py derives them); none without an `action_spec`."""
@@ -914,7 +898,7 @@ def train_option_counts(world_model, train_split, groups: list[tuple[str, list[i
     for start in range(0, len(train_split), chunk):
         actions = table[start : start + chunk]["actions"].float()  # (clips, frames, A)
         actions = per_step_actions(world_model, actions, actions.shape[1] // world_model.config.frames_per_step)
-        options = group_options(transition_actions(world_model, actions), groups).flatten(0, 1)  # (transitions, G)
+        options = step_options(world_model.transition_actions(actions), groups).flatten(0, 1)  # (transitions, G)
         for index, (_, dims) in enumerate(groups):
             counts[index] += np.bincount(options[:, index].numpy(), minlength=len(dims) + 1)
     return counts
@@ -945,12 +929,12 @@ def run_action_inference(args, world_model, clips, indices: list[int], moments: 
         if "sample_id" not in batch:  # every clip of the batch failed to decode
             continue
         latents, targets, actions = clip_latents_and_actions(world_model, batch, device)
-        paired = transition_actions(world_model, actions)  # (B, S - 1, A)
+        paired = world_model.transition_actions(actions)  # (B, S - 1, A)
         other = swapped(actions, previous_actions)
         previous_actions = actions
         if other is not None:
             own, _ = latent_errors(world_model.predict(latents[:, :-1], paired), targets[:, 1:])
-            swapped_actions = transition_actions(world_model, other)
+            swapped_actions = world_model.transition_actions(other)
             swap, _ = latent_errors(world_model.predict(latents[:, :-1], swapped_actions), targets[:, 1:])
             records["own_l1"].append(own[:, 1:].flatten().cpu())
             records["swapped_l1"].append(swap[:, 1:].flatten().cpu())
@@ -968,11 +952,11 @@ def run_action_inference(args, world_model, clips, indices: list[int], moments: 
                                   top_k=min(ACTION_INFERENCE_TOP_K, args.action_inference_samples),
                                   momentum=ACTION_INFERENCE_MOMENTUM, generator=generator,
                                   context_actions=context_actions, discrete_groups=names)
-        options = group_options(moment_actions.cpu(), groups)  # (M, C - 1 + H, G)
+        options = step_options(moment_actions.cpu(), groups)  # (M, C - 1 + H, G)
         records["labelled"].append(options[:, context - 1 :])
         records["previous"].append(options[:, context - 2 : -1])  # the transition before each planned one
         records["copy_last"].append(options[:, context - 2 : context - 1].expand(-1, horizon, -1))
-        records["planned"].append(group_options(output.actions.cpu(), groups))
+        records["planned"].append(step_options(output.actions.cpu(), groups))
         records["energy"].append(output.energy.float().cpu())
         records["labelled_energy"].append(
             world_model.energy(observed, goal, labelled, context_actions=context_actions).float().cpu())
