@@ -149,6 +149,9 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             SHA-256 of the weights of each world-model module the probe reads, taken from the world model it was
             trained on: `{"encoder": ...}`, and `"predictor"` with `probe_use_predictor`. The evaluation refuses a
             world model whose weights differ, since the probe's classes were learned on those exact features.
+        num_frames (`int`, *optional*):
+            Frames of the clips a probe was trained on, recorded by scripts/train_probe.py: the video-classification
+            pipeline samples that many from a video (its first clip) at `fps` (`None`: every step of the video).
         data_split (`dict`, *optional*):
             How the training data was split, recorded by the training scripts: the dataset, the case-split options and
             the cases (takes) of each split, and `selection_split`, the split whose loss chose the export. Later
@@ -216,6 +219,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     probe_target: str | None = None
     probe_class_weights: list[float] | None = None
     probe_world_model_fingerprints: dict[str, str] | None = None
+    num_frames: int | None = None
     # the training data
     data_split: dict | None = None
 
@@ -251,6 +255,9 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"`{name}` must be positive, got {value!r}.")
+        if self.num_frames is not None and (isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int)
+                                            or self.num_frames < 1):
+            raise ValueError(f"`num_frames` must be a positive number of frames or None, got {self.num_frames!r}.")
         if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, (int, float))
                                      or not self.fps > 0):
             raise ValueError(f"`fps` must be a positive number of frames per second or None, got {self.fps!r}.")

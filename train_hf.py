@@ -37,7 +37,14 @@ from training_surgical_wm.data import (
     split_definition,
     split_groups,
 )
-from training_surgical_wm.export import create_hub_repo, export_model, model_card, push_export
+from training_surgical_wm.export import (
+    create_hub_repo,
+    export_model,
+    model_card,
+    push_export,
+    recorded_crop,
+    video_processor,
+)
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
 from training_surgical_wm.preemption import Preemption, ignore_stop_signals
 from training_surgical_wm.world_model import (
@@ -81,6 +88,7 @@ def main(argv=None) -> None:
     # The split travels with every export, so later scripts find it and refuse data split another way.
     model.config.data_split = split_definition(entry.name, dataset, metadata,
                                                "validation" if len(dataset["validation"]) else "train")
+    processor = video_processor(model.config, recorded_crop(metadata))  # the exports' sampling, crop, preprocessing
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()
     # The training split's action statistics, for planning's action prior: from the label arrays, no video decoded.
@@ -243,7 +251,7 @@ def main(argv=None) -> None:
             export_model(accelerator, model, output_dir / "best", best_state,
                          model_card(world_model.config, train_args, best_state, repo_id, entry.name,
                                     entry.display_name, model_args.export_encoder), model_args.export_encoder,
-                         encoder_file)
+                         encoder_file, processor)
         model.train()
 
     # ---- final export, model card, upload
@@ -252,7 +260,7 @@ def main(argv=None) -> None:
     final_state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
     export_model(accelerator, model, output_dir / "final", final_state,
                  model_card(world_model.config, train_args, final_state, repo_id, entry.name, entry.display_name,
-                            model_args.export_encoder), model_args.export_encoder, encoder_file)
+                            model_args.export_encoder), model_args.export_encoder, encoder_file, processor)
     if progress_bar is not None:
         progress_bar.close()
     push_export(accelerator, repo_id, output_dir / "best", "Upload surgical world model")

@@ -5,7 +5,9 @@
     python scripts/load_vjepa2_pretrained.py --encoder /data/vjepa2-vitl --save_path out   # a local copy
 
 The directory then loads anywhere with
-`AutoModel.from_pretrained(save_path, trust_remote_code=True)`; `train_hf.py --pretrained_checkpoint` takes it.
+`AutoModel.from_pretrained(save_path, trust_remote_code=True)`; `train_hf.py --pretrained_checkpoint` takes it. Its
+video processor (`AutoVideoProcessor.from_pretrained(save_path, trust_remote_code=True)`) crops and preprocesses video
+as training on SurgVU does, sampling at the training default of 4 fps until a training run records the data's.
 """
 
 import argparse
@@ -46,6 +48,7 @@ def main(argv=None) -> int:
     import torch
 
     from modeling_surgical_wm import SurgicalWorldModel
+    from training_surgical_wm.export import video_processor
 
     overrides = {"state_dim": args.state_dim, "frames_per_step": args.frames_per_step,
                  "freeze_encoder": not args.finetune_encoder}
@@ -70,6 +73,7 @@ def main(argv=None) -> int:
         print(f"error: invalid world model settings: {error}", file=sys.stderr)
         return 2
     model.save_pretrained(args.save_path)
+    video_processor(model.config).save_pretrained(args.save_path)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"saved a world model on {model.config.encoder_name_or_path} ({parameters / 1e6:.1f} M parameters) "
           f"to {args.save_path}")

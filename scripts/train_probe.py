@@ -62,7 +62,7 @@ from training_surgical_wm.data import (
     split_groups,
     split_mismatch,
 )
-from training_surgical_wm.export import create_hub_repo, export_model, push_export
+from training_surgical_wm.export import create_hub_repo, export_model, push_export, recorded_crop, video_processor
 from training_surgical_wm.guard import BadStepLimit, DebugHooks, NonFiniteGuard
 from training_surgical_wm.loading import check_checkpoint_folder
 from training_surgical_wm.preemption import Preemption, ignore_stop_signals
@@ -252,6 +252,9 @@ def main(argv=None) -> None:
     if model.config.data_split:
         refuse_other_split(probe_args, split_mismatch(model.config.data_split, split))
     model.config.data_split = split
+    # The pipeline's clip: as many frames as the training clips, at the world model's fps, cropped as they were.
+    model.config.num_frames = data_args.frames_per_clip
+    processor = video_processor(model.config, recorded_crop(metadata), num_frames=data_args.frames_per_clip)
     transform = entry.transform(crop_size=world_model.config.encoder_config.crop_size)
     num_workers = min(data_args.num_workers, available_cores())
     clips = clip_datasets(accelerator, world_model, dataset, transform, data_args, output_dir,
@@ -370,14 +373,14 @@ def main(argv=None) -> None:
             best_metrics = {f"validation_{k}": v for k, v in val.items()} or {"train_loss": train_loss}
             state = trainer_state(epoch + 1, 0)
             export_model(accelerator, model, output_dir / "best", state,
-                         probe_card(probe.config, probe_args, train_args, state, repo_id))
+                         probe_card(probe.config, probe_args, train_args, state, repo_id), processor=processor)
 
     # ---- final export, model card, upload
     accelerator.wait_for_everyone()
     hooks.on_end(probe)
     state = trainer_state(history[-1]["epoch"] if history else start_epoch, 0)
     export_model(accelerator, model, output_dir / "final", state,
-                 probe_card(probe.config, probe_args, train_args, state, repo_id))
+                 probe_card(probe.config, probe_args, train_args, state, repo_id), processor=processor)
     push_export(accelerator, repo_id, output_dir / "best", f"Upload {probe_args.target} probe")
     logger.info(f"done: {global_step} steps, {bad_steps.skipped_steps} skipped; best validation loss {best_val:.4f}; "
                 f"exports in {output_dir / 'best'} and {output_dir / 'final'}")

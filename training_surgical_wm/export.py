@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from safetensors import safe_open
 
-from .arguments import TrainArguments
+from .arguments import DataArguments, TrainArguments
 from .checkpoints import PARTIAL_PREFIX, move_into_place, recover_directory
 
 
@@ -108,12 +108,37 @@ def write_with_encoder(path: Path, state_dict: dict, encoder_file: Path) -> None
                 handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
+CROP_OPTIONS = ("crop_tool_band", "tool_band_fraction", "crop_black_margins")
+
+
+def recorded_crop(metadata: dict) -> dict:
+    """The crop of the picture a build applied to its frames, from its record (`build_metadata`): a SurgVU build's
+    options; none for data that records no crop (MM-OR's frames are used whole)."""
+    options = metadata.get("options") or {}
+    if not any(name in options for name in CROP_OPTIONS):
+        return {"crop_tool_band": False, "crop_black_margins": False}
+    return {name: options[name] for name in CROP_OPTIONS if name in options}
+
+
+def video_processor(config, crop: dict | None = None, num_frames: int | None = None):
+    """The model's preprocessing as the Hub video processor its exports ship (video_processing_surgical_wm.py):
+    frames sampled at the model's fps (the training default for a model not trained yet), the picture cropped as
+    `crop` says (`recorded_crop`; None: the SurgVU builder's defaults), V-JEPA 2's preprocessing at the encoder's crop
+    size. `num_frames`: the clip length a probe was trained on, which the video-classification pipeline samples."""
+    from video_processing_surgical_wm import SurgicalWorldModelVideoProcessor
+
+    crop_size = config.encoder_config.crop_size
+    return SurgicalWorldModelVideoProcessor(crop_size=crop_size, fps=float(config.fps or DataArguments.fps),
+                                            num_frames=num_frames, **(crop or {}))
+
+
 def export_model(accelerator: Accelerator, model, directory: Path, trainer_state: dict, card: str,
-                 encoder: str = "target", encoder_file: Path | None = None) -> None:
+                 encoder: str = "target", encoder_file: Path | None = None, processor=None) -> None:
     """A transformers directory written by rank 0 beside the old one, then swapped in so that a complete one exists at
     every moment; the state dict is gathered on every rank (FSDP). A fine-tuned model's export holds one encoder
     (`one_encoder`): the resumable checkpoints keep both. A released frozen encoder's weights come from
-    `encoder_file`."""
+    `encoder_file`. `processor` (`video_processor`) is saved with its Hub file, so that `AutoVideoProcessor` and the
+    video-classification pipeline find the model's preprocessing."""
     state_dict = one_encoder(full_state_dict(accelerator, model), encoder)
     if accelerator.is_main_process:
         recover_directory(directory)
@@ -124,6 +149,8 @@ def export_model(accelerator: Accelerator, model, directory: Path, trainer_state
             plain_model.save_pretrained(partial, state_dict=dict(state_dict), safe_serialization=True)
         if encoder_file is not None:
             write_with_encoder(partial / "model.safetensors", state_dict, encoder_file)
+        if processor is not None:
+            processor.save_pretrained(partial)
         (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
         (partial / "README.md").write_text(card)
         move_into_place(partial, directory)
