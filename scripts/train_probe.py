@@ -163,10 +163,14 @@ with a learned query, a linear layer) over the latents of the world model `{prob
 `scripts/train_probe.py`. {kind.capitalize()}, {config.num_labels} classes: {", ".join(labels)}.
 
 ```python
-from transformers import AutoModelForVideoClassification
-model = AutoModelForVideoClassification.from_pretrained("{repo_id or '<this directory or repo>'}", trust_remote_code=True)
-logits = model(pixel_values_videos=clips).logits  # clips: (B, T, 3, {config.encoder_config.crop_size}, {config.encoder_config.crop_size})
+from transformers import pipeline
+classify = pipeline("video-classification", model="{repo_id or '<this directory or repo>'}", trust_remote_code=True)
+classify("case.mp4")  # the labels of the video's first clip: {config.num_frames} steps at {config.fps or 4.0:g} fps
 ```
+
+The pipeline decodes the file with the video processor saved here (PyAV; the frames sampled and cropped as in
+training). On clips of your own: `AutoModelForVideoClassification.from_pretrained(...)(pixel_values_videos=clips)`,
+clips `(B, T, 3, {config.encoder_config.crop_size}, {config.encoder_config.crop_size})`.
 
 Epochs: {state.get("epoch")}; optimizer steps: {state.get("global_step")}; learning rate {train_args.learning_rate};
 class weights: {probe_args.class_weights}.

@@ -65,6 +65,8 @@ def test_probe_training_leaves_the_world_model_as_it_was(world_model_dir, probes
             assert torch.equal(kept[name], tensor), (target, name)
         config = json.loads((directory / "best" / "config.json").read_text())
         assert config["probe_target"] == target
+        processor = json.loads((directory / "best" / "video_preprocessor_config.json").read_text())
+        assert config["num_frames"] == processor["num_frames"] == 8  # the pipeline samples a training clip
         split = config["data_split"]  # the probe's own record of its split, chosen on validation
         assert (split["selection_split"], split["test_fraction"], split["groups"]["test"]) == ("validation", 0.0, [])
         assert config["problem_type"] == ("single_label_classification" if target == "task"

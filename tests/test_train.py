@@ -82,7 +82,8 @@ def test_training_run_exports_best_and_final(train_inputs, tmp_path):
     for export in ("best", "final"):
         files = set(os.listdir(out / export))
         assert {"config.json", "model.safetensors", "modeling_surgical_wm.py", "configuration_surgical_wm.py",
-                "README.md", "trainer_state.json"} <= files, files
+                "README.md", "trainer_state.json", "video_preprocessor_config.json",
+                "video_processing_surgical_wm.py"} <= files, files
     state = json.loads((out / "final" / "trainer_state.json").read_text())
     assert state["epoch"] == 3 and state["global_step"] > 0
     assert state["training_arguments"]["use_mask_aux"] is True
@@ -93,6 +94,8 @@ def test_training_run_exports_best_and_final(train_inputs, tmp_path):
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["action_dim"] == len(config["action_spec"]) == 56
     assert (config["fps"], config["frames_per_step"]) == (4.0, 1)  # the data's frame rate and step, for its users
+    processor = json.loads((out / "best" / "video_preprocessor_config.json").read_text())
+    assert (processor["fps"], processor["crop_size"]["height"], processor["crop_tool_band"]) == (4.0, 64, True)
     # The training split's action statistics, for planning: every step of every training clip counted once.
     prior = config["action_prior"]
     clips = int(re.search(r"clips: (\d+) train", log).group(1))

@@ -208,8 +208,10 @@ dimensions per step.
 ## Load
 
 ```python
-from transformers import AutoModel
+from transformers import AutoModel, AutoVideoProcessor
 model = AutoModel.from_pretrained("{load_id}", trust_remote_code=True)
+processor = AutoVideoProcessor.from_pretrained("{load_id}", trust_remote_code=True)
+pixel_values_videos = processor("case.mp4", num_frames=8, return_tensors="pt")["pixel_values_videos"]  # 8 steps
 latents = model.encode(pixel_values_videos)          # (B, T, 3, {config.encoder_config.crop_size}, {config.encoder_config.crop_size}) -> (B, T, N, D)
 actions = model.transition_actions(labels)           # labels at each step (B, T, {config.action_dim}) -> (B, T - 1, {config.action_dim})
 future = model.rollout(latents[:, :1], actions, steps=4)
