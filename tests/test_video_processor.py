@@ -70,6 +70,10 @@ def test_the_world_model_export_ships_the_training_preprocessing(world_model_dir
         assert processor.picture_box(frames.permute(0, 3, 1, 2), True, 0.08, True, 24.0) == tuple(row["crop_box"])
         given = processor(frames.numpy(), do_sample_frames=False, return_tensors="pt")["pixel_values_videos"]
         torch.testing.assert_close(given[0], expected, rtol=0, atol=1e-6)
+        # ...and as a batched tensor (B, T, 3, H, W), the second video played backwards.
+        batch = torch.stack([frames, frames.flip(0)]).permute(0, 1, 4, 2, 3)
+        batched = processor(batch, do_sample_frames=False, return_tensors="pt")["pixel_values_videos"]
+        torch.testing.assert_close(batched, torch.stack([expected, expected.flip(0)]), rtol=0, atol=1e-6)
         checked += 1
     transform.close()
     assert checked == 2
