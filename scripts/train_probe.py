@@ -53,6 +53,7 @@ from training_surgical_wm.data import (
     SkippedClips,
     clip_datasets,
     clip_inputs,
+    data_fps,
     dataset_entry,
     gather_clip_values,
     load_dataset_splits,
@@ -165,7 +166,7 @@ with a learned query, a linear layer) over the latents of the world model `{prob
 ```python
 from transformers import pipeline
 classify = pipeline("video-classification", model="{repo_id or '<this directory or repo>'}", trust_remote_code=True)
-classify("case.mp4")  # the labels of the video's first clip: {config.num_frames} steps at {config.fps or 4.0:g} fps
+classify("case.mp4")  # the labels of the video's first clip: {config.num_frames} steps sampled as in training
 ```
 
 The pipeline decodes the file with the video processor saved here (PyAV; the frames sampled and cropped as in
@@ -256,9 +257,10 @@ def main(argv=None) -> None:
     if model.config.data_split:
         refuse_other_split(probe_args, split_mismatch(model.config.data_split, split))
     model.config.data_split = split
-    # The pipeline's clip: as many frames as the training clips, at the world model's fps, cropped as they were.
+    # The pipeline's clip: as many frames as the training clips, at their fps, cropped as they were.
     model.config.num_frames = data_args.frames_per_clip
-    processor = video_processor(model.config, recorded_crop(metadata), num_frames=data_args.frames_per_clip)
+    processor = video_processor(model.config, recorded_crop(metadata), num_frames=data_args.frames_per_clip,
+                                fps=data_fps(metadata))
     transform = entry.transform(crop_size=world_model.config.encoder_config.crop_size)
     num_workers = min(data_args.num_workers, available_cores())
     clips = clip_datasets(accelerator, world_model, dataset, transform, data_args, output_dir,

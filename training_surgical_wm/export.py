@@ -120,15 +120,16 @@ def recorded_crop(metadata: dict) -> dict:
     return {name: options[name] for name in CROP_OPTIONS if name in options}
 
 
-def video_processor(config, crop: dict | None = None, num_frames: int | None = None):
+def video_processor(config, crop: dict | None = None, num_frames: int | None = None, fps: float | None = None):
     """The model's preprocessing as the Hub video processor its exports ship (video_processing_surgical_wm.py):
-    frames sampled at the model's fps (the training default for a model not trained yet), the picture cropped as
-    `crop` says (`recorded_crop`; None: the SurgVU builder's defaults), V-JEPA 2's preprocessing at the encoder's crop
-    size. `num_frames`: the clip length a probe was trained on, which the video-classification pipeline samples."""
+    frames sampled at `fps` (default: the model's, or the training default for a model not trained yet), the picture
+    cropped as `crop` says (`recorded_crop`; None: the SurgVU builder's defaults), V-JEPA 2's preprocessing at the
+    encoder's crop size. `num_frames`, `fps`: the clips a probe was trained on, which the video-classification
+    pipeline samples."""
     from video_processing_surgical_wm import SurgicalWorldModelVideoProcessor
 
     crop_size = config.encoder_config.crop_size
-    return SurgicalWorldModelVideoProcessor(crop_size=crop_size, fps=float(config.fps or DataArguments.fps),
+    return SurgicalWorldModelVideoProcessor(crop_size=crop_size, fps=float(fps or config.fps or DataArguments.fps),
                                             num_frames=num_frames, **(crop or {}))
 
 
