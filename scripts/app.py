@@ -47,7 +47,7 @@ from dataset_surgvu.labels import OTHER_TASK, build_actions, labels_at
 from dataset_surgvu.layout import find_cases, resolve_dirs
 from dataset_surgvu.video import FrameUnavailableError
 from modeling_surgical_wm import frames_to_steps
-from planning_surgical_wm import DEFAULT_PLANNING_PRESET, PLANNING_PRESETS
+from planning_surgical_wm import DEFAULT_PLANNING_PRESET
 from training_surgical_wm.arguments import DataArguments
 from training_surgical_wm.evaluation import world_model_errors
 from training_surgical_wm.loading import time_base, training_settings
@@ -391,9 +391,10 @@ def analyse(choice: str | None, upload, model_path: str, task_probe: str, tool_p
 
 def build_page(args: argparse.Namespace) -> gr.Blocks:
     videos = find_videos(args.videos)
-    plan_settings = {**{name: PLANNING_PRESETS[DEFAULT_PLANNING_PRESET].get(name) for name in SEARCH_OPTIONS},
-                     "preset": DEFAULT_PLANNING_PRESET, "num_samples": args.plan_samples,
-                     "iterations": args.plan_iterations, "action_prior": "uniform", "seen_only": False}
+    # The preset gives every setting left None (`SurgicalWorldModel.plan`).
+    plan_settings = {**dict.fromkeys(SEARCH_OPTIONS), "preset": DEFAULT_PLANNING_PRESET,
+                     "num_samples": args.plan_samples, "iterations": args.plan_iterations,
+                     "action_prior": "uniform", "seen_only": False}
     with gr.Blocks(title="Surgical world model") as page:
         gr.Markdown("# Surgical world model\nA video through the world model: surprise, probes, rollout, a plan.")
         with gr.Row():
