@@ -55,7 +55,6 @@ from training_surgical_wm.planning import SEARCH_OPTIONS, case_labels, load_worl
 from training_surgical_wm.probes import load_probe
 
 
-
 MODEL_ENV = {"world_model": "SURGICAL_WM_MODEL", "task_probe": "SURGICAL_WM_TASK_PROBE",
              "tool_probe": "SURGICAL_WM_TOOL_PROBE"}
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
