@@ -5,18 +5,22 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_output
 
-.PHONY: install demo test bench clean
+.PHONY: install demo app test bench clean
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[video,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[video,app,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --output_dir $(DEMO_DIR)
+
+# The demo page on the demo's outputs (world model, probes, videos): http://127.0.0.1:7860
+app: $(STAMP)
+	$(PY) scripts/app.py --demo_dir $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -53,13 +53,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from dataset_surgvu import BrokenFiles, collate_clips
 from dataset_surgvu.catalog import DATASETS, PROBE_TARGETS
 from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_key
-from modeling_surgical_wm import rollout_errors
 from planning_surgical_wm import step_options
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
@@ -73,15 +71,9 @@ from training_surgical_wm.data import (
     split_definition,
     split_mismatch,
 )
-from training_surgical_wm.loading import (
-    check_weights,
-    checkpoint_config,
-    fail,
-    is_probe,
-    time_base,
-    training_settings,
-)
-from training_surgical_wm.probes import read_modules, split_label_counts, world_model_mismatch
+from training_surgical_wm.evaluation import latent_errors, world_model_errors
+from training_surgical_wm.loading import fail, load_checkpoint, time_base, training_settings
+from training_surgical_wm.probes import load_probe, split_label_counts
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -157,49 +149,6 @@ class EvaluationArguments:
 
 
 # ------------------------------------------------------------------------------------------------------- loading
-def load_checkpoint(path: str):
-    """(world model, probe or None) from `path`: a world model, or a probe (which holds its world model). A local
-    folder's weights are checked against its config first: transformers would fill missing ones at random."""
-    config, where = checkpoint_config(path)
-    if config.get("model_type") != "surgical_wm":
-        fail(f"{where}: model_type {config.get('model_type')!r}: not a surgical world model nor a probe of one "
-             "(expected model_type 'surgical_wm', from train_hf.py or scripts/train_probe.py)")
-    if Path(path).is_dir():
-        check_weights(path, config)
-    from transformers import AutoModel, AutoModelForVideoClassification
-
-    if is_probe(config):
-        probe = AutoModelForVideoClassification.from_pretrained(path, trust_remote_code=True).eval()
-        return probe.world_model, probe
-    return AutoModel.from_pretrained(path, trust_remote_code=True).eval(), None
-
-
-def load_probe(path: str, target: str, world_model):
-    """A probe for `target` ('task' or 'tools') that reads `world_model`'s latents; clear errors otherwise. The probe
-    runs the world model it holds: every module it reads must have `world_model`'s weights, or its figures would
-    be another model's."""
-    config, where = checkpoint_config(path)
-    if config.get("model_type") != "surgical_wm" or not is_probe(config):
-        fail(f"{where}: not a probe of a surgical world model (architectures {config.get('architectures')}); "
-             "train one with scripts/train_probe.py")
-    expected = list(PROBE_TARGETS[target].class_names)
-    labels = [config.get("id2label", {}).get(str(index)) for index in range(len(config.get("id2label", {})))]
-    if labels != expected:
-        flag = "--tool_probe" if target == "tools" else f"--{target}_probe"
-        fail(f"{where}: a probe for the labels {labels}, not the {target} classes {expected} ({flag} "
-             f"expects a scripts/train_probe.py --target {target} export)")
-    _, probe = load_checkpoint(path)
-    differs = world_model_mismatch(probe, world_model)
-    if differs:
-        reads = " and ".join(read_modules(probe.config))
-        option = " --probe_use_predictor" if probe.config.probe_use_predictor else ""
-        fail(f"{path}: this probe reads the {reads} of the world model it was trained on, and "
-             f"{world_model.name_or_path}'s {' and '.join(differs)} {'differ' if len(differs) > 1 else 'differs'}; "
-             f"train it on this world model (scripts/train_probe.py --world_model {world_model.name_or_path}"
-             f"{option} --target {target})")
-    return probe
-
-
 def train_probes(args: EvaluationArguments, data_args: DataArguments) -> dict[str, str]:
     """Trains the dataset's probes with scripts/train_probe.py (on the train split); returns their best/ by target."""
     probe_dir = Path(args.probe_dir) if args.probe_dir else Path(args.output).with_suffix("").parent / (
@@ -298,17 +247,6 @@ class Accumulator:
         return (self.sums[name] / max(clips, 1)).tolist()
 
 
-def latent_errors(predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """L1 and cosine similarity per clip and step `(B, K)`, over tokens (and dims), in float32."""
-    predicted, target = predicted.float(), target.float()
-    return (predicted - target).abs().mean((2, 3)), latent_cosine(predicted, target)
-
-
-def latent_cosine(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity per clip and step `(B, K)`, averaged over tokens, in float32."""
-    return F.cosine_similarity(predicted.float(), target.float(), dim=-1).mean(2)
-
-
 def per_step_actions(world_model, actions: torch.Tensor, num_steps: int) -> torch.Tensor:
     """SurgVU's per-frame actions `(B, T, A)` as the model's per-step actions `(B, S, A)`."""
     from modeling_surgical_wm import frames_to_steps
@@ -343,31 +281,6 @@ def encoder_roles(world_model, settings: dict | None = None) -> dict[str, str]:
         return {"inputs": "the frozen encoder", "targets": "the frozen encoder (its own target)"}
     role = "the EMA target encoder of the fine-tuned run (as training's validation and the default export)"
     return {"inputs": role, "targets": f"{role}, its own target"}
-
-
-@torch.no_grad()
-def world_model_errors(world_model, latents: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor | None = None,
-                       baselines: bool = True) -> dict[str, torch.Tensor]:
-    """Teacher-forced and rolled-out L1 / cosine per clip and step, and (with `baselines`) their copy-the-last-context
-    baselines, which do not depend on the actions. `actions` are the labels per step, paired with the transitions as
-    the model pairs them (`transition_actions`). Predictions read `latents`; they, and the baselines' copies, are
-    scored against `targets` (default: `latents`), as training's validation scores them. The rollout's L1 and its
-    baseline are the model's own `rollout_errors`, the values training's validation reports."""
-    targets = latents if targets is None else targets
-    num_steps = latents.shape[1]
-    target = targets[:, 1:]
-    transitions = world_model.transition_actions(actions)  # (B, S - 1, A)
-    predicted = world_model.predict(latents[:, :-1], transitions)  # step t + 1 from the true steps <= t
-    imagined = world_model.rollout(latents[:, :1], transitions, steps=num_steps - 1)  # horizon h from step 1
-    errors = {}
-    errors["teacher_forced_l1"], errors["teacher_forced_cosine"] = latent_errors(predicted, target)
-    errors["rollout_l1"], copy_context_l1 = rollout_errors(imagined, targets)
-    errors["rollout_cosine"] = latent_cosine(imagined, target)
-    if baselines:
-        errors["teacher_forced_copy_l1"], errors["teacher_forced_copy_cosine"] = latent_errors(targets[:, :-1], target)
-        errors["rollout_copy_l1"] = copy_context_l1
-        errors["rollout_copy_cosine"] = latent_cosine(targets[:, :1].expand_as(target), target)
-    return errors
 
 
 def swapped(actions: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor | None:

@@ -9,7 +9,9 @@ latent cache, planning) share: modules of helpers, imported by name, no trainer 
 - `checkpoints`: atomic step-named checkpoints, resuming.
 - `guard`: the non-finite guard, the bad-step limit, debugging hooks.
 - `export`: transformers exports, the world model's card, the Hub push.
-- `probes`: label counts of a probe target (the targets themselves are dataset_surgvu.catalog's).
-- `loading`: reading a saved model's config (a directory or a Hub id) with clear errors, and checking that a
-  folder's weights are those its config describes.
+- `probes`: label counts of a probe target (the targets themselves are dataset_surgvu.catalog's), loading a probe.
+- `loading`: reading a saved model's config (a directory or a Hub id) with clear errors, checking that a folder's
+  weights are those its config describes, loading a world model or probe export.
+- `evaluation`: the world model's error per step and horizon next to the copy baseline (surprise, rollout).
+- `planning`: planning the actions between two moments of a SurgVU video, next to the labelled ones.
 """

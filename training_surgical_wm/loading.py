@@ -49,6 +49,23 @@ def is_probe(config: dict) -> bool:
     return any(name.endswith("ForVideoClassification") for name in config.get("architectures") or [])
 
 
+def load_checkpoint(path: str):
+    """(world model, probe or None) from `path`: a world model, or a probe (which holds its world model). A local
+    folder's weights are checked against its config first: transformers would fill missing ones at random."""
+    config, where = checkpoint_config(path)
+    if config.get("model_type") != "surgical_wm":
+        fail(f"{where}: model_type {config.get('model_type')!r}: not a surgical world model nor a probe of one "
+             "(expected model_type 'surgical_wm', from train_hf.py or scripts/train_probe.py)")
+    if Path(path).is_dir():
+        check_weights(path, config)
+    from transformers import AutoModel, AutoModelForVideoClassification
+
+    if is_probe(config):
+        probe = AutoModelForVideoClassification.from_pretrained(path, trust_remote_code=True).eval()
+        return probe.world_model, probe
+    return AutoModel.from_pretrained(path, trust_remote_code=True).eval(), None
+
+
 MODEL_KINDS = {"surgical_wm": "a surgical world model", "vjepa2": "a V-JEPA 2 checkpoint"}  # model_type -> wording
 WEIGHTS_NAME, WEIGHTS_INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
 

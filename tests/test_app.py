@@ -1,0 +1,183 @@
+"""The demo page (scripts/app.py) in a real browser: served on 127.0.0.1, driven by Playwright in headless Chromium.
+
+Playwright's own browser download needs the internet: the system's Chromium is used (`apt-get install chromium`,
+which .ci/run does). Without one the tests are skipped; without the playwright or gradio package they fail (both are
+in the dev and app extras).
+"""
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from conftest import TINY_PREDICTOR
+
+
+CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                 if path and os.path.isfile(path)), None)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium; .ci/run installs it)"),
+]
+TIMEOUT_MS = 120_000  # the analysis of a 20 s video on 2 busy CPU cores
+
+# The rows of Gradio's dataframe are virtual: only those in view exist. Scroll through it and collect every row's cells.
+ROWS_JS = """async (id) => {
+    const viewport = document.querySelector(`#${id} .virtual-table-viewport`);
+    const rows = new Map();
+    for (let top = 0; ; top += viewport.clientHeight / 2) {
+        viewport.scrollTop = top;
+        await new Promise(resolve => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+        for (const row of document.querySelectorAll(`#${id} [role=row].virtual-row`)) {
+            const cells = Array.from(row.querySelectorAll('[role=gridcell]'), cell => cell.innerText.trim());
+            rows.set(cells[0], cells);
+        }
+        if (top >= viewport.scrollHeight) break;
+    }
+    viewport.scrollTop = 0;
+    return Array.from(rows.values());
+}"""
+
+
+def header(tab, element_id: str) -> list[str]:
+    return [text.strip() for text in tab.locator(f"#{element_id} thead th").all_inner_texts()]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_vjepa2_dir, tmp_path_factory):
+    """A tiny world model with SurgVU's action spec and a task and a tool probe on it (new heads, as
+    scripts/train_probe.py starts them): their folders."""
+    from dataset_surgvu import action_names
+    from dataset_surgvu.catalog import PROBE_TARGETS
+    from load_vjepa2_pretrained import main as build
+    from modeling_surgical_wm import SurgicalWorldModelForVideoClassification
+
+    out = tmp_path_factory.mktemp("app-models")
+    (out / "spec.json").write_text(json.dumps(action_names()))
+    sizes = [str(item) for name, value in TINY_PREDICTOR.items() for item in (f"--{name}", value)]
+    assert build(["--encoder", tiny_vjepa2_dir, "--save_path", str(out / "model"), "--action_spec",
+                  str(out / "spec.json"), *sizes]) == 0
+    found = {"world_model": out / "model"}
+    for target in ("task", "tools"):
+        entry = PROBE_TARGETS[target]
+        probe = SurgicalWorldModelForVideoClassification.from_world_model(
+            str(out / "model"), id2label=entry.id2label, problem_type=entry.problem_type, probe_target=target,
+            probe_num_layers=1)
+        probe.save_pretrained(out / f"probe_{target}")
+        found[target] = out / f"probe_{target}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def served(models, surgvu_sample):
+    """The page on a free port of 127.0.0.1 with the sample's videos; its address."""
+    import app
+
+    root, _ = surgvu_sample
+    args = app.parse_args(["--world_model", str(models["world_model"]), "--task_probe", str(models["task"]),
+                           "--tool_probe", str(models["tools"]), "--videos", str(root), "--plan_samples", "16",
+                           "--plan_iterations", "2"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    page = app.build_page(args)
+    app.serve(page, "127.0.0.1", port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def test_analyse_shows_the_surprise_plot_the_probe_predictions_and_the_plan(served, browser, surgvu_sample,
+                                                                            models, tmp_path):
+    from dataset_surgvu import TASK_CLASSES, TOOL_CLASSES, probe_video
+    from dataset_surgvu.builder import sample_frame_indices
+
+    root, manifest = surgvu_sample
+    # A labelled case other than the one the page shows first, so that the choice is made in the page.
+    labelled = [case for _, case in sorted(manifest["cases"].items()) if case["labeled"]]
+    video = root / labelled[1]["parts"][0]["path"]
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    requests = []
+    tab.on("request", lambda request: requests.append(request.url))
+    tab.goto(served)
+    tab.locator("#video-choice input").fill(str(video.relative_to(root)))
+    tab.keyboard.press("Enter")
+    tab.click("#analyse")
+
+    expect(tab.locator("#surprise-plot img")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(tab.locator("#message")).to_contain_text(video.name, timeout=TIMEOUT_MS)
+    expect(tab.locator("#message")).to_contain_text("labels: ")
+    # The plot is a drawn image, not an empty frame.
+    size = tab.locator("#surprise-plot img").evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    assert min(size) > 100, size
+
+    # One row per step of the video at the model's 4 fps, each with a task the probe can name.
+    info = probe_video(video)
+    num_steps = len(sample_frame_indices(info.num_frames, info.fps, 4.0))
+    assert header(tab, "task-prediction")[:3] == ["step", "time (s)", "task (probe)"]
+    rows = tab.evaluate(ROWS_JS, "task-prediction")
+    assert sorted(int(row[0]) for row in rows) == list(range(1, num_steps + 1))
+    assert all(row[2] in TASK_CLASSES for row in rows), {row[2] for row in rows}
+    assert all(row[4] in TASK_CLASSES for row in rows)  # the labelled task
+    tools = {name for row in rows for name in row[5].split(", ") if name}
+    assert tools <= set(TOOL_CLASSES), tools
+
+    # The rollout error per horizon: one row per horizon of a training clip (8 steps), next to the copy baseline.
+    assert header(tab, "rollout-error") == ["horizon (steps)", "world model L1", "copy last context L1"]
+    rollout = tab.evaluate(ROWS_JS, "rollout-error")
+    assert [int(row[0]) for row in rollout] == list(range(1, 8))
+
+    # The plan from 1 s to 2 s (4 steps at 4 fps): each step's groups, inferred and labelled side by side.
+    assert header(tab, "plan-table") == ["step", "from -> to (s)", "group", "inferred", "labelled", "match"]
+    plan = tab.evaluate(ROWS_JS.replace("rows.set(cells[0], cells)", "rows.set(cells[0] + cells[2], cells)"),
+                        "plan-table")
+    assert {row[0] for row in plan} == {"1", "2", "3", "4"}
+    assert {row[2] for row in plan} == {"USM1", "USM2", "USM3", "USM4", "task"}
+    assert all(row[3] and row[4] not in ("", "-") for row in plan)
+    assert {row[4] for row in plan if row[2] == "task"} <= set(TASK_CLASSES) | {"none"}
+
+    assert all(url.startswith(served) for url in requests), sorted({url for url in requests
+                                                                    if not url.startswith(served)})
+    paths = [tmp_path / "app.png"]
+    if os.environ.get("SURGICAL_WM_SCREENSHOT_DIR"):
+        paths.append(Path(os.environ["SURGICAL_WM_SCREENSHOT_DIR"]) / "app.png")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        tab.screenshot(path=str(path), full_page=True)
+    assert paths[0].stat().st_size > 10_000
+    tab.close()
+
+
+def test_a_file_that_is_no_video_gives_a_message_on_the_page(served, browser, tmp_path):
+    broken = tmp_path / "broken_case.mp4"
+    broken.write_bytes(b"not a video\n" * 100)
+    tab = browser.new_page()
+    tab.goto(served)
+    tab.locator("#video-upload input[type=file]").set_input_files(str(broken))
+    expect(tab.locator("#video-upload")).to_contain_text(broken.name, timeout=TIMEOUT_MS)
+    tab.click("#analyse")
+    message = tab.locator("#message")
+    expect(message).to_contain_text("broken_case.mp4", timeout=TIMEOUT_MS)
+    expect(message).to_contain_text("not a readable video")
+    assert "Traceback" not in tab.content()
+    tab.close()
+
+
+def test_a_missing_probe_is_a_note_not_an_error(tmp_path):
+    import app
+
+    probes, notes = app.probes_for({"task": str(tmp_path / "probe_task"), "tools": ""}, str(tmp_path / "model"))
+    assert probes == {}
+    assert notes == [f"{tmp_path / 'probe_task'}: no such task probe (train one with scripts/train_probe.py "
+                     "--target task)", "no tools probe given: its predictions are not shown"]

@@ -1,0 +1,44 @@
+# Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
+"""The world model's latent error per step and per horizon next to the copy-the-last-context baseline: the figures of
+the evaluation, which the demo page also shows for a single video."""
+
+import torch
+import torch.nn.functional as F
+
+from modeling_surgical_wm import rollout_errors
+
+
+def latent_errors(predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 and cosine similarity per clip and step `(B, K)`, over tokens (and dims), in float32."""
+    predicted, target = predicted.float(), target.float()
+    return (predicted - target).abs().mean((2, 3)), latent_cosine(predicted, target)
+
+
+def latent_cosine(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity per clip and step `(B, K)`, averaged over tokens, in float32."""
+    return F.cosine_similarity(predicted.float(), target.float(), dim=-1).mean(2)
+
+
+@torch.no_grad()
+def world_model_errors(world_model, latents: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor | None = None,
+                       baselines: bool = True) -> dict[str, torch.Tensor]:
+    """Teacher-forced and rolled-out L1 / cosine per clip and step, and (with `baselines`) their copy-the-last-context
+    baselines, which do not depend on the actions. `actions` are the labels per step, paired with the transitions as
+    the model pairs them (`transition_actions`). Predictions read `latents`; they, and the baselines' copies, are
+    scored against `targets` (default: `latents`), as training's validation scores them. The rollout's L1 and its
+    baseline are the model's own `rollout_errors`, the values training's validation reports."""
+    targets = latents if targets is None else targets
+    num_steps = latents.shape[1]
+    target = targets[:, 1:]
+    transitions = world_model.transition_actions(actions)  # (B, S - 1, A)
+    predicted = world_model.predict(latents[:, :-1], transitions)  # step t + 1 from the true steps <= t
+    imagined = world_model.rollout(latents[:, :1], transitions, steps=num_steps - 1)  # horizon h from step 1
+    errors = {}
+    errors["teacher_forced_l1"], errors["teacher_forced_cosine"] = latent_errors(predicted, target)
+    errors["rollout_l1"], copy_context_l1 = rollout_errors(imagined, targets)
+    errors["rollout_cosine"] = latent_cosine(imagined, target)
+    if baselines:
+        errors["teacher_forced_copy_l1"], errors["teacher_forced_copy_cosine"] = latent_errors(targets[:, :-1], target)
+        errors["rollout_copy_l1"] = copy_context_l1
+        errors["rollout_copy_cosine"] = latent_cosine(targets[:, :1].expand_as(target), target)
+    return errors
