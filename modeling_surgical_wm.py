@@ -463,6 +463,9 @@ class SurgicalWorldModelPredictor(nn.Module):
             # Masked tokens contribute no residual, or the denoising target would leak through it.
             base = latents if token_mask is None else latents.masked_fill(token_mask[..., None], 0.0)
             prediction = prediction + base.to(prediction.dtype)
+        if self.config.normalize_predictions:
+            # V-JEPA 2-AC's `normalize_reps`: here, so that every caller (losses, rollouts, planning) sees it.
+            prediction = F.layer_norm(prediction, (prediction.shape[-1],))
         if output_hidden_states:
             shape = (batch_size, num_steps, tokens_per_step, -1)
             return prediction, tuple(states.view(shape) for states in all_hidden_states)

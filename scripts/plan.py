@@ -20,9 +20,12 @@ next to chance, and the energy per CEM iteration.
 config) that held the video's case; a train or validation case is warned about, since it fitted or chose the model.
 
 `--preset` names the search settings (`planning_surgical_wm.PLANNING_PRESETS`: `vjepa2_ac_paper`, `vjepa2_ac_wrapper`,
-`vjepa2_ac_mpc_utils`, or this project's default `surgical_wm`); `--num_samples`, `--iterations`, `--top_k`,
-`--momentum` and `--std_momentum` override its values; the horizon is the span's steps (or `--horizon`), whatever the
-preset plans. `--action_prior marginal|transition` starts the search from the training data's action statistics that
+`vjepa2_ac_mpc_utils`, `vjepa2_ac_droid`, or this project's default `surgical_wm`); `--num_samples`, `--iterations`,
+`--top_k`, `--momentum` and `--std_momentum` override its values; the horizon is the span's steps (or `--horizon`),
+whatever the preset plans. A model with a state token (SurgVU videos have no states) takes the context's states from
+`--states` (a JSON list of `--context_steps` lists of `state_dim` numbers), and each candidate's states follow its own
+actions by `--state_rule` (`planning_surgical_wm.STATE_RULES`; default: the preset's, as `vjepa2_ac_droid`'s
+`end_effector`). `--action_prior marginal|transition` starts the search from the training data's action statistics that
 train_hf.py writes into the config, `--seen_only` proposes only the combinations of tools and task seen in training;
 the report and the JSON name the preset and the prior.
 """
@@ -44,7 +47,7 @@ from dataset_surgvu.builder import sample_frame_indices
 from dataset_surgvu.labels import build_actions, labels_at, part_offsets, read_case_labels
 from dataset_surgvu.layout import find_cases, parse_part_file, resolve_dirs
 from modeling_surgical_wm import SurgicalWorldModel, frames_to_steps
-from planning_surgical_wm import ACTION_PRIORS, DEFAULT_PLANNING_PRESET, PLANNING_PRESETS
+from planning_surgical_wm import ACTION_PRIORS, DEFAULT_PLANNING_PRESET, PLANNING_PRESETS, STATE_RULES
 from training_surgical_wm.arguments import DataArguments
 from training_surgical_wm.loading import TRAINER_STATE, checkpoint_config, fail, is_probe, time_base, training_settings
 
@@ -87,6 +90,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "transitions from the last context action)")
     parser.add_argument("--seen_only", action="store_true", help="propose only combinations of options seen in one "
                                                                  "training step")
+    parser.add_argument("--states", default=None, help="a JSON file: the states of the --context_steps context steps, "
+                                                       "one list of state_dim numbers each (models with a state token)")
+    parser.add_argument("--state_rule", choices=list(STATE_RULES), default=None,
+                        help="how each candidate's states follow its actions (default: the preset's; models with a "
+                             "state token)")
     parser.add_argument("--chunk_size", type=int, default=None, help="candidates per predictor call (default: about "
                                                                      "1 GiB of keys, values and scores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search")
@@ -94,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
     for name, value in PLANNING_PRESETS[args.preset].items():
-        if name != "horizon" and name != "bounds" and getattr(args, name) is None:
+        if name not in ("horizon", "bounds", "state_rule") and getattr(args, name) is None:
             setattr(args, name, value)
     if args.fps is not None and not args.fps > 0:
         parser.error(f"--fps must be positive, got {args.fps}")
@@ -125,10 +133,35 @@ def load_world_model(path: str) -> tuple[SurgicalWorldModel, str]:
     if not config.get("action_spec"):
         fail(f"{where}: the model has no action_spec, so its actions have no names to infer (build it with "
              "scripts/load_vjepa2_pretrained.py --action_spec, or train it with train_hf.py)")
-    if config.get("state_dim"):
-        fail(f"{where}: the model expects a state of {config['state_dim']} values per step; SurgVU videos have none")
     model = SurgicalWorldModel.from_pretrained(path).eval()
     return model, where
+
+
+def context_states(args: argparse.Namespace, model: SurgicalWorldModel, where: str) -> torch.Tensor | None:
+    """The states `(1, context_steps, state_dim)` of `--states` for a model with a state token (None without one)."""
+    state_dim = model.config.state_dim
+    if not state_dim:
+        if args.states is not None or args.state_rule is not None:
+            fail(f"{where}: the model has no state token (state_dim=0): --states and --state_rule are for models "
+                 "with one")
+        return None
+    if args.states is None:
+        fail(f"{where}: the model expects a state of {state_dim} values per step; SurgVU videos have none: give the "
+             f"context's states with --states (a JSON list of {args.context_steps} lists of {state_dim} numbers)")
+    if (args.state_rule or PLANNING_PRESETS[args.preset].get("state_rule")) is None:
+        fail(f"--preset {args.preset} has no state rule: give --state_rule ({', '.join(STATE_RULES)}) to move each "
+             "candidate's states by its actions")
+    try:
+        values = json.loads(Path(args.states).read_text())
+    except (OSError, ValueError) as error:
+        fail(f"{args.states}: not a readable JSON file ({error})")
+    if not (isinstance(values, list) and len(values) == args.context_steps and all(
+            isinstance(row, list) and len(row) == state_dim
+            and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in row)
+            for row in values)):
+        fail(f"{args.states}: expected a list of {args.context_steps} lists (one per context step) of {state_dim} "
+             "numbers (the model's state_dim)")
+    return torch.tensor(values, dtype=torch.float32)[None]
 
 
 def action_groups(model: SurgicalWorldModel) -> tuple[list[tuple[str, list[int]]], list[str] | None]:
@@ -211,7 +244,8 @@ def format_report(result: dict) -> str:
         f"{settings['top_k']}, momentum {settings['momentum']:g} (spread {settings['std_momentum']:g}), seed "
         f"{settings['seed']}",
         f"action prior: {settings['action_prior']}"
-        + (", combinations seen in training only" if settings["seen_only"] else ""),
+        + (", combinations seen in training only" if settings["seen_only"] else "")
+        + (f"; states follow the actions by the {settings['state_rule']!r} rule" if settings["state_rule"] else ""),
         f"labels: {result['labels']}",
         f"the action of a step: the labels at its {'end' if result['action_pairing'] == 'next' else 'start'} "
         f"(action_pairing {result['action_pairing']!r})",
@@ -255,6 +289,8 @@ def main(argv=None) -> int:
     model, where = load_world_model(args.checkpoint)
     model.to(device)
     config = model.config
+    states = context_states(args, model, where)
+    states = None if states is None else states.to(device)
     spec, frames_per_step = list(config.action_spec), config.frames_per_step
     groups, derived = action_groups(model)
     in_group = {dim for _, dims in groups for dim in dims}
@@ -357,14 +393,16 @@ def main(argv=None) -> int:
                                 iterations=args.iterations, top_k=args.top_k, momentum=args.momentum,
                                 std_momentum=args.std_momentum, generator=generator, context_actions=context_actions,
                                 discrete_groups=derived, chunk_size=args.chunk_size, preset=args.preset,
-                                action_prior=args.action_prior, seen_only=args.seen_only)
+                                action_prior=args.action_prior, seen_only=args.seen_only, states=states,
+                                state_rule=args.state_rule)
         except ValueError as error:  # a prior the config lacks or that was computed for other actions
             fail(f"{where}: {error}")
         labelled_energy = None
         planned_labels = transitions[context_steps - 1 :] if transitions is not None else None
         if planned_labels is not None and len(planned_labels) == horizon:
             labelled_energy = float(model.energy(context, goal, torch.from_numpy(planned_labels[None]).to(device),
-                                                 context_actions=context_actions, chunk_size=args.chunk_size)[0])
+                                                 context_actions=context_actions, chunk_size=args.chunk_size,
+                                                 states=states, state_rule=output.settings["state_rule"])[0])
     seconds = time.perf_counter() - start_time
     logger.info("planned in %.1f s on %s", seconds, device)
 
