@@ -407,9 +407,9 @@ class SurgicalWorldModelPredictor(nn.Module):
         update_cache: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """
-        The predictions `(B, T, N, latent_dim)`; with `output_hidden_states=True`, `(predictions, hidden_states)`
-        where `hidden_states` holds the input of the first layer and the output of every layer (before the final
-        norm), each `(B, T, condition_tokens + N, hidden)`.
+        The predictions `(B, T, N, latent_dim)`, each token layer-normed with `config.normalize_predictions`; with
+        `output_hidden_states=True`, `(predictions, hidden_states)` where `hidden_states` holds the input of the first
+        layer and the output of every layer (before the final norm), each `(B, T, condition_tokens + N, hidden)`.
 
         With a `cache`, the T steps given follow the steps whose keys and values the cache holds: they attend to
         those instead of recomputing them, take the next time positions, and their own keys and values are added to

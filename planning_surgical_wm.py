@@ -47,9 +47,9 @@ PLANNING_PRESETS: dict[str, dict] = {
     # (`compute_new_pose`: the `end_effector` rule). Differences left: `cem` starts the gripper's spread at 1 (here
     # half its bounds, 0.75), refits with the unbiased std, and acts with its final mean (`action_mean` here).
     "vjepa2_ac_droid": {"num_samples": 400, "iterations": 10, "top_k": 10, "horizon": 2, "momentum": 0.15,
-                        "std_momentum": 0.15,
-                        "bounds": ((-0.05, -0.05, -0.05, 0.0, 0.0, 0.0, -0.75), (0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 0.75)),
-                        "state_rule": "end_effector"},
+                        "std_momentum": 0.15, "state_rule": "end_effector",
+                        "bounds": ((-0.05, -0.05, -0.05, 0.0, 0.0, 0.0, -0.75),
+                                   (0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 0.75))},
 }
 DEFAULT_PLANNING_PRESET = "surgical_wm"
 # How `plan` starts its categorical distributions: uniform options, or the training data's `config.action_prior`
@@ -203,8 +203,9 @@ class SurgicalWorldModelPlanOutput(ModelOutput):
 class SurgicalWorldModelActionSampler:
     """
     CEM's search distribution over `(contexts, horizon, action_dim)` actions: a Gaussian per step and continuous
-    dimension, clipped to `bounds` (a dimension with `low == high` is held at that value), and a categorical distribution per step for each group of `groups` (the options are
-    the group's dimensions and none, which leaves them all 0). Starts wide (the middle of the bounds, half their width;
+    dimension, clipped to `bounds` (a dimension with `low == high` is held at that value), and a categorical
+    distribution per step for each group of `groups` (the options are the group's dimensions and none, which leaves
+    them all 0). Starts wide (the middle of the bounds, half their width;
     uniform options, or `probabilities` per group `(B, H, options)` from an action prior) and is refit to elites with
     `momentum * old + (1 - momentum) * new` (`std_momentum` for the spreads). With `combinations` `(K, groups)`, the
     option indices of the combinations allowed, a step draws one of them with probability proportional to the
@@ -419,7 +420,9 @@ class SurgicalWorldModelPlanningMixin:
         if callable(state_rule):
             return state_rule
         if state_rule not in STATE_RULES:
-            raise ValueError(f"Unknown state rule {state_rule!r}; the rules are {', '.join(STATE_RULES)}, or a callable.")
+            raise ValueError(
+                f"Unknown state rule {state_rule!r}; the rules are {', '.join(STATE_RULES)}, or a callable."
+            )
         if state_rule == "add" and state_dim != action_dim:
             raise ValueError(f"The state rule 'add' adds actions to states: it needs state_dim ({state_dim}) == "
                              f"action_dim ({action_dim}).")
