@@ -94,6 +94,9 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             Autoregressive steps of the rollout loss (V-JEPA 2-AC uses 2).
         rollout_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the rollout loss next to the teacher-forcing loss in the training objective (V-JEPA 2-AC: 1).
+            `rollout_steps=2, rollout_loss_weight=1`, with `contrastive_weight=0` and `normalize_predictions=True`,
+            is V-JEPA 2-AC's loss exactly (`app/vjepa_droid/train.py`, `auto_steps: 2`, `loss_exp: 1`): the mean L1
+            of all teacher-forced predictions plus the mean L1 of a 2-step rollout from the first step.
         action_conditioning (`str`, *optional*, defaults to `"token"`):
             How actions reach the predictor: `"token"`, one action token per step (V-JEPA 2-AC), or `"adaln"`, that
             token and, in every layer, a shift, scale and gate of the step's tokens computed from the step's action
@@ -128,6 +131,11 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             Momentum of the EMA target encoder (only used when the encoder trains).
         normalize_latents (`bool`, *optional*, defaults to `True`):
             Layer-norm the encoder outputs (without affine) into the latent states, as V-JEPA 2-AC does.
+        normalize_predictions (`bool`, *optional*, defaults to `False`):
+            Layer-norm every prediction of the predictor (without affine, eps 1e-5), as V-JEPA 2-AC's
+            `normalize_reps` does: what `predict` returns, what a rollout feeds back, what `energy` and `plan`
+            compare and what the losses score. Needs `normalize_latents`, which normalises the targets alike.
+            `True` for converted V-JEPA 2-AC models; `False` for the models trained here before it existed.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated normal initialiser of the predictor.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
@@ -210,6 +218,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     freeze_encoder: bool = True
     ema_momentum: float | int = 0.999
     normalize_latents: bool = True
+    normalize_predictions: bool = False
     # initialisation
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-6
@@ -288,6 +297,11 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             raise ValueError(f"`mask_ratio` must be in (0, 1), got {self.mask_ratio!r}.")
         if not 0.0 <= self.ema_momentum <= 1.0:
             raise ValueError(f"`ema_momentum` must be in [0, 1], got {self.ema_momentum!r}.")
+        if self.normalize_predictions and not self.normalize_latents:
+            raise ValueError(
+                "`normalize_predictions=True` compares layer-normed predictions with the latents: it needs "
+                "`normalize_latents=True` too (V-JEPA 2-AC's `normalize_reps` normalises both)."
+            )
         self._check_action_training()
         if self.action_spec is not None and len(self.action_spec) != self.action_dim:
             raise ValueError(

@@ -407,9 +407,9 @@ class SurgicalWorldModelPredictor(nn.Module):
         update_cache: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """
-        The predictions `(B, T, N, latent_dim)`; with `output_hidden_states=True`, `(predictions, hidden_states)`
-        where `hidden_states` holds the input of the first layer and the output of every layer (before the final
-        norm), each `(B, T, condition_tokens + N, hidden)`.
+        The predictions `(B, T, N, latent_dim)`, each token layer-normed with `config.normalize_predictions`; with
+        `output_hidden_states=True`, `(predictions, hidden_states)` where `hidden_states` holds the input of the first
+        layer and the output of every layer (before the final norm), each `(B, T, condition_tokens + N, hidden)`.
 
         With a `cache`, the T steps given follow the steps whose keys and values the cache holds: they attend to
         those instead of recomputing them, take the next time positions, and their own keys and values are added to
@@ -463,6 +463,9 @@ class SurgicalWorldModelPredictor(nn.Module):
             # Masked tokens contribute no residual, or the denoising target would leak through it.
             base = latents if token_mask is None else latents.masked_fill(token_mask[..., None], 0.0)
             prediction = prediction + base.to(prediction.dtype)
+        if self.config.normalize_predictions:
+            # V-JEPA 2-AC's `normalize_reps`: here, so that every caller (losses, rollouts, planning) sees it.
+            prediction = F.layer_norm(prediction, (prediction.shape[-1],))
         if output_hidden_states:
             shape = (batch_size, num_steps, tokens_per_step, -1)
             return prediction, tuple(states.view(shape) for states in all_hidden_states)

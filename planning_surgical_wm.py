@@ -7,6 +7,7 @@ calls the model only through `encode`, `check_step_inputs`, `rollout`, `predicto
 here.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +17,10 @@ from transformers.utils import ModelOutput
 
 
 # CEM settings by source: `plan(preset=...)` takes the arguments its caller leaves None from one of these. `bounds`
-# clip each continuous action dimension; momenta weigh the old search distribution against the elites' statistics
-# (`momentum` for the Gaussian means and the categorical probabilities, `std_momentum` for the Gaussian spreads).
+# clip each continuous action dimension (numbers, or one value per dimension; `low == high` holds a dimension at that
+# value); momenta weigh the old search distribution against the elites' statistics (`momentum` for the Gaussian means
+# and the categorical probabilities, `std_momentum` for the Gaussian spreads); `state_rule` (a name of `STATE_RULES`)
+# moves each candidate's states by its own actions, for models with a state token.
 PLANNING_PRESETS: dict[str, dict] = {
     # The V-JEPA 2 paper (Assran et al., 2025, arXiv:2506.09985), Section 4.2 "Planning" and its appendix on planning
     # details: CEM with 800 samples, 10 iterations, top 10, a horizon of 1 step, each action within an L1 ball of
@@ -37,11 +40,100 @@ PLANNING_PRESETS: dict[str, dict] = {
     # over discrete actions, in less time than any of them (benchmarks/README.md, "Choosing the default preset").
     "surgical_wm": {"num_samples": 200, "iterations": 5, "top_k": 10, "horizon": 2, "momentum": 0.15,
                     "std_momentum": 0.15, "bounds": (-0.05, 0.05)},
+    # facebookresearch/vjepa2, notebooks/utils/world_model_wrapper.py: `WorldModel.infer_next_action` with the
+    # wrapper's `mpc_args`, on DROID's 7-dimensional end-effector actions [xyz, Euler xyz, gripper]; the constraints
+    # of notebooks/utils/mpc_utils.py `cem`: xyz clipped to +-maxnorm per dimension (a clip, not an L2 norm), the
+    # rotation deltas held at 0, the gripper within +-0.75; each candidate's pose follows its own actions
+    # (`compute_new_pose`: the `end_effector` rule). Differences left: `cem` starts the gripper's spread at 1 (here
+    # half its bounds, 0.75), refits with the unbiased std, and acts with its final mean (`action_mean` here).
+    "vjepa2_ac_droid": {"num_samples": 400, "iterations": 10, "top_k": 10, "horizon": 2, "momentum": 0.15,
+                        "std_momentum": 0.15, "state_rule": "end_effector",
+                        "bounds": ((-0.05, -0.05, -0.05, 0.0, 0.0, 0.0, -0.75),
+                                   (0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 0.75))},
 }
 DEFAULT_PLANNING_PRESET = "surgical_wm"
 # How `plan` starts its categorical distributions: uniform options, or the training data's `config.action_prior`
 # (its marginals at every step, or its step-to-step transitions chained from the last context action).
 ACTION_PRIORS = ("uniform", "marginal", "transition")
+
+
+def hold_state(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """The state stays where it is: every candidate gets the context's last state (the rule of a frozen state)."""
+    return state
+
+
+def add_action(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """The state integrates the actions: next state = state + action (actions as changes of the state)."""
+    return state + action
+
+
+def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices `(..., 3, 3)` of extrinsic x, y, z Euler angles `(..., 3)` (scipy's `"xyz"`): Rz Ry Rx."""
+    cos, sin = angles.cos().unbind(-1), angles.sin().unbind(-1)
+    one, zero = torch.ones_like(angles[..., 0]), torch.zeros_like(angles[..., 0])
+
+    def matrix(*rows):
+        return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+    rotate_x = matrix((one, zero, zero), (zero, cos[0], -sin[0]), (zero, sin[0], cos[0]))
+    rotate_y = matrix((cos[1], zero, sin[1]), (zero, one, zero), (-sin[1], zero, cos[1]))
+    rotate_z = matrix((cos[2], -sin[2], zero), (sin[2], cos[2], zero), (zero, zero, one))
+    return rotate_z @ rotate_y @ rotate_x
+
+
+def matrix_to_euler(matrix: torch.Tensor) -> torch.Tensor:
+    """Extrinsic x, y, z Euler angles `(..., 3)` of rotation matrices `(..., 3, 3)`, as scipy's `as_euler("xyz")`
+    away from gimbal lock (y = +-pi/2)."""
+    x = torch.atan2(matrix[..., 2, 1], matrix[..., 2, 2])
+    y = torch.asin((-matrix[..., 2, 0]).clamp(-1.0, 1.0))
+    z = torch.atan2(matrix[..., 1, 0], matrix[..., 0, 0])
+    return torch.stack([x, y, z], dim=-1)
+
+
+def end_effector_pose(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """
+    V-JEPA 2-AC's DROID pose update (facebookresearch/vjepa2, notebooks/utils/mpc_utils.py, `compute_new_pose`):
+    states and actions `[x, y, z, Euler x, y, z, gripper]`, actions as changes. The position adds the change, the
+    rotation composes it on the left (R_action @ R_state, extrinsic "xyz" Euler angles), the gripper adds it and
+    stays within [0, 1] (open ... closed). In float64, as Meta's numpy code.
+    """
+    pose, change = state.double(), action.double()
+    rotation = euler_to_matrix(change[..., 3:6]) @ euler_to_matrix(pose[..., 3:6])
+    gripper = (pose[..., 6:] + change[..., 6:]).clamp(0.0, 1.0)
+    return torch.cat([pose[..., :3] + change[..., :3], matrix_to_euler(rotation), gripper], dim=-1).to(state.dtype)
+
+
+# How each candidate's state token follows its actions in `energy` and `plan` (`state_rule=`): a name here, or any
+# callable `(state (N, state_dim), action (N, action_dim)) -> next state (N, state_dim)`.
+STATE_RULES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "hold": hold_state,
+    "add": add_action,
+    "end_effector": end_effector_pose,
+}
+
+
+def candidate_states(
+    context_states: torch.Tensor, actions: torch.Tensor, rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """
+    The states `(B, K, C + H - 1, S)` of each candidate `(B, K, H, A)` over a context's `C` observed states
+    `(B, C, S)` and its horizon: from the last observed one, `rule(state, action)` after each of its actions but the
+    last (the state after the last step is never an input).
+    """
+    batch_size, num_candidates, horizon = actions.shape[:3]
+    observed = context_states[:, None].expand(-1, num_candidates, -1, -1)  # (B, K, C, S)
+    state = observed[:, :, -1].flatten(0, 1)  # (B * K, S)
+    steps = [observed]
+    for step in range(horizon - 1):
+        following = rule(state, actions[:, :, step].flatten(0, 1))
+        if not isinstance(following, torch.Tensor) or following.shape != state.shape:
+            raise ValueError(
+                f"The state rule must return the next states with the shape of the states {tuple(state.shape)}, got "
+                f"{tuple(following.shape) if isinstance(following, torch.Tensor) else type(following).__name__}."
+            )
+        state = following.to(state.dtype)
+        steps.append(state.view(batch_size, num_candidates, 1, -1))
+    return torch.cat(steps, dim=2)
 
 
 def step_options(actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
@@ -96,7 +188,8 @@ class SurgicalWorldModelPlanOutput(ModelOutput):
         probability of each option of a categorical group in its dimension (`1 - sum` is the probability of none).
     settings (`dict`):
         What the search ran with: `preset`, `action_prior`, `seen_only` and the values of `horizon`, `num_samples`,
-        `iterations`, `top_k`, `momentum`, `std_momentum` and `bounds` (the preset's unless given).
+        `iterations`, `top_k`, `momentum`, `std_momentum` and `bounds` (the preset's unless given), and `state_rule`
+        (its name; None where the states are given for every step).
     """
 
     actions: torch.FloatTensor | None = None
@@ -110,8 +203,9 @@ class SurgicalWorldModelPlanOutput(ModelOutput):
 class SurgicalWorldModelActionSampler:
     """
     CEM's search distribution over `(contexts, horizon, action_dim)` actions: a Gaussian per step and continuous
-    dimension, clipped to `bounds`, and a categorical distribution per step for each group of `groups` (the options are
-    the group's dimensions and none, which leaves them all 0). Starts wide (the middle of the bounds, half their width;
+    dimension, clipped to `bounds` (a dimension with `low == high` is held at that value), and a categorical
+    distribution per step for each group of `groups` (the options are the group's dimensions and none, which leaves
+    them all 0). Starts wide (the middle of the bounds, half their width;
     uniform options, or `probabilities` per group `(B, H, options)` from an action prior) and is refit to elites with
     `momentum * old + (1 - momentum) * new` (`std_momentum` for the spreads). With `combinations` `(K, groups)`, the
     option indices of the combinations allowed, a step draws one of them with probability proportional to the
@@ -136,9 +230,15 @@ class SurgicalWorldModelActionSampler:
         for _, dims in groups:
             in_group[dims] = True
         self.continuous = (~in_group).nonzero().flatten().tolist()
-        low, high = (torch.as_tensor(bound, dtype=torch.float32, device=device).expand(action_dim) for bound in bounds)
-        if not bool((low < high).all()):
-            raise ValueError(f"`bounds` must have low < high in every dimension, got {bounds!r}.")
+        low, high = (torch.as_tensor(bound, dtype=torch.float32, device=device) for bound in bounds)
+        if any(bound.numel() not in (1, action_dim) for bound in (low, high)):
+            raise ValueError(
+                f"`bounds` must give one number or {action_dim} (one per action dimension) for each side, got "
+                f"{bounds!r}."
+            )
+        low, high = low.flatten().expand(action_dim), high.flatten().expand(action_dim)
+        if not bool((low <= high).all()):
+            raise ValueError(f"`bounds` must have low <= high in every dimension, got {bounds!r}.")
         self.low, self.high = low[self.continuous], high[self.continuous]
         self.mean = ((self.low + self.high) / 2).expand(batch_size, horizon, -1).clone()  # (B, H, Dc)
         self.std = ((self.high - self.low) / 2).expand(batch_size, horizon, -1).clone()
@@ -265,6 +365,7 @@ class SurgicalWorldModelPlanningMixin:
         chunk_size: int | None = None,
         use_cache: bool = True,
         deduplicate: bool = True,
+        state_rule: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """
         How far candidate action sequences lead from `context` to `goal`: the mean L1, over tokens and channels,
@@ -278,10 +379,14 @@ class SurgicalWorldModelPlanningMixin:
                 action of each step from the context's last step on.
             context_actions: `(batch, context_steps - 1, action_dim)`, the actions taken between the context's steps
                 (zeros when None).
-            states: `(batch, context_steps + horizon - 1, state_dim)` when the model has a state token.
+            states: `(batch, context_steps + horizon - 1, state_dim)` when the model has a state token, the same for
+                every candidate; with `state_rule`, the observed `(batch, context_steps, state_dim)` only.
             chunk_size: candidates per predictor call (None: what fits in half the free CUDA memory, or 1 GiB).
             use_cache: the KV-cached rollout (`rollout`'s `use_cache`).
             deduplicate: roll out each distinct candidate of a context once (its copies share its energy).
+            state_rule: how each candidate's states follow its own actions over the horizon (`candidate_states`): a
+                name of `STATE_RULES` (`"end_effector"`: V-JEPA 2-AC's DROID poses; `"add"`; `"hold"`) or a callable
+                `(state, action) -> next_state` on `(N, state_dim)` and `(N, action_dim)`.
         Returns:
             `(batch, candidates)` energies in float32 (`(batch,)` for 3-D `actions`).
         """
@@ -295,17 +400,48 @@ class SurgicalWorldModelPlanningMixin:
                 f"Candidate actions must have shape ({batch_size}, candidates, horizon, {self.config.action_dim}), got "
                 f"{tuple(actions.shape)}."
             )
-        history, states = self._history_and_states(context, context_actions, states, actions.shape[2])
+        rule = self._state_rule(state_rule)
+        history, states = self._history_and_states(context, context_actions, states, actions.shape[2], rule)
         energies = self._candidate_energies(context, goal, actions, history, states, chunk_size, use_cache,
-                                            scored=[{} for _ in range(batch_size)] if deduplicate else None)
+                                            scored=[{} for _ in range(batch_size)] if deduplicate else None,
+                                            state_rule=rule)
         energies = energies.to(context.device)
         return energies[:, 0] if single else energies
 
+    def _state_rule(
+        self, state_rule: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The callable of `state_rule` (a name of `STATE_RULES` or a callable), checked against the model."""
+        if state_rule is None:
+            return None
+        state_dim, action_dim = self.config.state_dim, self.config.action_dim
+        if state_dim == 0:
+            raise ValueError("A `state_rule` moves the state token, but this model has none (state_dim=0).")
+        if callable(state_rule):
+            return state_rule
+        if state_rule not in STATE_RULES:
+            raise ValueError(
+                f"Unknown state rule {state_rule!r}; the rules are {', '.join(STATE_RULES)}, or a callable."
+            )
+        if state_rule == "add" and state_dim != action_dim:
+            raise ValueError(f"The state rule 'add' adds actions to states: it needs state_dim ({state_dim}) == "
+                             f"action_dim ({action_dim}).")
+        if state_rule == "end_effector" and not state_dim == action_dim == 7:
+            raise ValueError(f"The state rule 'end_effector' moves 7-dimensional poses [xyz, Euler xyz, gripper] by "
+                             f"7-dimensional actions; this model has state_dim={state_dim}, action_dim={action_dim}.")
+        return STATE_RULES[state_rule]
+
     def _history_and_states(
-        self, context: torch.Tensor, context_actions: torch.Tensor | None, states: torch.Tensor | None, horizon: int
+        self,
+        context: torch.Tensor,
+        context_actions: torch.Tensor | None,
+        states: torch.Tensor | None,
+        horizon: int,
+        state_rule: Callable | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The actions between the context's steps `(B, C - 1, A)` (zeros when None) and the states over context and
-        horizon `(B, C + horizon - 1, S)` (None without a state token), checked and on the context's device."""
+        horizon `(B, C + horizon - 1, S)`, or over the context `(B, C, S)` with a `state_rule` (None without a state
+        token), checked and on the context's device."""
         batch_size, num_context = context.shape[:2]
         action_dim = self.config.action_dim
         if context_actions is None:
@@ -317,7 +453,8 @@ class SurgicalWorldModelPlanningMixin:
             )
         else:
             history = context_actions.to(context.device, context.dtype)
-        states = self.check_step_inputs("states", states, batch_size, num_context + horizon - 1, context)
+        num_states = num_context if state_rule is not None else num_context + horizon - 1
+        states = self.check_step_inputs("states", states, batch_size, num_states, context)
         return history, None if states is None else states.to(context.device)
 
     def _history_cache(self, context: torch.Tensor, history: torch.Tensor, states: torch.Tensor | None):
@@ -341,11 +478,13 @@ class SurgicalWorldModelPlanningMixin:
         chunk_size: int | None,
         use_cache: bool,
         history_cache=None,
+        state_rule: Callable | None = None,
     ) -> torch.Tensor:
         """
         Energies `(B, K)` of every candidate `(B, K, H, A)` from latents `context` `(B, C, N, D)` to `goal`
         `(B, N, D)`, `chunk_size` candidates per rollout. With the cache, the context's history is computed once (or
-        taken from `history_cache`, made by `_history_cache` for these contexts) and shared by every chunk.
+        taken from `history_cache`, made by `_history_cache` for these contexts) and shared by every chunk. With a
+        `state_rule`, `states` are the context's and each candidate's follow its actions (`candidate_states`).
         """
         batch_size, num_context = context.shape[:2]
         num_candidates, horizon = candidates.shape[1:3]
@@ -357,7 +496,12 @@ class SurgicalWorldModelPlanningMixin:
             chunk = candidates[:, start : start + chunk_size].to(context.device, context.dtype)  # (B, c, H, A)
             size = chunk.shape[1]
             sequences = torch.cat([history[:, None].expand(-1, size, -1, -1), chunk], dim=2).flatten(0, 1)
-            chunk_states = None if states is None else states.repeat_interleave(size, dim=0)
+            if states is None:
+                chunk_states = None
+            elif state_rule is not None:
+                chunk_states = candidate_states(states, chunk, state_rule).flatten(0, 1)  # (B * c, C + H - 1, S)
+            else:
+                chunk_states = states.repeat_interleave(size, dim=0)
             final = self.rollout(context, sequences, horizon, chunk_states, use_cache=use_cache,
                                  history_cache=history_cache if use_cache else None)[:, -1]
             final = final.view(batch_size, size, *final.shape[1:])  # (B, c, N, D)
@@ -375,6 +519,7 @@ class SurgicalWorldModelPlanningMixin:
         use_cache: bool,
         scored: list[dict[bytes, float]] | None,
         history_caches: list | None = None,
+        state_rule: Callable | None = None,
     ) -> torch.Tensor:
         """
         The energies `(B, K)` of `candidates`. Without `scored`, `_rollout_energies` of them all. With it (on the CPU),
@@ -384,7 +529,8 @@ class SurgicalWorldModelPlanningMixin:
         actions draws the same sequences again and again).
         """
         if scored is None:
-            return self._rollout_energies(context, goal, candidates, history, states, chunk_size, use_cache)
+            return self._rollout_energies(context, goal, candidates, history, states, chunk_size, use_cache,
+                                          state_rule=state_rule)
         batch_size, num_candidates = candidates.shape[:2]
         energies = torch.empty(batch_size, num_candidates)
         for row in range(batch_size):
@@ -396,7 +542,7 @@ class SurgicalWorldModelPlanningMixin:
                 found = self._rollout_energies(
                     context[row : row + 1], goal[row : row + 1], candidates[row : row + 1, new],
                     history[row : row + 1], None if states is None else states[row : row + 1], chunk_size, use_cache,
-                    history_cache=None if history_caches is None else history_caches[row],
+                    history_cache=None if history_caches is None else history_caches[row], state_rule=state_rule,
                 )
                 scored[row].update(zip((keys[index] for index in new), found[0].tolist()))
             energies[row] = torch.tensor([scored[row][key] for key in keys])
@@ -424,6 +570,7 @@ class SurgicalWorldModelPlanningMixin:
         std_momentum: float | None = None,
         action_prior: str = "uniform",
         seen_only: bool = False,
+        state_rule: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> SurgicalWorldModelPlanOutput:
         """
         Searches for the `horizon` actions that lead from `context` to `goal` with the cross-entropy method (CEM), as
@@ -435,8 +582,9 @@ class SurgicalWorldModelPlanningMixin:
         (1 - momentum) * new` (`std_momentum` for the Gaussian spreads). Also infers the actions that explain a
         stretch of video: the context is its start, the goal its end.
 
-        `preset` (a name of `PLANNING_PRESETS`: `vjepa2_ac_paper`, `vjepa2_ac_wrapper`, `vjepa2_ac_mpc_utils` or this
-        project's `surgical_wm`) gives every search setting left None; an explicit argument overrides it.
+        `preset` (a name of `PLANNING_PRESETS`: `vjepa2_ac_paper`, `vjepa2_ac_wrapper`, `vjepa2_ac_mpc_utils`,
+        `vjepa2_ac_droid` or this project's `surgical_wm`) gives every search setting left None; an explicit argument
+        overrides it. A preset's `state_rule` applies to models with a state token.
         `action_prior` starts the categorical distributions from the training data's statistics in
         `config.action_prior` instead of uniform options: `"marginal"` (each option's frequency, at every step) or
         `"transition"` (the step-to-step transitions chained from the option of the last context action, or from the
@@ -449,8 +597,10 @@ class SurgicalWorldModelPlanningMixin:
         per-sample loop, with the same result.
 
         Args:
-            context, goal, context_actions, states: as in `energy`; clips or latents. Without a goal, a ValueError.
-            bounds: `(low, high)` of continuous dimensions, numbers or tensors of `action_dim` values.
+            context, goal, context_actions, states, state_rule: as in `energy`; clips or latents. Without a goal, a
+                ValueError.
+            bounds: `(low, high)` of continuous dimensions, numbers or `action_dim` values each; `low == high` holds
+                a dimension at that value.
             generator: makes the search deterministic (sampling runs on the generator's device).
         Returns:
             [`SurgicalWorldModelPlanOutput`]: the best sequence found, its energy and the energy per iteration, and the
@@ -475,6 +625,9 @@ class SurgicalWorldModelPlanningMixin:
             raise ValueError(f"`action_prior` must be one of {', '.join(ACTION_PRIORS)}, got {action_prior!r}.")
         if self.config.action_dim == 0:
             raise ValueError("This model takes no actions (action_dim=0): there is nothing to plan.")
+        if state_rule is None and self.config.state_dim > 0:
+            state_rule = PLANNING_PRESETS[preset].get("state_rule")
+        rule = self._state_rule(state_rule)
         context, goal = self._context_and_goal(context, goal)
         batch_size = context.shape[0]
         sample_device = generator.device if generator is not None else torch.device("cpu")
@@ -483,7 +636,7 @@ class SurgicalWorldModelPlanningMixin:
                                                         horizon)
         sampler = SurgicalWorldModelActionSampler(batch_size, horizon, self.config.action_dim, groups, bounds,
                                                   sample_device, probabilities, combinations)
-        history, states = self._history_and_states(context, context_actions, states, horizon)
+        history, states = self._history_and_states(context, context_actions, states, horizon, rule)
         # The observed history is computed once per plan, and each distinct sequence rolled out once per plan.
         scored = [{} for _ in range(batch_size)] if deduplicate else None
         history_caches = [self._history_cache(context[row : row + 1], history[row : row + 1],
@@ -497,7 +650,7 @@ class SurgicalWorldModelPlanningMixin:
         for _ in range(iterations):
             samples, choices = sampler.sample(num_samples, generator)
             energies = self._candidate_energies(context, goal, samples, history, states, chunk_size, use_cache, scored,
-                                                history_caches).to(sample_device)
+                                                history_caches, state_rule=rule).to(sample_device)
             order = torch.argsort(energies, dim=1, stable=True)[:, :top_k]  # (B, k)
             elites = samples[rows, order]  # (B, k, H, A)
             elite_energies = energies[rows, order]
@@ -512,7 +665,10 @@ class SurgicalWorldModelPlanningMixin:
             actions=best_actions, energy=best_energy, energy_per_iteration=torch.stack(lowest, dim=1),
             elite_energy_per_iteration=torch.stack(elite_mean, dim=1), action_mean=sampler.action_mean(),
             settings={"preset": preset, "action_prior": action_prior, "seen_only": seen_only, **settings,
-                      "bounds": bounds.tolist() if isinstance(bounds, torch.Tensor) else list(bounds)},
+                      "bounds": bounds.tolist() if isinstance(bounds, torch.Tensor) else [
+                          list(bound) if isinstance(bound, (tuple, list)) else bound for bound in bounds],
+                      "state_rule": state_rule if state_rule is None or isinstance(state_rule, str)
+                      else getattr(state_rule, "__name__", "callable")},
         )
 
     def _prior_start(

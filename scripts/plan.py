@@ -20,9 +20,12 @@ next to chance, and the energy per CEM iteration.
 config) that held the video's case; a train or validation case is warned about, since it fitted or chose the model.
 
 `--preset` names the search settings (`planning_surgical_wm.PLANNING_PRESETS`: `vjepa2_ac_paper`, `vjepa2_ac_wrapper`,
-`vjepa2_ac_mpc_utils`, or this project's default `surgical_wm`); `--num_samples`, `--iterations`, `--top_k`,
-`--momentum` and `--std_momentum` override its values; the horizon is the span's steps (or `--horizon`), whatever the
-preset plans. `--action_prior marginal|transition` starts the search from the training data's action statistics that
+`vjepa2_ac_mpc_utils`, `vjepa2_ac_droid`, or this project's default `surgical_wm`); `--num_samples`, `--iterations`,
+`--top_k`, `--momentum` and `--std_momentum` override its values; the horizon is the span's steps (or `--horizon`),
+whatever the preset plans. A model with a state token (SurgVU videos have no states) takes the context's states from
+`--states` (a JSON list of `--context_steps` lists of `state_dim` numbers), and each candidate's states follow its own
+actions by `--state_rule` (`planning_surgical_wm.STATE_RULES`; default: the preset's, as `vjepa2_ac_droid`'s
+`end_effector`). `--action_prior marginal|transition` starts the search from the training data's action statistics that
 train_hf.py writes into the config, `--seen_only` proposes only the combinations of tools and task seen in training;
 the report and the JSON name the preset and the prior.
 """
@@ -36,9 +39,10 @@ from pathlib import Path
 
 import torch
 
-from planning_surgical_wm import ACTION_PRIORS, DEFAULT_PLANNING_PRESET, PLANNING_PRESETS
+from modeling_surgical_wm import SurgicalWorldModel
+from planning_surgical_wm import ACTION_PRIORS, DEFAULT_PLANNING_PRESET, PLANNING_PRESETS, STATE_RULES
 from training_surgical_wm.arguments import DataArguments
-from training_surgical_wm.loading import TRAINER_STATE, time_base, training_settings
+from training_surgical_wm.loading import TRAINER_STATE, fail, time_base, training_settings
 from training_surgical_wm.planning import SEARCH_OPTIONS, load_world_model, plan_video
 
 
@@ -80,6 +84,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "transitions from the last context action)")
     parser.add_argument("--seen_only", action="store_true", help="propose only combinations of options seen in one "
                                                                  "training step")
+    parser.add_argument("--states", default=None, help="a JSON file: the states of the --context_steps context steps, "
+                                                       "one list of state_dim numbers each (models with a state token)")
+    parser.add_argument("--state_rule", choices=list(STATE_RULES), default=None,
+                        help="how each candidate's states follow its actions (default: the preset's; models with a "
+                             "state token)")
     parser.add_argument("--chunk_size", type=int, default=None, help="candidates per predictor call (default: about "
                                                                      "1 GiB of keys, values and scores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search")
@@ -87,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
     for name, value in PLANNING_PRESETS[args.preset].items():
-        if name != "horizon" and name != "bounds" and getattr(args, name) is None:
+        if name not in ("horizon", "bounds", "state_rule") and getattr(args, name) is None:
             setattr(args, name, value)
     if args.fps is not None and not args.fps > 0:
         parser.error(f"--fps must be positive, got {args.fps}")
@@ -101,6 +110,33 @@ def parse_args(argv=None) -> argparse.Namespace:
         if not 0.0 <= getattr(args, name) < 1.0:
             parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     return args
+
+
+def context_states(args: argparse.Namespace, model: SurgicalWorldModel, where: str) -> torch.Tensor | None:
+    """The states `(1, context_steps, state_dim)` of `--states` for a model with a state token (None without one)."""
+    state_dim = model.config.state_dim
+    if not state_dim:
+        if args.states is not None or args.state_rule is not None:
+            fail(f"{where}: the model has no state token (state_dim=0): --states and --state_rule are for models "
+                 "with one")
+        return None
+    if args.states is None:
+        fail(f"{where}: the model expects a state of {state_dim} values per step; SurgVU videos have none: give the "
+             f"context's states with --states (a JSON list of {args.context_steps} lists of {state_dim} numbers)")
+    if (args.state_rule or PLANNING_PRESETS[args.preset].get("state_rule")) is None:
+        fail(f"--preset {args.preset} has no state rule: give --state_rule ({', '.join(STATE_RULES)}) to move each "
+             "candidate's states by its actions")
+    try:
+        values = json.loads(Path(args.states).read_text())
+    except (OSError, ValueError) as error:
+        fail(f"{args.states}: not a readable JSON file ({error})")
+    if not (isinstance(values, list) and len(values) == args.context_steps and all(
+            isinstance(row, list) and len(row) == state_dim
+            and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in row)
+            for row in values)):
+        fail(f"{args.states}: expected a list of {args.context_steps} lists (one per context step) of {state_dim} "
+             "numbers (the model's state_dim)")
+    return torch.tensor(values, dtype=torch.float32)[None]
 
 
 # ------------------------------------------------------------------------------------------------------- report
@@ -118,7 +154,8 @@ def format_report(result: dict) -> str:
         f"{settings['top_k']}, momentum {settings['momentum']:g} (spread {settings['std_momentum']:g}), seed "
         f"{settings['seed']}",
         f"action prior: {settings['action_prior']}"
-        + (", combinations seen in training only" if settings["seen_only"] else ""),
+        + (", combinations seen in training only" if settings["seen_only"] else "")
+        + (f"; states follow the actions by the {settings['state_rule']!r} rule" if settings["state_rule"] else ""),
         f"labels: {result['labels']}",
         f"the action of a step: the labels at its {'end' if result['action_pairing'] == 'next' else 'start'} "
         f"(action_pairing {result['action_pairing']!r})",
@@ -162,6 +199,7 @@ def main(argv=None) -> int:
     model, where = load_world_model(args.checkpoint)
     model.to(device)
     config = model.config
+    states = context_states(args, model, where)
 
     settings, settings_file = training_settings(args.checkpoint)
     if settings.get("dataset", "surgvu") != "surgvu":
@@ -173,7 +211,8 @@ def main(argv=None) -> int:
     result = plan_video(model, where, args.video, args.start, args.goal, checkpoint=args.checkpoint, fps=fps,
                         fps_source=fps_source, context_steps=args.context_steps, horizon=args.horizon,
                         labels_dir=args.labels_dir, search={name: getattr(args, name) for name in SEARCH_OPTIONS},
-                        seed=args.seed, chunk_size=args.chunk_size)
+                        seed=args.seed, chunk_size=args.chunk_size,
+                        states=None if states is None else states.to(device))
     print(format_report(result), flush=True)
     if args.json:
         path = Path(args.json)

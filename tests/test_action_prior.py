@@ -141,7 +141,7 @@ def test_a_preset_reaches_the_cem_and_explicit_arguments_override_it(monkeypatch
     assert (output.actions[..., 7].abs() <= 0.05 + 1e-7).all()  # the preset's bounds
     assert output.settings == {"preset": "vjepa2_ac_mpc_utils", "action_prior": "uniform", "seen_only": False,
                                "horizon": 1, "num_samples": 12, "iterations": 3, "top_k": 10, "momentum": 0.25,
-                               "std_momentum": 0.95, "bounds": [-0.05, 0.05]}
+                               "std_momentum": 0.95, "bounds": [-0.05, 0.05], "state_rule": None}
     momenta.clear()
     output = model.plan(context, goal, preset="vjepa2_ac_paper", num_samples=16, iterations=1, top_k=2, momentum=0.5,
                         std_momentum=0.1, horizon=2, bounds=(-0.2, 0.2), generator=torch.Generator().manual_seed(0))

@@ -343,3 +343,36 @@ def test_the_json_names_the_preset_and_the_prior_and_a_seen_only_plan_keeps_to_s
     message = str(raised.value)
     assert message.startswith(f"error: {world_model}") and "need the training data's action statistics" in message
     assert "\n" not in message
+
+
+def test_a_model_with_a_state_token_plans_from_the_given_states_by_a_state_rule(world_model, span, tmp_path, capsys):
+    """SurgVU has no states: a model with a state token takes the context's from --states, and its candidates' states
+    follow their actions by --state_rule (or the preset's); without them, one line says what is missing."""
+    from plan import main
+
+    stated = tmp_path / "stated"
+    shutil.copytree(world_model, stated)
+    config = json.loads((stated / "config.json").read_text())
+    (stated / "config.json").write_text(json.dumps({**config, "state_dim": 2}))
+    (tmp_path / "states.json").write_text(json.dumps([[0.1, 0.2], [0.3, 0.4]]))
+    common = ["--video", str(span["video"]), "--start", "0.5", "--goal", "1.0", *SEARCH, "--context_steps", "2",
+              "--json", str(tmp_path / "plan.json")]
+
+    def error(*argv) -> str:
+        with pytest.raises(SystemExit) as raised:
+            main([*common, *argv])
+        return str(raised.value)
+
+    assert "give the context's states with --states" in error("--checkpoint", str(stated))
+    assert "--preset surgical_wm has no state rule: give --state_rule" in error(
+        "--checkpoint", str(stated), "--states", str(tmp_path / "states.json"))
+    (tmp_path / "short.json").write_text(json.dumps([[0.1, 0.2]]))
+    message = error("--checkpoint", str(stated), "--states", str(tmp_path / "short.json"), "--state_rule", "hold")
+    assert message == (f"error: {tmp_path / 'short.json'}: expected a list of 2 lists (one per context step) of 2 "
+                       "numbers (the model's state_dim)")
+    assert "no state token (state_dim=0)" in error("--checkpoint", str(world_model), "--state_rule", "hold")
+    assert main(["--checkpoint", str(stated), *common, "--states", str(tmp_path / "states.json"), "--state_rule",
+                 "hold"]) == 0
+    printed, result = capsys.readouterr().out, json.loads((tmp_path / "plan.json").read_text())
+    assert result["settings"]["state_rule"] == "hold" and "by the 'hold' rule" in printed
+    assert math.isfinite(result["energy"]) and math.isfinite(result["labelled_energy"])

@@ -215,7 +215,7 @@ def test_plan_refuses_bad_input_clearly():
         model.plan(clip, normed(1, 4, 32), momentum=1.0)
     with pytest.raises(ValueError, match="`context_actions` must have shape \\(1, 1, 8\\)"):
         model.plan(clip, normed(1, 4, 32), context_actions=torch.zeros(1, 2, 8))
-    with pytest.raises(ValueError, match="low < high"):
+    with pytest.raises(ValueError, match="low <= high"):
         model.plan(clip, normed(1, 4, 32), bounds=(0.1, -0.1))
     with pytest.raises(ValueError, match=r"\['tool'\] name no dimension"):
         model.plan(clip, normed(1, 4, 32), discrete_groups=["tool"])

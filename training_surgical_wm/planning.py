@@ -27,7 +27,7 @@ logger = logging.getLogger("plan")  # scripts/plan.py's log
 
 # The CEM settings `plan_video` passes on to `SurgicalWorldModel.plan` (scripts/plan.py's flags of the same names).
 SEARCH_OPTIONS = ("preset", "num_samples", "iterations", "top_k", "momentum", "std_momentum", "action_prior",
-                  "seen_only")
+                  "seen_only", "state_rule")
 
 
 # ------------------------------------------------------------------------------------------------------- model
@@ -45,8 +45,6 @@ def load_world_model(path: str) -> tuple[SurgicalWorldModel, str]:
     if not config.get("action_spec"):
         fail(f"{where}: the model has no action_spec, so its actions have no names to infer (build it with "
              "scripts/load_vjepa2_pretrained.py --action_spec, or train it with train_hf.py)")
-    if config.get("state_dim"):
-        fail(f"{where}: the model expects a state of {config['state_dim']} values per step; SurgVU videos have none")
     model = SurgicalWorldModel.from_pretrained(path).eval()
     return model, where
 
@@ -120,10 +118,12 @@ def case_labels(video: Path, labels_dir: str | None):
 # ------------------------------------------------------------------------------------------------------- plan
 def plan_video(model: SurgicalWorldModel, where: str, video: str, start: float, goal: float, *, checkpoint: str,
                fps: float, fps_source: str, search: dict, context_steps: int = 4, horizon: int | None = None,
-               labels_dir: str | None = None, seed: int = 0, chunk_size: int | None = None) -> dict:
+               labels_dir: str | None = None, seed: int = 0, chunk_size: int | None = None,
+               states: torch.Tensor | None = None) -> dict:
     """The actions inferred between `start` and `goal` (seconds of `video`), the labelled ones beside them, the
     matches per group and the energy per CEM iteration (scripts/plan.py documents each part). `search` holds the
-    `SEARCH_OPTIONS`; `where` is where the model's config was read. Bad input stops with one line (`fail`)."""
+    `SEARCH_OPTIONS`; `states` the context's states `(1, context_steps, state_dim)` of a model with a state token.
+    `where` is where the model's config was read. Bad input stops with one line (`fail`)."""
     config, device = model.config, model.device
     spec, frames_per_step = list(config.action_spec), config.frames_per_step
     groups, derived = action_groups(model)
@@ -217,7 +217,7 @@ def plan_video(model: SurgicalWorldModel, where: str, video: str, start: float, 
         try:
             output = model.plan(context, goal_latents, horizon=horizon, generator=generator,
                                 context_actions=context_actions, discrete_groups=derived, chunk_size=chunk_size,
-                                **search)
+                                states=states, **search)
         except ValueError as error:  # a prior the config lacks or that was computed for other actions
             fail(f"{where}: {error}")
         labelled_energy = None
@@ -225,7 +225,8 @@ def plan_video(model: SurgicalWorldModel, where: str, video: str, start: float, 
         if planned_labels is not None and len(planned_labels) == horizon:
             labelled_actions = torch.from_numpy(planned_labels[None]).to(device)
             labelled_energy = float(model.energy(context, goal_latents, labelled_actions,
-                                                 context_actions=context_actions, chunk_size=chunk_size)[0])
+                                                 context_actions=context_actions, chunk_size=chunk_size,
+                                                 states=states, state_rule=output.settings["state_rule"])[0])
     seconds = time.perf_counter() - start_time
     logger.info("planned in %.1f s on %s", seconds, device)
 
