@@ -24,7 +24,8 @@ from configuration_surgical_wm import VJEPA2_PRESETS
 
 
 VJEPA2_AC = "vitg-ac"  # --model_size of Meta's released V-JEPA 2-AC file
-VJEPA2_AC_URL = "https://dl.fbaipublicfiles.com/vjepa2/vjepa2-ac-vitg.pt"  # src/hub/backbones.py of facebookresearch/vjepa2
+# Where Meta's torch.hub loader (src/hub/backbones.py of facebookresearch/vjepa2) reads it.
+VJEPA2_AC_URL = "https://dl.fbaipublicfiles.com/vjepa2/vjepa2-ac-vitg.pt"
 VJEPA2_AC_HEADS = {"encoder": 22, "predictor": 16}  # the released ViT-g encoder and 1024-wide predictor
 VJEPA2_AC_FPS = 4  # DROID clips were sampled at 4 fps (configs/train/vitg16/droid-256px-8f.yaml)
 # DROID's end-effector pose per step (states) and its change from one step to the next (actions).
@@ -164,7 +165,8 @@ def read_vjepa2_ac(path: Path) -> tuple[dict, dict, list[str]]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        fail(f"{path}: not a PyTorch checkpoint that loads without running code ({str(error).splitlines()[0]})")
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        fail(f"{path}: not a PyTorch checkpoint that loads without running code ({type(error).__name__}: {reason})")
     parts = {}
     for part in ("encoder", "predictor"):
         tensors = checkpoint.get(part) if isinstance(checkpoint, dict) else None
@@ -203,7 +205,7 @@ def vjepa2_ac_config(path: Path, encoder: dict, predictor: dict, args: argparse.
     crop_size = args.crop_size or 256
     encoder_config = {
         "hidden_size": hidden, "in_chans": in_chans, "tubelet_size": tubelet, "patch_size": patch_size,
-        "num_hidden_layers": count_layers(encoder, "blocks"),
+        "num_hidden_layers": count_layers(encoder, "blocks", path),
         "num_attention_heads": args.encoder_num_attention_heads or VJEPA2_AC_HEADS["encoder"],
         "mlp_ratio": tensor(encoder, "blocks.0.mlp.fc1.weight", "encoder", path).shape[0] / hidden,
         "crop_size": crop_size, "frames_per_clip": 64, "layer_norm_eps": 1e-6, "qkv_bias": True,
@@ -217,7 +219,7 @@ def vjepa2_ac_config(path: Path, encoder: dict, predictor: dict, args: argparse.
             vjepa2_ac_source={"file": path.name, "sha256": digest, "url": VJEPA2_AC_URL},
             # Meta's VisionTransformerPredictorAC
             predictor_hidden_size=predictor_hidden,
-            predictor_num_hidden_layers=count_layers(predictor, "predictor_blocks"),
+            predictor_num_hidden_layers=count_layers(predictor, "predictor_blocks", path),
             predictor_num_attention_heads=args.predictor_num_attention_heads or VJEPA2_AC_HEADS["predictor"],
             predictor_mlp_ratio=tensor(predictor, "predictor_blocks.0.mlp.fc1.weight", "predictor", path).shape[0]
             / predictor_hidden,
@@ -239,10 +241,10 @@ def vjepa2_ac_config(path: Path, encoder: dict, predictor: dict, args: argparse.
              "the sizes the file does not hold)")
 
 
-def count_layers(tensors: dict, prefix: str) -> int:
-    indices = {int(name.split(".")[1]) for name in tensors if name.startswith(f"{prefix}.")}
-    if indices != set(range(len(indices))) or not indices:
-        fail(f"{prefix}: layers {sorted(indices)} are not numbered 0, 1, ...")
+def count_layers(tensors: dict, prefix: str, path: Path) -> int:
+    indices = {name.split(".")[1] for name in tensors if name.startswith(f"{prefix}.")}
+    if indices != {str(index) for index in range(len(indices))} or not indices:
+        fail(f"{path}: the {prefix} are numbered {sorted(indices)}, not 0, 1, ...")
     return len(indices)
 
 
@@ -282,7 +284,7 @@ def load_converted(path: Path, config, converted: dict):
     unexpected = [name for name in converted if name not in expected]
     reshaped = [f"{name} {list(converted[name].shape)} (expected {list(shape)})" for name, shape in expected.items()
                 if name in converted and tuple(converted[name].shape) != shape]
-    for what, names in (("lacks", missing), ("has unexpected", unexpected), ("has a tensor of another shape:", reshaped)):
+    for what, names in (("lacks", missing), ("has unexpected", unexpected), ("has tensors of other shapes:", reshaped)):
         if names:
             fail(f"{path}: the converted model {what} {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}")
     model.load_state_dict({name: value.float().contiguous() for name, value in converted.items()}, strict=False,
@@ -301,18 +303,19 @@ tags: [world-model, v-jepa-2, robotics]
 ---
 # V-JEPA 2-AC, converted
 
-Meta's action-conditioned world model V-JEPA 2-AC (`{file}`, SHA-256 `{sha256}`, from {url}): a ViT-g V-JEPA 2
-encoder ({encoder_parameters:.0f}M parameters) and a {layers}-layer, {width}-wide action-conditioned predictor
-({predictor_parameters:.0f}M parameters) trained on DROID robot video, converted to this repository's
+Meta's action-conditioned world model V-JEPA 2-AC (`{file}`, SHA-256 `{sha256}`, released at {url}): a V-JEPA 2
+encoder ({encoder_parameters:.1f}M parameters; the released one is ViT-g) and a {layers}-layer, {width}-wide
+action-conditioned predictor ({predictor_parameters:.1f}M parameters) trained on DROID robot video, converted to this
+repository's
 `SurgicalWorldModel` (transformers, safetensors). The weights are Meta's, unchanged, released under the MIT licence
 of facebookresearch/vjepa2 (Copyright (c) Meta Platforms, Inc. and affiliates).
 
 ```python
 from transformers import AutoModel
 model = AutoModel.from_pretrained("{save_path}", trust_remote_code=True)
-latents = model.encode(frames)                          # (B, T, 3, {crop}, {crop}), each frame on its own
+latents = model.encode(frames)                         # frames (B, T, 3, {crop}, {crop}): each on its own
 actions = model.transition_actions(per_step_actions)   # (B, T, 7) -> (B, T - 1, 7)
-next_latents = model.predict(latents[:, :-1], actions, states)
+next_latents = model.predict(latents[:, :-1], actions, states)   # states (B, T, 7): the pose at each step
 ```
 
 - Frames: {crop}x{crop} px, V-JEPA 2 preprocessed, one frame per step at {fps} fps (DROID's sampling).
@@ -336,7 +339,8 @@ def main_vjepa2_ac(args: argparse.Namespace) -> int:
     converted, dropped = convert_vjepa2_ac(path, encoder, predictor, config.encoder_config.hidden_size)
     model = load_converted(path, config, converted)
     model.save_pretrained(args.save_path)
-    counts = {part: sum(p.numel() for p in getattr(model, part).parameters()) / 1e6 for part in ("encoder", "predictor")}
+    counts = {part: sum(parameter.numel() for parameter in getattr(model, part).parameters()) / 1e6
+              for part in ("encoder", "predictor")}
     (Path(args.save_path) / "README.md").write_text(VJEPA2_AC_CARD.format(
         file=path.name, sha256=digest, url=VJEPA2_AC_URL, encoder_parameters=counts["encoder"],
         predictor_parameters=counts["predictor"], layers=config.predictor_num_hidden_layers,
