@@ -158,3 +158,32 @@ def test_finetuning_a_converted_checkpoint_on_surgvu_reinitialises_and_names_the
         if name.startswith("encoder."):
             assert torch.equal(tensor, kept[name]), name
     assert os.path.isfile(tmp_path / "run" / "final" / "model.safetensors")
+
+
+def test_loading_a_converted_checkpoint_for_other_data_keeps_the_layers_and_names_what_starts_afresh(
+        meta_checkpoint, tmp_path, capsys, caplog):
+    from accelerate import Accelerator
+
+    from training_surgical_wm.arguments import ModelArguments
+    from training_surgical_wm.world_model import load_world_model
+
+    Accelerator(cpu=True)  # the library logs through accelerate's logger
+    source, path = meta_checkpoint
+    convert(path, tmp_path / "converted", capsys)
+    arguments = ModelArguments(pretrained_checkpoint=str(tmp_path / "converted"),
+                               config_overrides="action_conditioning=adaln")
+    with caplog.at_level("WARNING"):
+        model = load_world_model(arguments, ["phase/a", "phase/b", "next_action/c"])
+    kept = source.state_dict()
+    for name, tensor in model.state_dict().items():
+        if name.startswith("predictor.action_proj."):
+            assert tensor.shape[-1] == 3 if name.endswith("weight") else not tensor.any(), name
+        elif ".adaln." not in name:  # the encoder and every predictor layer, as converted
+            assert torch.equal(tensor, kept[name]), name
+    assert model.predictor.state_proj is None and model.config.state_dim == 0
+    log = caplog.text
+    assert "re-initialised, their sizes differ for this data: predictor.action_proj.weight, predictor.action_proj.bias" \
+        in log
+    assert ("new to this model, initialised afresh: predictor.layers.0.adaln.weight, predictor.layers.0.adaln.bias, "
+            "predictor.layers.1.adaln.weight, predictor.layers.1.adaln.bias") in log
+    assert "predictor.state_proj.bias, predictor.state_proj.weight" in log

@@ -97,25 +97,30 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: fl
 
 def reinitialise_resized(model: SurgicalWorldModel, source: str) -> None:
     """Starts afresh every projection whose size the data changed (the action embedding for another action size)
-    and names in the log each tensor re-initialised, and each one of `source` the model no longer has (the state
-    token's, for data without states). transformers re-initialises a resized weight but keeps its bias, which was
-    learnt for the old inputs: both start afresh here. The encoder and the predictor's layers are kept."""
+    and names in the log each tensor re-initialised, each one new to this model (initialised afresh), and each one of
+    `source` the model no longer has (the state token's, for data without states). transformers re-initialises a
+    resized weight but keeps its bias, which was learnt for the old inputs: both start afresh here. The encoder and
+    the predictor's layers are kept."""
     shapes = saved_shapes(Path(source))
-    current = model.state_dict()
-    resized = sorted({name.rsplit(".", 1)[0] for name, tensor in current.items()
-                      if name in shapes and tuple(tensor.shape) != shapes[name]})
-    dropped = sorted(name for name in shapes if name not in current and not name.startswith("target_encoder."))
+    current = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith("target_encoder.")}
+    resized = {name.rsplit(".", 1)[0] for name, tensor in current.items()
+               if name in shapes and tuple(tensor.shape) != shapes[name]}
+    projections = {name for name in resized if isinstance(model.get_submodule(name), torch.nn.Linear)}
     with torch.no_grad():  # torch's own init: transformers' skips parameters it has loaded
-        for module_name in resized:
+        for module_name in sorted(projections):
             module = model.get_submodule(module_name)
             torch.nn.init.trunc_normal_(module.weight, std=model.config.initializer_range)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
-    if resized:
-        names = [name for module_name in resized for name in current if name.rsplit(".", 1)[0] == module_name]
-        logger.warning(f"{source}: re-initialised, their sizes differ for this data: {', '.join(names)}")
-    if dropped:
-        logger.warning(f"{source}: dropped, the model for this data has no place for them: {', '.join(dropped)}")
+    reinitialised = [name for name, tensor in current.items() if name in shapes and (
+        tuple(tensor.shape) != shapes[name] or name.rsplit(".", 1)[0] in projections)]
+    added = [name for name in current if name not in shapes]
+    dropped = sorted(name for name in shapes if name not in current and not name.startswith("target_encoder."))
+    for what, names in (("re-initialised, their sizes differ for this data", reinitialised),
+                        ("new to this model, initialised afresh", added),
+                        ("dropped, the model for this data has no place for them", dropped)):
+        if names:
+            logger.warning(f"{source}: {what}: {', '.join(names)}")
 
 
 def contrastive_off_reason(config, batch_size: int) -> str | None:
