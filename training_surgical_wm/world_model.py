@@ -15,7 +15,7 @@ from modeling_surgical_wm import SurgicalWorldModel
 
 from .arguments import ModelArguments, parse_config_overrides
 from .data import CheckedBatch, SkippedClips, clip_inputs, gather_clip_values
-from .loading import check_checkpoint_folder
+from .loading import check_checkpoint_folder, saved_shapes
 
 
 logger = get_logger(__name__, log_level="INFO")
@@ -59,11 +59,16 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: fl
     source = model_args.pretrained_checkpoint
     saved = check_pretrained_checkpoint(source) if saved is None else saved
     if saved.get("model_type") == "surgical_wm":
+        if saved.get("state_dim"):
+            # Neither SurgVU nor MM-OR records states (a converted V-JEPA 2-AC has DROID's end-effector pose): the
+            # state token goes, and the predictor's layers keep what they learnt.
+            overrides["state_dim"] = 0
         model = SurgicalWorldModel.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
         try:  # `from_pretrained` sets the keyword arguments after the config's own checks
             model.config._check_values()
         except ValueError as error:
             raise SystemExit(f"error: world model config: {error}") from None
+        reinitialise_resized(model, source)
         saved_spec = saved.get("action_spec")
         if saved.get("action_dim") != len(action_spec):
             logger.warning(
@@ -88,6 +93,34 @@ def load_world_model(model_args: ModelArguments, action_spec: list[str], fps: fl
         raise SystemExit(f"error: {error}") from None
     except ValueError as error:
         raise SystemExit(f"error: world model config: {error}") from None
+
+
+def reinitialise_resized(model: SurgicalWorldModel, source: str) -> None:
+    """Starts afresh every projection whose size the data changed (the action embedding for another action size)
+    and names in the log each tensor re-initialised, each one new to this model (initialised afresh), and each one of
+    `source` the model no longer has (the state token's, for data without states). transformers re-initialises a
+    resized weight but keeps its bias, which was learnt for the old inputs: both start afresh here. The encoder and
+    the predictor's layers are kept."""
+    shapes = saved_shapes(Path(source))
+    current = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith("target_encoder.")}
+    resized = {name.rsplit(".", 1)[0] for name, tensor in current.items()
+               if name in shapes and tuple(tensor.shape) != shapes[name]}
+    projections = {name for name in resized if isinstance(model.get_submodule(name), torch.nn.Linear)}
+    with torch.no_grad():  # torch's own init: transformers' skips parameters it has loaded
+        for module_name in sorted(projections):
+            module = model.get_submodule(module_name)
+            torch.nn.init.trunc_normal_(module.weight, std=model.config.initializer_range)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    reinitialised = [name for name, tensor in current.items() if name in shapes and (
+        tuple(tensor.shape) != shapes[name] or name.rsplit(".", 1)[0] in projections)]
+    added = [name for name in current if name not in shapes]
+    dropped = sorted(name for name in shapes if name not in current and not name.startswith("target_encoder."))
+    for what, names in (("re-initialised, their sizes differ for this data", reinitialised),
+                        ("new to this model, initialised afresh", added),
+                        ("dropped, the model for this data has no place for them", dropped)):
+        if names:
+            logger.warning(f"{source}: {what}: {', '.join(names)}")
 
 
 def contrastive_off_reason(config, batch_size: int) -> str | None:
