@@ -122,7 +122,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
         contrastive_negatives (`str`, *optional*, defaults to `"batch"`):
             The futures each prediction is told apart from: `"batch"`, the same step of the batch's other clips
             (none at batch 1, where the loss is 0), or `"clip_steps"`, every other step of the batch, its own
-            clip's included.
+            clip's included (at batch 1 on the demo, no better than no contrastive term: see the README).
         use_mask_aux (`bool`, *optional*, defaults to `False`):
             Add the mask-denoising auxiliary loss.
         lambda_mask (`float`, *optional*, defaults to 0.1):
