@@ -423,4 +423,5 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
 
 SurgicalWorldModelConfig.register_for_auto_class()
 
-__all__ = ["ACTION_CONDITIONINGS", "ACTION_PAIRINGS", "CONTRASTIVE_NEGATIVES", "LEGACY_ACTION_PAIRING", "SurgicalWorldModelConfig", "VJEPA2_PRESETS"]
+__all__ = ["ACTION_CONDITIONINGS", "ACTION_PAIRINGS", "CONTRASTIVE_NEGATIVES", "LEGACY_ACTION_PAIRING",
+           "SurgicalWorldModelConfig", "VJEPA2_PRESETS"]

@@ -80,8 +80,9 @@ def run_side(config: SurgicalWorldModelConfig, release: bool, steps: int, batch_
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    result = {"side": "released" if release else "resident", "encoder_parameters": encoder_parameters, "start_gib": start, "built_gib": built,
-              "build_peak_gib": build_peak, "training_peak_gib": resident_gib("VmHWM"), "last_loss": loss.item()}
+    result = {"side": "released" if release else "resident", "encoder_parameters": encoder_parameters,
+              "start_gib": start, "built_gib": built, "build_peak_gib": build_peak,
+              "training_peak_gib": resident_gib("VmHWM"), "last_loss": loss.item()}
     del model, optimizer, accelerator, loss
     gc.collect()
     return result
@@ -101,8 +102,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         for release in (False, True):
             result = run_side(config, release, args.steps, args.batch_size, Path(directory))
-            print(f"{result['side']}: encoder {result['encoder_parameters'] / 1e6:.0f} M parameters; start {result['start_gib']:.2f} GiB, built {result['built_gib']:.2f} GiB "
-                  f"(build peak {result['build_peak_gib']:.2f}), training peak {result['training_peak_gib']:.2f} GiB, "
+            print(f"{result['side']}: encoder {result['encoder_parameters'] / 1e6:.0f} M parameters; start "
+                  f"{result['start_gib']:.2f} GiB, built {result['built_gib']:.2f} GiB (build peak "
+                  f"{result['build_peak_gib']:.2f}), training peak {result['training_peak_gib']:.2f} GiB, "
                   f"last loss {result['last_loss']:.6f}")
             results.append(result)
     os.makedirs(os.path.dirname(args.csv), exist_ok=True)

@@ -224,7 +224,8 @@ def test_clip_step_negatives_give_a_batch_of_one_clip_a_contrastive_loss(make_ti
             similarities = torch.stack([pooled_predicted[clip, step] @ pooled_target[other_clip, other_step] / 0.1
                                         for other_clip in range(2) for other_step in range(3)])
             per_prediction.append(torch.logsumexp(similarities, 0) - similarities[clip * 3 + step])
-    torch.testing.assert_close(contrastive_loss(predicted, target, 0.1, "clip_steps"), torch.stack(per_prediction).mean())
+    torch.testing.assert_close(contrastive_loss(predicted, target, 0.1, "clip_steps"),
+                               torch.stack(per_prediction).mean())
     # One clip: the batch term has nothing to compare, the clip-step term tells a clip's own steps apart.
     assert contrastive_loss(predicted[:1], target[:1], 0.1, "batch") == 0
     own_futures = contrastive_loss(target[:1], target[:1], 0.1, "clip_steps")

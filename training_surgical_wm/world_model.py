@@ -158,8 +158,9 @@ def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int,
     values are gathered with `gather_for_metrics`, which drops the samples padded in to even out the last batch.
     The rollout error is that of a rollout from each clip's first step over all its later steps; its baseline copies
     that first (context) latent. The contrastive loss compares a clip with the others of its batch (and, with
-    `contrastive_negatives="clip_steps"`, its steps with all the batch's), so it alone depends on how the batches fall. Clips that fail to decode are left out and counted in `skipped`, and each clip
-    is kept once (`gather_clip_values`).
+    `contrastive_negatives="clip_steps"`, its steps with all the batch's), so it alone depends on how the batches
+    fall. Clips that fail to decode are left out and counted in `skipped`, and each clip is kept once
+    (`gather_clip_values`).
     """
     model.eval()
     config = accelerator.unwrap_model(model).config
