@@ -38,6 +38,9 @@ LEGACY_ACTION_PAIRING = "current"
 
 # How actions enter the predictor: one token per step, or that token and an AdaLN modulation of every layer.
 ACTION_CONDITIONINGS = ("token", "adaln")
+# Where the contrastive loss finds each prediction's negatives: the same step of the batch's other clips, or every
+# other step of the batch (its own clip's too, so that a batch of one clip has some).
+CONTRASTIVE_NEGATIVES = ("batch", "clip_steps")
 
 
 class SurgicalWorldModelConfig(PreTrainedConfig):
@@ -119,6 +122,10 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             Weight of the InfoNCE loss between predicted and true future latents.
         contrastive_temperature (`float`, *optional*, defaults to 0.1):
             Temperature of the InfoNCE loss.
+        contrastive_negatives (`str`, *optional*, defaults to `"batch"`):
+            The futures each prediction is told apart from: `"batch"`, the same step of the batch's other clips
+            (none at batch 1, where the loss is 0), or `"clip_steps"`, every other step of the batch, its own
+            clip's included (at batch 1 on the demo, no better than no contrastive term: see the README).
         use_mask_aux (`bool`, *optional*, defaults to `False`):
             Add the mask-denoising auxiliary loss.
         lambda_mask (`float`, *optional*, defaults to 0.1):
@@ -211,6 +218,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     # losses
     contrastive_weight: float | int = 0.1
     contrastive_temperature: float | int = 0.1
+    contrastive_negatives: str = "batch"
     use_mask_aux: bool = False
     lambda_mask: float | int = 0.1
     mask_ratio: float | int = 0.5
@@ -308,6 +316,9 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
                 f"`action_spec` names {len(self.action_spec)} dimensions but `action_dim` is {self.action_dim}."
             )
         self._check_action_groups(self.discrete_action_groups)
+        if self.contrastive_negatives not in CONTRASTIVE_NEGATIVES:
+            raise ValueError(f"`contrastive_negatives` must be one of {list(CONTRASTIVE_NEGATIVES)}, got "
+                             f"{self.contrastive_negatives!r}.")
         if self.action_pairing not in ACTION_PAIRINGS:
             raise ValueError(f"`action_pairing` must be one of {list(ACTION_PAIRINGS)}, got {self.action_pairing!r}.")
         if encoder.crop_size % encoder.patch_size != 0:
@@ -433,4 +444,5 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
 
 SurgicalWorldModelConfig.register_for_auto_class()
 
-__all__ = ["ACTION_CONDITIONINGS", "ACTION_PAIRINGS", "LEGACY_ACTION_PAIRING", "SurgicalWorldModelConfig", "VJEPA2_PRESETS"]
+__all__ = ["ACTION_CONDITIONINGS", "ACTION_PAIRINGS", "CONTRASTIVE_NEGATIVES", "LEGACY_ACTION_PAIRING",
+           "SurgicalWorldModelConfig", "VJEPA2_PRESETS"]

@@ -41,13 +41,24 @@ def rollout_errors(imagined: torch.Tensor, latents: torch.Tensor) -> tuple[torch
     return model_error, copy_context_error
 
 
-def contrastive_loss(predicted: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE at each step: a clip's pooled prediction must pick its own future among the batch's."""
-    batch_size = predicted.shape[0]
-    if batch_size < 2:
+def contrastive_loss(
+    predicted: torch.Tensor, target: torch.Tensor, temperature: float, negatives: str = "batch"
+) -> torch.Tensor:
+    """
+    InfoNCE on mean-pooled latents `(batch, steps, tokens, dim)`: each pooled prediction must pick its own future.
+    `negatives="batch"` sets it among the futures of the same step in the batch's other clips (0 for a batch of one
+    clip); `"clip_steps"` among every future of the batch, the other steps of its own clip included (0 for a single
+    future).
+    """
+    batch_size, num_steps = predicted.shape[:2]
+    candidates = batch_size if negatives == "batch" else batch_size * num_steps
+    if candidates < 2:
         return predicted.new_zeros((), dtype=torch.float32)
     predicted = F.normalize(predicted.float().mean(2), dim=-1)  # (B, S, D), no CLS token: mean-pool patches
     target = F.normalize(target.float().mean(2), dim=-1)  # (B, S, D)
+    if negatives == "clip_steps":
+        logits = predicted.flatten(0, 1) @ target.flatten(0, 1).T / temperature  # (B * S, B * S)
+        return F.cross_entropy(logits, torch.arange(candidates, device=logits.device))
     logits = torch.einsum("bsd,csd->sbc", predicted, target) / temperature  # (S, B, B)
     labels = torch.arange(batch_size, device=logits.device).expand(logits.shape[0], -1)  # (S, B)
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten())

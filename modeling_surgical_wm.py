@@ -1216,7 +1216,9 @@ class SurgicalWorldModel(
         else:
             objective_teacher_forcing, objective_rollout = clip_teacher_forcing_loss, clip_rollout_loss
         objective = (objective_teacher_forcing + self.config.rollout_loss_weight * objective_rollout).mean()
-        contrastive = contrastive_loss(predicted, future, self.config.contrastive_temperature)
+        contrastive = contrastive_loss(
+            predicted, future, self.config.contrastive_temperature, self.config.contrastive_negatives
+        )
         loss = objective + self.config.contrastive_weight * contrastive
 
         action_contrastive = None

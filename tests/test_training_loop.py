@@ -203,3 +203,41 @@ def test_a_batch_of_one_clip_is_warned_to_have_no_contrastive_loss(make_tiny_con
     assert "--batch_size 1" in reason and "contrastive loss is off" in reason
     assert contrastive_off_reason(model.config, batch_size=2) is None
     assert contrastive_off_reason(make_tiny_config(contrastive_weight=0.0), batch_size=1) is None
+
+
+def test_clip_step_negatives_give_a_batch_of_one_clip_a_contrastive_loss(make_tiny_config):
+    """With `contrastive_negatives="clip_steps"` each pooled prediction picks its own future among every future of
+    the batch: the other steps of its own clip too, so a batch of one clip trains the term, and no warning says
+    otherwise."""
+    import torch.nn.functional as F
+
+    from losses_surgical_wm import contrastive_loss
+    from modeling_surgical_wm import SurgicalWorldModel
+    from training_surgical_wm.world_model import contrastive_off_reason
+
+    torch.manual_seed(0)
+    predicted, target = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    pooled_predicted, pooled_target = F.normalize(predicted.mean(2), dim=-1), F.normalize(target.mean(2), dim=-1)
+    per_prediction = []  # -log softmax of its own future among the batch's 6, one prediction at a time
+    for clip in range(2):
+        for step in range(3):
+            similarities = torch.stack([pooled_predicted[clip, step] @ pooled_target[other_clip, other_step] / 0.1
+                                        for other_clip in range(2) for other_step in range(3)])
+            per_prediction.append(torch.logsumexp(similarities, 0) - similarities[clip * 3 + step])
+    torch.testing.assert_close(contrastive_loss(predicted, target, 0.1, "clip_steps"),
+                               torch.stack(per_prediction).mean())
+    # One clip: the batch term has nothing to compare, the clip-step term tells a clip's own steps apart.
+    assert contrastive_loss(predicted[:1], target[:1], 0.1, "batch") == 0
+    own_futures = contrastive_loss(target[:1], target[:1], 0.1, "clip_steps")
+    assert 0 < own_futures < contrastive_loss(target[:1].roll(1, dims=1), target[:1], 0.1, "clip_steps")
+    assert contrastive_loss(predicted[:1, :1], target[:1, :1], 0.1, "clip_steps") == 0  # a single future
+
+    config = make_tiny_config(contrastive_weight=0.1, contrastive_negatives="clip_steps")
+    model = SurgicalWorldModel(config)
+    output = model(latents=torch.randn(1, 3, config.tokens_per_step, config.latent_dim))
+    assert output.contrastive_loss > 0
+    output.contrastive_loss.backward()
+    assert model.predictor.output_proj.weight.grad.abs().sum() > 0  # the term trains the predictor
+    assert contrastive_off_reason(config, batch_size=1) is None
+    with pytest.raises(ValueError, match="contrastive_negatives"):
+        make_tiny_config(contrastive_negatives="queue")

@@ -124,12 +124,14 @@ def reinitialise_resized(model: SurgicalWorldModel, source: str) -> None:
 
 
 def contrastive_off_reason(config, batch_size: int) -> str | None:
-    """Why the contrastive term adds nothing to this run, or None: it compares each clip with the other clips of its
-    batch on its process, so a batch of one clip per device leaves it at 0 whatever its weight."""
-    if config.contrastive_weight > 0 and batch_size < 2:
+    """Why the contrastive term adds nothing to this run, or None: with `contrastive_negatives="batch"` it compares
+    each clip with the other clips of its batch on its process, so a batch of one clip per device leaves it at 0
+    whatever its weight."""
+    if config.contrastive_weight > 0 and config.contrastive_negatives == "batch" and batch_size < 2:
         return (f"the contrastive loss is off: it compares each clip with the other clips of its batch on its process, "
                 f"and --batch_size {batch_size} gives it none, so it stays 0 (contrastive_weight "
-                f"{config.contrastive_weight:g} adds nothing); a batch of 2 or more clips per device turns it on")
+                f"{config.contrastive_weight:g} adds nothing); a batch of 2 or more clips per device turns it on, "
+                f"as does --config_overrides contrastive_negatives=clip_steps (the other steps of the clip)")
     return None
 
 
@@ -188,9 +190,10 @@ def validation_per_clip(accelerator: Accelerator, model, dataloader, seed: int,
     Everything comes from the wrapped model's forward (FSDP and DeepSpeed gather parameters there only). Per-clip
     values are gathered with `gather_for_metrics`, which drops the samples padded in to even out the last batch.
     The rollout error is that of a rollout from each clip's first step over all its later steps; its baseline copies
-    that first (context) latent. The contrastive loss compares a clip with the others of its batch, so it alone
-    depends on how the batches fall. Clips that fail to decode are left out and counted in `skipped`, and each clip
-    is kept once (`gather_clip_values`).
+    that first (context) latent. The contrastive loss compares a clip with the others of its batch (and, with
+    `contrastive_negatives="clip_steps"`, its steps with all the batch's), so it alone depends on how the batches
+    fall. Clips that fail to decode are left out and counted in `skipped`, and each clip is kept once
+    (`gather_clip_values`).
     """
     model.eval()
     config = accelerator.unwrap_model(model).config
