@@ -274,8 +274,12 @@ def check_data_split(models: dict, current: dict) -> None:
             continue
         mismatch = split_mismatch(recorded, current)
         if mismatch:
-            fail(f"{path} was {mismatch}; leave {', '.join(f'--{name}' for name in SPLIT_OPTIONS)} unset to use "
-                 "its split")
+            options = [{name: value for name, value in split.items() if name != "groups"}
+                       for split in (recorded, current)]
+            fail(f"{path} was {mismatch}; " + (
+                "the same split options put other cases in each split here: score the data it was trained on"
+                if split_mismatch(*options) is None
+                else f"leave {', '.join(f'--{name}' for name in SPLIT_OPTIONS)} unset to use its split"))
 
 
 def load_metric(name: str):
