@@ -22,17 +22,24 @@ from transformers.utils import ModelOutput
 # and the categorical probabilities, `std_momentum` for the Gaussian spreads); `state_rule` (a name of `STATE_RULES`)
 # moves each candidate's states by its own actions, for models with a state token.
 PLANNING_PRESETS: dict[str, dict] = {
-    # The V-JEPA 2 paper (Assran et al., 2025, arXiv:2506.09985), Section 4.2 "Planning" and its appendix on planning
-    # details: CEM with 800 samples, 10 iterations, top 10, a horizon of 1 step, each action within an L1 ball of
-    # radius 0.075 (clipped per dimension here). The paper gives no momentum: the released wrapper's.
+    # The V-JEPA 2 paper (Assran et al., 2025, arXiv:2506.09985v1). Appendix 11.2 "Robot Task Definitions": "800
+    # samples, 10 refinement steps based on the top 10 samples from the previous iteration, and a planning horizon of
+    # 1" (Section 4.2, "Prehensile manipulation": 10x Cosmos's 80 samples, 16 s per action on one RTX 4090).
+    # Section 4.1, "Robot deployment": each sampled action within the L1 ball of radius 0.075; clipped here to 0.075
+    # per dimension, the smallest box holding that ball. Momentum: not stated (Figure 7 refits the Gaussians to the
+    # top k's statistics); 0.15 / 0.15, the wrapper's. Figure 7 starts from zero mean and unit variance and returns
+    # the mean; every preset here starts at the middle of the bounds with half their width, as `mpc_utils.cem` does
+    # (std = maxnorm), and returns the best sequence sampled.
     "vjepa2_ac_paper": {"num_samples": 800, "iterations": 10, "top_k": 10, "horizon": 1, "momentum": 0.15,
                         "std_momentum": 0.15, "bounds": (-0.075, 0.075)},
-    # facebookresearch/vjepa2, notebooks/utils/world_model_wrapper.py: `WorldModel.__init__`'s `mpc_args` (rollout 2,
-    # samples 400, topk 10, cem_steps 10, momentum_mean 0.15, momentum_std 0.15, maxnorm 0.05).
+    # facebookresearch/vjepa2 (commit c2963a4), notebooks/utils/world_model_wrapper.py: `WorldModel.__init__`'s default
+    # `mpc_args` (rollout 2, samples 400, topk 10, cem_steps 10, momentum_mean 0.15, momentum_std 0.15, maxnorm 0.05,
+    # which `cem` clips each of x, y, z to; its gripper dimension, clipped to 0.75 with its own momenta, has no
+    # counterpart here).
     "vjepa2_ac_wrapper": {"num_samples": 400, "iterations": 10, "top_k": 10, "horizon": 2, "momentum": 0.15,
                           "std_momentum": 0.15, "bounds": (-0.05, 0.05)},
-    # facebookresearch/vjepa2, notebooks/utils/mpc_utils.py: `cem`'s defaults (rollout 1, cem_steps 100,
-    # momentum_mean 0.25, momentum_std 0.95, samples 100, topk 10, maxnorm 0.05).
+    # facebookresearch/vjepa2 (commit c2963a4), notebooks/utils/mpc_utils.py: `cem`'s keyword defaults (rollout 1,
+    # cem_steps 100, momentum_mean 0.25, momentum_std 0.95, samples 100, topk 10, maxnorm 0.05).
     "vjepa2_ac_mpc_utils": {"num_samples": 100, "iterations": 100, "top_k": 10, "horizon": 1, "momentum": 0.25,
                             "std_momentum": 0.95, "bounds": (-0.05, 0.05)},
     # This project's default: the wrapper's search with 200 samples x 5 iterations, which reached as many goals and

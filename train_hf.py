@@ -29,6 +29,7 @@ from training_surgical_wm.arguments import parse_training_arguments, public_argu
 from training_surgical_wm.checkpoints import resume_progress
 from training_surgical_wm.data import (
     SkippedClips,
+    check_pretrained_split,
     clip_datasets,
     clip_inputs,
     data_fps,
@@ -83,11 +84,13 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: no training clip in {data_args.data_root} (check the layout with "
                          "scripts/check_setup.py --data_root ...).")
 
+    data_split = split_definition(entry.name, dataset, metadata, "validation" if len(dataset["validation"]) else "train")
+    check_pretrained_split(model_args.pretrained_checkpoint, saved, data_split, model_args.allow_selection_split)
+
     # ---- model (its config records the data's action spec and frame rate, which the export carries)
     model = load_world_model(model_args, entry.action_spec(dataset), fps=data_fps(metadata), saved=saved)
     # The split travels with every export, so later scripts find it and refuse data split another way.
-    model.config.data_split = split_definition(entry.name, dataset, metadata,
-                                               "validation" if len(dataset["validation"]) else "train")
+    model.config.data_split = data_split
     processor = video_processor(model.config, recorded_crop(metadata))  # the exports' sampling, crop, preprocessing
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()

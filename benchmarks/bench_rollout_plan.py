@@ -5,8 +5,8 @@ One process, one world model at the default predictor shape (1024 wide, 16 heads
 1024-dim, 256 tokens per step at 256 px / patch 16) scaled down in depth (`--depth` predictor layers; the default
 config has 24), with SurgVU's 56-dim action spec and its discrete groups (USM1..USM4 over 12 tools, task over 8).
 Random weights (seeded), eval mode, fp32, no gradients. Inputs are random latents layer-normed per token, as
-`encode` makes them, and random all-discrete SurgVU actions (one option or none per group and step). On a GPU
-(`--device cuda`, the default when one is there) the device is named on the first line.
+`encode` makes them, and random all-discrete SurgVU actions (one option or none per group and step). The first line
+names the device: the GPU (`--device cuda`, the default when one is there), else the CPU model and its threads.
 
 1. Rollout: `rollout(context, actions, steps)` from a 1-step context with the KV cache (each step runs once)
    against `use_cache=False` (the whole history again at every step), on the same inputs: the largest absolute
@@ -24,13 +24,15 @@ Random weights (seeded), eval mode, fp32, no gradients. Inputs are random latent
    `--num_samples` / `--iterations` scale a preset down where its loop would take hours (the CPU run of the README).
 
 Rows go to benchmarks/results/rollout_plan.csv (appended, one per measurement, with the run's start time). The last
-line: `plan speed-up: N.Nx`, loop over batched (medians), for the last preset planning from one frame.
+line: `plan speed-up: N.Nx`, loop over batched (medians), for the last preset planning from one frame, with its
+seconds per planned action on both sides.
 """
 
 import argparse
 import csv
 import datetime
 import os
+import platform
 import statistics
 import time
 import warnings
@@ -97,6 +99,29 @@ class WorkCounter:
         return run
 
 
+def device_description(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model (from /proc/cpuinfo where there is one) and torch's threads: the figures
+    are this machine's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    return f"CPU {model}, {torch.get_num_threads()} threads"
+
+
+def positive_integers(text: str, flag: str) -> list[int]:
+    """A comma-separated list of integers >= 1, or one line naming the flag."""
+    try:
+        values = [int(value) for value in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SystemExit(f"error: {flag} takes integers >= 1, comma-separated; got {text!r}")
+    return values
+
+
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs().clamp_min(1e-12)).max())
 
@@ -129,14 +154,22 @@ def main() -> None:
     unknown = [name for name in presets if name not in PLANNING_PRESETS]
     if unknown:
         raise SystemExit(f"error: --presets names no preset {unknown}; the presets are {', '.join(PLANNING_PRESETS)}")
+    for flag, value in (("--num_samples", args.num_samples), ("--iterations", args.iterations),
+                        ("--plan_repeats", args.plan_repeats), ("--repeats", args.repeats),
+                        ("--rollout_steps", args.rollout_steps)):
+        if value is not None and value < 1:
+            raise SystemExit(f"error: {flag} must be at least 1, got {value}")
+    small = [f"{preset} keeps the top {PLANNING_PRESETS[preset]['top_k']}" for preset in presets
+             if (args.num_samples or PLANNING_PRESETS[preset]["num_samples"]) < PLANNING_PRESETS[preset]["top_k"]]
+    if small:
+        raise SystemExit(f"error: --num_samples {args.num_samples} is fewer than the elites: {'; '.join(small)}")
     # With all-discrete actions `plan` refits a Gaussian over no continuous dimension: torch warns about the empty std.
     warnings.filterwarnings("ignore", message="std\\(\\): degrees of freedom")
-    context_lengths = [int(value) for value in args.context_steps.split(",")]
+    context_lengths = positive_integers(args.context_steps, "--context_steps")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"CPU, {torch.get_num_threads()} threads")
+    device_name = device_description(device)
     started_all = time.perf_counter()
     run = datetime.datetime.now().isoformat(timespec="seconds")
 
@@ -237,7 +270,7 @@ def main() -> None:
                   f"{energy_difference:.1e}, actions {'identical' if same_actions else 'different'})")
             table.append((preset, num_context, settings, plan_times, plan_min, per_action, speed_up))
             if num_context == 1:
-                headline = (preset, speed_up)
+                headline = (preset, speed_up, per_action)
             record(f"plan-{preset}-context{num_context}", ("batched", "loop"), plan_times, plan_min, plan_cpu,
                    f"energy rel {energy_difference:.1e}, per iteration rel {iteration_difference:.1e}, actions "
                    f"{'identical' if same_actions else 'different'}", preset=preset, rows=1,
@@ -267,7 +300,9 @@ def main() -> None:
     print(f"\ntotal {time.perf_counter() - started_all:.0f} s on {device_name} ({load()}); rollout speed-up "
           f"{rollout_speed_up:.1f}x")
     if headline is not None:
-        print(f"plan speed-up: {headline[1]:.1f}x ({headline[0]}, from one frame, loop / batched medians)")
+        preset, speed_up, per_action = headline
+        print(f"plan speed-up: {speed_up:.1f}x ({preset}, from one frame, loop / batched medians; per planned action "
+              f"{per_action['batched']:.3f} s batched, {per_action['loop']:.3f} s looped, on {device_name})")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ groups): N (start, goal) moments drawn by `--seed` from the scored clips, each `
 steps (the labelled actions between them given) and a goal `--action_inference_horizon` steps later; the world model's
 CEM planner (batched over the moments of a batch of clips, KV-cached) infers the actions between them. Per action group,
 the planned options' accuracy next to copying the last context action and to chance (each option drawn as often as it
-labels the training split's transitions), over all planned transitions and where the labelled action changes; the
+labels the training split's transitions, as the config's `action_prior` counts them; recounted from the labels for an
+export without it), over all planned transitions and where the labelled action changes; the
 energy of the inferred and of the labelled actions; the teacher-forced L1 under another clip's actions over under the
 clip's own at transitions with and without an action change.
 Metrics are the local `evaluate` modules in metrics/. It writes `--output` (JSON), prints a table and, with
@@ -222,8 +223,12 @@ def check_data_split(models: dict, current: dict) -> None:
             continue
         mismatch = split_mismatch(recorded, current)
         if mismatch:
-            fail(f"{path} was {mismatch}; leave {', '.join(f'--{name}' for name in SPLIT_OPTIONS)} unset to use "
-                 "its split")
+            options = [{name: value for name, value in split.items() if name != "groups"}
+                       for split in (recorded, current)]
+            fail(f"{path} was {mismatch}; " + (
+                "the same split options put other cases in each split here: score the data it was trained on"
+                if split_mismatch(*options) is None
+                else f"leave {', '.join(f'--{name}' for name in SPLIT_OPTIONS)} unset to use its split"))
 
 
 def load_metric(name: str):
@@ -805,7 +810,8 @@ def draw_moments(num_clips: int, num_steps: int, count: int, context: int, horiz
 def train_option_counts(world_model, train_split, groups: list[tuple[str, list[int]]],
                         chunk: int = 1024) -> list[np.ndarray]:
     """Per group, how many transitions of the training clips each option labels (every transition of every clip,
-    read through `transition_actions`): the prevalence the chance level is computed from."""
+    read through `transition_actions`): the prevalence the chance level is computed from, for an export whose config
+    has no `action_prior` to read it from (`prior_option_counts`)."""
     counts = [np.zeros(len(dims) + 1, dtype=np.int64) for _, dims in groups]
     table = train_split.with_format("torch", columns=["actions"])
     for start in range(0, len(train_split), chunk):
@@ -814,6 +820,21 @@ def train_option_counts(world_model, train_split, groups: list[tuple[str, list[i
         options = step_options(world_model.transition_actions(actions), groups).flatten(0, 1)  # (transitions, G)
         for index, (_, dims) in enumerate(groups):
             counts[index] += np.bincount(options[:, index].numpy(), minlength=len(dims) + 1)
+    return counts
+
+
+def prior_option_counts(config, groups: list[tuple[str, list[int]]]) -> list[np.ndarray] | None:
+    """Per group, how many training transitions each option labels, read from `config.action_prior` (train_hf.py
+    counts the same labels when it trains): its step-to-step counts summed over the step whose labels a transition
+    takes as `config.action_pairing` pairs them (the step after: `"next"`; before: `"current"`). None when the config
+    has no prior for every group (an export from before training wrote it)."""
+    recorded = (config.action_prior or {}).get("groups", {})
+    counts = []
+    for name, dims in groups:
+        transitions = np.asarray(recorded.get(name, {}).get("transitions", []), dtype=np.int64)
+        if transitions.shape != (len(dims) + 1, len(dims) + 1):
+            return None
+        counts.append(transitions.sum(0 if config.action_pairing == "next" else 1))
     return counts
 
 
@@ -944,8 +965,12 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
     records = run_action_inference(args, world_model, clips, indices, moments, groups, device)
     spec = world_model.config.action_spec
     options = [[spec[dim].split("/", 1)[1] for dim in dims] + ["none"] for _, dims in groups]
-    section = action_inference_section(records, train_option_counts(world_model, train_split, groups), groups,
-                                       options)
+    counts = prior_option_counts(world_model.config, groups)
+    counted_from = "config.action_prior (the training split's statistics, written by train_hf.py)"
+    if counts is None:
+        counts = train_option_counts(world_model, train_split, groups)
+        counted_from = "the training split's labels, recounted (the export records no action_prior)"
+    section = action_inference_section(records, counts, groups, options)
     section.update({
         "moments_drawn": len(moments),
         "moments_possible": len(indices) * (num_steps - context - horizon + 1),
@@ -960,6 +985,7 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
         "chance": "sum over a group's options of its training prevalence (over every transition of the training "
                   "clips) times its frequency among the scored transitions: the accuracy of drawing each option "
                   "at random as often as training labels it",
+        "train_prevalence_from": counted_from,
         "copy_last": "every planned transition given the last labelled action of the context",
         "changes": "the planned transitions whose labelled option differs from the transition's before (the "
                       "last context one for the first): copying the last context action is wrong at the first",

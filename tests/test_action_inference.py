@@ -127,6 +127,49 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
         assert values["ratio"] == pytest.approx((swapped[:, 1:][mask].mean() / own[mask].mean()).item(), rel=1e-5)
 
 
+def test_chance_reads_the_config_s_action_prior_and_recounts_only_without_one(explained_clips, monkeypatch):
+    """Training writes the option counts into `config.action_prior`: the evaluation reads them (per transition, as the
+    model pairs labels with transitions) instead of counting the training labels again; an export without a prior
+    recounts, and both counts agree on the same labels."""
+    import evaluate_surgical_model
+    from evaluate_surgical_model import action_inference, inference_groups, prior_option_counts, train_option_counts
+    from planning_surgical_wm import empirical_action_prior
+
+    model, clips, options, train_options = explained_clips
+    groups = inference_groups(model)
+    train_split = actions_split(one_hot_actions(train_options))
+    recounted = train_option_counts(model, train_split, groups)
+    assert prior_option_counts(model.config, groups) is None  # the fixture's model records no prior
+    written = empirical_action_prior(one_hot_actions(train_options), groups, SPEC)
+    for pairing, steps in (("next", slice(1, None)), ("current", slice(None, -1))):
+        counts = prior_option_counts(SimpleNamespace(action_prior=written, action_pairing=pairing), groups)
+        for index, (_, dims) in enumerate(groups):
+            expected = np.bincount(train_options[:, steps, index].flatten(), minlength=len(dims) + 1)
+            np.testing.assert_array_equal(counts[index], expected)
+            if pairing == model.config.action_pairing:
+                np.testing.assert_array_equal(recounted[index], expected)
+
+    # A prior of other labels than the training split's: the report's prevalence is the prior's, never recounted.
+    other = persistent_options(np.random.default_rng(9), 30)
+    monkeypatch.setattr(model.config, "action_prior", empirical_action_prior(one_hot_actions(other), groups, SPEC))
+
+    def recount(*args, **kwargs):
+        raise AssertionError("the training labels were counted again although the config holds them")
+
+    monkeypatch.setattr(evaluate_surgical_model, "train_option_counts", recount)
+    args = SimpleNamespace(action_inference_moments=4, action_inference_context=CONTEXT, action_inference_horizon=1,
+                           action_inference_samples=8, action_inference_iterations=1, seed=0, batch_size=len(clips),
+                           num_workers=0)
+    section = action_inference(args, model, actions_split(one_hot_actions(options)), list(range(len(clips))), clips,
+                               train_split, torch.device("cpu"))
+    assert section["train_prevalence_from"].startswith("config.action_prior")
+    for index, (name, dims) in enumerate(groups):
+        labels = other[:, 1:, index].flatten()
+        prevalence = np.bincount(labels, minlength=len(dims) + 1) / len(labels)
+        assert not np.allclose(prevalence, recounted[index] / recounted[index].sum())  # the two sources differ
+        np.testing.assert_allclose(section["groups"][name]["train_prevalence"], prevalence, rtol=0, atol=1e-12)
+
+
 def test_the_moments_are_a_seeded_choice_of_the_scored_clips_starts():
     from evaluate_surgical_model import draw_moments
 

@@ -622,3 +622,28 @@ def test_a_split_other_than_the_world_model_s_is_refused_naming_both(split_recor
         assert "trained on surgvu cases by split_seed 4, validation_fraction 0.2, test_fraction 0.2 " in message
         assert message.endswith("unset to use its split") and f"splits the data as surgvu cases by {ours};" in message
     assert not (tmp_path / "probe").exists()
+
+
+def test_the_same_split_options_over_other_cases_are_refused_once_the_data_is_built(split_recorded, tmp_path):
+    """The model's split options agree with the run's, its cases do not (the data changed since training): the
+    options pass before the data is built, the cases are compared after, and the evaluation stops there, naming the
+    cases that changed split, before it scores anything."""
+    import shutil
+
+    from evaluate_surgical_model import main
+
+    model, data, _ = split_recorded
+    moved = tmp_path / "model"
+    shutil.copytree(model, moved)
+    config = json.loads((moved / "config.json").read_text())
+    assert config["data_split"]["groups"] == {"train": ["case_000"], "validation": ["case_001"], "test": ["case_002"]}
+    config["data_split"]["groups"] = {"train": ["case_002"], "validation": ["case_001"], "test": ["case_000"]}
+    (moved / "config.json").write_text(json.dumps(config))
+    message = stopped_with(main, ["--checkpoint", moved, *data, "--output", tmp_path / "report.json"])
+    assert message.startswith(f"error: {moved} was trained on surgvu cases by split_seed 4, validation_fraction 0.2, "
+                              "test_fraction 0.2 (1 train / 1 validation / 1 test), but this run splits the data as "
+                              "surgvu cases by split_seed 4,"), message
+    assert "in another split: case_000 (test there, train here), case_002 (train there, test here);" in message
+    assert message.endswith("the same split options put other cases in each split here: score the data it was "
+                            "trained on"), message
+    assert not (tmp_path / "report.json").exists()

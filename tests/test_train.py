@@ -292,3 +292,54 @@ def test_finetuned_encoder_in_bf16_trains_the_encoder_and_exports_its_ema_target
     assert exported.keys() == start.keys()
     torch.testing.assert_close(exported[key], online, atol=1e-5, rtol=0)
     assert "holds the online encoder" in (resumed_dir / "final" / "README.md").read_text()
+
+RECORDED_SPLIT = {"dataset": "surgvu", "split_seed": 4, "validation_fraction": 0.2, "test_fraction": 0.2,
+                  "test_cases": [], "selection_split": "validation",
+                  "groups": {"train": ["case_000"], "validation": ["case_001"], "test": ["case_002"]}}
+
+
+def test_fine_tuning_a_world_model_whose_fitted_cases_this_run_tests_on_is_refused(train_inputs, world_model_dir,
+                                                                                   tmp_path):
+    """A surgical world model trained on case_000 and chosen on case_001 (split_seed 4), fine-tuned on the default
+    split_seed 0, which holds case_001 out for test: refused once the data is built, in one line naming the case,
+    before any training."""
+    start = tmp_path / "start"
+    shutil.copytree(world_model_dir, start)
+    config = json.loads((start / "config.json").read_text())
+    (start / "config.json").write_text(json.dumps({**config, "data_split": RECORDED_SPLIT}))
+    inputs = list(train_inputs)
+    inputs[inputs.index("--pretrained_checkpoint") + 1] = str(start)
+    result = train([*inputs, "--test_fraction", "0.2", "--output_dir", str(tmp_path / "out"), "--num_epochs", "1"])
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error == [f"error: --pretrained_checkpoint {start} was trained or chosen on case_001 (1 of this run's "
+                     "test), which this run holds out for test (it was surgvu cases by split_seed 4, "
+                     "validation_fraction 0.2, test_fraction 0.2 (1 train / 1 validation / 1 test); this run: surgvu "
+                     "cases by split_seed 0, validation_fraction 0.2, test_fraction 0.2 (1 train / 1 validation / 1 "
+                     "test)): its test figures would be on cases it has fitted; split the data as it was, or pass "
+                     "--allow_selection_split to train with a warning"], result.stderr[-3000:]
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_allow_selection_split_warns_and_other_splits_pass(accelerator, caplog):
+    """`--allow_selection_split` turns the refusal into a warning naming the cases; a run whose test holds only cases
+    the model never fitted, a model of another dataset or without a recorded split, and V-JEPA 2 pass in silence."""
+    from training_surgical_wm.data import check_pretrained_split
+
+    saved = {"model_type": "surgical_wm", "data_split": RECORDED_SPLIT}
+    current = {**RECORDED_SPLIT, "split_seed": 0,
+               "groups": {"train": ["case_000", "case_002"], "validation": [], "test": ["case_001"]}}
+    with pytest.raises(SystemExit, match="was trained or chosen on case_001 "):
+        check_pretrained_split("model", saved, current, allow=False)
+    with caplog.at_level("WARNING"):
+        check_pretrained_split("model", saved, current, allow=True)
+    assert "trained or chosen on case_001 " in caplog.text and "--allow_selection_split, so the figures" in caplog.text
+    caplog.clear()
+    same = {**RECORDED_SPLIT}
+    moved_to_train = {**current, "groups": {"train": ["case_001", "case_002"], "validation": [], "test": ["case_000"]}}
+    for config, split in ((saved, same), ({"model_type": "surgical_wm", "data_split": None}, current),
+                          ({"model_type": "vjepa2"}, current), (saved, {**current, "dataset": "mmor"})):
+        check_pretrained_split("model", config, split, allow=False)
+    with pytest.raises(SystemExit, match="trained or chosen on case_000 "):
+        check_pretrained_split("model", saved, moved_to_train, allow=False)
+    assert caplog.text == ""

@@ -24,6 +24,11 @@ class ModelArguments:
         metadata={"help": "A world model saved by scripts/load_vjepa2_pretrained.py, a local V-JEPA 2 directory, "
                           "a facebook/vjepa2-* id, or a preset (vitl, vith, vitg, vitg384)."},
     )
+    allow_selection_split: bool = field(
+        default=False,
+        metadata={"help": "Fine-tune a surgical world model although this run's test split holds cases it was trained "
+                          "or chosen on (its data_split), with a warning: those test figures are no test."},
+    )
     encoder_frozen: bool = field(default=True, metadata={"help": "Keep the V-JEPA 2 encoder frozen (default)."})
     finetune_encoder: bool = field(default=False, metadata={"help": "Fine-tune the encoder (EMA targets)."})
     export_encoder: str = field(

@@ -124,6 +124,30 @@ def split_mismatch(recorded: dict, current: dict) -> str | None:
             + (f"; in another split: {', '.join(moved[:4])}{', ...' if len(moved) > 4 else ''}" if moved else ""))
 
 
+def check_pretrained_split(source: str, saved: dict, current: dict, allow: bool) -> None:
+    """Stops with one line when this run (split as `current`, a `split_definition`) holds out for test cases that the
+    surgical world model at `source` (its saved config `saved`) was trained or chosen on: fine-tuned here, its test
+    figures would be on cases it has fitted. With `allow` (`--allow_selection_split`), a warning naming them instead.
+    A V-JEPA 2 encoder, a model of another dataset, and a model that records no split (built by
+    load_vjepa2_pretrained.py, or exported before splits were recorded) have nothing to compare."""
+    recorded = saved.get("data_split") if saved.get("model_type") == "surgical_wm" else None
+    if not recorded or recorded.get("dataset") != current.get("dataset"):
+        return
+    groups = recorded.get("groups", {})
+    fitted = set(groups.get("train", [])) | set(groups.get(recorded.get("selection_split", "validation"), []))
+    overlap = sorted(fitted & set(current.get("groups", {}).get("test", [])))
+    if not overlap:
+        return
+    cases = f"{', '.join(overlap[:6])}{', ...' if len(overlap) > 6 else ''} ({len(overlap)} of this run's test)"
+    message = (f"--pretrained_checkpoint {source} was trained or chosen on {cases}, which this run holds out for test "
+               f"(it was {describe_split(recorded)}; this run: {describe_split(current)})")
+    if not allow:
+        raise SystemExit(f"error: {message}: its test figures would be on cases it has fitted; split the data as it "
+                         "was, or pass --allow_selection_split to train with a warning")
+    logger.warning(f"{message}: --allow_selection_split, so the figures of this run's test split are optimistic, "
+                   "not a test")
+
+
 def data_fps(metadata: dict) -> float | None:
     """The frames per second the clips were sampled at, as the build recorded it (SurgVU); None when the data has no
     frame rate of ours (MM-OR's timepoints are its own)."""
