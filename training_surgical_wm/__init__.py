@@ -10,6 +10,8 @@ latent cache, planning) share: modules of helpers, imported by name, no trainer 
 - `guard`: the non-finite guard, the bad-step limit, debugging hooks.
 - `export`: transformers exports, the world model's card, the Hub push.
 - `probes`: label counts of a probe target (the targets themselves are dataset_surgvu.catalog's).
+- `surprise`: the live surprise monitor (a video followed step by step with the predictor's KV cache) and the
+  calibration of its alert threshold.
 - `loading`: reading a saved model's config (a directory or a Hub id) with clear errors, and checking that a
   folder's weights are those its config describes.
 """
