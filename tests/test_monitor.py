@@ -141,7 +141,7 @@ def test_calibrated_threshold_and_json(world_model_dir, videos, tmp_path):
 
     mmor = tmp_path / "mmor"
     make_synthetic_mmor(mmor, seed=0, width=64, height=48,
-                        takes={"001_PKA": ("train", 8), "002_PKA": ("validation", 40), "004_PKA": ("test", 8)})
+                        takes={"001_PKA": ("train", 40), "002_PKA": ("validation", 40), "004_PKA": ("test", 40)})
     _, long = videos
     out = tmp_path / "surprise.json"
     result = run_monitor("--checkpoint", world_model_dir, "--video", long, "--window", "4", "--calibration_dir", mmor,
