@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO_ROOT
+from monitor import main as monitor_main
 from modeling_surgical_wm import SurgicalWorldModel
 from training_surgical_wm.surprise import (
     SurpriseMonitor,
@@ -136,31 +137,31 @@ def test_follows_a_growing_video_and_writes_alerts(world_model_dir, videos, tmp_
     assert stdout.count("alert: step") == sum(row["alert"] == "1" for row in rows)
 
 
-def test_calibrated_threshold_and_json(world_model_dir, videos, tmp_path):
+def test_calibrated_threshold_and_json(world_model_dir, videos, tmp_path, capsys):
+    from dataset_mmor import MMORClipTransform, load_mmor
     from dataset_mmor.synthetic import make_synthetic_mmor
 
     mmor = tmp_path / "mmor"
     make_synthetic_mmor(mmor, seed=0, width=64, height=48,
-                        takes={"001_PKA": ("train", 40), "002_PKA": ("validation", 40), "004_PKA": ("test", 40)})
+                        takes={"001_PKA": ("train", 16), "002_PKA": ("validation", 40), "004_PKA": ("test", 16)})
     _, long = videos
-    out = tmp_path / "surprise.json"
-    result = run_monitor("--checkpoint", world_model_dir, "--video", long, "--window", "4", "--calibration_dir", mmor,
-                         "--dataset_cache_dir", tmp_path / "arrow", "--out", out)
-    assert result.returncode == 0, result.stderr
+    out, arrow = tmp_path / "surprise.json", tmp_path / "arrow"
+    assert monitor_main(["--checkpoint", world_model_dir, "--video", str(long), "--window", "4", "--calibration_dir",
+                         str(mmor), "--dataset_cache_dir", str(arrow), "--out", str(out), "--device", "cpu"]) == 0
     report = json.loads(out.read_text())
     threshold = report["threshold"]
-    assert "validation takes" in report["threshold_from"] and f"threshold {threshold:.5f}" in result.stdout
+    assert "validation takes" in report["threshold_from"] and f"threshold {threshold:.5f}" in capsys.readouterr().out
 
     # The same threshold from the validation take recomputed here: each context run afresh, breach labels per timepoint.
     import evaluate
 
-    from dataset_mmor import MMORClipTransform, load_mmor
-
-    take = load_mmor(str(mmor), "azure:1", frames_per_clip=40, clip_stride=40, cache_dir=str(tmp_path / "arrow2"))
     model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
-    clip = MMORClipTransform(crop_size=model.config.encoder_config.crop_size)(take["validation"][0])
-    latents = encode_steps(model, clip["pixel_values_videos"][None])[0]
-    scores, labels = window_surprise(model, latents, 4).tolist(), clip["breach"][1:].tolist()
+    validation = load_mmor(str(mmor), "azure:1", frames_per_clip=1, clip_stride=1, cache_dir=str(arrow))["validation"]
+    transform = MMORClipTransform(crop_size=model.config.encoder_config.crop_size)
+    rows = [transform(row) for row in sorted(validation, key=lambda row: row["timepoints"][0])]
+    pixels = torch.cat([row["pixel_values_videos"] for row in rows])[None]  # (1, 40, 3, crop, crop)
+    labels = torch.cat([row["breach"] for row in rows])[1:].tolist()
+    scores = window_surprise(model, encode_steps(model, pixels)[0], 4).tolist()
     kept = [(score, label) for score, label in zip(scores, labels) if label >= 0]
     metric = evaluate.load(os.path.join(REPO_ROOT, "metrics", "binary_detection"))
     expected = metric.compute(predictions=[s for s, _ in kept], references=[label for _, label in kept])["threshold"]
@@ -174,9 +175,7 @@ def test_calibrated_threshold_and_json(world_model_dir, videos, tmp_path):
 def test_a_bad_video_gives_one_line(world_model_dir, tmp_path):
     video = tmp_path / "case.mp4"
     video.write_bytes(b"this is not a video\n" * 50)
-    result = run_monitor("--checkpoint", world_model_dir, "--video", video, "--threshold", "1", "--out",
-                         tmp_path / "surprise.csv")
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and str(video) in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    with pytest.raises(SystemExit) as stopped:
+        monitor_main(["--checkpoint", world_model_dir, "--video", str(video), "--out", str(tmp_path / "s.csv")])
+    message = str(stopped.value)
+    assert message.startswith("error: ") and "\n" not in message and str(video) in message

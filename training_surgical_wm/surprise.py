@@ -15,17 +15,18 @@ when fewer): the encoder never attends across steps, in a clip or here, so a str
 offline clip encoding gives it, and nothing from later steps leaks into it. A fine-tuned checkpoint that still holds
 its EMA target encoder is read through it, as the evaluation reads it.
 
-`SurpriseMonitor` keeps the predictor's KV cache of each live context, so that each new step runs through the
-predictor once per live context instead of a whole context again; `window_surprise` recomputes each context, the
-reference it equals within float rounding. Why contexts start in hops rather than slide one step at a time: from the
-predictor's second layer on, a cached step's keys were computed attending to the steps before it, so a cache whose
-oldest step is dropped is not the window recomputed (and V-JEPA 2's RoPE, which turns the two dimensions of each
-pair by different frequencies, does not depend on relative positions alone, so cached keys cannot be moved to earlier
-positions either).
+`SurpriseMonitor` keeps the predictor's KV cache of the live context, so that each new step runs through the
+predictor once instead of a whole context again; `window_surprise` recomputes each context, the reference it equals
+within float rounding. Why contexts start in hops rather than slide one step at a time: from the predictor's second
+layer on, a cached step's keys were computed attending to the steps before it, so a cache whose oldest step is
+dropped is not the window recomputed (and V-JEPA 2's RoPE, which turns the two dimensions of each pair by different
+frequencies, does not depend on relative positions alone, so cached keys cannot be moved to earlier positions
+either).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import time
@@ -95,11 +96,11 @@ class SurpriseMonitor:
     Surprise of a stream of step latents, one step at a time: `push(latent)` returns the surprise of that step (None
     for the first, which nothing predicts), the same as `window_surprise` within float rounding.
 
-    A context starts every `window // 2` steps (`context_start`), and each live context keeps the predictor's KV
-    cache of its steps: a new step runs through the predictor once per live context (two, three for a window of
-    3 or less) and attends to the cached steps, instead of `window` steps again. A cache is not slid step by step:
-    from the second layer on, a cached step's keys depend on the steps before it, so dropping the oldest step would
-    leave the others computed with it, and the result would differ from a recomputation of the window.
+    The live context keeps the predictor's KV cache of its steps: a new step runs through the predictor once and
+    attends to the cached steps, instead of the whole context again. Every `window // 2` steps a new context starts
+    (`context_start`); its steps so far, the last `window // 2 + 1`, run through the predictor together once, and
+    fill its cache. A cache is not slid step by step: from the second layer on, a cached step's keys were computed
+    attending to the steps before it, so a cache whose oldest step is dropped is not the window recomputed.
     """
 
     def __init__(self, model, window: int = 32):
@@ -110,25 +111,27 @@ class SurpriseMonitor:
         self.model = model
         self.window = window
         self.num_steps = 0
-        self.actions = unknown_actions(model, 1, 1, next(model.parameters()).device)
-        # context start -> (its KV cache, its prediction of the next step (1, 1, N, D))
-        self.contexts: dict[int, tuple] = {}
+        self.recent = collections.deque(maxlen=window)  # the latents `(N, D)` of the last `window` steps
+        self.start: int | None = None  # the first step of the live context
+        self.cache = None
+        self.prediction: torch.Tensor | None = None  # (1, 1, N, D): the next step, from the live context
+        self.device = next(model.parameters()).device
+        self.actions = unknown_actions(model, 1, 1, self.device)
 
     @torch.no_grad()
     def push(self, latent: torch.Tensor) -> float | None:
-        """The surprise of the step whose latent `(N, D)` comes next, then that step joins the live contexts."""
-        step, latent = self.num_steps, latent[None, None]  # (1, 1, N, D)
-        surprise = None
-        if step > 0:
-            prediction = self.contexts[context_start(step, self.window)][1]
-            surprise = float(step_surprise(prediction, latent)[0, 0])
-        hop = max(1, self.window // 2)
-        # A context starting at `first` predicts steps up to `first + window`: it needs steps up to `first + window - 1`.
-        self.contexts = {first: held for first, held in self.contexts.items() if first + self.window > step}
-        if step % hop == 0:
-            self.contexts[step] = (self.model.predictor.new_cache(), None)
-        for first, (cache, _) in self.contexts.items():
-            self.contexts[first] = (cache, self.model.predictor(latent, self.actions, cache=cache))
+        """The surprise of the step whose latent `(N, D)` comes next; then the prediction of the step after it."""
+        step = self.num_steps
+        surprise = None if step == 0 else float(step_surprise(self.prediction, latent[None, None])[0, 0])
+        self.recent.append(latent)
+        start = context_start(step + 1, self.window)  # the context that predicts the next step
+        if start != self.start:
+            self.start, self.cache = start, self.model.predictor.new_cache()
+            context = torch.stack(list(self.recent)[start - step - 1 :])[None]  # (1, step + 1 - start, N, D)
+            actions = unknown_actions(self.model, 1, context.shape[1], self.device)
+        else:
+            context, actions = latent[None, None], self.actions  # (1, 1, N, D)
+        self.prediction = self.model.predictor(context, actions, cache=self.cache)[:, -1:]
         self.num_steps += 1
         return surprise
 
