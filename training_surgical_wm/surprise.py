@@ -107,7 +107,8 @@ class SurpriseMonitor:
         if window < 1:
             raise ValueError(f"The window must hold at least 1 step, got {window}.")
         if model.config.state_dim:
-            raise ValueError(f"The model expects a state of {model.config.state_dim} values per step; a video has none.")
+            raise ValueError(f"The model expects a state of {model.config.state_dim} values per step; a video has "
+                             "none.")
         self.model = model
         self.window = window
         self.num_steps = 0
