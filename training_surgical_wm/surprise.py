@@ -75,7 +75,7 @@ def context_start(step: int, window: int) -> int:
     return max(0, hop * -(-(step - window) // hop))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def window_surprise(model, latents: torch.Tensor, window: int) -> torch.Tensor:
     """
     The reference: surprise of steps 1 ... S - 1 of `latents` `(S, N, D)`, `(S - 1,)`, each predicted by running the
@@ -119,7 +119,7 @@ class SurpriseMonitor:
         self.device = next(model.parameters()).device
         self.actions = unknown_actions(model, 1, 1, self.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def push(self, latent: torch.Tensor) -> float | None:
         """The surprise of the step whose latent `(N, D)` comes next; then the prediction of the step after it."""
         step = self.num_steps
