@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_world_model(path: str) -> tuple[SurgicalWorldModel, str]:
     """The world model at `path` and where its config was read; one line when it is something else."""
-    if not Path(path).exists() and "/" not in path:
+    if not Path(path).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):  # neither a folder nor a Hub id
         fail(f"{path}: no such checkpoint directory")
     config, where = checkpoint_config(path)
     if config.get("model_type") != "surgical_wm" or is_probe(config):
