@@ -14,4 +14,6 @@ latent cache, planning) share: modules of helpers, imported by name, no trainer 
   weights are those its config describes, loading a world model or probe export.
 - `evaluation`: the world model's error per step and horizon next to the copy baseline (surprise, rollout).
 - `planning`: planning the actions between two moments of a SurgVU video, next to the labelled ones.
+- `surprise`: the live surprise monitor (a video followed step by step with the predictor's KV cache) and the
+  calibration of its alert threshold.
 """
