@@ -72,7 +72,7 @@ from training_surgical_wm.data import (
     split_definition,
     split_mismatch,
 )
-from training_surgical_wm.evaluation import latent_errors, world_model_errors
+from training_surgical_wm.evaluation import CALIBRATION_SPLIT, latent_errors, world_model_errors
 from training_surgical_wm.loading import fail, load_checkpoint, time_base, training_settings
 from training_surgical_wm.probes import load_probe, split_label_counts
 
@@ -81,7 +81,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 METRICS_DIR = REPO_ROOT / "metrics"
 CHANCE_DRAWS = 5
 SURPRISE_PERCENTILES = (5, 25, 50, 75, 95, 99)
-CALIBRATION_SPLIT = "validation"  # every detection threshold is fitted there, so that split is never scored with it
 
 
 @dataclass

@@ -7,6 +7,10 @@ import torch.nn.functional as F
 
 from modeling_surgical_wm import rollout_errors
 
+# Every detection threshold (the evaluation's breach threshold, the live monitor's alerts) is fitted on this split, so
+# that split is never scored with it.
+CALIBRATION_SPLIT = "validation"
+
 
 def latent_errors(predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """L1 and cosine similarity per clip and step `(B, K)`, over tokens (and dims), in float32."""

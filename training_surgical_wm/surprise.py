@@ -39,8 +39,9 @@ from dataset_surgvu import CorruptVideoError, FrameUnavailableError, crop_box, d
 from dataset_surgvu.builder import sample_frame_indices
 from dataset_surgvu.transforms import crop_frames, vjepa2_preprocess
 
+from .evaluation import CALIBRATION_SPLIT
 
-CALIBRATION_SPLIT = "validation"  # every detection threshold is fitted there, so that split is never scored with it
+
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
 
 
