@@ -208,6 +208,8 @@ def test_config_overrides_parse_and_refuse_with_one_line():
 
 
 def test_load_world_model_applies_the_overrides_and_checks_their_values(tmp_path):
+    from accelerate import PartialState
+
     from training_surgical_wm.arguments import ModelArguments
     from training_surgical_wm.world_model import load_world_model
 
@@ -215,6 +217,7 @@ def test_load_world_model_applies_the_overrides_and_checks_their_values(tmp_path
     spec = ["tool/a", "tool/b", "task/c"]
     args = ModelArguments(pretrained_checkpoint=str(tmp_path),
                           config_overrides="action_conditioning=adaln,action_contrastive_weight=0.5")
+    PartialState()  # load_world_model logs through Accelerate, as train_hf.py runs it
     model = load_world_model(args, spec)
     assert model.config.action_conditioning == "adaln" and model.config.action_contrastive_weight == 0.5
     assert all(layer.adaln.weight.abs().sum() == 0 for layer in model.predictor.layers)
