@@ -35,8 +35,9 @@ Action inference (`--action_inference_moments N`, 100 by default, 0: none; a mod
 groups): N (start, goal) moments drawn by `--seed` from the scored clips, each `--action_inference_context` observed
 steps (the labelled actions between them given) and a goal `--action_inference_horizon` steps later; the world model's
 CEM planner (batched over the moments of a batch of clips, KV-cached) infers the actions between them, its options
-drawn first from `--action_inference_prior` (uniform, or the training data's marginal or transition statistics in the
-model's config) and, with `--action_inference_seen_only`, only among combinations seen in training. Per action group,
+drawn first from `--action_inference_prior` (the training data's transition statistics in the model's config by
+default, its marginals, or uniform) and, with `--action_inference_seen_only`, only among combinations seen in
+training. Per action group,
 the planned options' accuracy next to copying the last context action and to chance (each option drawn as often as it
 labels the training split's transitions), over all planned transitions and where the labelled action changes; the
 energy of the inferred and of the labelled actions; the teacher-forced L1 under another clip's actions over under the
@@ -156,9 +157,10 @@ class EvaluationArguments:
     action_inference_samples: int = field(default=100, metadata={"help": "Action inference: CEM samples per "
                                                                          "iteration (top 10 refitted, momentum 0.15)."})
     action_inference_iterations: int = field(default=5, metadata={"help": "Action inference: CEM iterations."})
-    action_inference_prior: str = field(default="uniform", metadata={
-        "help": "Action inference: where CEM starts its options (`plan(action_prior=...)`): uniform, or the training "
-                "data's marginal or transition statistics in the model's config.",
+    action_inference_prior: str = field(default="transition", metadata={
+        "help": "Action inference: where CEM starts its options (`plan(action_prior=...)`): the training data's "
+                "step-to-step transitions from the last context action (the default: where uniform options leave "
+                "the planner at chance), its marginals, or uniform options.",
         "choices": ["uniform", "marginal", "transition"]})
     action_inference_seen_only: bool = field(default=False, metadata={"help": "Action inference: propose only the "
                                                                               "combinations of options seen in one "
