@@ -92,6 +92,7 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
     # Every start with 3 steps up to it and one after it: steps 2, 3 and 4 of every clip; with the default pairing
     # the transition from the start takes the labels of the step after it, the last context transition the start's.
     assert model.config.action_pairing == "next"
+    assert "force at step t + 1" in section["pairing"]
     starts = [(clip, start) for clip in indices for start in range(CONTEXT - 1, NUM_STEPS - 1)]
     assert section["moments"] == section["moments_drawn"] == section["moments_possible"] == len(starts) == 30
     for index, name in enumerate(GROUPS):
