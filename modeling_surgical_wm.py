@@ -272,7 +272,9 @@ class SurgicalWorldModelPredictorLayer(GradientCheckpointingLayer):
         self.norm2 = nn.LayerNorm(config.predictor_hidden_size, eps=config.layer_norm_eps)
         self.mlp = SurgicalWorldModelPredictorMLP(config)
         self.drop_path_rate = drop_path_rate
-        self.adaln = SurgicalWorldModelPredictorAdaLN(config) if config.action_conditioning == "adaln" else None
+        # A model without actions has nothing to modulate with.
+        uses_adaln = config.action_conditioning == "adaln" and config.action_dim > 0
+        self.adaln = SurgicalWorldModelPredictorAdaLN(config) if uses_adaln else None
 
     def drop_path(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.drop_path_rate == 0.0 or not self.training:

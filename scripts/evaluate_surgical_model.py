@@ -34,7 +34,10 @@ its test takes by default, and `--split validation` is refused: its thresholds w
 Action inference (`--action_inference_moments N`, 100 by default, 0: none; a model whose action_spec has categorical
 groups): N (start, goal) moments drawn by `--seed` from the scored clips, each `--action_inference_context` observed
 steps (the labelled actions between them given) and a goal `--action_inference_horizon` steps later; the world model's
-CEM planner (batched over the moments of a batch of clips, KV-cached) infers the actions between them. Per action group,
+CEM planner (batched over the moments of a batch of clips, KV-cached) infers the actions between them, its options
+drawn first from `--action_inference_prior` (the training data's transition statistics in the model's config by
+default, its marginals, or uniform) and, with `--action_inference_seen_only`, only among combinations seen in
+training. Per action group,
 the planned options' accuracy next to copying the last context action and to chance (each option drawn as often as it
 labels the training split's transitions, as the config's `action_prior` counts them; recounted from the labels for an
 export without it), over all planned transitions and where the labelled action changes; the
@@ -146,6 +149,14 @@ class EvaluationArguments:
     action_inference_samples: int = field(default=100, metadata={"help": "Action inference: CEM samples per "
                                                                          "iteration (top 10 refitted, momentum 0.15)."})
     action_inference_iterations: int = field(default=5, metadata={"help": "Action inference: CEM iterations."})
+    action_inference_prior: str = field(default="transition", metadata={
+        "help": "Action inference: where CEM starts its options (`plan(action_prior=...)`): the training data's "
+                "step-to-step transitions from the last context action (the default: where uniform options leave "
+                "the planner at chance), its marginals, or uniform options.",
+        "choices": ["uniform", "marginal", "transition"]})
+    action_inference_seen_only: bool = field(default=False, metadata={"help": "Action inference: propose only the "
+                                                                              "combinations of options seen in one "
+                                                                              "training step."})
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -839,10 +850,12 @@ def prior_option_counts(config, groups: list[tuple[str, list[int]]]) -> list[np.
 
 @torch.no_grad()
 def run_action_inference(args, world_model, clips, indices: list[int], moments: list[tuple[int, int]],
-                         groups: list[tuple[str, list[int]]], device) -> dict:
+                         groups: list[tuple[str, list[int]]], device, action_prior: str = "uniform",
+                         seen_only: bool = False) -> dict:
     """Streams the clips that hold `moments`: the moments of a batch of clips are planned in one batched CEM, from
     their `--action_inference_context` steps (with the labelled actions between them) to the goal step
-    `--action_inference_horizon` transitions later, and the labelled actions' energy is scored alike; every transition
+    `--action_inference_horizon` transitions later (CEM starting from `action_prior`, proposing only combinations seen
+    in training with `seen_only`), and the labelled actions' energy is scored alike; every transition
     of these clips gets its teacher-forced L1 under its own and under another clip's actions. Returns the options per
     moment and planned transition (labelled, planned, the transition before it, the last context one) `(M, H, G)`,
     the energies `(M,)`, and per transition after a clip's first: the two L1s and whether its action changed."""
@@ -884,7 +897,8 @@ def run_action_inference(args, world_model, clips, indices: list[int], moments: 
                                   iterations=args.action_inference_iterations,
                                   top_k=min(ACTION_INFERENCE_TOP_K, args.action_inference_samples),
                                   momentum=ACTION_INFERENCE_MOMENTUM, generator=generator,
-                                  context_actions=context_actions, discrete_groups=names)
+                                  context_actions=context_actions, discrete_groups=names,
+                                  action_prior=action_prior, seen_only=seen_only)
         options = step_options(moment_actions.cpu(), groups)  # (M, C - 1 + H, G)
         records["labelled"].append(options[:, context - 1 :])
         records["previous"].append(options[:, context - 2 : -1])  # the transition before each planned one
@@ -959,9 +973,16 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
         print(f"action inference: none (clips of {num_steps} steps hold no {context} context steps and "
               f"{horizon} more)", flush=True)
         return None
+    action_prior, seen_only = args.action_inference_prior, args.action_inference_seen_only
+    if (action_prior != "uniform" or seen_only) and not world_model.config.action_prior:
+        print(f"action inference: uniform options, without a seen-only restriction: the model's config has no training "
+              f"action statistics (action_prior) for --action_inference_prior {action_prior}"
+              f"{' --action_inference_seen_only' if seen_only else ''}", flush=True)
+        action_prior, seen_only = "uniform", False
     started = time.perf_counter()
     moments = draw_moments(len(indices), num_steps, args.action_inference_moments, context, horizon, args.seed)
-    records = run_action_inference(args, world_model, clips, indices, moments, groups, device)
+    records = run_action_inference(args, world_model, clips, indices, moments, groups, device, action_prior,
+                                   seen_only)
     spec = world_model.config.action_spec
     options = [[spec[dim].split("/", 1)[1] for dim in dims] + ["none"] for _, dims in groups]
     counts = prior_option_counts(world_model.config, groups)
@@ -976,9 +997,11 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
         "context_steps": context, "horizon": horizon,
         "planner": {"num_samples": args.action_inference_samples, "iterations": args.action_inference_iterations,
                     "top_k": min(ACTION_INFERENCE_TOP_K, args.action_inference_samples),
-                    "momentum": ACTION_INFERENCE_MOMENTUM, "seed": args.seed},
-        "pairing": "transition t -> t + 1 is labelled with the actions in force at step t, as the predictor is given "
-                   "them",
+                    "momentum": ACTION_INFERENCE_MOMENTUM, "seed": args.seed,
+                    "action_prior": action_prior, "seen_only": seen_only},
+        "pairing": f"{world_model.config.action_pairing!r}: transition t -> t + 1 is labelled with the actions in "
+                   f"force at step {'t + 1' if world_model.config.action_pairing == 'next' else 't'}, as the predictor "
+                   "is given them",
         "moments_from": f"a choice seeded by --seed among every start of the scored clips with {context} steps up to "
                         f"it and {horizon} after it; the goal is the step {horizon} later",
         "chance": "sum over a group's options of its training prevalence (over every transition of the training "
@@ -997,7 +1020,8 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
 def print_action_inference(section: dict) -> None:
     print(f"\nAction inference: {section['moments']} held-out moments, {section['context_steps']} context steps, "
           f"{section['horizon']} planned transition(s) each (CEM {section['planner']['num_samples']} samples x "
-          f"{section['planner']['iterations']} iterations); accuracy per group")
+          f"{section['planner']['iterations']} iterations, {section['planner']['action_prior']} prior"
+          f"{', seen combinations only' if section['planner']['seen_only'] else ''}); accuracy per group")
     width = max(10, *(len(name) for name in section["groups"]))
     print(f"{'':>{width}} {'planned':>8} {'copy last':>10} {'chance':>7} | {'at changes:':>11} {'planned':>8} "
           f"{'copy last':>10} {'chance':>7} {'n':>5}")

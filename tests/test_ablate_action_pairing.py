@@ -82,5 +82,5 @@ def test_a_world_model_scores_swapped_as_own_when_every_clip_has_the_same_labels
 
 def test_levers_names_the_action_levers_set_away_from_their_defaults():
     assert ablation.levers(SurgicalWorldModelConfig()) == "-"
-    config = SurgicalWorldModelConfig(action_contrastive_weight=0.1, rollout_steps=4, action_pairing="current")
-    assert ablation.levers(config) == "action_contrastive_weight=0.1, rollout_steps=4"
+    config = SurgicalWorldModelConfig(action_contrastive_weight=0.1, rollout_steps=2, action_pairing="current")
+    assert ablation.levers(config) == "action_contrastive_weight=0.1, rollout_steps=2"

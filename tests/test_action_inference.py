@@ -81,6 +81,7 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
     model, clips, options, train_options = explained_clips
     args = SimpleNamespace(action_inference_moments=1000, action_inference_context=CONTEXT,
                            action_inference_horizon=1, action_inference_samples=48, action_inference_iterations=3,
+                           action_inference_prior="uniform", action_inference_seen_only=False,
                            seed=0, batch_size=len(clips), num_workers=0)
     scored = actions_split(one_hot_actions(options))
     indices = list(range(len(clips)))
@@ -91,6 +92,7 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
     # Every start with 3 steps up to it and one after it: steps 2, 3 and 4 of every clip; with the default pairing
     # the transition from the start takes the labels of the step after it, the last context transition the start's.
     assert model.config.action_pairing == "next"
+    assert "force at step t + 1" in section["pairing"]
     starts = [(clip, start) for clip in indices for start in range(CONTEXT - 1, NUM_STEPS - 1)]
     assert section["moments"] == section["moments_drawn"] == section["moments_possible"] == len(starts) == 30
     for index, name in enumerate(GROUPS):
@@ -158,8 +160,9 @@ def test_chance_reads_the_config_s_action_prior_and_recounts_only_without_one(ex
 
     monkeypatch.setattr(evaluate_surgical_model, "train_option_counts", recount)
     args = SimpleNamespace(action_inference_moments=4, action_inference_context=CONTEXT, action_inference_horizon=1,
-                           action_inference_samples=8, action_inference_iterations=1, seed=0, batch_size=len(clips),
-                           num_workers=0)
+                           action_inference_samples=8, action_inference_iterations=1,
+                           action_inference_prior="transition", action_inference_seen_only=False, seed=0,
+                           batch_size=len(clips), num_workers=0)
     section = action_inference(args, model, actions_split(one_hot_actions(options)), list(range(len(clips))), clips,
                                train_split, torch.device("cpu"))
     assert section["train_prevalence_from"].startswith("config.action_prior")
@@ -168,6 +171,47 @@ def test_chance_reads_the_config_s_action_prior_and_recounts_only_without_one(ex
         prevalence = np.bincount(labels, minlength=len(dims) + 1) / len(labels)
         assert not np.allclose(prevalence, recounted[index] / recounted[index].sum())  # the two sources differ
         np.testing.assert_allclose(section["groups"][name]["train_prevalence"], prevalence, rtol=0, atol=1e-12)
+
+
+def test_the_planner_starts_from_the_prior_the_section_names(explained_clips, capsys):
+    """A predictor that ignores its actions gives every candidate the same energy, so the plan is the first candidate
+    drawn. From training statistics in which no option ever changes (`--action_inference_prior transition`) that is
+    the last context action in every moment, so the planned accuracy is copy-last's; from uniform options it is not.
+    A model without training statistics plans from uniform options, and the section says so."""
+    import copy
+
+    from evaluate_surgical_model import action_inference
+    from planning_surgical_wm import empirical_action_prior
+
+    model, clips, options, _ = explained_clips
+    blind = copy.deepcopy(model)
+    with torch.no_grad():
+        blind.predictor.output_proj.weight.zero_()
+        blind.predictor.output_proj.bias.zero_()
+    steady = np.array([[arm, task] for arm in range(3) for task in range(4)])[:, None].repeat(NUM_STEPS, 1)
+    train = one_hot_actions(steady)  # every combination, none ever changing
+    scored = actions_split(one_hot_actions(options))
+
+    def section(prior: str, statistics: dict | None) -> dict:
+        blind.config.action_prior = statistics
+        args = SimpleNamespace(action_inference_moments=1000, action_inference_context=CONTEXT,
+                               action_inference_horizon=1, action_inference_samples=8, action_inference_iterations=1,
+                               action_inference_prior=prior, action_inference_seen_only=False,
+                               seed=0, batch_size=len(clips), num_workers=0)
+        return action_inference(args, blind, scored, list(range(len(clips))), clips, actions_split(train),
+                                torch.device("cpu"))
+
+    statistics = empirical_action_prior(train, blind.config.action_groups(blind.config.spec_groups(SPEC)), SPEC)
+    chained, uniform = section("transition", statistics), section("uniform", statistics)
+    assert chained["planner"]["action_prior"] == "transition" and uniform["planner"]["action_prior"] == "uniform"
+    for name in GROUPS:
+        assert chained["groups"][name]["overall"]["planned"] == chained["groups"][name]["overall"]["copy_last"] < 1
+        assert chained["groups"][name]["at_changes"]["planned"] == 0.0
+    assert any(uniform["groups"][name]["overall"]["planned"] != uniform["groups"][name]["overall"]["copy_last"]
+               for name in GROUPS)
+    capsys.readouterr()
+    assert section("transition", None)["planner"]["action_prior"] == "uniform"
+    assert "the model's config has no training action statistics" in capsys.readouterr().out
 
 
 def test_the_moments_are_a_seeded_choice_of_the_scored_clips_starts():

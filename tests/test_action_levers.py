@@ -39,7 +39,7 @@ def perturb_modulation(model):
 
 # -- AdaLN -------------------------------------------------------------------------------------------------------------
 def test_a_new_adaln_model_predicts_what_the_token_model_with_the_same_weights_predicts():
-    token = build().eval()
+    token = build(action_conditioning="token").eval()
     adaln = build(action_conditioning="adaln").eval()
     missing, unexpected = adaln.load_state_dict(token.state_dict(), strict=False)
     assert not unexpected and missing and all(".adaln." in name for name in missing)
@@ -68,12 +68,36 @@ def test_adaln_cached_rollout_and_shared_history_equal_the_uncached_rollout():
 
 
 def test_a_token_checkpoint_opened_with_adaln_starts_where_it_was(tmp_path):
-    token = build().eval()
+    token = build(action_conditioning="token").eval()
     token.save_pretrained(tmp_path)
     adaln = SurgicalWorldModel.from_pretrained(tmp_path, action_conditioning="adaln").eval()
     assert adaln.predictor.layers[0].adaln is not None
     latents, actions = latents_for(), actions_for()
     torch.testing.assert_close(adaln.predict(latents, actions), token.predict(latents, actions), rtol=0, atol=0)
+
+
+def test_new_models_default_to_adaln_and_rollout_4_and_exports_without_the_fields_keep_token_and_2(tmp_path):
+    import json
+
+    model = build()
+    assert (model.config.action_conditioning, model.config.rollout_steps) == ("adaln", 4)
+    assert all(layer.adaln is not None for layer in model.predictor.layers)
+    assert all(layer.adaln is None for layer in build(action_dim=0).predictor.layers)  # nothing to modulate with
+    model.save_pretrained(tmp_path)
+    reloaded = SurgicalWorldModel.from_pretrained(tmp_path)
+    assert (reloaded.config.action_conditioning, reloaded.config.rollout_steps) == ("adaln", 4)
+    # An export from before the fields: built with one action token and trained with a 2-step rollout, so it loads so.
+    token = build(action_conditioning="token", rollout_steps=2)
+    token.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    for name in ("action_conditioning", "rollout_steps"):
+        del config[name]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    old = SurgicalWorldModel.from_pretrained(tmp_path / "old").eval()
+    assert (old.config.action_conditioning, old.config.rollout_steps) == ("token", 2)
+    assert all(layer.adaln is None for layer in old.predictor.layers)
+    latents, actions = latents_for(), actions_for()
+    torch.testing.assert_close(old.predict(latents, actions), token.eval().predict(latents, actions), rtol=0, atol=0)
 
 
 # -- action dropout and the null action --------------------------------------------------------------------------------
@@ -186,7 +210,7 @@ def test_action_contrastive_loss_leaves_out_transitions_without_another_action()
         ({"action_contrastive_temperature": 0.0}, "action_contrastive_temperature"),
         ({"action_change_weight": -1.0}, "action_change_weight"),
         ({"rollout_loss_weight": -0.5}, "rollout_loss_weight"),
-        ({"action_dim": 0, "action_conditioning": "adaln"}, "need actions"),
+        ({"action_dim": 0, "action_contrastive_weight": 0.5}, "need actions"),
     ],
 )
 def test_bad_lever_values_raise_value_error(overrides, message):
