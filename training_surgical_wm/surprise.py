@@ -199,6 +199,36 @@ def video_steps(path: str | os.PathLike, fps: float, frames_per_step: int, crop_
         time.sleep(poll)
 
 
+def take_surprise(model, split, window: int, batch_size: int = 8) -> Iterator[tuple[str, int, float | None, int]]:
+    """
+    The monitor's surprise on MM-OR: each step of a `load_mmor` split of one-step clips (`frames_per_clip` and
+    `clip_stride` the model's `frames_per_step`), take by take in timepoint order, each take streamed through a
+    `SurpriseMonitor` of `window`. Yields (take, the step's last timepoint, its surprise (None for a take's first
+    step), its breach label (the last timepoint's, -1 where the label file has none)); steps whose frames all failed to
+    decode in a batch are left out.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from dataset_mmor import MMORClips
+    from dataset_surgvu import collate_clips
+    from dataset_surgvu.catalog import get_dataset
+
+    rows = split.select_columns(["take", "timepoints"])
+    takes, timepoints = rows["take"], rows["timepoints"]
+    order = sorted(range(len(split)), key=lambda index: (takes[index], timepoints[index][0]))
+    clips = MMORClips(split, get_dataset("mmor").transform(crop_size=model.config.encoder_config.crop_size))
+    device = next(model.parameters()).device
+    monitors = {}
+    for batch in DataLoader(Subset(clips, order), batch_size=batch_size, collate_fn=collate_clips):
+        if "sample_id" not in batch:  # every step of the batch failed to decode
+            continue
+        latents = encode_steps(model, batch["pixel_values_videos"].to(device))  # (B, 1, N, D)
+        for row, sample in enumerate(batch["sample_id"].tolist()):
+            monitor = monitors.setdefault(takes[sample], SurpriseMonitor(model, window))
+            yield (takes[sample], int(timepoints[sample][-1]), monitor.push(latents[row, 0]),
+                   int(batch["breach"][row, -1]))
+
+
 def calibrate_threshold(model, data_root: str, window: int, camera: str = "azure:1",
                         dataset_cache_dir: str | None = None, batch_size: int = 8) -> tuple[float, int, int]:
     """
@@ -209,11 +239,7 @@ def calibrate_threshold(model, data_root: str, window: int, camera: str = "azure
     timepoint or no breach.
     """
     import evaluate
-    from torch.utils.data import DataLoader, Subset
 
-    from dataset_mmor import MMORClips
-    from dataset_surgvu import collate_clips
-    from dataset_surgvu.catalog import get_dataset
     from training_surgical_wm.arguments import DataArguments
     from training_surgical_wm.data import load_dataset_splits
 
@@ -224,23 +250,11 @@ def calibrate_threshold(model, data_root: str, window: int, camera: str = "azure
     split = dataset.get(CALIBRATION_SPLIT)
     if split is None or not len(split):
         raise ValueError(f"{data_root}: no {CALIBRATION_SPLIT} takes to calibrate the threshold on")
-    rows = split.select_columns(["take", "timepoints"])
-    takes, timepoints = rows["take"], rows["timepoints"]
-    order = sorted(range(len(split)), key=lambda index: (takes[index], timepoints[index][0]))
-    clips = MMORClips(split, get_dataset("mmor").transform(crop_size=model.config.encoder_config.crop_size))
-    device = next(model.parameters()).device
-    monitors, scores, labels = {}, [], []
-    for batch in DataLoader(Subset(clips, order), batch_size=batch_size, collate_fn=collate_clips):
-        if "sample_id" not in batch:  # every step of the batch failed to decode
-            continue
-        latents = encode_steps(model, batch["pixel_values_videos"].to(device))  # (B, 1, N, D)
-        for row, sample in enumerate(batch["sample_id"].tolist()):
-            monitor = monitors.setdefault(takes[sample], SurpriseMonitor(model, window))
-            surprise = monitor.push(latents[row, 0])
-            label = int(batch["breach"][row, -1])
-            if surprise is not None and label >= 0:
-                scores.append(surprise)
-                labels.append(label)
+    scores, labels = [], []
+    for _, _, surprise, label in take_surprise(model, split, window, batch_size):
+        if surprise is not None and label >= 0:
+            scores.append(surprise)
+            labels.append(label)
     if not sum(labels):
         raise ValueError(f"{data_root}: the {CALIBRATION_SPLIT} takes have no breach: the threshold cannot be "
                          "calibrated on them")
