@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 # Copyright 2026 The surgical-wm authors. Licensed under the Apache License, Version 2.0.
-"""The demo page: a SurgVU-format video through a world model and its probes, in the browser (Gradio).
+"""The demo page: a SurgVU-format video or an MM-OR take through a world model and its probes, in the browser (Gradio).
 
-    python scripts/app.py [--demo_dir demo_output] [--world_model PATH_OR_HUB_ID] [--port 7860]
+    python scripts/app.py [--demo_dir demo_output] [--world_model PATH_OR_HUB_ID] [--mmor_dir MM-OR_data] [--port 7860]
 
 Choose one of the demo's videos (`make demo` writes them under demo_output/surgvu) or upload one, give a world model
 (a local folder or a Hub id) and its task and tool probes, and press Analyse. The page shows a few frames; the
@@ -11,6 +11,13 @@ evaluation scores it) over time, with the labelled task and tool bands under it 
 label files; the task and tool probes' predictions per step (each from the training clip's steps ending there); the
 rollout error per horizon next to the copy-the-last-context baseline, averaged over those clips; and the actions the
 world model's planner infers between two chosen times next to the labelled ones (scripts/plan.py's table).
+
+An MM-OR take (one of those under `--mmor_dir`, or a take folder typed in) is analysed instead of the video when given:
+its frames of `--mmor_camera`, one step per `frames_per_step` timepoints as `load_mmor` builds them; the surprise per
+step as the live monitor scores it (training_surgical_wm/surprise.py: each step from up to a training clip's steps
+before it, actions unknown) over the timepoints, with the labelled sterility breaches shaded on it and listed, and the
+steps at or above the monitor's breach threshold (`calibrate_threshold` on the validation takes of the same MM-OR data)
+marked. SurgVU's probes, the rollout table and the plan read SurgVU's labels and actions: the page says so in one line.
 
 Frames are sampled and preprocessed as training sampled them (the model's fps, the crop without the tool-name band
 and the black margins, V-JEPA 2's preprocessing). As a Hugging Face Space, the models are Hub ids, given by the
@@ -32,6 +39,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from dataset_mmor import MMORDataError, decode_frames, load_mmor, parse_camera
+from dataset_mmor.layout import LABEL_FOLDERS, SPLIT_TO_TAKES, take_folder
 from dataset_surgvu import (
     TASK_CLASSES,
     TOOL_CLASSES,
@@ -49,10 +58,11 @@ from dataset_surgvu.video import FrameUnavailableError
 from modeling_surgical_wm import frames_to_steps
 from planning_surgical_wm import DEFAULT_PLANNING_PRESET
 from training_surgical_wm.arguments import DataArguments
-from training_surgical_wm.evaluation import world_model_errors
+from training_surgical_wm.evaluation import CALIBRATION_SPLIT, world_model_errors
 from training_surgical_wm.loading import time_base, training_settings
 from training_surgical_wm.planning import SEARCH_OPTIONS, case_labels, load_world_model, plan_video
 from training_surgical_wm.probes import load_probe
+from training_surgical_wm.surprise import calibrate_threshold, take_surprise
 
 
 MODEL_ENV = {"world_model": "SURGICAL_WM_MODEL", "task_probe": "SURGICAL_WM_TASK_PROBE",
@@ -79,6 +89,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                            "else DEMO_DIR/probe_tools/best)")
     parser.add_argument("--videos", default=None, help="a folder whose videos the page offers (default: "
                                                        "DEMO_DIR/surgvu)")
+    parser.add_argument("--mmor_dir", default=None, help="an MM-OR data folder whose takes the page offers (default: "
+                                                         "none)")
+    parser.add_argument("--mmor_camera", default="azure:1", help="the camera of the MM-OR takes (default azure:1)")
+    parser.add_argument("--dataset_cache_dir", default=None, help="where the Arrow files of the MM-OR takes go "
+                                                                  "(default: the datasets cache)")
     parser.add_argument("--plan_samples", type=int, default=None, help="CEM samples per iteration of the plan "
                                                                        f"(default: the {DEFAULT_PLANNING_PRESET} "
                                                                        "preset's)")
@@ -98,6 +113,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("plan_samples", "plan_iterations"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    try:
+        parse_camera(args.mmor_camera)
+    except ValueError as error:
+        parser.error(f"--mmor_camera: {error}")
     return args
 
 
@@ -109,6 +128,16 @@ def find_videos(folder: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [str(path) for case in find_cases(videos_dir, labels_dir).values() for _, path in sorted(case.parts.items())]
+
+
+def find_takes(root: str | None) -> list[str]:
+    """The takes of the MM-OR data at `root` (a sterility-breach label file and a take folder each) as `root/take`
+    paths, the form the page reads (a take that shares its folder is named by its own name); none without `root`."""
+    labels = Path(root or "") / LABEL_FOLDERS["breach"]
+    if not root or not labels.is_dir():
+        return []
+    takes = sorted(path.stem for path in labels.glob("*.json") if not path.name.startswith("."))
+    return [str(Path(root) / take) for take in takes if (Path(root) / take_folder(take)).is_dir()]
 
 
 # ------------------------------------------------------------------------------------------------------- models
@@ -272,8 +301,121 @@ def frame_gallery(video: str, info, grid: np.ndarray) -> list[tuple[np.ndarray, 
     return [(frame.numpy(), f"{grid[index] / info.fps:.2f} s") for frame, index in zip(frames, chosen)]
 
 
-def surprise_figure(times: np.ndarray, surprise: torch.Tensor, tasks, tools, tool_names: list[str]):
-    """The surprise curve over time, with the labelled task and tool bands under it on the same time axis."""
+# ------------------------------------------------------------------------------------------------------- MM-OR
+def read_take(path: str, camera: str, frames_per_step: int, cache_dir: str | None):
+    """The one-step clips of the MM-OR take at `path` (`<MM-OR root>/<take>`), as `load_mmor` builds them: every
+    `frames_per_step` timepoints, as the monitor's threshold is calibrated."""
+    path = Path(path).expanduser()
+    root, take = path.parent, path.name
+    if not (root / take_folder(take)).is_dir():
+        raise AnalysisError(f"{path}: no such MM-OR take folder (expected <MM-OR root>/<take>)")
+    try:
+        split = load_mmor(root, camera, frames_per_clip=frames_per_step, clip_stride=frames_per_step, splits=("take",),
+                          split_to_takes={"take": [take]}, cache_dir=cache_dir)["take"]
+    except (MMORDataError, FileNotFoundError) as error:
+        raise AnalysisError(str(error)) from None
+    if len(split) < 2:
+        raise AnalysisError(f"{path}: {len(split)} step(s) of {frames_per_step} timepoint(s), fewer than two")
+    return split
+
+
+@functools.lru_cache(maxsize=4)
+def breach_threshold(model_path: str, root: str, camera: str, window: int, cache_dir: str | None):
+    """The monitor's breach threshold for this world model and MM-OR data (`calibrate_threshold`), and a line saying
+    where it comes from; None and why there is none (the data lacks a split or a breach to fit it on)."""
+    try:
+        threshold, timepoints, breaches = calibrate_threshold(world_model_at(model_path)[0], root, window, camera,
+                                                              cache_dir)
+    except (ValueError, FileNotFoundError) as error:  # MMORDataError is a ValueError
+        return None, f"no breach threshold: {error}"
+    return threshold, (f"threshold {threshold:.5f}, the F1-best on the {CALIBRATION_SPLIT} takes of {root} "
+                       f"({timepoints} timepoints, {breaches} with a breach)")
+
+
+def breach_spans(timepoints: np.ndarray, breach: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) timepoint of each run of consecutive labelled breach timepoints."""
+    spans = []
+    for timepoint in timepoints[breach == 1]:
+        if spans and spans[-1][1] == timepoint - 1:
+            spans[-1] = (spans[-1][0], int(timepoint))
+        else:
+            spans.append((int(timepoint), int(timepoint)))
+    return spans
+
+
+def breach_rows(spans, triplets: dict[int, str], times: np.ndarray, surprise: torch.Tensor,
+                threshold: float | None) -> list[list]:
+    """Per labelled breach span: its timepoints, what the label file says, the peak surprise of its steps and how many
+    reach the threshold."""
+    rows = []
+    for number, (first, last) in enumerate(spans, start=1):
+        inside = surprise[torch.from_numpy((times >= first) & (times <= last))]
+        inside = inside[~inside.isnan()]
+        rows.append([number, first, last, triplets[first], round(float(inside.max()), 5) if len(inside) else None,
+                     int((inside >= threshold).sum()) if threshold is not None else "-"])
+    return rows
+
+
+def analyse_take(path: str, model_path: str, settings: dict, progress):
+    """Every output of the page for an MM-OR take (a bare take name is one of `settings["root"]`): its frames, the
+    surprise per step with the breach marks, and the breach spans; the surprise is the live monitor's (`take_surprise`,
+    as `calibrate_threshold` scores its takes)."""
+    camera, cache_dir = settings["camera"], settings["cache_dir"]
+    if settings["root"] and Path(path).parent == Path("."):
+        path = str(Path(settings["root"]) / path)
+    progress(0.0, desc="loading the world model")
+    model, _, _, _, length = world_model_at(model_path)
+    if model.config.state_dim:
+        raise AnalysisError(f"{model_path}: the model expects a state of {model.config.state_dim} values per step; an "
+                            "MM-OR take has none")
+    split = read_take(path, camera, model.config.frames_per_step, cache_dir)
+    try:
+        steps = list(progress.tqdm(take_surprise(model, split, length), total=len(split), desc="surprise per step"))
+    except MMORDataError as error:  # a frame that is no JPEG
+        raise AnalysisError(str(error)) from None
+    times = np.array([timepoint for _, timepoint, _, _ in steps])
+    surprise = torch.tensor([float("nan") if value is None else value for _, _, value, _ in steps])
+    root, take = str(Path(path).expanduser().parent), Path(path).name
+    progress(0.8, desc=f"the breach threshold on the {CALIBRATION_SPLIT} takes")
+    threshold, threshold_note = breach_threshold(model_path, root, camera, length, cache_dir)
+    if threshold is not None and take in SPLIT_TO_TAKES[CALIBRATION_SPLIT]:
+        threshold_note += ", this take among them (its marks are fitted to it)"
+
+    labels = split.select_columns(["timepoints", "breach", "breach_triplets"])
+    timepoints = np.array(labels["timepoints"]).ravel()  # every timepoint of the take's steps
+    triplets = dict(zip(timepoints.tolist(), (text for row in labels["breach_triplets"] for text in row)))
+    breach = np.array(labels["breach"]).ravel()
+    spans = breach_spans(timepoints, breach)
+    figure = surprise_figure(times, surprise, None, None, [], breaches=spans, threshold=threshold)
+    listed = ", ".join(f"{first}-{last}" for first, last in spans)
+    notes = [f"breaches: {len(spans)} labelled span(s)" + (f": timepoints {listed}" if spans else ""), threshold_note]
+    if threshold is not None:
+        above = (surprise >= threshold).numpy()
+        in_breach = np.isin(times, timepoints[breach == 1])
+        notes[-1] += (f": {int(above.sum())} of {len(times) - 1} scored steps at or above it (marked), "
+                      f"{int((above & in_breach).sum())} of them in a labelled breach")
+    notes.append("SurgVU's task and tool probes, the rollout table and the plan read SurgVU's labels and actions: not "
+                 "shown for an MM-OR take")
+    chosen = np.unique(np.linspace(0, len(split) - 1, FRAMES_SHOWN).round().astype(int)).tolist()
+    frames = split.select(chosen)
+    try:
+        pixels = decode_frames([row[-1] for row in frames["frame_paths"]])  # (K, 3, H, W) uint8
+    except MMORDataError as error:
+        raise AnalysisError(str(error)) from None
+    gallery = [(frame.permute(1, 2, 0).numpy(), f"timepoint {row[-1]}")
+               for frame, row in zip(pixels, frames["timepoints"])]
+    summary = (f"{take} ({root}, camera {camera}): {len(times)} steps of {model.config.frames_per_step} "
+               f"timepoint(s), timepoints {int(timepoints[0])}-{int(timepoints[-1])}; surprise as the live monitor "
+               f"scores it, each step from up to {length} steps before it, actions unknown")
+    rows = breach_rows(spans, triplets, times, surprise, threshold)
+    return "\n\n".join([summary, *notes]), gallery, figure, [], [], [], rows
+
+
+def surprise_figure(times: np.ndarray, surprise: torch.Tensor, tasks, tools, tool_names: list[str],
+                    breaches: list[tuple[int, int]] | None = None, threshold: float | None = None):
+    """The surprise curve over time, with the labelled task and tool bands under it on the same time axis; for an
+    MM-OR take (`breaches` given), over timepoints, with its labelled breach spans shaded and the steps at or above
+    `threshold` marked."""
     has_labels = tasks is not None
     rows = [3, 1, 2] if has_labels else [1]
     # A Figure of its own, not pyplot's: pyplot would keep every figure the page ever drew.
@@ -283,6 +425,18 @@ def surprise_figure(times: np.ndarray, surprise: torch.Tensor, tasks, tools, too
     axes[0].plot(times, surprise.numpy(), color="tab:red", linewidth=1.2)
     axes[0].set_ylabel("surprise (L1)")
     axes[0].set_title("surprise per step")
+    if breaches is not None:
+        for number, (first, last) in enumerate(breaches):
+            axes[0].axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.2, linewidth=0,
+                            label="labelled breach" if number == 0 else None)
+        if threshold is not None:
+            above = surprise.numpy() >= threshold
+            axes[0].axhline(threshold, color="black", linestyle="--", linewidth=0.8, label="breach threshold")
+            axes[0].scatter(times[above], surprise.numpy()[above], marker="v", color="black", s=16, zorder=3,
+                            label="at or above it")
+        axes[0].set_title(f"surprise per step: {len(breaches)} labelled breach span(s)")
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=7, loc="upper right")
     step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
     extent = (times[0] - step / 2, times[-1] + step / 2)
     if has_labels:
@@ -298,7 +452,7 @@ def surprise_figure(times: np.ndarray, surprise: torch.Tensor, tasks, tools, too
                        extent=(*extent, len(present), 0))
         axes[2].set_yticks(np.arange(len(present)) + 0.5, [tool_names[index] for index in present], fontsize=7)
         axes[2].set_ylabel("tools")
-    axes[-1].set_xlabel("time (s)")
+    axes[-1].set_xlabel("time (s)" if breaches is None else "timepoint")
     figure.tight_layout()
     return figure
 
@@ -334,20 +488,26 @@ def plan_rows(result: dict) -> list[list]:
 PREDICTION_COLUMNS = ["step", "time (s)", "task (probe)", "p", "task (labelled)", "tools (probe)", "tools (labelled)"]
 ROLLOUT_COLUMNS = ["horizon (steps)", "world model L1", "copy last context L1"]
 PLAN_COLUMNS = ["step", "from -> to (s)", "group", "inferred", "labelled", "match"]
+BREACH_COLUMNS = ["span", "from (timepoint)", "to (timepoint)", "labelled (subject, object, predicate)",
+                  "peak surprise", "steps at or above threshold"]
 
 
-def analyse(choice: str | None, upload, model_path: str, task_probe: str, tool_probe: str, start: float | None,
-            goal: float | None, plan_settings: dict, progress=gr.Progress()):
-    """Every output of the page for one video; a problem becomes a line of the message, never a traceback."""
-    empty = ([], None, [], [], [])
+def analyse(choice: str | None, upload, take: str | None, model_path: str, task_probe: str, tool_probe: str,
+            start: float | None, goal: float | None, plan_settings: dict, mmor_settings: dict, progress=gr.Progress()):
+    """Every output of the page for one video, or for an MM-OR take when one is given; a problem becomes a line of the
+    message, never a traceback."""
+    empty = ([], None, [], [], [], [])
     notes = []
     video = upload if upload else choice
+    take = (take or "").strip()
     try:
-        if not video:
-            raise AnalysisError("choose one of the demo's videos or upload one")
+        if not video and not take:
+            raise AnalysisError("choose one of the demo's videos, upload one or give an MM-OR take")
         model_path = (model_path or "").strip()
         if not model_path:
             raise AnalysisError("give a world model: a folder or a Hub id")
+        if take:
+            return analyse_take(take, model_path, mmor_settings, progress)
         progress(0.0, desc="loading the world model")
         model, where, fps, fps_source, length = world_model_at(model_path)
         probes, probe_notes = probes_for({"task": task_probe, "tools": tool_probe}, model_path)
@@ -385,22 +545,26 @@ def analyse(choice: str | None, upload, model_path: str, task_probe: str, tool_p
     summary = (f"{Path(video).name}: {info.duration:.2f} s, {len(times)} steps at {fps:g} fps "
                f"({frames_per_step} frame(s) per step); clips of {length} steps")
     message = "\n\n".join([summary, *notes])
-    return message, gallery, figure, predicted, rollout_rows, plan_table
+    return message, gallery, figure, predicted, rollout_rows, plan_table, []
 
 
 def build_page(args: argparse.Namespace) -> gr.Blocks:
-    videos = find_videos(args.videos)
+    videos, takes = find_videos(args.videos), find_takes(args.mmor_dir)
     # The preset gives every setting left None (`SurgicalWorldModel.plan`).
     plan_settings = {**dict.fromkeys(SEARCH_OPTIONS), "preset": DEFAULT_PLANNING_PRESET,
                      "num_samples": args.plan_samples, "iterations": args.plan_iterations,
                      "action_prior": "uniform", "seen_only": False}
     with gr.Blocks(title="Surgical world model") as page:
-        gr.Markdown("# Surgical world model\nA video through the world model: surprise, probes, rollout, a plan.")
+        gr.Markdown("# Surgical world model\nA video or an MM-OR take through the world model: surprise, probes, "
+                    "rollout, a plan.")
         with gr.Row():
             choice = gr.Dropdown(choices=[(os.path.relpath(path, args.videos), path) for path in videos],
                                  value=videos[0] if videos else None, label="a demo video", elem_id="video-choice")
             upload = gr.File(label="or upload a video", file_types=list(VIDEO_SUFFIXES), type="filepath",
                              elem_id="video-upload")
+            take = gr.Dropdown(choices=[(Path(path).name, path) for path in takes], value=None, allow_custom_value=True,
+                               label="or an MM-OR take (analysed instead of the video when given; a take folder "
+                                     "<MM-OR root>/<take>)", elem_id="mmor-take")
         with gr.Row():
             model_path = gr.Textbox(value=args.world_model, label="world model (folder or Hub id)",
                                     elem_id="world-model")
@@ -419,9 +583,12 @@ def build_page(args: argparse.Namespace) -> gr.Blocks:
                                interactive=False)
         plan = gr.Dataframe(headers=PLAN_COLUMNS, label="the plan: inferred and labelled actions",
                             elem_id="plan-table", interactive=False)
-        button.click(functools.partial(analyse, plan_settings=plan_settings),
-                     inputs=[choice, upload, model_path, task_probe, tool_probe, start, goal],
-                     outputs=[message, gallery, plot, predictions, rollout, plan])
+        breaches = gr.Dataframe(headers=BREACH_COLUMNS, label="MM-OR: the labelled sterility breaches",
+                                elem_id="breach-table", interactive=False)
+        mmor_settings = {"root": args.mmor_dir, "camera": args.mmor_camera, "cache_dir": args.dataset_cache_dir}
+        button.click(functools.partial(analyse, plan_settings=plan_settings, mmor_settings=mmor_settings),
+                     inputs=[choice, upload, take, model_path, task_probe, tool_probe, start, goal],
+                     outputs=[message, gallery, plot, predictions, rollout, plan, breaches])
     return page
 
 

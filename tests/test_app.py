@@ -5,6 +5,7 @@ which .ci/run does). Without one the tests are skipped; without the playwright o
 in the dev and app extras).
 """
 
+import itertools
 import json
 import os
 import shutil
@@ -73,14 +74,27 @@ def models(tiny_vjepa2_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(models, surgvu_sample):
-    """The page on a free port of 127.0.0.1 with the sample's videos; its address."""
+def mmor_root(tmp_path_factory):
+    """A tiny synthetic MM-OR root: the validation take 002_PKA (24 timepoints, at least one breach span, as the maker
+    places at least two breach timepoints), and a train and a test take so that the official splits build."""
+    from dataset_mmor.synthetic import make_synthetic_mmor
+
+    root = tmp_path_factory.mktemp("MM-OR_data")
+    make_synthetic_mmor(root, seed=0, width=64, height=48,
+                        takes={"001_PKA": ("train", 16), "002_PKA": ("validation", 24), "004_PKA": ("test", 16)})
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(models, surgvu_sample, mmor_root, tmp_path_factory):
+    """The page on a free port of 127.0.0.1 with the sample's videos and MM-OR takes; its address."""
     import app
 
     root, _ = surgvu_sample
     args = app.parse_args(["--world_model", str(models["world_model"]), "--task_probe", str(models["task"]),
                            "--tool_probe", str(models["tools"]), "--videos", str(root), "--plan_samples", "16",
-                           "--plan_iterations", "2"])
+                           "--plan_iterations", "2", "--mmor_dir", str(mmor_root), "--dataset_cache_dir",
+                           str(tmp_path_factory.mktemp("mmor-arrow"))])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -156,6 +170,76 @@ def test_analyse_shows_the_surprise_plot_the_probe_predictions_and_the_plan(serv
     for path in paths:
         tab.screenshot(path=str(path), full_page=True)
     assert paths[0].stat().st_size > 10_000
+    tab.close()
+
+
+def choose_take(tab, take: str) -> None:
+    tab.locator("#mmor-take input").fill(take)
+    tab.keyboard.press("Enter")
+    tab.click("#analyse")
+
+
+def test_an_mmor_take_shows_its_surprise_and_its_breach_spans(served, browser, mmor_root, tmp_path):
+    # The labelled spans, read from the take's label file: runs of consecutive timepoints with breach triplets.
+    labels = json.loads((mmor_root / "take_timestamp_to_sterility_breach" / "002_PKA.json").read_text())
+    breached = sorted(int(frame_id) for frame_id, triplets in labels.items() if triplets)
+    runs = [[timepoint for _, timepoint in run]
+            for _, run in itertools.groupby(enumerate(breached), key=lambda pair: pair[1] - pair[0])]
+    spans = [(run[0], run[-1]) for run in runs]
+    assert spans
+
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.goto(served)
+    choose_take(tab, "002_PKA")
+    message = tab.locator("#message")
+    expect(tab.locator("#surprise-plot img")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(message).to_contain_text("002_PKA", timeout=TIMEOUT_MS)
+    listed = ", ".join(f"{first}-{last}" for first, last in spans)
+    expect(message).to_contain_text(f"breaches: {len(spans)} labelled span(s): timepoints {listed}")
+    # The threshold is calibrated on the validation takes; the SurgVU sections say in one line why they are empty.
+    expect(message).to_contain_text("the F1-best on the validation takes")
+    expect(message).to_contain_text("not shown for an MM-OR take")
+    size = tab.locator("#surprise-plot img").evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    assert min(size) > 100, size
+    expect(tab.locator("#frames img")).to_have_count(8)
+
+    rows = tab.evaluate(ROWS_JS, "breach-table")
+    assert [(int(row[1]), int(row[2])) for row in rows] == spans
+    assert [json.loads(row[3]) for row in rows] == [labels[f"{first:06d}"] for first, _ in spans]
+    assert all(float(row[4]) > 0 and int(row[5]) <= last - first + 1 for row, (first, last) in zip(rows, spans))
+    assert tab.evaluate(ROWS_JS, "task-prediction") == []
+
+    paths = [tmp_path / "app_mmor.png"]
+    if os.environ.get("SURGICAL_WM_SCREENSHOT_DIR"):
+        paths.append(Path(os.environ["SURGICAL_WM_SCREENSHOT_DIR"]) / "app_mmor.png")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        tab.screenshot(path=str(path), full_page=True)
+    assert paths[0].stat().st_size > 10_000
+    tab.close()
+
+
+def test_a_bad_take_folder_gives_a_message_on_the_page(served, browser, tmp_path):
+    from dataset_mmor.synthetic import make_synthetic_mmor
+
+    take = tmp_path / "MM-OR_data" / "002_PKA"
+    take.mkdir(parents=True)  # a take folder without its timestamp list, next to no label files
+    tab = browser.new_page()
+    tab.goto(served)
+    choose_take(tab, str(take))
+    message = tab.locator("#message")
+    expect(message).to_contain_text("label file missing", timeout=TIMEOUT_MS)
+    expect(message).to_contain_text(str(tmp_path / "MM-OR_data" / "take_timestamp_to_"))
+    choose_take(tab, str(tmp_path / "nowhere" / "002_PKA"))
+    expect(message).to_contain_text("no such MM-OR take folder", timeout=TIMEOUT_MS)
+    # A take whose frame of timepoint 3 is no JPEG: the message names that file.
+    manifest = make_synthetic_mmor(tmp_path / "broken", seed=1, width=64, height=48, takes={"004_PKA": ("test", 16)})
+    frame = tmp_path / "broken" / "004_PKA" / "colorimage" / (
+        f"camera01_colorimage-{manifest['takes']['004_PKA']['azure_frames'][3]}.jpg")
+    frame.write_bytes(b"not a jpeg\n" * 10)
+    choose_take(tab, str(tmp_path / "broken" / "004_PKA"))
+    expect(message).to_contain_text(f"{frame}: cannot read the frame as a JPEG", timeout=TIMEOUT_MS)
+    assert "Traceback" not in tab.content()
     tab.close()
 
 
