@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_output
+MMOR_DIR ?=
 
 .PHONY: install demo app test bench clean
 
@@ -18,9 +19,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) scripts/demo.py --output_dir $(DEMO_DIR)
 
-# The demo page on the demo's outputs (world model, probes, videos): http://127.0.0.1:7860
+# The demo page on the demo's outputs (world model, probes, videos), and the takes of MMOR_DIR when given:
+# http://127.0.0.1:7860
 app: $(STAMP)
-	$(PY) scripts/app.py --demo_dir $(DEMO_DIR)
+	$(PY) scripts/app.py --demo_dir $(DEMO_DIR) $(if $(MMOR_DIR),--mmor_dir $(MMOR_DIR))
 
 test: $(STAMP)
 	$(PY) -m pytest tests
