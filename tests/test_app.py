@@ -247,7 +247,9 @@ def test_a_file_that_is_no_video_gives_a_message_on_the_page(served, browser, tm
     broken = tmp_path / "broken_case.mp4"
     broken.write_bytes(b"not a video\n" * 100)
     tab = browser.new_page()
-    tab.goto(served)
+    # The upload's handler exists once the page's scripts have run: a file set before that is never uploaded.
+    tab.goto(served, wait_until="networkidle")
+    expect(tab.locator("#analyse")).to_be_enabled(timeout=TIMEOUT_MS)
     tab.locator("#video-upload input[type=file]").set_input_files(str(broken))
     expect(tab.locator("#video-upload")).to_contain_text(broken.name, timeout=TIMEOUT_MS)
     tab.click("#analyse")
