@@ -706,10 +706,14 @@ class SurgicalWorldModelPlanningMixin:
                     f"`config.action_prior` has no statistics of {len(dims) + 1} options for the action group {name!r} "
                     f"(it has {sorted(prior['groups'])}): it was computed for other actions."
                 )
-        if list(prior["groups"]) != [name for name, _ in groups]:
-            raise ValueError(f"`config.action_prior` covers the groups {list(prior['groups'])}, planning uses "
-                             f"{[name for name, _ in groups]}: plan with the groups it was computed for.")
-        combinations = torch.tensor(prior["combinations"], dtype=torch.long) if seen_only else None
+        names, prior_names = [name for name, _ in groups], list(prior["groups"])
+        if sorted(prior_names) != sorted(names):
+            raise ValueError(f"`config.action_prior` covers the groups {prior_names}, planning uses {names}: plan "
+                             "with the groups it was computed for.")
+        combinations = None
+        if seen_only:  # the prior's columns follow its own group order; the planner's may differ (MM-OR's evaluation)
+            combinations = torch.tensor(prior["combinations"], dtype=torch.long).reshape(-1, len(prior_names))
+            combinations = combinations[:, [prior_names.index(name) for name in names]]
         if action_prior == "uniform":
             return None, combinations
         last = None

@@ -101,6 +101,20 @@ def test_a_plan_restricted_to_seen_combinations_never_proposes_an_unseen_one():
     assert len(proposed(False) - {tuple(row) for row in SEEN}) > 5  # unrestricted, the search wanders off them
 
 
+def test_a_prior_counted_in_another_group_order_plans_the_same_combinations():
+    """MM-OR's evaluation plans its groups in another order than training counted them: the prior is matched by name,
+    and its seen combinations are read column by column in the planner's order."""
+    reordered = empirical_action_prior(TRAINING, list(reversed(GROUPS)), SPEC)
+    assert list(reordered["groups"]) == ["paint", "move"] and reordered["combinations"] != SEEN
+    model = planning_model(reordered)
+    calls = recorded_candidates(model)
+    model.plan(normed(2, 2, 4, 32), normed(2, 4, 32), horizon=2, num_samples=32, iterations=3, top_k=4,
+               context_actions=actions_of([(0, 3)])[None].expand(2, -1, -1), action_prior="transition",
+               seen_only=True, generator=torch.Generator().manual_seed(0))
+    proposed = {tuple(row) for call in calls for row in step_options(call, GROUPS).flatten(0, 2).tolist()}
+    assert proposed and proposed <= {tuple(row) for row in SEEN}
+
+
 def test_the_search_starts_from_the_prior():
     # In training, "left" is always followed by "right" and "right" by "up"; "down" never occurs.
     training = torch.stack([actions_of([(0, 3), (1, 3), (2, 3), (4, 3)]), actions_of([(0, 0), (1, 0), (2, 1), (4, 1)])])
