@@ -58,7 +58,7 @@ def test_predictions_are_layer_normed_where_they_are_returned_fed_back_and_compa
 def test_the_loss_is_vjepa2_ac_loss_on_normed_predictions():
     """`rollout_steps=2, rollout_loss_weight=1, contrastive_weight=0` with normed predictions: the mean L1 of the
     teacher-forced predictions plus that of a 2-step rollout from the first step (app/vjepa_droid/train.py)."""
-    plain, normed = random_pair(contrastive_weight=0.0)
+    plain, normed = random_pair(contrastive_weight=0.0, rollout_steps=2)
     assert (normed.config.rollout_steps, normed.config.rollout_loss_weight) == (2, 1.0)
     latents, actions, states = normed_latents(2, 4, 4, 32), torch.randn(2, 4, 3), torch.randn(2, 4, 2)
     with torch.no_grad():

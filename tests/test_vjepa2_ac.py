@@ -25,7 +25,7 @@ def tiny_ac_model():
         encoder_config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": HEADS["encoder"],
                         "crop_size": 64, "patch_size": 16, "tubelet_size": 2, "mlp_ratio": 2.0},
         predictor_hidden_size=48, predictor_num_hidden_layers=2, predictor_num_attention_heads=HEADS["predictor"],
-        predict_residual=False, action_dim=7, state_dim=7,
+        predict_residual=False, action_dim=7, state_dim=7, action_conditioning="token", rollout_steps=2,
     )
     torch.manual_seed(0)
     model = SurgicalWorldModel(config).eval()
