@@ -16,13 +16,14 @@ as training on SurgVU does, sampling at the training default of 4 fps until a tr
 """
 
 import argparse
-import hashlib
 import json
 import re
 import sys
 from pathlib import Path
 
 from configuration_surgical_wm import VJEPA2_PRESETS
+from dataset_surgvu.latent_cache import file_sha256
+from training_surgical_wm.loading import fail
 
 
 VJEPA2_AC = "vitg-ac"  # --model_size of Meta's released V-JEPA 2-AC file
@@ -114,18 +115,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- V-JEPA 2-AC
-def fail(message: str) -> None:
-    raise SystemExit(f"error: {message}")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_vjepa2_ac(cache_dir: str | None) -> Path:
     """Meta's file in the torch hub cache (or `cache_dir`), downloaded once; where to get it by hand when offline."""
     import torch
@@ -308,8 +297,7 @@ tags: [world-model, v-jepa-2, robotics]
 Meta's action-conditioned world model V-JEPA 2-AC (`{file}`, SHA-256 `{sha256}`, released at {url}): a V-JEPA 2
 encoder ({encoder_parameters:.1f}M parameters; the released one is ViT-g) and a {layers}-layer, {width}-wide
 action-conditioned predictor ({predictor_parameters:.1f}M parameters) trained on DROID robot video, converted to this
-repository's
-`SurgicalWorldModel` (transformers, safetensors). The weights are Meta's, unchanged, released under the MIT licence
+repository's `SurgicalWorldModel` (transformers, safetensors). The weights are Meta's, unchanged, released under the MIT licence
 of facebookresearch/vjepa2 (Copyright (c) Meta Platforms, Inc. and affiliates).
 
 ```python
@@ -335,7 +323,7 @@ def main_vjepa2_ac(args: argparse.Namespace) -> int:
     path = Path(args.vjepa2_ac_checkpoint) if args.vjepa2_ac_checkpoint else download_vjepa2_ac(args.cache_dir)
     if not path.is_file():
         fail(f"{path}: no such file (Meta's file is at {VJEPA2_AC_URL})")
-    digest = sha256(path)
+    digest = file_sha256(path)
     encoder, predictor, others = read_vjepa2_ac(path)
     config = vjepa2_ac_config(path, encoder, predictor, args, digest)
     converted, dropped = convert_vjepa2_ac(path, encoder, predictor, config.encoder_config.hidden_size)
