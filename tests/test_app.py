@@ -112,6 +112,17 @@ def browser():
         chromium.close()
 
 
+def save_screenshot(tab, path: Path) -> None:
+    """The whole page as `path`, and under `$SURGICAL_WM_SCREENSHOT_DIR` too when it is set."""
+    paths = [path]
+    if os.environ.get("SURGICAL_WM_SCREENSHOT_DIR"):
+        paths.append(Path(os.environ["SURGICAL_WM_SCREENSHOT_DIR"]) / path.name)
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+    for target in paths:
+        tab.screenshot(path=str(target), full_page=True)
+    assert path.stat().st_size > 10_000
+
+
 def test_analyse_shows_the_surprise_plot_the_probe_predictions_and_the_plan(served, browser, surgvu_sample,
                                                                             models, tmp_path):
     from dataset_surgvu import TASK_CLASSES, TOOL_CLASSES, probe_video
@@ -163,13 +174,7 @@ def test_analyse_shows_the_surprise_plot_the_probe_predictions_and_the_plan(serv
 
     assert all(url.startswith(served) for url in requests), sorted({url for url in requests
                                                                     if not url.startswith(served)})
-    paths = [tmp_path / "app.png"]
-    if os.environ.get("SURGICAL_WM_SCREENSHOT_DIR"):
-        paths.append(Path(os.environ["SURGICAL_WM_SCREENSHOT_DIR"]) / "app.png")
-        paths[-1].parent.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        tab.screenshot(path=str(path), full_page=True)
-    assert paths[0].stat().st_size > 10_000
+    save_screenshot(tab, tmp_path / "app.png")
     tab.close()
 
 
@@ -209,13 +214,7 @@ def test_an_mmor_take_shows_its_surprise_and_its_breach_spans(served, browser, m
     assert all(float(row[4]) > 0 and int(row[5]) <= last - first + 1 for row, (first, last) in zip(rows, spans))
     assert tab.evaluate(ROWS_JS, "task-prediction") == []
 
-    paths = [tmp_path / "app_mmor.png"]
-    if os.environ.get("SURGICAL_WM_SCREENSHOT_DIR"):
-        paths.append(Path(os.environ["SURGICAL_WM_SCREENSHOT_DIR"]) / "app_mmor.png")
-        paths[-1].parent.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        tab.screenshot(path=str(path), full_page=True)
-    assert paths[0].stat().st_size > 10_000
+    save_screenshot(tab, tmp_path / "app_mmor.png")
     tab.close()
 
 
