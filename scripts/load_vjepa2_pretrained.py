@@ -23,7 +23,7 @@ from pathlib import Path
 
 from configuration_surgical_wm import VJEPA2_PRESETS
 from dataset_surgvu.latent_cache import file_sha256
-from training_surgical_wm.loading import fail
+from training_surgical_wm.loading import fail, shape_differences
 
 
 VJEPA2_AC = "vitg-ac"  # --model_size of Meta's released V-JEPA 2-AC file
@@ -271,10 +271,9 @@ def load_converted(path: Path, config, converted: dict):
         model = SurgicalWorldModel(config)
     expected = {name: tuple(value.shape) for name, value in model.state_dict().items()
                 if not name.startswith("target_encoder.")}
-    missing = [name for name in expected if name not in converted]
-    unexpected = [name for name in converted if name not in expected]
-    reshaped = [f"{name} {list(converted[name].shape)} (expected {list(shape)})" for name, shape in expected.items()
-                if name in converted and tuple(converted[name].shape) != shape]
+    missing, unexpected, reshaped = shape_differences({name: tuple(value.shape) for name, value in converted.items()},
+                                                      expected)
+    reshaped = [f"{name} {list(converted[name].shape)} (expected {list(expected[name])})" for name in reshaped]
     for what, names in (("lacks", missing), ("has unexpected", unexpected), ("has tensors of other shapes:", reshaped)):
         if names:
             fail(f"{path}: the converted model {what} {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}")

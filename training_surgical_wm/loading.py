@@ -108,15 +108,25 @@ def check_weights(folder: str, config: dict) -> None:
         expected = {name: shape for name, shape in expected.items() if name.startswith("encoder.")}
     # The EMA target encoder is the one optional part: loading starts it from the encoder when the file has none,
     # and a frozen model has no use for one.
-    missing = [name for name in expected if name not in saved and "target_encoder." not in name]
-    unexpected = [name for name in saved if name not in expected and "target_encoder." not in name]
-    reshaped = [f"{name}: {list(saved[name])} saved, {list(shape)} in config.json" for name, shape in expected.items()
-                if name in saved and saved[name] != shape]
+    missing, unexpected, reshaped = shape_differences(
+        {name: shape for name, shape in saved.items() if "target_encoder." not in name},
+        {name: shape for name, shape in expected.items() if "target_encoder." not in name})
+    reshaped = [f"{name}: {list(saved[name])} saved, {list(expected[name])} in config.json" for name in reshaped]
     problems = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
                 for what, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
                 if names]
     if problems:
         fail(f"{folder}: the weights do not match its config.json ({config.get('model_type')}): {'; '.join(problems)}")
+
+
+def shape_differences(saved: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
+                      ) -> tuple[list[str], list[str], list[str]]:
+    """The tensor names `expected` has and `saved` lacks, those `saved` has and `expected` lacks, and those both have
+    with other shapes (each in its dict's order)."""
+    missing = [name for name in expected if name not in saved]
+    unexpected = [name for name in saved if name not in expected]
+    reshaped = [name for name, shape in expected.items() if name in saved and tuple(saved[name]) != tuple(shape)]
+    return missing, unexpected, reshaped
 
 
 def saved_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
