@@ -23,9 +23,9 @@ names the device: the GPU (`--device cuda`, the default when one is there), else
    returns). Whether both sides agree: best energy and energy per iteration within 1e-5 relative, the same actions.
    `--num_samples` / `--iterations` scale a preset down where its loop would take hours (the CPU run of the README).
 
-Rows go to benchmarks/results/rollout_plan.csv (appended, one per measurement, with the run's start time). The last
-line: `plan speed-up: N.Nx`, loop over batched (medians), for the last preset planning from one frame, with its
-seconds per planned action on both sides.
+Rows go to benchmarks/results/rollout_plan.csv (appended, one per measurement, with the run's start time). The line
+before the last names that preset and its seconds per planned action on both sides; the last line: `plan speed-up:
+N.Nx`, loop over batched (medians), for the last preset planning from one frame.
 """
 
 import argparse
@@ -301,8 +301,9 @@ def main() -> None:
           f"{rollout_speed_up:.1f}x")
     if headline is not None:
         preset, speed_up, per_action = headline
-        print(f"plan speed-up: {speed_up:.1f}x ({preset}, from one frame, loop / batched medians; per planned action "
-              f"{per_action['batched']:.3f} s batched, {per_action['loop']:.3f} s looped, on {device_name})")
+        print(f"headline: {preset}, from one frame, loop / batched medians; per planned action "
+              f"{per_action['batched']:.3f} s batched, {per_action['loop']:.3f} s looped, on {device_name}")
+        print(f"plan speed-up: {speed_up:.1f}x")
 
 
 if __name__ == "__main__":
