@@ -30,7 +30,7 @@ import torch
 
 from bench_utils import load, make_video
 from modeling_surgical_wm import SurgicalWorldModel
-from training_surgical_wm.surprise import SurpriseMonitor, encode_steps, video_steps, window_surprise
+from training_surgical_wm.surprise import SurpriseMonitor, video_steps, window_surprise
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSV_FIELDS = ["run", "checkpoint", "window", "steps", "fps", "video_seconds", "streaming_steps_per_s",
@@ -73,7 +73,7 @@ def main() -> None:
     decode_seconds = time.perf_counter() - started
     started = time.perf_counter()
     # One step at a time, as the live path encodes them.
-    latents = torch.cat([encode_steps(model, step.pixels[None])[0] for step in steps])  # (S, N, D)
+    latents = torch.cat([model.encode_targets(step.pixels[None])[0] for step in steps])  # (S, N, D)
     encode_seconds = time.perf_counter() - started
     video_seconds = steps[-1].time
     print(f"{checkpoint}: predictor {config.predictor_hidden_size} x {config.predictor_num_hidden_layers}, "

@@ -75,13 +75,12 @@ from training_surgical_wm.data import (
     split_definition,
     split_mismatch,
 )
-from training_surgical_wm.evaluation import CALIBRATION_SPLIT, latent_errors, world_model_errors
+from training_surgical_wm.evaluation import CALIBRATION_SPLIT, latent_errors, load_metric, world_model_errors
 from training_surgical_wm.loading import fail, load_checkpoint, time_base, training_settings
 from training_surgical_wm.probes import load_probe, split_label_counts
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-METRICS_DIR = REPO_ROOT / "metrics"
 CHANCE_DRAWS = 5
 SURPRISE_PERCENTILES = (5, 25, 50, 75, 95, 99)
 
@@ -241,12 +240,6 @@ def check_data_split(models: dict, current: dict) -> None:
                 else f"leave {', '.join(f'--{name}' for name in SPLIT_OPTIONS)} unset to use its split"))
 
 
-def load_metric(name: str):
-    import evaluate
-
-    return evaluate.load(str(METRICS_DIR / name))
-
-
 # ------------------------------------------------------------------------------------------------------- running
 class Accumulator:
     """Sums over clips of per-clip, per-step values: `add(name, values (B, K))`, then `mean(name, clips)`."""
@@ -280,8 +273,7 @@ def clip_latents_and_actions(world_model, batch: dict, device) -> tuple[torch.Te
         latents = batch["latents"].to(device)
     else:
         pixel_values_videos = batch["pixel_values_videos"].to(device)
-        latents = (world_model.encode(pixel_values_videos) if world_model.target_encoder is None
-                   else world_model.encode_targets(pixel_values_videos))
+        latents = world_model.encode_targets(pixel_values_videos)  # the EMA target encoder's when it holds one
     return latents, latents, per_step_actions(world_model, batch["actions"].to(device), latents.shape[1])
 
 

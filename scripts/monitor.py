@@ -36,7 +36,6 @@ from training_surgical_wm.surprise import (
     CALIBRATION_SPLIT,
     SurpriseMonitor,
     calibrate_threshold,
-    encode_steps,
     video_steps,
 )
 
@@ -132,7 +131,7 @@ def main(argv=None) -> int:
             handle.flush()
         for step in video_steps(video, fps, config.frames_per_step, config.encoder_config.crop_size,
                                 follow=args.follow, idle_timeout=args.idle_timeout, poll=args.poll):
-            latent = encode_steps(model, step.pixels[None].to(device))[0, 0]  # (N, D)
+            latent = model.encode_targets(step.pixels[None].to(device))[0, 0]  # (N, D)
             surprise = monitor.push(latent)
             if surprise is None:
                 continue  # the first step: nothing predicts it

@@ -20,7 +20,6 @@ from modeling_surgical_wm import SurgicalWorldModel
 from training_surgical_wm.surprise import (
     SurpriseMonitor,
     context_start,
-    encode_steps,
     video_steps,
     window_surprise,
 )
@@ -101,7 +100,7 @@ def expected_surprise(checkpoint: str, video, window: int) -> torch.Tensor:
     """The video's surprise recomputed here: its steps at the model's 4 fps, each context run afresh."""
     model = SurgicalWorldModel.from_pretrained(checkpoint).eval()
     steps = list(video_steps(video, 4.0, 1, model.config.encoder_config.crop_size))
-    latents = torch.cat([encode_steps(model, step.pixels[None])[0] for step in steps])
+    latents = torch.cat([model.encode_targets(step.pixels[None])[0] for step in steps])
     return window_surprise(model, latents, window), [step.time for step in steps]
 
 
@@ -161,7 +160,7 @@ def test_calibrated_threshold_and_json(world_model_dir, videos, tmp_path, capsys
     rows = [transform(row) for row in sorted(validation, key=lambda row: row["timepoints"][0])]
     pixels = torch.cat([row["pixel_values_videos"] for row in rows])[None]  # (1, 40, 3, crop, crop)
     labels = torch.cat([row["breach"] for row in rows])[1:].tolist()
-    scores = window_surprise(model, encode_steps(model, pixels)[0], 4).tolist()
+    scores = window_surprise(model, model.encode_targets(pixels)[0], 4).tolist()
     kept = [(score, label) for score, label in zip(scores, labels) if label >= 0]
     metric = evaluate.load(os.path.join(REPO_ROOT, "metrics", "binary_detection"))
     expected = metric.compute(predictions=[s for s, _ in kept], references=[label for _, label in kept])["threshold"]

@@ -2,6 +2,8 @@
 """The world model's latent error per step and per horizon next to the copy-the-last-context baseline: the figures of
 the evaluation, which the demo page also shows for a single video."""
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -10,12 +12,24 @@ from modeling_surgical_wm import rollout_errors
 # Every detection threshold (the evaluation's breach threshold, the live monitor's alerts) is fitted on this split, so
 # that split is never scored with it.
 CALIBRATION_SPLIT = "validation"
+METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
+
+
+def load_metric(name: str):
+    """A metric of this repository's `metrics/` folder (never the Hub's)."""
+    import evaluate
+
+    return evaluate.load(str(METRICS_DIR / name))
+
+
+def latent_l1(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Latent L1 per clip and step `(B, K)`, over tokens and dims, in float32: the surprise of a step."""
+    return (predicted.float() - target.float()).abs().mean((2, 3))
 
 
 def latent_errors(predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """L1 and cosine similarity per clip and step `(B, K)`, over tokens (and dims), in float32."""
-    predicted, target = predicted.float(), target.float()
-    return (predicted - target).abs().mean((2, 3)), latent_cosine(predicted, target)
+    return latent_l1(predicted, target), latent_cosine(predicted, target)
 
 
 def latent_cosine(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

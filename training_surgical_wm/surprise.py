@@ -39,10 +39,8 @@ from dataset_surgvu import CorruptVideoError, FrameUnavailableError, crop_box, d
 from dataset_surgvu.builder import sample_frame_indices
 from dataset_surgvu.transforms import crop_frames, vjepa2_preprocess
 
-from .evaluation import CALIBRATION_SPLIT
+from .evaluation import CALIBRATION_SPLIT, latent_l1, load_metric
 
-
-METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
 
 
 def unknown_actions(model, rows: int, steps: int, device: torch.device) -> torch.Tensor | None:
@@ -53,20 +51,6 @@ def unknown_actions(model, rows: int, steps: int, device: torch.device) -> torch
         return None
     fill = float("nan") if model.config.action_dropout > 0 else 0.0
     return torch.full((rows, steps, dim), fill, device=device)
-
-
-def encode_steps(model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-    """The latents `(B, S, N, D)` of `(B, frames, 3, crop, crop)` pixels: the EMA target encoder's when the model
-    still holds one (a fine-tuned checkpoint, scored as its export computes), else the encoder's."""
-    with torch.no_grad():
-        if model.target_encoder is not None:
-            return model.encode_targets(pixel_values_videos)
-        return model.encode(pixel_values_videos)
-
-
-def step_surprise(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The evaluation's surprise per row and step `(B, K)`: latent L1 over tokens and dimensions, in float32."""
-    return (predicted.float() - target.float()).abs().mean((2, 3))
 
 
 def context_start(step: int, window: int) -> int:
@@ -88,7 +72,7 @@ def window_surprise(model, latents: torch.Tensor, window: int) -> torch.Tensor:
         context = latents[context_start(step, window) : step][None]  # (1, C, N, D)
         actions = unknown_actions(model, 1, context.shape[1], latents.device)
         predicted = model.predictor(context, actions)[:, -1:]  # (1, 1, N, D)
-        scores.append(step_surprise(predicted, latents[None, step : step + 1])[0, 0])
+        scores.append(latent_l1(predicted, latents[None, step : step + 1])[0, 0])
     return torch.stack(scores) if scores else latents.new_zeros(0)
 
 
@@ -124,7 +108,7 @@ class SurpriseMonitor:
     def push(self, latent: torch.Tensor) -> float | None:
         """The surprise of the step whose latent `(N, D)` comes next; then the prediction of the step after it."""
         step = self.num_steps
-        surprise = None if step == 0 else float(step_surprise(self.prediction, latent[None, None])[0, 0])
+        surprise = None if step == 0 else float(latent_l1(self.prediction, latent[None, None])[0, 0])
         self.recent.append(latent)
         start = context_start(step + 1, self.window)  # the context that predicts the next step
         if start != self.start:
@@ -222,7 +206,7 @@ def take_surprise(model, split, window: int, batch_size: int = 8) -> Iterator[tu
     for batch in DataLoader(Subset(clips, order), batch_size=batch_size, collate_fn=collate_clips):
         if "sample_id" not in batch:  # every step of the batch failed to decode
             continue
-        latents = encode_steps(model, batch["pixel_values_videos"].to(device))  # (B, 1, N, D)
+        latents = model.encode_targets(batch["pixel_values_videos"].to(device))  # (B, 1, N, D)
         for row, sample in enumerate(batch["sample_id"].tolist()):
             monitor = monitors.setdefault(takes[sample], SurpriseMonitor(model, window))
             yield (takes[sample], int(timepoints[sample][-1]), monitor.push(latents[row, 0]),
@@ -238,8 +222,6 @@ def calibrate_threshold(model, data_root: str, window: int, camera: str = "azure
     label counts. Returns (threshold, timepoints, breaches). Raises `ValueError` naming the data when the split has no
     timepoint or no breach.
     """
-    import evaluate
-
     from training_surgical_wm.arguments import DataArguments
     from training_surgical_wm.data import load_dataset_splits
 
@@ -258,6 +240,5 @@ def calibrate_threshold(model, data_root: str, window: int, camera: str = "azure
     if not sum(labels):
         raise ValueError(f"{data_root}: the {CALIBRATION_SPLIT} takes have no breach: the threshold cannot be "
                          "calibrated on them")
-    metric = evaluate.load(str(METRICS_DIR / "binary_detection"))
-    threshold = metric.compute(predictions=scores, references=labels)["threshold"]
+    threshold = load_metric("binary_detection").compute(predictions=scores, references=labels)["threshold"]
     return float(threshold), len(labels), sum(labels)
