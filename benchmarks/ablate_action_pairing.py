@@ -5,7 +5,7 @@ Scores world models trained with each `action_pairing`, or with each action leve
 clips of their latent cache (`--split`, default `test`, the split that chose nothing): teacher-forced latent L1 with
 the clip's own actions (overall, for step 2 from step 1 alone, and at the transitions where the labels change or
 not), the rollout L1 at horizon 4 from the first step, and the error with another clip's actions over the error with
-its own (the clips' labels rolled by one over the split).
+its own (each clip takes the labels of a clip of another case, drawn by `--seed`, as the evaluation draws them).
 
     python benchmarks/ablate_action_pairing.py --data_root demo_output/surgvu \
         --dataset_cache_dir demo_output/arrow-cache --cache_dir demo_output/run/latent_cache \
@@ -28,17 +28,18 @@ from dataset_surgvu.latent_cache import LatentCache, LatentClips
 from modeling_surgical_wm import SurgicalWorldModel
 from training_surgical_wm.arguments import DataArguments
 from training_surgical_wm.data import load_dataset_splits
+from training_surgical_wm.evaluation import swap_partners
 
 
 ROLLOUT_HORIZON = 4
 # The config fields that decide how much the predictor leans on its actions, named in the `levers` column when a run
 # sets them away from their defaults.
 LEVERS = ("action_contrastive_weight", "action_dropout", "action_change_weight", "action_conditioning",
-          "rollout_steps", "rollout_loss_weight")
+          "rollout_steps", "rollout_loss_weight", "use_mask_aux", "mask_ratio", "lambda_mask")
 
 
-def split_clips(args) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's cached latents `(C, S, N, D)` and per-step labels `(C, S, A)`, in split order."""
+def split_clips(args) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The split's cached latents `(C, S, N, D)`, per-step labels `(C, S, A)` and case ids, in split order."""
     data_args = DataArguments(data_root=args.data_root, dataset_cache_dir=args.dataset_cache_dir, num_workers=0)
     splits = load_dataset_splits(data_args)
     if args.split not in splits or len(splits[args.split]) == 0:
@@ -47,19 +48,28 @@ def split_clips(args) -> tuple[torch.Tensor, torch.Tensor]:
     batches = [batch for batch in DataLoader(clips, batch_size=16, collate_fn=collate_clips) if "latents" in batch]
     if not batches:
         raise SystemExit(f"error: {args.cache_dir}/{args.split} holds no cached latents of the {args.split!r} clips")
+    cases = splits[args.split]["case_id"]
     return (torch.cat([batch["latents"].float() for batch in batches]),
-            torch.cat([batch["actions"].float() for batch in batches]))
+            torch.cat([batch["actions"].float() for batch in batches]),
+            [cases[int(row)] for batch in batches for row in batch["sample_id"]])
 
 
 @torch.no_grad()
-def scores(model: SurgicalWorldModel, latents: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def scores(model: SurgicalWorldModel, latents: torch.Tensor, labels: torch.Tensor,
+           partners: torch.Tensor) -> dict[str, float]:
+    """The scores of one model; clip c is also scored with the labels of clip `partners[c]`."""
     changed = (labels[:, 1:] != labels[:, :-1]).any(-1)  # (C, S - 1): the labels change over the transition
+    groups = {}  # (C, S - 1) per action group of the spec ("task", "USM1", ...): its labels change
+    for dim, name in enumerate(getattr(model.config, "action_spec", None) or []):
+        group = name.split("/", 1)[0]
+        step_change = labels[:, 1:, dim] != labels[:, :-1, dim]
+        groups[group] = groups[group] | step_change if group in groups else step_change
 
     def teacher_forced(step_labels: torch.Tensor) -> torch.Tensor:
         predicted = model.predict(latents[:, :-1], model.transition_actions(step_labels))
         return (predicted - latents[:, 1:]).abs().mean((2, 3))  # (C, S - 1)
 
-    own, swapped = teacher_forced(labels), teacher_forced(labels.roll(1, dims=0))
+    own, swapped = teacher_forced(labels), teacher_forced(labels[partners])
     imagined = model.rollout(latents[:, :1], model.transition_actions(labels), steps=ROLLOUT_HORIZON)
     rollout = (imagined[:, -1] - latents[:, ROLLOUT_HORIZON]).abs().mean().item()
     return {
@@ -69,6 +79,12 @@ def scores(model: SurgicalWorldModel, latents: torch.Tensor, labels: torch.Tenso
         "ratio_change": (swapped[changed].mean() / own[changed].mean()).item(),
         "ratio_same": (swapped[~changed].mean() / own[~changed].mean()).item(),
         "changes": changed.float().mean().item(),
+        # Where the task changes, and where only the tools do: the task brings its own anatomy into view.
+        **{key: value for name, mask in (("task", groups.get("task")),
+                                         ("tools", None if "task" not in groups else changed & ~groups["task"]))
+           if mask is not None and mask.any()
+           for key, value in ((f"{name}_changes", int(mask.sum())), (f"own_{name}_change", own[mask].mean().item()),
+                              (f"ratio_{name}_change", (swapped[mask].mean() / own[mask].mean()).item()))},
     }
 
 
@@ -87,23 +103,35 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
                         help="the clips scored (default: test, which chose nothing)")
     parser.add_argument("--runs", nargs="+", required=True, help="name=export directory, one per run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draw of each clip's swap partner")
     args = parser.parse_args()
     for run in args.runs:
         if not os.path.isfile(os.path.join(run.partition("=")[2], "config.json")):
             raise SystemExit(f"error: --runs {run}: expected NAME=DIR, DIR an export holding config.json")
-    latents, labels = split_clips(args)
+    latents, labels, cases = split_clips(args)
+    partners = torch.from_numpy(swap_partners(cases, args.seed))
     print(f"{len(latents)} {args.split} clips of {latents.shape[1]} steps")
     print("| run | pairing | levers | TF L1 own | step 2 | at changes | elsewhere | rollout L1 h4 | swapped/own | "
           "at changes | elsewhere |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for run in args.runs:
         name, _, path = run.partition("=")
         model = SurgicalWorldModel.from_pretrained(path).eval()
-        row = scores(model, latents, labels)
+        row = scores(model, latents, labels, partners)
+        rows.append((name, row))
         print(f"| {name} | {model.config.action_pairing} | {levers(model.config)} | {row['own']:.4f} | "
               f"{row['own_first']:.4f} | {row['own_change']:.4f} | {row['own_same']:.4f} | {row['rollout']:.4f} | "
               f"{row['ratio']:.3f} | {row['ratio_change']:.3f} | {row['ratio_same']:.3f} |", flush=True)
     print(f"transitions where the labels change: {row['changes']:.1%}")
+    if "own_task_change" in row and "own_tools_change" in row:
+        print(f"\nthe transitions where the labels change, by what changes: the task ({row['task_changes']}) or only "
+              f"tools ({row['tools_changes']})")
+        print("| run | TF L1 own, task changes | swapped/own | TF L1 own, tool changes | swapped/own |")
+        print("|---|---:|---:|---:|---:|")
+        for name, row in rows:
+            print(f"| {name} | {row['own_task_change']:.4f} | {row['ratio_task_change']:.3f} | "
+                  f"{row['own_tools_change']:.4f} | {row['ratio_tools_change']:.3f} |")
 
 
 if __name__ == "__main__":

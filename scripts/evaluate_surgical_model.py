@@ -15,11 +15,11 @@ cases that chose nothing: `validation` chose `best/` (the world model's and the 
 those are refused unless `--allow_selection_split` is given, and the report then carries a warning. The report names
 the split it scored and the split that chose the checkpoints. The report:
 - world-model quality: latent L1 and cosine, teacher-forced (step t + 1 from the true steps 1..t) and rolled out
-  (horizon h from step 1), next to the copy-the-last-context baseline; the same with each clip's actions swapped
-  for another clip's (the labels of each step given to the transitions as the model's `action_pairing` pairs them,
-  which the report names); the distribution of per-step surprise (the teacher-forced L1 of each step); predictions and
-  baselines are scored against the targets training's validation uses (a fine-tuned encoder's EMA target encoder's),
-  and the report says which encoder gave the inputs and which the targets;
+  (horizon h from step 1), next to the copy-the-last-context baseline; the same with each clip's actions swapped for
+  those of a clip of another case, drawn by `--seed` (the labels of each step given to the transitions as the model's
+  `action_pairing` pairs them, which the report names); the distribution of per-step surprise (the teacher-forced L1
+  of each step); predictions and baselines are scored against the targets training's validation uses (a fine-tuned
+  encoder's EMA target encoder's), and the report says which encoder gave the inputs and which the targets;
 - SurgVU probes, when probes are given or trained (`--train_probes`): task recognition with the organisers' metric
   (every labelled frame of each video at `--eval_fps`, 1 fps by default, is scored; each clip's prediction is given
   to the frames of its time span and frames no clip covers count as Other; weighted F1 and accuracy per video, plain
@@ -75,7 +75,14 @@ from training_surgical_wm.data import (
     split_definition,
     split_mismatch,
 )
-from training_surgical_wm.evaluation import CALIBRATION_SPLIT, latent_errors, load_metric, world_model_errors
+from training_surgical_wm.evaluation import (
+    CALIBRATION_SPLIT,
+    SWAP_PARTNERS,
+    latent_errors,
+    load_metric,
+    swap_partners,
+    world_model_errors,
+)
 from training_surgical_wm.loading import fail, load_checkpoint, time_base, training_settings
 from training_surgical_wm.probes import load_probe, split_label_counts
 
@@ -290,14 +297,24 @@ def encoder_roles(world_model, settings: dict | None = None) -> dict[str, str]:
     return {"inputs": role, "targets": f"{role}, its own target"}
 
 
-def swapped(actions: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor | None:
-    """Each clip's actions replaced by the next clip's in the stream: the batch's last clip takes the previous
-    batch's first clip's (the first batch wraps around within itself)."""
-    if previous is not None:
-        return torch.cat([actions[1:], previous[:1]])
-    if len(actions) > 1:
-        return actions.roll(-1, dims=0)
-    return None  # a single clip and nothing before it: no other clip to take actions from
+class SwapPartners:
+    """The swapped-actions test's other actions: each scored clip (a row of `split` among `indices`) takes the actions
+    of its partner, drawn by `swap_partners` among the scored clips of other videos (cases or takes)."""
+
+    def __init__(self, split, indices: list[int], seed: int):
+        column = next((name for name in ("case_id", "take") if name in split.column_names), None)
+        videos = split.select_columns([column])[column] if column else list(range(len(split)))
+        partners = swap_partners([videos[int(row)] for row in indices], seed)
+        self.rows = {int(row): (int(indices[partner]) if partner >= 0 else -1) for row, partner in zip(indices, partners)}
+        self.actions = split.select_columns(["actions"]).with_format("torch")
+
+    def __call__(self, world_model, batch: dict, num_steps: int, device) -> torch.Tensor | None:
+        """The batch's clips' partners' actions per step `(B, S, A)`; None for a single scored clip."""
+        rows = [self.rows[int(row)] for row in batch["sample_id"]]
+        if min(rows) < 0:
+            return None
+        actions = self.actions[rows]["actions"].float().to(device)
+        return per_step_actions(world_model, actions, num_steps)
 
 
 def warn_line(message: str) -> None:
@@ -317,7 +334,7 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
                         num_workers=min(args.num_workers, available_cores()), collate_fn=collate_clips)
     broken = BrokenFiles(warn_line)
     sums, swap_sums, count, swap_count, changed = Accumulator(), Accumulator(), 0, 0, 0
-    surprise, previous_actions = [], None
+    surprise, partners = [], SwapPartners(split, indices, args.seed)
     outputs = {target: {"scores": [], "labels": [], "sample_ids": []} for target in probes}
     for batch in loader:
         broken.add(batch.get("broken_clips", []))
@@ -329,13 +346,12 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
             sums.add(name, values)
         count += len(latents)
         surprise.append(errors["teacher_forced_l1"].flatten().cpu())
-        other = swapped(actions, previous_actions)
+        other = partners(world_model, batch, latents.shape[1], device)
         if other is not None:
             for name, values in world_model_errors(world_model, latents, other, targets, baselines=False).items():
                 swap_sums.add(name, values)
             swap_count += len(latents)
             changed += (other != actions).flatten(1).any(1).sum().item()
-        previous_actions = actions
 
         if not probes:
             continue
@@ -377,6 +393,7 @@ def world_model_section(result: dict) -> dict:
     section["swapped_actions"] = {
         "num_clips": swap_count,
         "clips_with_different_actions": result["swap_changed"],
+        "other_actions": SWAP_PARTNERS,
         "teacher_forced": {"l1": swap_sums.mean("teacher_forced_l1", swap_count),
                            "cosine": swap_sums.mean("teacher_forced_cosine", swap_count)} if swap_count else None,
         "rollout": {"l1": swap_sums.mean("rollout_l1", swap_count),
@@ -841,7 +858,7 @@ def prior_option_counts(config, groups: list[tuple[str, list[int]]]) -> list[np.
 
 
 @torch.no_grad()
-def run_action_inference(args, world_model, clips, indices: list[int], moments: list[tuple[int, int]],
+def run_action_inference(args, world_model, split, clips, indices: list[int], moments: list[tuple[int, int]],
                          groups: list[tuple[str, list[int]]], device, action_prior: str = "uniform",
                          seen_only: bool = False) -> dict:
     """Streams the clips that hold `moments`: the moments of a batch of clips are planned in one batched CEM, from
@@ -861,15 +878,14 @@ def run_action_inference(args, world_model, clips, indices: list[int], moments: 
     names = [name for name, _ in groups]
     records = {name: [] for name in ("labelled", "planned", "previous", "copy_last", "energy", "labelled_energy",
                                      "own_l1", "swapped_l1", "changed")}
-    broken, previous_actions = BrokenFiles(warn_line), None
+    broken, partners = BrokenFiles(warn_line), SwapPartners(split, indices, args.seed)
     for batch in loader:
         broken.add(batch.get("broken_clips", []))
         if "sample_id" not in batch:  # every clip of the batch failed to decode
             continue
         latents, targets, actions = clip_latents_and_actions(world_model, batch, device)
         paired = world_model.transition_actions(actions)  # (B, S - 1, A)
-        other = swapped(actions, previous_actions)
-        previous_actions = actions
+        other = partners(world_model, batch, latents.shape[1], device)
         if other is not None:
             own, _ = latent_errors(world_model.predict(latents[:, :-1], paired), targets[:, 1:])
             swapped_actions = world_model.transition_actions(other)
@@ -945,10 +961,12 @@ def action_inference_section(records: dict, train_counts: list[np.ndarray], grou
         "groups": section_groups,
         "energy": {"inferred": float(energy.mean()), "labelled": float(labelled_energy.mean()),
                    "inferred_below_labelled": float((energy < labelled_energy).mean())} if len(energy) else None,
-        "swapped_over_own": {"with_change": ratio(changed), "without_change": ratio(~changed),
+        "swapped_over_own": {"overall": ratio(np.ones_like(changed)), "with_change": ratio(changed),
+                             "without_change": ratio(~changed),
                              "note": "teacher-forced latent L1 of each transition after a clip's first, under another "
                                      "clip's actions over under its own (the clips the moments come from); with "
-                                     "change: its labelled action differs from the transition's before"},
+                                     "change: its labelled action differs from the transition's before",
+                             "other_actions": SWAP_PARTNERS},
     }
 
 
@@ -973,7 +991,7 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
         action_prior, seen_only = "uniform", False
     started = time.perf_counter()
     moments = draw_moments(len(indices), num_steps, args.action_inference_moments, context, horizon, args.seed)
-    records = run_action_inference(args, world_model, clips, indices, moments, groups, device, action_prior,
+    records = run_action_inference(args, world_model, split, clips, indices, moments, groups, device, action_prior,
                                    seen_only)
     spec = world_model.config.action_spec
     options = [[spec[dim].split("/", 1)[1] for dim in dims] + ["none"] for _, dims in groups]
@@ -1032,7 +1050,7 @@ def print_action_inference(section: dict) -> None:
     swap = section["swapped_over_own"]
     print("teacher-forced L1, swapped over own actions: " + ", ".join(
         f"{swap[key]['ratio']:.3f} {label} ({swap[key]['transitions']} transitions)" if swap[key]["ratio"] is not None
-        else f"n/a {label}" for key, label in (("with_change", "where the action changes"),
+        else f"n/a {label}" for key, label in (("overall", "overall"), ("with_change", "where the action changes"),
                                                ("without_change", "elsewhere"))))
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, TINY_PREDICTOR
+from training_surgical_wm.evaluation import swap_partners
 
 
 SPEC = ["arm/grasper", "arm/scissors", "task/cut", "task/suture", "task/clip"]
@@ -115,18 +116,24 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
     energy = section["energy"]
     assert energy["labelled"] < 1e-5 and energy["inferred"] <= energy["labelled"] + 1e-6
 
-    # The teacher-forced L1 of every transition after a clip's first, under its own actions and under the next clip's
-    # (the clips are one batch), split by whether its labels differ from the transition's before.
+    # The teacher-forced L1 of every transition after a clip's first, under its own actions and under its swap
+    # partner's (the split names no case: each clip is its own video), split by whether its labels differ from the
+    # transition's before.
     latents, actions = torch.stack([clip["latents"] for clip in clips]), one_hot_actions(options)
+    partners = torch.from_numpy(swap_partners(indices, seed=0))
+    assert (partners != torch.arange(len(clips))).all()
     with torch.no_grad():
         own = (model.predict(latents[:, :-1], actions[:, 1:]) - latents[:, 1:]).abs().mean((2, 3))[:, 1:]
-        swapped = (model.predict(latents[:, :-1], actions.roll(-1, 0)[:, 1:]) - latents[:, 1:]).abs().mean((2, 3))
+        swapped = (model.predict(latents[:, :-1], actions[partners][:, 1:]) - latents[:, 1:]).abs().mean((2, 3))
     changed = torch.from_numpy((options[:, 2:] != options[:, 1:-1]).any(-1))  # transition t takes the labels at t + 1
     for key, mask in (("with_change", changed), ("without_change", ~changed)):
         values = section["swapped_over_own"][key]
         assert values["transitions"] == mask.sum() > 0
         assert values["own_l1"] == pytest.approx(own[mask].mean().item(), rel=1e-5)
         assert values["ratio"] == pytest.approx((swapped[:, 1:][mask].mean() / own[mask].mean()).item(), rel=1e-5)
+    overall = section["swapped_over_own"]["overall"]
+    assert overall["transitions"] == own.numel()
+    assert overall["ratio"] == pytest.approx((swapped[:, 1:].mean() / own.mean()).item(), rel=1e-5)
 
 
 def test_chance_reads_the_config_s_action_prior_and_recounts_only_without_one(explained_clips, monkeypatch):
@@ -268,3 +275,20 @@ def test_the_evaluation_reports_and_plots_the_action_inference(surgvu_sample, ti
     result = run_evaluation([*data, "--output", out / "bad.json", "--action_inference_context", 1])
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--action_inference_context at least 2" in result.stderr
+
+
+def test_swap_partners_are_clips_of_other_videos_drawn_evenly_by_the_seed():
+    """The swapped-actions test gives each clip the actions of a clip of another video (neighbouring clips of one video
+    share most of their labels), each such clip as likely, reproducibly by seed; a split of one video draws among its
+    other clips, a single clip has none."""
+    videos = ["case_a"] * 5 + ["case_b"] * 3 + ["case_c"] * 2
+    draws = np.stack([swap_partners(videos, seed) for seed in range(2000)])  # (seeds, clips)
+    assert all(videos[partner] != videos[clip] for row in draws for clip, partner in enumerate(row))
+    assert np.allclose(np.bincount(draws[:, 0], minlength=10)[5:] / 2000, 1 / 5, atol=0.03)  # clip 0: cases b and c
+    assert np.allclose(np.bincount(draws[:, 9], minlength=10)[:8] / 2000, 1 / 8, atol=0.03)  # clip 9: cases a and b
+    assert (swap_partners(videos, 3) == swap_partners(videos, 3)).all()
+    assert (swap_partners(videos, 3) != swap_partners(videos, 4)).any()
+    one_video = np.stack([swap_partners(["case_a"] * 4, seed) for seed in range(2000)])
+    assert (one_video != np.arange(4)).all()
+    assert np.allclose(np.bincount(one_video[:, 1], minlength=4)[[0, 2, 3]] / 2000, 1 / 3, atol=0.04)
+    assert swap_partners(["case_a"], 0).tolist() == [-1] and swap_partners([], 0).tolist() == []

@@ -4,6 +4,7 @@ the evaluation, which the demo page also shows for a single video."""
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +14,35 @@ from modeling_surgical_wm import rollout_errors
 # that split is never scored with it.
 CALIBRATION_SPLIT = "validation"
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
+# What the swapped-actions test scores each clip with instead of its own actions, for the reports.
+SWAP_PARTNERS = ("the actions of another clip drawn at random (seeded) among the clips of other videos (other cases "
+                 "or takes; among the other clips when the split holds one video): neighbouring clips of one video "
+                 "mostly share their labels")
+
+
+def swap_partners(videos, seed: int) -> np.ndarray:
+    """
+    For the swapped-actions test, the position of the clip whose actions each clip is scored with instead of its own:
+    a seeded uniform draw among the clips of other videos (`videos`, one id per clip: a case or a take), since the
+    clips of one video mostly share their labels (on the demo's test split, each clip's neighbour in the split keeps
+    the task at 67% of the steps and each arm's tool at 75-82%; a clip of another case, at 14-27%). When every clip
+    is of one video, the draw is among the other clips. -1 for a single clip, which has no other clip.
+    """
+    videos = np.asarray(list(videos), dtype=object)
+    count = len(videos)
+    partners = np.full(count, -1, dtype=np.int64)
+    if count < 2:
+        return partners
+    _, group = np.unique(videos.astype(str), return_inverse=True)
+    order = np.argsort(group, kind="stable")  # the clips video by video
+    sizes = np.bincount(group)
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])[group]  # where each clip's video starts in `order`
+    size = sizes[group]
+    if len(sizes) == 1:  # one video (`order` is the clips' own): any other clip, skipping the clip itself
+        first, size = np.arange(count), 1
+    draw = np.floor(np.random.default_rng(seed).random(count) * (count - size)).astype(np.int64)
+    partners[:] = order[draw + (draw >= first) * size]
+    return partners
 
 
 def load_metric(name: str):
