@@ -4,6 +4,7 @@ import importlib.util
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,7 +59,7 @@ def test_scores_split_the_error_at_label_changes_and_compare_swapped_with_own_ac
     moves = torch.tensor(OPTIONS).float()
     moves[:, 0] = 0
     latents = torch.randn(3, 1, 4, 8) + moves.cumsum(1)[:, :, None, None]  # (C, S, N, D): z_t+1 = z_t + option
-    row = ablation.scores(ShiftModel(), latents, labels)
+    row = ablation.scores(ShiftModel(), latents, labels, torch.tensor([2, 0, 1]))
     assert row["changes"] == pytest.approx(3 / 15)
     for name in ("own", "own_first", "own_change", "own_same"):
         assert row[name] == pytest.approx(0.1), name
@@ -74,7 +75,7 @@ def test_a_world_model_scores_swapped_as_own_when_every_clip_has_the_same_labels
     torch.manual_seed(0)
     model = SurgicalWorldModel(tiny_config()).eval()
     latents = torch.nn.functional.layer_norm(torch.randn(3, 6, 4, 32), (32,))  # (C, S, N, D), as `encode` makes them
-    row = ablation.scores(model, latents, one_hot_labels(OPTIONS[:1] * 3))
+    row = ablation.scores(model, latents, one_hot_labels(OPTIONS[:1] * 3), torch.tensor([1, 2, 0]))
     assert row["changes"] == pytest.approx(1 / 5)
     assert row["ratio"] == row["ratio_change"] == row["ratio_same"] == 1.0
     assert row["own"] == pytest.approx(0.2 * row["own_change"] + 0.8 * row["own_same"], rel=1e-5)
@@ -84,3 +85,26 @@ def test_levers_names_the_action_levers_set_away_from_their_defaults():
     assert ablation.levers(SurgicalWorldModelConfig()) == "-"
     config = SurgicalWorldModelConfig(action_contrastive_weight=0.1, rollout_steps=2, action_pairing="current")
     assert ablation.levers(config) == "action_contrastive_weight=0.1, rollout_steps=2"
+
+
+def load_benchmark(name: str):
+    path = os.path.join(REPO_ROOT, "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_label_visibility_measures_how_far_the_latent_moves_when_only_the_labels_change():
+    """Frames rendered twice at the same moments: identical labels give identical latents, and every kind of change
+    moves them; the task, whose anatomy fills much of the view, moves them more than one arm's tool."""
+    visibility = load_benchmark("label_visibility")
+    torch.manual_seed(0)
+    model = SurgicalWorldModel(tiny_config()).eval()
+    renderer = visibility._Renderer(np.random.default_rng(0), visibility.WIDTH, visibility.HEIGHT)
+    arms = [(0, 0.0), None, (3, 0.0), None]
+    frames = [renderer.frame(arms, 2, 10 + step / 4) for step in range(4)]
+    assert torch.equal(visibility.encode(model, frames), visibility.encode(model, frames))
+    results = visibility.measure(model, clips=3, steps=4, fps=4.0, seed=0)
+    assert all(len(values) == 3 and min(values) > 0 for values in results.values())
+    assert np.mean(results["the task"]) > np.mean(results["one arm's tool"])
