@@ -305,7 +305,8 @@ class SwapPartners:
         column = next((name for name in ("case_id", "take") if name in split.column_names), None)
         videos = split.select_columns([column])[column] if column else list(range(len(split)))
         partners = swap_partners([videos[int(row)] for row in indices], seed)
-        self.rows = {int(row): (int(indices[partner]) if partner >= 0 else -1) for row, partner in zip(indices, partners)}
+        self.rows = {int(row): int(indices[partner]) if partner >= 0 else -1
+                     for row, partner in zip(indices, partners)}
         self.actions = split.select_columns(["actions"]).with_format("torch")
 
     def __call__(self, world_model, batch: dict, num_steps: int, device) -> torch.Tensor | None:
