@@ -4,8 +4,9 @@
 1. writes the synthetic SurgVU-format sample (12 cases, H.264, noisy labels) and a tiny V-JEPA 2 checkpoint; the
    builder splits its cases three ways with the default options (train, validation, test);
 2. builds a world model on that encoder (`scripts/load_vjepa2_pretrained.py`);
-3. trains it with `accelerate launch train_hf.py`, encoder frozen: each clip is decoded and encoded once, into the
-   latent cache, and every epoch trains from there; `best/` is chosen on the validation cases;
+3. trains it with `accelerate launch train_hf.py`, encoder frozen, for 32 epochs on clips that overlap by half: each
+   clip is decoded and encoded once, into the latent cache, and every epoch trains from there; `best/` is chosen on
+   the validation cases;
 4. trains a task probe and a tool-presence probe on the frozen world model (`scripts/train_probe.py`), from the same
    latent cache, on the world model's split; each `best/` is chosen on the validation cases;
 5. evaluates on the test cases, which chose nothing, in a fresh process (`scripts/evaluate_surgical_model.py`, which
@@ -59,7 +60,7 @@ def plan_span(data: str, cache: str, steps: int = 4, fps: float = 4.0) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="demo_output")
-    parser.add_argument("--num_epochs", type=int, default=16)
+    parser.add_argument("--num_epochs", type=int, default=32)
     parser.add_argument("--probe_epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -80,7 +81,10 @@ def main() -> None:
          "--output_dir", run_dir, "--num_epochs", str(args.num_epochs), "--batch_size", "8",
          "--learning_rate", "2e-3", "--warmup_epochs", "0.5", "--num_workers", "2", "--device", "cpu",
          "--checkpointing_steps", "50", "--checkpoints_total_limit", "2", "--report_to", "tensorboard",
-         "--seed", str(args.seed)], TQDM_MININTERVAL="5")
+         # Clips overlapping by half: each label change is seen at two places in a clip, and the predictor learns
+         # more of what the actions change (README "Swapped with another case"); the probes and the evaluation keep
+         # the builder's clips, which do not overlap.
+         "--clip_stride", "4", "--seed", str(args.seed)], TQDM_MININTERVAL="5")
     probes = {}
     for target in ("task", "tools"):
         probes[target] = os.path.join(out, f"probe_{target}")
