@@ -108,3 +108,37 @@ def test_label_visibility_measures_how_far_the_latent_moves_when_only_the_labels
     results = visibility.measure(model, clips=3, steps=4, fps=4.0, seed=0)
     assert all(len(values) == 3 and min(values) > 0 for values in results.values())
     assert np.mean(results["the task"]) > np.mean(results["one arm's tool"])
+
+
+class CopyModel:
+    """A world model that copies the last latent whatever the actions: its error at a transition is how far the
+    latent moved, and swapped actions change nothing."""
+
+    config = SimpleNamespace(action_pairing="next", action_spec=["task/a", "task/b", "USM1/x", "USM1/y"])
+
+    def transition_actions(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels[:, 1:]
+
+    def predict(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor, steps: int) -> torch.Tensor:
+        return context[:, -1:].expand(-1, steps, -1, -1)
+
+
+def test_the_changes_are_split_into_task_changes_and_tool_only_changes():
+    """Clips whose latent moves 1.0 where the task changes (whatever the tools do), 0.5 where only the tool does, 0
+    elsewhere: the copying model's error is exactly that move in each subset."""
+    tasks = [[0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
+    tools = [[0, 0, 0, 1, 1, 1], [0, 1, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0]]
+    labels = torch.cat([torch.nn.functional.one_hot(torch.tensor(tasks), 2),
+                        torch.nn.functional.one_hot(torch.tensor(tools), 2)], -1).float()  # (C, S, 4)
+    task_change = torch.tensor(tasks).diff(dim=1) != 0
+    tool_change = torch.tensor(tools).diff(dim=1) != 0
+    moves = torch.where(task_change, 1.0, torch.where(tool_change, 0.5, 0.0))  # (C, S - 1)
+    latents = torch.cat([torch.zeros(3, 1), moves.cumsum(1)], 1)[:, :, None, None].expand(-1, -1, 2, 4)
+    row = ablation.scores(CopyModel(), latents, labels, torch.tensor([1, 2, 0]))
+    assert row["task_changes"] == task_change.sum() == 2
+    assert row["tools_changes"] == (tool_change & ~task_change).sum() == 5
+    assert row["own_task_change"] == pytest.approx(1.0) and row["own_tools_change"] == pytest.approx(0.5)
+    assert row["ratio_task_change"] == row["ratio_tools_change"] == pytest.approx(1.0)
