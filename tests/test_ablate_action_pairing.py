@@ -13,16 +13,16 @@ from configuration_surgical_wm import SurgicalWorldModelConfig
 from modeling_surgical_wm import SurgicalWorldModel
 
 
-def load_ablation():
-    """The benchmark script as a module (benchmarks/ is a folder of scripts, not a package)."""
-    path = os.path.join(REPO_ROOT, "benchmarks", "ablate_action_pairing.py")
-    spec = importlib.util.spec_from_file_location("ablate_action_pairing", path)
+def load_benchmark(name: str):
+    """A benchmark script as a module (benchmarks/ is a folder of scripts, not a package)."""
+    path = os.path.join(REPO_ROOT, "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-ablation = load_ablation()
+ablation = load_benchmark("ablate_action_pairing")
 
 
 class ShiftModel:
@@ -85,14 +85,6 @@ def test_levers_names_the_action_levers_set_away_from_their_defaults():
     assert ablation.levers(SurgicalWorldModelConfig()) == "-"
     config = SurgicalWorldModelConfig(action_contrastive_weight=0.1, rollout_steps=2, action_pairing="current")
     assert ablation.levers(config) == "action_contrastive_weight=0.1, rollout_steps=2"
-
-
-def load_benchmark(name: str):
-    path = os.path.join(REPO_ROOT, "benchmarks", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_label_visibility_measures_how_far_the_latent_moves_when_only_the_labels_change():
