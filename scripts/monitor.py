@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 
 from dataset_surgvu import CorruptVideoError, FrameUnavailableError, probe_video
 from modeling_surgical_wm import SurgicalWorldModel
-from training_surgical_wm.loading import checkpoint_config, fail, is_probe, time_base, training_settings
+from training_surgical_wm.loading import fail, time_base, training_settings, world_model_config
 from training_surgical_wm.surprise import (
     CALIBRATION_SPLIT,
     SurpriseMonitor,
@@ -76,12 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_world_model(path: str) -> tuple[SurgicalWorldModel, str]:
     """The world model at `path` and where its config was read; one line when it is something else."""
-    if not Path(path).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):  # neither a folder nor a Hub id
-        fail(f"{path}: no such checkpoint directory")
-    config, where = checkpoint_config(path)
-    if config.get("model_type") != "surgical_wm" or is_probe(config):
-        fail(f"{where}: not a surgical world model (model_type {config.get('model_type')!r}, architectures "
-             f"{config.get('architectures')}); give a train_hf.py export")
+    config, where = world_model_config(path)
     if config.get("state_dim"):
         fail(f"{where}: the model expects a state of {config['state_dim']} values per step; a video has none")
     return SurgicalWorldModel.from_pretrained(path).eval(), where

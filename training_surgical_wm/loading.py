@@ -5,6 +5,7 @@ name the file, whether a local folder's weights are those its config describes, 
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -47,6 +48,21 @@ def checkpoint_config(path: str) -> tuple[dict, str]:
 
 def is_probe(config: dict) -> bool:
     return any(name.endswith("ForVideoClassification") for name in config.get("architectures") or [])
+
+
+def world_model_config(path: str) -> tuple[dict, str]:
+    """The saved config of the world model at `path` (a directory or a Hub id) and where it was read; one line when
+    `path` is neither, or holds something other than a world model (another model, or a probe of one)."""
+    if not Path(path).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        fail(f"{path}: no such checkpoint directory")
+    config, where = checkpoint_config(path)
+    if config.get("model_type") != "surgical_wm":
+        fail(f"{where}: model_type {config.get('model_type')!r}: not a surgical world model (expected model_type "
+             "'surgical_wm', a train_hf.py export or a scripts/load_vjepa2_pretrained.py directory)")
+    if is_probe(config):
+        fail(f"{where}: a probe ({', '.join(config['architectures'])}), not a world model: give the world model it "
+             "was trained on")
+    return config, where
 
 
 def load_checkpoint(path: str):

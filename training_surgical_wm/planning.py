@@ -7,7 +7,6 @@ its crop box without the tool-name band and the black margins, then `ClipTransfo
 """
 
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from dataset_surgvu.labels import build_actions, labels_at, part_offsets, read_c
 from dataset_surgvu.layout import find_cases, parse_part_file, resolve_dirs
 from modeling_surgical_wm import SurgicalWorldModel, frames_to_steps
 
-from .loading import checkpoint_config, fail, is_probe
+from .loading import fail, world_model_config
 
 
 logger = logging.getLogger("plan")  # scripts/plan.py's log
@@ -33,15 +32,7 @@ SEARCH_OPTIONS = ("preset", "num_samples", "iterations", "top_k", "momentum", "s
 # ------------------------------------------------------------------------------------------------------- model
 def load_world_model(path: str) -> tuple[SurgicalWorldModel, str]:
     """The world model at `path` (this repository's class, which plans) and where its config was read."""
-    if not Path(path).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
-        fail(f"{path}: no such checkpoint directory")
-    config, where = checkpoint_config(path)
-    if config.get("model_type") != "surgical_wm":
-        fail(f"{where}: model_type {config.get('model_type')!r}: not a surgical world model (expected model_type "
-             "'surgical_wm', a train_hf.py export or a scripts/load_vjepa2_pretrained.py directory)")
-    if is_probe(config):
-        fail(f"{where}: a probe ({', '.join(config['architectures'])}), not a world model: give the world model it "
-             "was trained on")
+    config, where = world_model_config(path)
     if not config.get("action_spec"):
         fail(f"{where}: the model has no action_spec, so its actions have no names to infer (build it with "
              "scripts/load_vjepa2_pretrained.py --action_spec, or train it with train_hf.py)")

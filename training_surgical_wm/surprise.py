@@ -42,7 +42,6 @@ from dataset_surgvu.transforms import crop_frames, vjepa2_preprocess
 from .evaluation import CALIBRATION_SPLIT, latent_l1, load_metric
 
 
-
 def unknown_actions(model, rows: int, steps: int, device: torch.device) -> torch.Tensor | None:
     """The actions `(rows, steps, action_dim)` of steps without labels: NaN, the learnt null action, for a model
     trained with `action_dropout`; else zeros, as `check_step_inputs` fills missing actions. None without actions."""
