@@ -37,12 +37,13 @@ steps (the labelled actions between them given) and a goal `--action_inference_h
 CEM planner (batched over the moments of a batch of clips, KV-cached) infers the actions between them, its options
 drawn first from `--action_inference_prior` (the training data's transition statistics in the model's config by
 default, its marginals, or uniform) and, with `--action_inference_seen_only`, only among combinations seen in
-training. Per action group,
-the planned options' accuracy next to copying the last context action and to chance (each option drawn as often as it
-labels the training split's transitions, as the config's `action_prior` counts them; recounted from the labels for an
-export without it), over all planned transitions and where the labelled action changes; the
-energy of the inferred and of the labelled actions; the teacher-forced L1 under another clip's actions over under the
-clip's own at transitions with and without an action change.
+training. Per action group, the planned options' accuracy next to copying the last context action, to what the
+energy alone identifies (the labelled option below every other option of its group when only that group varies: no
+planner, no prior) and to chance (each option drawn as often as it labels the training split's transitions, as the
+config's `action_prior` counts them; recounted from the labels for an export without it), over all planned
+transitions and where the labelled action changes; the energy of the inferred and of the labelled actions; the
+teacher-forced L1 under another clip's actions over under the clip's own at transitions with and without an action
+change.
 Metrics are the local `evaluate` modules in metrics/. It writes `--output` (JSON), prints a table and, with
 `--plots`, saves PNG figures. `--push_to_hub` puts the headline figures into the model card's model-index.
 """
@@ -57,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from dataset_surgvu import BrokenFiles, collate_clips
@@ -858,6 +860,27 @@ def prior_option_counts(config, groups: list[tuple[str, list[int]]]) -> list[np.
     return counts
 
 
+def identified_options(world_model, observed: torch.Tensor, goal: torch.Tensor, labelled: torch.Tensor,
+                       context_actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
+    """Whether the world model's energy alone picks each labelled option `(M, H, G)`: for each planned transition h
+    and group g, the labelled actions `(M, H, A)` with g at h set to each of its options ("none": every dimension 0)
+    are scored, and the labelled option counts as identified when its energy is below every other option's (a tie,
+    as under a model that ignores the group, is not). No planner, no prior: what the energy tells apart."""
+    num_moments, horizon, _ = labelled.shape
+    options = step_options(labelled, groups)  # (M, H, G)
+    found = torch.zeros(num_moments, horizon, len(groups), dtype=torch.bool)
+    for index, (_, dims) in enumerate(groups):
+        for step in range(horizon):
+            candidates = labelled[:, None].repeat(1, len(dims) + 1, 1, 1)  # (M, O, H, A), O = options + none
+            candidates[:, :, step, dims] = 0.0
+            candidates[:, torch.arange(len(dims)), step, dims] = 1.0
+            energy = world_model.energy(observed, goal, candidates, context_actions=context_actions).float().cpu()
+            labelled_energy = energy.gather(1, options[:, step, index, None].cpu())  # (M, 1)
+            others = energy.masked_fill(F.one_hot(options[:, step, index].cpu(), len(dims) + 1).bool(), float("inf"))
+            found[:, step, index] = (labelled_energy < others.min(1, keepdim=True).values).squeeze(1)
+    return found
+
+
 @torch.no_grad()
 def run_action_inference(args, world_model, split, clips, indices: list[int], moments: list[tuple[int, int]],
                          groups: list[tuple[str, list[int]]], device, action_prior: str = "uniform",
@@ -877,8 +900,8 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
                         num_workers=min(args.num_workers, available_cores()), collate_fn=collate_clips)
     generator = torch.Generator().manual_seed(args.seed)
     names = [name for name, _ in groups]
-    records = {name: [] for name in ("labelled", "planned", "previous", "copy_last", "energy", "labelled_energy",
-                                     "own_l1", "swapped_l1", "changed")}
+    records = {name: [] for name in ("labelled", "planned", "previous", "copy_last", "identified", "energy",
+                                     "labelled_energy", "own_l1", "swapped_l1", "changed")}
     broken, partners = BrokenFiles(warn_line), SwapPartners(split, indices, args.seed)
     for batch in loader:
         broken.add(batch.get("broken_clips", []))
@@ -916,6 +939,8 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
         records["energy"].append(output.energy.float().cpu())
         records["labelled_energy"].append(
             world_model.energy(observed, goal, labelled, context_actions=context_actions).float().cpu())
+        records["identified"].append(
+            identified_options(world_model, observed, goal, labelled, context_actions, groups))
     if broken.count:
         print(f"action inference: skipped {broken.count} clip(s) that failed to decode: {broken.summary()}",
               flush=True)
@@ -928,12 +953,15 @@ def action_inference_section(records: dict, train_counts: list[np.ndarray], grou
     every planned transition and over those whose labelled option differs from the transition's before; the energy
     of the inferred and of the labelled actions; the teacher-forced L1 under swapped over own actions."""
 
-    def rates(correct: np.ndarray, copied: np.ndarray, labels: np.ndarray, prevalence: np.ndarray) -> dict:
+    def rates(correct: np.ndarray, copied: np.ndarray, identified: np.ndarray, labels: np.ndarray,
+              prevalence: np.ndarray) -> dict:
         if not len(labels):
-            return {"transitions": 0, "planned": None, "copy_last": None, "chance": None}
+            return {"transitions": 0, "planned": None, "copy_last": None, "identified": None, "chance": None,
+                    "one_of_options": None}
         frequency = np.bincount(labels, minlength=len(prevalence)) / len(labels)
         return {"transitions": int(len(labels)), "planned": float(correct.mean()), "copy_last": float(copied.mean()),
-                "chance": float(prevalence @ frequency)}
+                "identified": float(identified.mean()), "chance": float(prevalence @ frequency),
+                "one_of_options": 1.0 / len(prevalence)}
 
     section_groups = {}
     for index, (name, _) in enumerate(groups):
@@ -941,12 +969,14 @@ def action_inference_section(records: dict, train_counts: list[np.ndarray], grou
         correct = records["planned"][..., index].flatten() == labels
         copied = records["copy_last"][..., index].flatten() == labels
         change = records["previous"][..., index].flatten() != labels
+        identified = records["identified"][..., index].flatten()
         total = train_counts[index].sum()
         prevalence = train_counts[index] / total if total else np.full(len(train_counts[index]), np.nan)
         section_groups[name] = {"options": options[index],
                                 "train_prevalence": prevalence.tolist(),
-                                "overall": rates(correct, copied, labels, prevalence),
-                                "at_changes": rates(correct[change], copied[change], labels[change], prevalence)}
+                                "overall": rates(correct, copied, identified, labels, prevalence),
+                                "at_changes": rates(correct[change], copied[change], identified[change],
+                                                    labels[change], prevalence)}
 
     def ratio(mask: np.ndarray) -> dict:
         own, swap = records["own_l1"][mask], records["swapped_l1"][mask]
@@ -1020,6 +1050,10 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
                   "at random as often as training labels it",
         "train_prevalence_from": counted_from,
         "copy_last": "every planned transition given the last labelled action of the context",
+        "identified": "the world model's energy alone, without a planner or a prior: the labelled option has a lower "
+                      "energy than each other option of its group when only that group of that planned transition "
+                      "varies (the rest keep their labels; a tie is not identified); one_of_options is 1 / options, "
+                      "what energies unrelated to the labels would score",
         "changes": "the planned transitions whose labelled option differs from the transition's before (the "
                       "last context one for the first): copying the last context action is wrong at the first",
     })
@@ -1034,12 +1068,14 @@ def print_action_inference(section: dict) -> None:
           f"{section['planner']['iterations']} iterations, {section['planner']['action_prior']} prior"
           f"{', seen combinations only' if section['planner']['seen_only'] else ''}); accuracy per group")
     width = max(10, *(len(name) for name in section["groups"]))
-    print(f"{'':>{width}} {'planned':>8} {'copy last':>10} {'chance':>7} | {'at changes:':>11} {'planned':>8} "
-          f"{'copy last':>10} {'chance':>7} {'n':>5}")
+    columns = (("planned", "planned", 8), ("copy_last", "copy last", 10), ("identified", "energy alone", 12),
+               ("chance", "chance", 7))
+    header = " ".join(f"{title:>{column}}" for _, title, column in columns)
+    print(f"{'':>{width}} {header} | {'at changes:':>11} {header} {'n':>5}")
 
     def cells(values: dict) -> str:
         return " ".join(f"{values[key]:>{column}.3f}" if values[key] is not None else f"{'n/a':>{column}}"
-                        for key, column in (("planned", 8), ("copy_last", 10), ("chance", 7)))
+                        for key, _, column in columns)
 
     for name, group in section["groups"].items():
         print(f"{name:>{width}} {cells(group['overall'])} | {'':>11} {cells(group['at_changes'])} "
@@ -1063,16 +1099,17 @@ def plot_action_inference(section: dict, directory: Path) -> str:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for axis, subset, title in zip(axes, ("overall", "at_changes"), ("all planned transitions",
                                                                      "where the labelled action changes")):
-        for offset, (key, label) in zip((-0.27, 0, 0.27), (("planned", "planned"), ("copy_last", "copy last context"),
-                                                            ("chance", "chance (training prevalence)"))):
+        bars = (("planned", "planned"), ("copy_last", "copy last context"),
+                ("identified", "the energy alone (one group varied)"), ("chance", "chance (training prevalence)"))
+        for offset, (key, label) in zip((-0.3, -0.1, 0.1, 0.3), bars):
             values = [section["groups"][name][subset][key] for name in names]
-            axis.bar(positions + offset, [np.nan if value is None else value for value in values], 0.27, label=label)
+            axis.bar(positions + offset, [np.nan if value is None else value for value in values], 0.2, label=label)
         counts = [section["groups"][name][subset]["transitions"] for name in names]
         axis.set_xticks(positions, [f"{name}\n(n={count})" for name, count in zip(names, counts)], fontsize=8)
         axis.set_title(title, fontsize=9)
     axes[0].set_ylabel("accuracy")
-    axes[0].set_ylim(0, 1.15)  # room for the legend above the bars
-    axes[0].legend(fontsize=7, ncol=3, loc="upper center")
+    axes[0].set_ylim(0, 1.2)  # room for the legend above the bars
+    axes[0].legend(fontsize=7, ncol=2, loc="upper center")
     figure.suptitle(f"Action inference: {section['moments']} held-out moments, horizon {section['horizon']}")
     return save_figure(figure, directory / "action_inference.png")
 

@@ -112,6 +112,9 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
             assert values["chance"] == pytest.approx(sum(prevalence[option] * (labels[mask] == option).mean()
                                                          for option in range(len(prevalence))), abs=1e-12)
             assert values["planned"] == 1.0, (name, subset)  # the labels explain every goal exactly
+            # and so does the energy alone: every other option of the group, the rest labelled, misses the goal
+            assert values["identified"] == 1.0, (name, subset)
+            assert values["one_of_options"] == 1 / (len(GROUPS[name]) + 1)
         assert group["at_changes"]["copy_last"] == 0.0
     energy = section["energy"]
     assert energy["labelled"] < 1e-5 and energy["inferred"] <= energy["labelled"] + 1e-6
@@ -184,7 +187,8 @@ def test_the_planner_starts_from_the_prior_the_section_names(explained_clips, ca
     """A predictor that ignores its actions gives every candidate the same energy, so the plan is the first candidate
     drawn. From training statistics in which no option ever changes (`--action_inference_prior transition`) that is
     the last context action in every moment, so the planned accuracy is copy-last's; from uniform options it is not.
-    A model without training statistics plans from uniform options, and the section says so."""
+    A model without training statistics plans from uniform options, and the section says so. The energy alone, which
+    needs no prior, identifies no option of such a model."""
     import copy
 
     from evaluate_surgical_model import action_inference
@@ -214,6 +218,9 @@ def test_the_planner_starts_from_the_prior_the_section_names(explained_clips, ca
     for name in GROUPS:
         assert chained["groups"][name]["overall"]["planned"] == chained["groups"][name]["overall"]["copy_last"] < 1
         assert chained["groups"][name]["at_changes"]["planned"] == 0.0
+        # Whatever the prior, an energy that ignores the actions ties every option: the energy alone finds none.
+        for result in (chained, uniform):
+            assert result["groups"][name]["overall"]["identified"] == 0.0
     assert any(uniform["groups"][name]["overall"]["planned"] != uniform["groups"][name]["overall"]["copy_last"]
                for name in GROUPS)
     capsys.readouterr()
