@@ -67,6 +67,12 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             Hidden size of the predictor MLPs relative to `predictor_hidden_size`.
         predictor_drop_path_rate (`float`, *optional*, defaults to 0.0):
             Stochastic depth of the predictor layers.
+        predictor_position_embedding (`bool`, *optional*, defaults to `False`):
+            Add a learned embedding of each patch's place in the grid to the predictor's input tokens (shared by every
+            step), on top of the RoPE of its attention, which sees only where tokens are relative to each other. An
+            action that draws something at a fixed place (a task's anatomy, an arm's instrument) needs the place:
+            with a small grid, whose tokens learn little of it from their neighbours, it lowers every error
+            (README "Where each token is"). V-JEPA 2-AC's predictor has none, so a conversion leaves it off.
         predict_residual (`bool`, *optional*, defaults to `True`):
             The predictor outputs the change z_{t+1} - z_t (added back to z_t) rather than z_{t+1} itself; a new
             predictor's output projection starts at zero, so an untrained one predicts that nothing moves.
@@ -203,6 +209,7 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
     predictor_num_attention_heads: int = 16
     predictor_mlp_ratio: float | int = 4.0
     predictor_drop_path_rate: float | int = 0.0
+    predictor_position_embedding: bool = False
     predict_residual: bool = True
     # actions and states
     action_dim: int = 7
@@ -280,6 +287,9 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"`{name}` must be positive, got {value!r}.")
+        if not isinstance(self.predictor_position_embedding, bool):
+            raise ValueError(
+                f"`predictor_position_embedding` must be a bool, got {self.predictor_position_embedding!r}.")
         if self.num_frames is not None and (isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int)
                                             or self.num_frames < 1):
             raise ValueError(f"`num_frames` must be a positive number of frames or None, got {self.num_frames!r}.")

@@ -329,6 +329,10 @@ class SurgicalWorldModelPredictor(nn.Module):
         self.action_proj = nn.Linear(config.action_dim, hidden) if config.action_dim > 0 else None
         self.state_proj = nn.Linear(config.state_dim, hidden) if config.state_dim > 0 else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, hidden)) if config.use_mask_aux else None
+        # Where each patch lies in the grid, the same at every step (`predictor_position_embedding`).
+        self.position_embedding = (
+            nn.Parameter(torch.zeros(self.grid_size**2, hidden)) if config.predictor_position_embedding else None
+        )
         # The embedding of an unknown action (NaN in `actions`), learnt by action dropout.
         self.null_action = nn.Parameter(torch.zeros(hidden)) if config.action_dropout > 0 else None
         rates = [config.predictor_drop_path_rate * i / max(config.predictor_num_hidden_layers - 1, 1)
@@ -425,6 +429,8 @@ class SurgicalWorldModelPredictor(nn.Module):
             if self.mask_token is None:
                 raise ValueError("A token mask needs `use_mask_aux=True` in the config.")
             hidden_states = torch.where(token_mask[..., None], self.mask_token.to(hidden_states.dtype), hidden_states)
+        if self.position_embedding is not None:  # after the mask token: a hidden token still knows its place
+            hidden_states = hidden_states + self.position_embedding.to(hidden_states.dtype)
         condition = []
         action_embedding = None
         if self.action_proj is not None:
@@ -592,7 +598,7 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, SurgicalWorldModelPredictor):
-            for token in (module.mask_token, module.null_action):
+            for token in (module.mask_token, module.null_action, module.position_embedding):
                 if token is not None:
                     init.trunc_normal_(token, std=std)
         elif isinstance(module, VJEPA2AttentivePooler):

@@ -74,7 +74,7 @@ def main() -> None:
     run([python, "scripts/make_tiny_vjepa2.py", "--out", encoder, "--seed", str(args.seed)])
     run([python, "scripts/load_vjepa2_pretrained.py", "--encoder", encoder, "--save_path", start,
          "--action_dim", "56", "--predictor_hidden_size", "96", "--predictor_num_hidden_layers", "2",
-         "--predictor_num_attention_heads", "4", "--seed", str(args.seed)])
+         "--predictor_num_attention_heads", "4", "--predictor_position_embedding", "--seed", str(args.seed)])
     run([python, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "train_hf.py",
          "--data_root", data, "--dataset_cache_dir", cache, "--pretrained_checkpoint", start,

@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--state_dim", type=int, default=0)
     parser.add_argument("--predictor_hidden_size", type=int, default=None)
     parser.add_argument("--predictor_num_hidden_layers", type=int, default=None)
+    parser.add_argument("--predictor_position_embedding", action="store_true",
+                        help="a learned embedding of each patch's place in the grid for the predictor's tokens "
+                             "(config.predictor_position_embedding; not with a V-JEPA 2-AC conversion)")
     parser.add_argument("--predictor_num_attention_heads", type=int, default=None,
                         help=f"(V-JEPA 2-AC: default {VJEPA2_AC_HEADS['predictor']}, the released predictor's)")
     parser.add_argument("--encoder_num_attention_heads", type=int, default=None,
@@ -107,6 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                           "predictor_num_hidden_layers")
                  if getattr(args, name) is not None]
         fixed += ["--state_dim"] if args.state_dim else []
+        if args.predictor_position_embedding:
+            parser.error("--predictor_position_embedding: V-JEPA 2-AC's predictor has none, and a conversion is its "
+                         "network as Meta trained it")
         fixed += ["--frames_per_step"] if args.frames_per_step != 1 else []
         if fixed:
             parser.error(f"{', '.join(fixed)}: a V-JEPA 2-AC conversion takes its sizes from the file "
@@ -363,6 +369,8 @@ def main(argv=None) -> int:
     for name in ("predictor_hidden_size", "predictor_num_hidden_layers", "predictor_num_attention_heads"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.predictor_position_embedding:
+        overrides["predictor_position_embedding"] = True
 
     source = args.encoder if args.encoder is not None else args.model_size
     torch.manual_seed(args.seed)  # the same predictor every time for the same settings

@@ -200,6 +200,37 @@ def test_action_contrastive_loss_leaves_out_transitions_without_another_action()
     assert all(torch.isfinite(p.grad).all() for p in model.predictor.parameters() if p.grad is not None)
 
 
+# -- the position embedding -------------------------------------------------------------------------------------------
+def test_the_position_embedding_tells_identical_tokens_apart_where_rope_cannot():
+    """Identical tokens at every place of the grid, no action token: RoPE's attention weights differ by place, but over
+    identical values, so every token's output is the same. The learned embedding of each place is what differs."""
+    outputs = {}
+    for with_embedding in (False, True):
+        model = build(action_dim=0, predictor_position_embedding=with_embedding).eval()
+        assert (model.predictor.position_embedding is not None) == with_embedding
+        same = torch.randn(1, 1, 1, 32).expand(1, 3, 4, 32)  # (B, T, N, D): 3 steps, the 4 tokens alike
+        with torch.no_grad():
+            outputs[with_embedding] = model.predict(same)
+    assert torch.allclose(outputs[False], outputs[False][:, :, :1].expand_as(outputs[False]), atol=1e-6)
+    assert (outputs[True] - outputs[True][:, :, :1]).abs().amax(dim=(0, 1, 3))[1:].min() > 1e-4
+
+
+def test_the_position_embedding_keeps_the_cached_rollout_exact_and_loads_back(tmp_path):
+    model = build(predictor_position_embedding=True, action_conditioning="adaln").eval()
+    perturb_modulation(model)
+    latents, candidates = latents_for(batch=2, steps=3), actions_for(batch=2, steps=5)
+    with torch.no_grad():
+        uncached = model.rollout(latents, candidates, steps=3, use_cache=False)
+        cached = model.rollout(latents, candidates, steps=3)
+    torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = SurgicalWorldModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.predictor_position_embedding is True
+    torch.testing.assert_close(loaded.predictor.position_embedding, model.predictor.position_embedding)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.rollout(latents, candidates, steps=3), cached)
+
+
 # -- the config and the command line -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "overrides, message",
@@ -211,6 +242,7 @@ def test_action_contrastive_loss_leaves_out_transitions_without_another_action()
         ({"action_change_weight": -1.0}, "action_change_weight"),
         ({"rollout_loss_weight": -0.5}, "rollout_loss_weight"),
         ({"action_dim": 0, "action_contrastive_weight": 0.5}, "need actions"),
+        ({"predictor_position_embedding": "yes"}, "predictor_position_embedding"),
     ],
 )
 def test_bad_lever_values_raise_value_error(overrides, message):

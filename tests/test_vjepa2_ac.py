@@ -187,3 +187,16 @@ def test_loading_a_converted_checkpoint_for_other_data_keeps_the_layers_and_name
     assert ("new to this model, initialised afresh: predictor.layers.0.adaln.weight, predictor.layers.0.adaln.bias, "
             "predictor.layers.1.adaln.weight, predictor.layers.1.adaln.bias") in log
     assert "predictor.state_proj.bias, predictor.state_proj.weight" in log
+
+
+def test_a_conversion_refuses_the_position_embedding_meta_s_predictor_does_not_have(tmp_path, capsys):
+    from load_vjepa2_pretrained import parse_args
+
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--vjepa2_ac_checkpoint", str(tmp_path / "vjepa2-ac.pt"), "--save_path", str(tmp_path / "out"),
+                    "--predictor_position_embedding"])
+    assert stopped.value.code == 2
+    assert "--predictor_position_embedding: V-JEPA 2-AC's predictor has none" in capsys.readouterr().err
+    args = parse_args(["--encoder", str(tmp_path / "encoder"), "--save_path", str(tmp_path / "out"),
+                       "--predictor_position_embedding"])
+    assert args.predictor_position_embedding
