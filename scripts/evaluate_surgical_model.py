@@ -891,7 +891,8 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
     in training with `seen_only`), and the labelled actions' energy is scored alike; every transition
     of these clips gets its teacher-forced L1 under its own and under another clip's actions. Returns the options per
     moment and planned transition (labelled, planned, the transition before it, the last context one) `(M, H, G)`,
-    the energies `(M,)`, and per transition after a clip's first: the two L1s and whether its action changed."""
+    whether the energy alone identifies each labelled option `(M, H, G)` (`identified_options`), the energies `(M,)`,
+    and per transition after a clip's first: the two L1s and whether its action changed."""
     context, horizon = args.action_inference_context, args.action_inference_horizon
     starts_of = {}
     for position, start in moments:
@@ -949,8 +950,9 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
 
 def action_inference_section(records: dict, train_counts: list[np.ndarray], groups: list[tuple[str, list[int]]],
                              options: list[list[str]]) -> dict:
-    """Per group, the accuracy of the planned options next to copying the last context action and to chance, over
-    every planned transition and over those whose labelled option differs from the transition's before; the energy
+    """Per group, the accuracy of the planned options next to copying the last context action, to the energy alone
+    (`identified_options`) and to chance, over every planned transition and over those whose labelled option differs
+    from the transition's before; the energy
     of the inferred and of the labelled actions; the teacher-forced L1 under swapped over own actions."""
 
     def rates(correct: np.ndarray, copied: np.ndarray, identified: np.ndarray, labels: np.ndarray,
