@@ -325,8 +325,10 @@ def warn_line(message: str) -> None:
 
 
 @torch.no_grad()
-def run(args, world_model, probes: dict, split, indices: list[int], clips, device) -> dict:
-    """Streams the clips once; returns the per-step error means, the surprise values and the probe outputs."""
+def run(args, world_model, probes: dict, split, indices: list[int], clips, device,
+        partners: SwapPartners | None = None) -> dict:
+    """Streams the clips once; returns the per-step error means, the surprise values and the probe outputs.
+    `partners`: the swapped-actions test's (built from `split`, `indices` and `--seed` when None)."""
     surgvu = "video_path" in split.column_names
     if surgvu:
         rows = split.select_columns(["video_path", "frame_indices", "has_labels"])
@@ -337,7 +339,8 @@ def run(args, world_model, probes: dict, split, indices: list[int], clips, devic
                         num_workers=min(args.num_workers, available_cores()), collate_fn=collate_clips)
     broken = BrokenFiles(warn_line)
     sums, swap_sums, count, swap_count, changed = Accumulator(), Accumulator(), 0, 0, 0
-    surprise, partners = [], SwapPartners(split, indices, args.seed)
+    surprise = []
+    partners = partners if partners is not None else SwapPartners(split, indices, args.seed)
     outputs = {target: {"scores": [], "labels": [], "sample_ids": []} for target in probes}
     for batch in loader:
         broken.add(batch.get("broken_clips", []))
@@ -884,7 +887,7 @@ def identified_options(world_model, observed: torch.Tensor, goal: torch.Tensor, 
 @torch.no_grad()
 def run_action_inference(args, world_model, split, clips, indices: list[int], moments: list[tuple[int, int]],
                          groups: list[tuple[str, list[int]]], device, action_prior: str = "uniform",
-                         seen_only: bool = False) -> dict:
+                         seen_only: bool = False, partners: SwapPartners | None = None) -> dict:
     """Streams the clips that hold `moments`: the moments of a batch of clips are planned in one batched CEM, from
     their `--action_inference_context` steps (with the labelled actions between them) to the goal step
     `--action_inference_horizon` transitions later (CEM starting from `action_prior`, proposing only combinations seen
@@ -903,7 +906,8 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
     names = [name for name, _ in groups]
     records = {name: [] for name in ("labelled", "planned", "previous", "copy_last", "identified", "energy",
                                      "labelled_energy", "own_l1", "swapped_l1", "changed")}
-    broken, partners = BrokenFiles(warn_line), SwapPartners(split, indices, args.seed)
+    broken = BrokenFiles(warn_line)
+    partners = partners if partners is not None else SwapPartners(split, indices, args.seed)
     for batch in loader:
         broken.add(batch.get("broken_clips", []))
         if "sample_id" not in batch:  # every clip of the batch failed to decode
@@ -1003,9 +1007,11 @@ def action_inference_section(records: dict, train_counts: list[np.ndarray], grou
     }
 
 
-def action_inference(args, world_model, split, indices: list[int], clips, train_split, device) -> dict | None:
+def action_inference(args, world_model, split, indices: list[int], clips, train_split, device,
+                     partners: SwapPartners | None = None) -> dict | None:
     """The `action_inference` section (None, with a note, when the model has no categorical action group or the
-    clips are too short): the actions the planner infers between held-out moments, scored against the labels."""
+    clips are too short): the actions the planner infers between held-out moments, scored against the labels;
+    `partners` as `run` takes them."""
     groups = inference_groups(world_model)
     context, horizon = args.action_inference_context, args.action_inference_horizon
     num_steps = split.features["actions"].shape[0] // world_model.config.frames_per_step
@@ -1025,7 +1031,7 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
     started = time.perf_counter()
     moments = draw_moments(len(indices), num_steps, args.action_inference_moments, context, horizon, args.seed)
     records = run_action_inference(args, world_model, split, clips, indices, moments, groups, device, action_prior,
-                                   seen_only)
+                                   seen_only, partners)
     spec = world_model.config.action_spec
     options = [[spec[dim].split("/", 1)[1] for dim in dims] + ["none"] for _, dims in groups]
     counts = prior_option_counts(world_model.config, groups)
@@ -1339,7 +1345,8 @@ def main(argv=None) -> int:
           f"{', '.join(probes) or 'none'}", flush=True)
 
     surgvu_probes = {target: probe for target, probe in probes.items() if PROBE_TARGETS[target].dataset == "surgvu"}
-    result = run(args, world_model, surgvu_probes, split, indices, clips, device)
+    partners = SwapPartners(split, indices, args.seed)  # one draw for the world-model and action-inference sections
+    result = run(args, world_model, surgvu_probes, split, indices, clips, device, partners)
     report = {"checkpoint": args.checkpoint, "test_data": data_args.data_root, "split": args.split,
               "selection_split": ", ".join([name for name in selection_splits(checkpoints) if name != "train"]
                                            or ["train"]),
@@ -1381,7 +1388,7 @@ def main(argv=None) -> int:
         mmor_records = run_mmor(args, world_model, mmor_probes, split, clips, device, indices)
         report["mmor"] = mmor_section(mmor_records, calibration, args.split)
     if args.action_inference_moments:
-        section = action_inference(args, world_model, split, indices, clips, dataset["train"], device)
+        section = action_inference(args, world_model, split, indices, clips, dataset["train"], device, partners)
         if section is not None:
             report["action_inference"] = section
     if args.plots:
