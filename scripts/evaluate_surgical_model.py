@@ -39,11 +39,12 @@ drawn first from `--action_inference_prior` (the training data's transition stat
 default, its marginals, or uniform) and, with `--action_inference_seen_only`, only among combinations seen in
 training. Per action group, the planned options' accuracy next to copying the last context action, to what the
 energy alone identifies (the labelled option below every other option of its group when only that group varies: no
-planner, no prior) and to chance (each option drawn as often as it labels the training split's transitions, as the
+planner, no prior; and how many options it ranks below the labelled one) and to chance (each option drawn as often as it labels the training split's transitions, as the
 config's `action_prior` counts them; recounted from the labels for an export without it), over all planned
 transitions and where the labelled action changes; the energy of the inferred and of the labelled actions; the
 teacher-forced L1 under another clip's actions over under the clip's own at transitions with and without an action
-change.
+change, and per group where its option changes from "none", to "none" or between two options, next to how far the
+latent moves there.
 Metrics are the local `evaluate` modules in metrics/. It writes `--output` (JSON), prints a table and, with
 `--plots`, saves PNG figures. `--push_to_hub` puts the headline figures into the model card's model-index.
 """
@@ -864,14 +865,19 @@ def prior_option_counts(config, groups: list[tuple[str, list[int]]]) -> list[np.
 
 
 def identified_options(world_model, observed: torch.Tensor, goal: torch.Tensor, labelled: torch.Tensor,
-                       context_actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
-    """Whether the world model's energy alone picks each labelled option `(M, H, G)`: for each planned transition h
-    and group g, the labelled actions `(M, H, A)` with g at h set to each of its options ("none": every dimension 0)
-    are scored, and the labelled option counts as identified when its energy is below every other option's (a tie,
-    as under a model that ignores the group, is not). No planner, no prior: what the energy tells apart."""
+                       context_actions: torch.Tensor, groups: list[tuple[str, list[int]]]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether the world model's energy alone picks each labelled option `(M, H, G)`, and how many other options of
+    its group have a lower energy `(M, H, G)` (its rank from 0): for each planned transition h and group g, the labelled actions
+    `(M, H, A)` with g at h set to each of its options ("none": every dimension 0) are scored, and the labelled option
+    counts as identified when its energy is below every other option's (a tie, as under a model that ignores the
+    group, is not); an option whose energy ties the labelled one's counts half, so that energies that ignore the group
+    put (options - 1) / 2 below it, as energies unrelated to the labels do on average. No planner, no prior: what the
+    energy tells apart."""
     num_moments, horizon, _ = labelled.shape
     options = step_options(labelled, groups)  # (M, H, G)
     found = torch.zeros(num_moments, horizon, len(groups), dtype=torch.bool)
+    below = torch.zeros(num_moments, horizon, len(groups))
     for index, (_, dims) in enumerate(groups):
         for step in range(horizon):
             candidates = labelled[:, None].repeat(1, len(dims) + 1, 1, 1)  # (M, O, H, A), O = options + none
@@ -881,7 +887,8 @@ def identified_options(world_model, observed: torch.Tensor, goal: torch.Tensor, 
             labelled_energy = energy.gather(1, options[:, step, index, None].cpu())  # (M, 1)
             others = energy.masked_fill(F.one_hot(options[:, step, index].cpu(), len(dims) + 1).bool(), float("inf"))
             found[:, step, index] = (labelled_energy < others.min(1, keepdim=True).values).squeeze(1)
-    return found
+            below[:, step, index] = (others < labelled_energy).sum(1) + 0.5 * (others == labelled_energy).sum(1)
+    return found, below
 
 
 @torch.no_grad()
@@ -894,8 +901,10 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
     in training with `seen_only`), and the labelled actions' energy is scored alike; every transition
     of these clips gets its teacher-forced L1 under its own and under another clip's actions. Returns the options per
     moment and planned transition (labelled, planned, the transition before it, the last context one) `(M, H, G)`,
-    whether the energy alone identifies each labelled option `(M, H, G)` (`identified_options`), the energies `(M,)`,
-    and per transition after a clip's first: the two L1s and whether its action changed."""
+    whether the energy alone identifies each labelled option and how many options it ranks below it `(M, H, G)`
+    (`identified_options`), the energies `(M,)`,
+    and per transition after a clip's first: the two L1s, the latent's move (the L1 of copying the step before), whether
+    its action changed and each group's option on either side of it `(T, G)`."""
     context, horizon = args.action_inference_context, args.action_inference_horizon
     starts_of = {}
     for position, start in moments:
@@ -904,8 +913,9 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
                         num_workers=min(args.num_workers, available_cores()), collate_fn=collate_clips)
     generator = torch.Generator().manual_seed(args.seed)
     names = [name for name, _ in groups]
-    records = {name: [] for name in ("labelled", "planned", "previous", "copy_last", "identified", "energy",
-                                     "labelled_energy", "own_l1", "swapped_l1", "changed")}
+    records = {name: [] for name in ("labelled", "planned", "previous", "copy_last", "identified", "options_below",
+                                     "energy", "labelled_energy", "own_l1", "swapped_l1", "move_l1", "changed",
+                                     "options_before", "options_after")}
     broken = BrokenFiles(warn_line)
     partners = partners if partners is not None else SwapPartners(split, indices, args.seed)
     for batch in loader:
@@ -922,6 +932,11 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
             records["own_l1"].append(own[:, 1:].flatten().cpu())
             records["swapped_l1"].append(swap[:, 1:].flatten().cpu())
             records["changed"].append((paired[:, 1:] != paired[:, :-1]).any(-1).flatten().cpu())
+            move, _ = latent_errors(targets[:, :-1], targets[:, 1:])  # copying the step before: how far it moves
+            records["move_l1"].append(move[:, 1:].flatten().cpu())
+            transition_options = step_options(paired.cpu(), groups)  # (B, S - 1, G)
+            records["options_before"].append(transition_options[:, :-1].flatten(0, 1))
+            records["options_after"].append(transition_options[:, 1:].flatten(0, 1))
 
         rows, starts = zip(*[(row, start) for row, sample in enumerate(batch["sample_id"].tolist())
                              for start in starts_of[sample]])
@@ -944,8 +959,9 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
         records["energy"].append(output.energy.float().cpu())
         records["labelled_energy"].append(
             world_model.energy(observed, goal, labelled, context_actions=context_actions).float().cpu())
-        records["identified"].append(
-            identified_options(world_model, observed, goal, labelled, context_actions, groups))
+        identified, below = identified_options(world_model, observed, goal, labelled, context_actions, groups)
+        records["identified"].append(identified)
+        records["options_below"].append(below)
     if broken.count:
         print(f"action inference: skipped {broken.count} clip(s) that failed to decode: {broken.summary()}",
               flush=True)
@@ -959,15 +975,16 @@ def action_inference_section(records: dict, train_counts: list[np.ndarray], grou
     from the transition's before; the energy
     of the inferred and of the labelled actions; the teacher-forced L1 under swapped over own actions."""
 
-    def rates(correct: np.ndarray, copied: np.ndarray, identified: np.ndarray, labels: np.ndarray,
+    def rates(correct: np.ndarray, copied: np.ndarray, identified: np.ndarray, below: np.ndarray, labels: np.ndarray,
               prevalence: np.ndarray) -> dict:
         if not len(labels):
             return {"transitions": 0, "planned": None, "copy_last": None, "identified": None, "chance": None,
-                    "one_of_options": None}
+                    "one_of_options": None, "options_below": None, "options_below_at_random": None}
         frequency = np.bincount(labels, minlength=len(prevalence)) / len(labels)
         return {"transitions": int(len(labels)), "planned": float(correct.mean()), "copy_last": float(copied.mean()),
                 "identified": float(identified.mean()), "chance": float(prevalence @ frequency),
-                "one_of_options": 1.0 / len(prevalence)}
+                "one_of_options": 1.0 / len(prevalence), "options_below": float(below.mean()),
+                "options_below_at_random": (len(prevalence) - 1) / 2}
 
     section_groups = {}
     for index, (name, _) in enumerate(groups):
@@ -976,22 +993,32 @@ def action_inference_section(records: dict, train_counts: list[np.ndarray], grou
         copied = records["copy_last"][..., index].flatten() == labels
         change = records["previous"][..., index].flatten() != labels
         identified = records["identified"][..., index].flatten()
+        below = records["options_below"][..., index].flatten()
         total = train_counts[index].sum()
         prevalence = train_counts[index] / total if total else np.full(len(train_counts[index]), np.nan)
         section_groups[name] = {"options": options[index],
                                 "train_prevalence": prevalence.tolist(),
-                                "overall": rates(correct, copied, identified, labels, prevalence),
+                                "overall": rates(correct, copied, identified, below, labels, prevalence),
                                 "at_changes": rates(correct[change], copied[change], identified[change],
-                                                    labels[change], prevalence)}
+                                                    below[change], labels[change], prevalence)}
 
     def ratio(mask: np.ndarray) -> dict:
-        own, swap = records["own_l1"][mask], records["swapped_l1"][mask]
+        own, swap, move = records["own_l1"][mask], records["swapped_l1"][mask], records["move_l1"][mask]
         if not len(own):
-            return {"transitions": 0, "own_l1": None, "swapped_l1": None, "ratio": None}
+            return {"transitions": 0, "own_l1": None, "swapped_l1": None, "ratio": None, "latent_move": None}
         return {"transitions": int(len(own)), "own_l1": float(own.mean()), "swapped_l1": float(swap.mean()),
-                "ratio": float(swap.mean() / own.mean())}
+                "ratio": float(swap.mean() / own.mean()), "latent_move": float(move.mean())}
 
     changed = records["changed"].astype(bool)
+    by_group = {}
+    if len(changed):
+        before, after = records["options_before"], records["options_after"]
+        for index, (name, dims) in enumerate(groups):
+            none = len(dims)  # the last option: every dimension of the group 0
+            moved = before[:, index] != after[:, index]
+            by_group[name] = {"from_none": ratio(moved & (before[:, index] == none)),
+                              "to_none": ratio(moved & (after[:, index] == none)),
+                              "between_options": ratio(moved & (before[:, index] != none) & (after[:, index] != none))}
     energy, labelled_energy = records["energy"], records["labelled_energy"]
     return {
         "moments": int(len(energy)),
@@ -999,10 +1026,13 @@ def action_inference_section(records: dict, train_counts: list[np.ndarray], grou
         "energy": {"inferred": float(energy.mean()), "labelled": float(labelled_energy.mean()),
                    "inferred_below_labelled": float((energy < labelled_energy).mean())} if len(energy) else None,
         "swapped_over_own": {"overall": ratio(np.ones_like(changed)), "with_change": ratio(changed),
-                             "without_change": ratio(~changed),
+                             "without_change": ratio(~changed), "by_group": by_group,
                              "note": "teacher-forced latent L1 of each transition after a clip's first, under another "
                                      "clip's actions over under its own (the clips the moments come from); with "
-                                     "change: its labelled action differs from the transition's before",
+                                     "change: its labelled action differs from the transition's before; by group: "
+                                     "where that group's option changes (others may change too), from or to 'none' "
+                                     "(every dimension of the group 0) or between two of its options; latent_move: "
+                                     "the L1 of copying the step before, how far the latent moves",
                              "other_actions": SWAP_PARTNERS},
     }
 
@@ -1061,7 +1091,9 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
         "identified": "the world model's energy alone, without a planner or a prior: the labelled option has a lower "
                       "energy than each other option of its group when only that group of that planned transition "
                       "varies (the rest keep their labels; a tie is not identified); one_of_options is 1 / options, "
-                      "what energies unrelated to the labels would score",
+                      "what energies unrelated to the labels would score; options_below: how many other options "
+                      "have a lower energy than the labelled one (a tie counts half), (options - 1) / 2 for energies "
+                      "unrelated to the labels (options_below_at_random)",
         "changes": "the planned transitions whose labelled option differs from the transition's before (the "
                       "last context one for the first): copying the last context action is wrong at the first",
     })
@@ -1077,13 +1109,19 @@ def print_action_inference(section: dict) -> None:
           f"{', seen combinations only' if section['planner']['seen_only'] else ''}); accuracy per group")
     width = max(10, *(len(name) for name in section["groups"]))
     columns = (("planned", "planned", 8), ("copy_last", "copy last", 10), ("identified", "energy alone", 12),
-               ("chance", "chance", 7))
+               ("chance", "chance", 7), ("options_below", "below/random", 12))
     header = " ".join(f"{title:>{column}}" for _, title, column in columns)
     print(f"{'':>{width}} {header} | {'at changes:':>11} {header} {'n':>5}")
 
+    def cell(values: dict, key: str, column: int) -> str:
+        if values[key] is None:
+            return f"{'n/a':>{column}}"
+        if key == "options_below":  # how many options the energy puts below the labelled one, and at random
+            return f"{values[key]:.2f}/{values['options_below_at_random']:.1f}".rjust(column)
+        return f"{values[key]:>{column}.3f}"
+
     def cells(values: dict) -> str:
-        return " ".join(f"{values[key]:>{column}.3f}" if values[key] is not None else f"{'n/a':>{column}}"
-                        for key, _, column in columns)
+        return " ".join(cell(values, key, column) for key, _, column in columns)
 
     for name, group in section["groups"].items():
         print(f"{name:>{width}} {cells(group['overall'])} | {'':>11} {cells(group['at_changes'])} "
@@ -1097,6 +1135,12 @@ def print_action_inference(section: dict) -> None:
         f"{swap[key]['ratio']:.3f} {label} ({swap[key]['transitions']} transitions)" if swap[key]["ratio"] is not None
         else f"n/a {label}" for key, label in (("overall", "overall"), ("with_change", "where the action changes"),
                                                ("without_change", "elsewhere"))))
+    kinds = (("from_none", "from none"), ("to_none", "to none"), ("between_options", "between options"))
+    for name, group in swap.get("by_group", {}).items():
+        print(f"  where {name} changes: " + ", ".join(
+            f"{label} {group[key]['ratio']:.3f} ({group[key]['transitions']}; own L1 {group[key]['own_l1']:.3f}, "
+            f"the latent moves {group[key]['latent_move']:.3f})" if group[key]["ratio"] is not None
+            else f"{label} n/a (0)" for key, label in kinds))
 
 
 def plot_action_inference(section: dict, directory: Path) -> str:

@@ -115,6 +115,7 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
             # and so does the energy alone: every other option of the group, the rest labelled, misses the goal
             assert values["identified"] == 1.0, (name, subset)
             assert values["one_of_options"] == 1 / (len(GROUPS[name]) + 1)
+            assert values["options_below"] == 0.0 and values["options_below_at_random"] == len(GROUPS[name]) / 2
         assert group["at_changes"]["copy_last"] == 0.0
     energy = section["energy"]
     assert energy["labelled"] < 1e-5 and energy["inferred"] <= energy["labelled"] + 1e-6
@@ -137,6 +138,28 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
     overall = section["swapped_over_own"]["overall"]
     assert overall["transitions"] == own.numel()
     assert overall["ratio"] == pytest.approx((swapped[:, 1:].mean() / own.mean()).item(), rel=1e-5)
+    move = (latents[:, 2:] - latents[:, 1:-1]).abs().mean((2, 3))  # copying the step before
+    assert overall["latent_move"] == pytest.approx(move.mean().item(), rel=1e-5)
+
+    # The same by group: where its option changes from "none", to "none" or between two of its options.
+    before, after = torch.from_numpy(options[:, 1:-1]), torch.from_numpy(options[:, 2:])
+    kinds_seen = 0
+    for index, (name, dims) in enumerate(GROUPS.items()):
+        moved, none = before[..., index] != after[..., index], len(dims)
+        for key, mask in (("from_none", moved & (before[..., index] == none)),
+                          ("to_none", moved & (after[..., index] == none)),
+                          ("between_options", moved & (before[..., index] != none) & (after[..., index] != none))):
+            values = section["swapped_over_own"]["by_group"][name][key]
+            assert values["transitions"] == mask.sum()
+            if mask.any():
+                kinds_seen += 1
+                assert values["own_l1"] == pytest.approx(own[mask].mean().item(), rel=1e-5)
+                assert values["ratio"] == pytest.approx((swapped[:, 1:][mask].mean() / own[mask].mean()).item(),
+                                                        rel=1e-5)
+                assert values["latent_move"] == pytest.approx(move[mask].mean().item(), rel=1e-5)
+            else:
+                assert values["ratio"] is None
+    assert kinds_seen >= 4  # the fixture's labels change in most ways
 
 
 def test_chance_reads_the_config_s_action_prior_and_recounts_only_without_one(explained_clips, monkeypatch):
@@ -221,6 +244,8 @@ def test_the_planner_starts_from_the_prior_the_section_names(explained_clips, ca
         # Whatever the prior, an energy that ignores the actions ties every option: the energy alone finds none.
         for result in (chained, uniform):
             assert result["groups"][name]["overall"]["identified"] == 0.0
+            # every option ties: half of the others count below the labelled one, as at random
+            assert result["groups"][name]["overall"]["options_below"] == len(GROUPS[name]) / 2
     assert any(uniform["groups"][name]["overall"]["planned"] != uniform["groups"][name]["overall"]["copy_last"]
                for name in GROUPS)
     capsys.readouterr()
