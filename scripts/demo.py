@@ -13,7 +13,9 @@
    loads the exports with
    `from_pretrained(..., trust_remote_code=True)`): world-model error per horizon next to the copy-context baseline,
    with swapped actions, the surprise distribution, and the probes next to chance and majority (task recognition
-   scored on every labelled frame at 1 fps, as the SurgVU organisers score it, also smoothed over 5 frames); writes
+   scored on every labelled frame at 1 fps, as the SurgVU organisers score it, also smoothed over 5 frames), and the
+   actions the planner infers between every (start, goal) moment of the test clips (344 on the demo's two test
+   cases, where the default draw of 100 would hold 2-6 label changes per action group); writes
    `report.json`, PNG figures and the task predictions in the organisers' format, and prints the table;
 6. infers the actions of a few steps of a test video from their first and last frames (`scripts/plan.py`, the
    world model's CEM planner), next to the labelled ones; writes `plan.json`.
@@ -101,7 +103,8 @@ def main() -> None:
          "--checkpoint", os.path.join(run_dir, "best"), "--test_data", data, "--dataset_cache_dir", cache,
          "--cache_dir", os.path.join(run_dir, "latent_cache"),
          "--task_probe", os.path.join(probes["task"], "best"), "--tool_probe", os.path.join(probes["tools"], "best"),
-         "--smooth_frames", "5", "--predictions_dir", os.path.join(out, "predictions"),
+         "--smooth_frames", "5", "--action_inference_moments", "1000",
+         "--predictions_dir", os.path.join(out, "predictions"),
          "--output", os.path.join(out, "report.json"), "--plots", os.path.join(out, "plots"), "--device", "cpu"],
         cwd=out)
     # CEM at 200 samples x 10 iterations, top 10 (V-JEPA 2-AC plans with 400 x 10): this step takes 12-18 s on 2
