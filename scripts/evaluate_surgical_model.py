@@ -39,8 +39,9 @@ drawn first from `--action_inference_prior` (the training data's transition stat
 default, its marginals, or uniform) and, with `--action_inference_seen_only`, only among combinations seen in
 training. Per action group, the planned options' accuracy next to copying the last context action, to what the
 energy alone identifies (the labelled option below every other option of its group when only that group varies: no
-planner, no prior; and how many options it ranks below the labelled one) and to chance (each option drawn as often as it labels the training split's transitions, as the
-config's `action_prior` counts them; recounted from the labels for an export without it), over all planned
+planner, no prior; and how many options it ranks below the labelled one) and to chance (each option drawn as often
+as it labels the training split's transitions, as the config's `action_prior` counts them; recounted from the labels
+for an export without it), over all planned
 transitions and where the labelled action changes; the energy of the inferred and of the labelled actions; the
 teacher-forced L1 under another clip's actions over under the clip's own at transitions with and without an action
 change, and per group where its option changes from "none", to "none" or between two options, next to how far the
@@ -868,12 +869,12 @@ def identified_options(world_model, observed: torch.Tensor, goal: torch.Tensor, 
                        context_actions: torch.Tensor, groups: list[tuple[str, list[int]]]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Whether the world model's energy alone picks each labelled option `(M, H, G)`, and how many other options of
-    its group have a lower energy `(M, H, G)` (its rank from 0): for each planned transition h and group g, the labelled actions
-    `(M, H, A)` with g at h set to each of its options ("none": every dimension 0) are scored, and the labelled option
-    counts as identified when its energy is below every other option's (a tie, as under a model that ignores the
-    group, is not); an option whose energy ties the labelled one's counts half, so that energies that ignore the group
-    put (options - 1) / 2 below it, as energies unrelated to the labels do on average. No planner, no prior: what the
-    energy tells apart."""
+    its group have a lower energy `(M, H, G)` (its rank from 0): for each planned transition h and group g, the
+    labelled actions `(M, H, A)` with g at h set to each of its options ("none": every dimension 0) are scored, and
+    the labelled option counts as identified when its energy is below every other option's (a tie, as under a model
+    that ignores the group, is not); an option whose energy ties the labelled one's counts half, so that energies
+    that ignore the group put (options - 1) / 2 below it, as energies unrelated to the labels do on average. No
+    planner, no prior: what the energy tells apart."""
     num_moments, horizon, _ = labelled.shape
     options = step_options(labelled, groups)  # (M, H, G)
     found = torch.zeros(num_moments, horizon, len(groups), dtype=torch.bool)
@@ -902,9 +903,9 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
     of these clips gets its teacher-forced L1 under its own and under another clip's actions. Returns the options per
     moment and planned transition (labelled, planned, the transition before it, the last context one) `(M, H, G)`,
     whether the energy alone identifies each labelled option and how many options it ranks below it `(M, H, G)`
-    (`identified_options`), the energies `(M,)`,
-    and per transition after a clip's first: the two L1s, the latent's move (the L1 of copying the step before), whether
-    its action changed and each group's option on either side of it `(T, G)`."""
+    (`identified_options`), the energies `(M,)`, and per transition after a clip's first: the two L1s, the latent's
+    move (the L1 of copying the step before), whether its action changed and each group's option on either side of
+    it `(T, G)`."""
     context, horizon = args.action_inference_context, args.action_inference_horizon
     starts_of = {}
     for position, start in moments:
