@@ -865,19 +865,16 @@ def prior_option_counts(config, groups: list[tuple[str, list[int]]]) -> list[np.
     return counts
 
 
-def identified_options(world_model, observed: torch.Tensor, goal: torch.Tensor, labelled: torch.Tensor,
-                       context_actions: torch.Tensor, groups: list[tuple[str, list[int]]]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whether the world model's energy alone picks each labelled option `(M, H, G)`, and how many other options of
-    its group have a lower energy `(M, H, G)` (its rank from 0): for each planned transition h and group g, the
-    labelled actions `(M, H, A)` with g at h set to each of its options ("none": every dimension 0) are scored, and
-    the labelled option counts as identified when its energy is below every other option's (a tie, as under a model
-    that ignores the group, is not); an option whose energy ties the labelled one's counts half, so that energies
-    that ignore the group put (options - 1) / 2 below it, as energies unrelated to the labels do on average. No
-    planner, no prior: what the energy tells apart."""
+def options_below_labelled(world_model, observed: torch.Tensor, goal: torch.Tensor, labelled: torch.Tensor,
+                           context_actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
+    """How many other options of its group the world model's energy alone ranks below each labelled option
+    `(M, H, G)`: for each planned transition h and group g, the labelled actions `(M, H, A)` with g at h set to each
+    of its options ("none": every dimension 0) are scored; an option whose energy ties the labelled one's counts half,
+    so that energies that ignore the group put (options - 1) / 2 below it, as energies unrelated to the labels do on
+    average. 0 is the energy identifying the labelled option: below every other option's (a tie, as under a model
+    that ignores the group, is not). No planner, no prior: what the energy tells apart."""
     num_moments, horizon, _ = labelled.shape
     options = step_options(labelled, groups)  # (M, H, G)
-    found = torch.zeros(num_moments, horizon, len(groups), dtype=torch.bool)
     below = torch.zeros(num_moments, horizon, len(groups))
     for index, (_, dims) in enumerate(groups):
         for step in range(horizon):
@@ -887,9 +884,8 @@ def identified_options(world_model, observed: torch.Tensor, goal: torch.Tensor, 
             energy = world_model.energy(observed, goal, candidates, context_actions=context_actions).float().cpu()
             labelled_energy = energy.gather(1, options[:, step, index, None].cpu())  # (M, 1)
             others = energy.masked_fill(F.one_hot(options[:, step, index].cpu(), len(dims) + 1).bool(), float("inf"))
-            found[:, step, index] = (labelled_energy < others.min(1, keepdim=True).values).squeeze(1)
             below[:, step, index] = (others < labelled_energy).sum(1) + 0.5 * (others == labelled_energy).sum(1)
-    return found, below
+    return below
 
 
 @torch.no_grad()
@@ -902,8 +898,8 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
     in training with `seen_only`), and the labelled actions' energy is scored alike; every transition
     of these clips gets its teacher-forced L1 under its own and under another clip's actions. Returns the options per
     moment and planned transition (labelled, planned, the transition before it, the last context one) `(M, H, G)`,
-    whether the energy alone identifies each labelled option and how many options it ranks below it `(M, H, G)`
-    (`identified_options`), the energies `(M,)`, and per transition after a clip's first: the two L1s, the latent's
+    how many options the energy alone ranks below each labelled option `(M, H, G)` (`options_below_labelled`; 0:
+    identified), the energies `(M,)`, and per transition after a clip's first: the two L1s, the latent's
     move (the L1 of copying the step before), whether its action changed and each group's option on either side of
     it `(T, G)`."""
     context, horizon = args.action_inference_context, args.action_inference_horizon
@@ -914,7 +910,7 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
                         num_workers=min(args.num_workers, available_cores()), collate_fn=collate_clips)
     generator = torch.Generator().manual_seed(args.seed)
     names = [name for name, _ in groups]
-    records = {name: [] for name in ("labelled", "planned", "previous", "copy_last", "identified", "options_below",
+    records = {name: [] for name in ("labelled", "planned", "previous", "copy_last", "options_below",
                                      "energy", "labelled_energy", "own_l1", "swapped_l1", "move_l1", "changed",
                                      "options_before", "options_after")}
     broken = BrokenFiles(warn_line)
@@ -960,9 +956,8 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
         records["energy"].append(output.energy.float().cpu())
         records["labelled_energy"].append(
             world_model.energy(observed, goal, labelled, context_actions=context_actions).float().cpu())
-        identified, below = identified_options(world_model, observed, goal, labelled, context_actions, groups)
-        records["identified"].append(identified)
-        records["options_below"].append(below)
+        records["options_below"].append(
+            options_below_labelled(world_model, observed, goal, labelled, context_actions, groups))
     if broken.count:
         print(f"action inference: skipped {broken.count} clip(s) that failed to decode: {broken.summary()}",
               flush=True)
@@ -972,18 +967,19 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
 def action_inference_section(records: dict, train_counts: list[np.ndarray], groups: list[tuple[str, list[int]]],
                              options: list[list[str]]) -> dict:
     """Per group, the accuracy of the planned options next to copying the last context action, to the energy alone
-    (`identified_options`) and to chance, over every planned transition and over those whose labelled option differs
+    (`options_below_labelled`) and to chance, over every planned transition and over those whose labelled option differs
     from the transition's before; the energy
     of the inferred and of the labelled actions; the teacher-forced L1 under swapped over own actions."""
 
-    def rates(correct: np.ndarray, copied: np.ndarray, identified: np.ndarray, below: np.ndarray, labels: np.ndarray,
+    def rates(correct: np.ndarray, copied: np.ndarray, below: np.ndarray, labels: np.ndarray,
               prevalence: np.ndarray) -> dict:
         if not len(labels):
             return {"transitions": 0, "planned": None, "copy_last": None, "identified": None, "chance": None,
                     "one_of_options": None, "options_below": None, "options_below_at_random": None}
         frequency = np.bincount(labels, minlength=len(prevalence)) / len(labels)
         return {"transitions": int(len(labels)), "planned": float(correct.mean()), "copy_last": float(copied.mean()),
-                "identified": float(identified.mean()), "chance": float(prevalence @ frequency),
+                "identified": float((below == 0).mean()),  # below every other option, no tie
+                "chance": float(prevalence @ frequency),
                 "one_of_options": 1.0 / len(prevalence), "options_below": float(below.mean()),
                 "options_below_at_random": (len(prevalence) - 1) / 2}
 
@@ -993,15 +989,14 @@ def action_inference_section(records: dict, train_counts: list[np.ndarray], grou
         correct = records["planned"][..., index].flatten() == labels
         copied = records["copy_last"][..., index].flatten() == labels
         change = records["previous"][..., index].flatten() != labels
-        identified = records["identified"][..., index].flatten()
         below = records["options_below"][..., index].flatten()
         total = train_counts[index].sum()
         prevalence = train_counts[index] / total if total else np.full(len(train_counts[index]), np.nan)
         section_groups[name] = {"options": options[index],
                                 "train_prevalence": prevalence.tolist(),
-                                "overall": rates(correct, copied, identified, below, labels, prevalence),
-                                "at_changes": rates(correct[change], copied[change], identified[change],
-                                                    below[change], labels[change], prevalence)}
+                                "overall": rates(correct, copied, below, labels, prevalence),
+                                "at_changes": rates(correct[change], copied[change], below[change], labels[change],
+                                                    prevalence)}
 
     def ratio(mask: np.ndarray) -> dict:
         own, swap, move = records["own_l1"][mask], records["swapped_l1"][mask], records["move_l1"][mask]
