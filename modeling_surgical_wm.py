@@ -333,6 +333,19 @@ class SurgicalWorldModelPredictor(nn.Module):
         self.position_embedding = (
             nn.Parameter(torch.zeros(self.grid_size**2, hidden)) if config.predictor_position_embedding else None
         )
+        # Each step's action as a vector per place in the grid, added to the step's tokens (`action_spatial_embedding`).
+        self.action_spatial = None
+        if config.action_spatial_embedding:  # the config refuses it without actions
+            tokens = self.grid_size**2 * hidden
+            rank = config.action_spatial_rank
+            if rank is None:
+                self.action_spatial = nn.Linear(config.action_dim, tokens, bias=False)
+                self.action_spatial.zero_init = True
+            else:
+                self.action_spatial = nn.Sequential(
+                    nn.Linear(config.action_dim, rank, bias=False), nn.Linear(rank, tokens, bias=False)
+                )
+                self.action_spatial[1].zero_init = True
         # The embedding of an unknown action (NaN in `actions`), learnt by action dropout.
         self.null_action = nn.Parameter(torch.zeros(hidden)) if config.action_dropout > 0 else None
         rates = [config.predictor_drop_path_rate * i / max(config.predictor_num_hidden_layers - 1, 1)
@@ -431,6 +444,9 @@ class SurgicalWorldModelPredictor(nn.Module):
             hidden_states = torch.where(token_mask[..., None], self.mask_token.to(hidden_states.dtype), hidden_states)
         if self.position_embedding is not None:  # after the mask token: a hidden token still knows its place
             hidden_states = hidden_states + self.position_embedding.to(hidden_states.dtype)
+        if self.action_spatial is not None:  # an unknown action (NaN) adds nothing at any place
+            per_place = self.action_spatial(actions.to(hidden_states.dtype).nan_to_num(0.0))
+            hidden_states = hidden_states + per_place.view(batch_size, num_steps, num_tokens, -1)
         condition = []
         action_embedding = None
         if self.action_proj is not None:
@@ -589,7 +605,8 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
         if isinstance(module, SurgicalWorldModelPredictorAdaLN) or getattr(module, "zero_init", False):
             # Zero: each AdaLN layer starts as the plain one; a residual predictor's output starts at "nothing moves".
             init.zeros_(module.weight)
-            init.zeros_(module.bias)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Conv3d)):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:

@@ -1,5 +1,6 @@
 """The training levers that make the predictor depend on its actions: AdaLN conditioning, action dropout to a learned
-null action, weight on label changes, the rollout loss weight and the action-contrastive loss; and
+null action, weight on label changes, the rollout loss weight, the action-contrastive loss, the position embedding
+and the actions at their place (`action_spatial_embedding`); and
 `--config_overrides`, which switches them on from train_hf.py's command line."""
 
 import pytest
@@ -231,6 +232,86 @@ def test_the_position_embedding_keeps_the_cached_rollout_exact_and_loads_back(tm
         torch.testing.assert_close(loaded.rollout(latents, candidates, steps=3), cached)
 
 
+# -- the actions at their place ---------------------------------------------------------------------------------------
+def perturb_spatial(model, seed=7):
+    """The per-place action map away from its zero start, as after some training."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.predictor.action_spatial.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+
+
+@pytest.mark.parametrize("rank", [None, 2])
+def test_a_new_spatial_embedding_starts_where_the_model_without_it_is(rank):
+    plain = build(action_conditioning="adaln").eval()
+    spatial = build(action_conditioning="adaln", action_spatial_embedding=True, action_spatial_rank=rank).eval()
+    missing, unexpected = spatial.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".action_spatial." in name for name in missing)
+    expected = 3 * 4 * 48 if rank is None else 3 * 2 + 2 * 4 * 48  # action_dim 3, grid 2 x 2, hidden 48
+    assert sum(parameter.numel() for parameter in spatial.predictor.action_spatial.parameters()) == expected
+    latents, actions = latents_for(), actions_for()
+    with torch.no_grad():
+        torch.testing.assert_close(spatial.predict(latents, actions), plain.predict(latents, actions), rtol=0, atol=0)
+        perturb_spatial(spatial)
+        assert not torch.allclose(spatial.predict(latents, actions), plain.predict(latents, actions), atol=1e-4)
+
+
+def test_the_spatial_embedding_draws_an_action_at_its_place():
+    """Identical tokens at every place of the grid and no position embedding: with the action token and AdaLN alone,
+    every token's output is nearly the same whatever the action; the per-place map gives each place its own output,
+    and another action another one."""
+    same = torch.randn(1, 1, 1, 32).expand(1, 3, 4, 32)  # (B, T, N, D): 3 steps, the 4 tokens alike
+    actions = actions_for(batch=1, steps=3)
+    outputs = {}
+    for spatial in (False, True):
+        model = build(action_conditioning="adaln", action_spatial_embedding=spatial).eval()
+        perturb_modulation(model)
+        if spatial:
+            perturb_spatial(model)
+        with torch.no_grad():
+            outputs[spatial] = model.predict(same, actions), model.predict(same, actions.flip(1))
+    def spread(prediction):  # the least difference of a place's output from the first place's
+        return (prediction - prediction[:, :, :1]).abs().amax(dim=(0, 1, 3))[1:].min()
+
+    plain, drawn, other = outputs[False][0], *outputs[True]
+    # Without it the places differ only by the action token's RoPE offset from each (a 1e-4 effect).
+    assert spread(plain) < 1e-3 and spread(drawn) > 100 * spread(plain)
+    assert (drawn - other).abs().amax() > 1e-2
+
+
+def test_an_unknown_action_adds_nothing_at_any_place():
+    model = build(action_spatial_embedding=True, action_dropout=0.5).eval()
+    perturb_spatial(model)
+    latents, actions = latents_for(batch=1, steps=3), actions_for(batch=1, steps=3)
+    actions[:, 0] = float("nan")
+    without = build(action_spatial_embedding=True, action_dropout=0.5).eval()
+    without.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        spatial = model.predict(latents, actions)
+        without.predictor.action_spatial.weight.zero_()
+        zeroed = without.predict(latents, actions)
+    assert torch.isfinite(spatial).all()
+    # Step 1's action is unknown: its tokens get no per-place vector (and it sees no other step); step 2 gets its own.
+    torch.testing.assert_close(spatial[:, 0], zeroed[:, 0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(spatial[:, 1], zeroed[:, 1], atol=1e-4)
+
+
+def test_the_spatial_embedding_keeps_the_cached_rollout_exact_and_loads_back(tmp_path):
+    model = build(action_spatial_embedding=True, action_spatial_rank=2, action_conditioning="adaln").eval()
+    perturb_modulation(model)
+    perturb_spatial(model)
+    latents, candidates = latents_for(batch=2, steps=3), actions_for(batch=2, steps=5)
+    with torch.no_grad():
+        uncached = model.rollout(latents, candidates, steps=3, use_cache=False)
+        cached = model.rollout(latents, candidates, steps=3)
+    torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = SurgicalWorldModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.action_spatial_embedding is True and loaded.config.action_spatial_rank == 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.rollout(latents, candidates, steps=3), cached)
+
+
 # -- the config and the command line -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "overrides, message",
@@ -243,6 +324,10 @@ def test_the_position_embedding_keeps_the_cached_rollout_exact_and_loads_back(tm
         ({"rollout_loss_weight": -0.5}, "rollout_loss_weight"),
         ({"action_dim": 0, "action_contrastive_weight": 0.5}, "need actions"),
         ({"predictor_position_embedding": "yes"}, "predictor_position_embedding"),
+        ({"action_spatial_embedding": 1}, "action_spatial_embedding"),
+        ({"action_spatial_rank": 0}, "action_spatial_rank"),
+        ({"action_spatial_rank": True}, "action_spatial_rank"),
+        ({"action_dim": 0, "action_spatial_embedding": True}, "need actions"),
     ],
 )
 def test_bad_lever_values_raise_value_error(overrides, message):
