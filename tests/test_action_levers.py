@@ -216,22 +216,6 @@ def test_the_position_embedding_tells_identical_tokens_apart_where_rope_cannot()
     assert (outputs[True] - outputs[True][:, :, :1]).abs().amax(dim=(0, 1, 3))[1:].min() > 1e-4
 
 
-def test_the_position_embedding_keeps_the_cached_rollout_exact_and_loads_back(tmp_path):
-    model = build(predictor_position_embedding=True, action_conditioning="adaln").eval()
-    perturb_modulation(model)
-    latents, candidates = latents_for(batch=2, steps=3), actions_for(batch=2, steps=5)
-    with torch.no_grad():
-        uncached = model.rollout(latents, candidates, steps=3, use_cache=False)
-        cached = model.rollout(latents, candidates, steps=3)
-    torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-5)
-    model.save_pretrained(tmp_path)
-    loaded = SurgicalWorldModel.from_pretrained(tmp_path).eval()
-    assert loaded.config.predictor_position_embedding is True
-    torch.testing.assert_close(loaded.predictor.position_embedding, model.predictor.position_embedding)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.rollout(latents, candidates, steps=3), cached)
-
-
 # -- the actions at their place ---------------------------------------------------------------------------------------
 def perturb_spatial(model, seed=7):
     """The per-place action map away from its zero start, as after some training."""
@@ -296,10 +280,14 @@ def test_an_unknown_action_adds_nothing_at_any_place():
     assert not torch.allclose(spatial[:, 1], zeroed[:, 1], atol=1e-4)
 
 
-def test_the_spatial_embedding_keeps_the_cached_rollout_exact_and_loads_back(tmp_path):
-    model = build(action_spatial_embedding=True, action_spatial_rank=2, action_conditioning="adaln").eval()
+@pytest.mark.parametrize(
+    "overrides", [{"predictor_position_embedding": True}, {"action_spatial_embedding": True, "action_spatial_rank": 2}]
+)
+def test_the_per_place_levers_keep_the_cached_rollout_exact_and_load_back(tmp_path, overrides):
+    model = build(action_conditioning="adaln", **overrides).eval()
     perturb_modulation(model)
-    perturb_spatial(model)
+    if model.predictor.action_spatial is not None:
+        perturb_spatial(model)
     latents, candidates = latents_for(batch=2, steps=3), actions_for(batch=2, steps=5)
     with torch.no_grad():
         uncached = model.rollout(latents, candidates, steps=3, use_cache=False)
@@ -307,7 +295,8 @@ def test_the_spatial_embedding_keeps_the_cached_rollout_exact_and_loads_back(tmp
     torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-5)
     model.save_pretrained(tmp_path)
     loaded = SurgicalWorldModel.from_pretrained(tmp_path).eval()
-    assert loaded.config.action_spatial_embedding is True and loaded.config.action_spatial_rank == 2
+    assert {name: getattr(loaded.config, name) for name in overrides} == overrides
+    torch.testing.assert_close(dict(loaded.predictor.named_parameters()), dict(model.predictor.named_parameters()))
     with torch.no_grad():
         torch.testing.assert_close(loaded.rollout(latents, candidates, steps=3), cached)
 
