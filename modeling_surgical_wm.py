@@ -603,7 +603,8 @@ class SurgicalWorldModelPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         std = self.config.initializer_range
         if isinstance(module, SurgicalWorldModelPredictorAdaLN) or getattr(module, "zero_init", False):
-            # Zero: each AdaLN layer starts as the plain one; a residual predictor's output starts at "nothing moves".
+            # Zero: each AdaLN layer starts as the plain one; a residual predictor's output starts at "nothing moves";
+            # the per-place action map starts adding nothing.
             init.zeros_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
