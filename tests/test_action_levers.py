@@ -254,6 +254,7 @@ def test_the_spatial_embedding_draws_an_action_at_its_place():
             perturb_spatial(model)
         with torch.no_grad():
             outputs[spatial] = model.predict(same, actions), model.predict(same, actions.flip(1))
+
     def spread(prediction):  # the least difference of a place's output from the first place's
         return (prediction - prediction[:, :, :1]).abs().amax(dim=(0, 1, 3))[1:].min()
 
