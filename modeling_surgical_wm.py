@@ -363,14 +363,21 @@ class SurgicalWorldModelPredictor(nn.Module):
         """An empty cache for `forward(..., cache=)`: the keys and values of the steps this predictor has seen."""
         return PredictorKVCache()
 
+    @staticmethod
+    def known_actions(actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`actions` `(B, T, action_dim)` with each row that holds NaN (an unknown action) set to 0, and which rows
+        those are `(B, T, 1)`."""
+        unknown = actions.isnan().any(-1, keepdim=True)
+        return actions.masked_fill(unknown, 0.0), unknown
+
     def embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """The action embedding `(B, T, hidden)` of per-step `actions` `(B, T, action_dim)`: a row holding NaN is an
         unknown action and gets the learned null action (with `action_dropout`; else NaN passes through, which
         `check_step_inputs` refuses first)."""
         if self.null_action is None:
             return self.action_proj(actions)
-        unknown = actions.isnan().any(-1, keepdim=True)  # (B, T, 1)
-        embedded = self.action_proj(actions.masked_fill(unknown, 0.0))
+        known, unknown = self.known_actions(actions)
+        embedded = self.action_proj(known)
         # `where` rather than indexing: the null action is in the graph at every step (DDP needs its gradient).
         return torch.where(unknown, self.null_action.to(embedded.dtype), embedded)
 
@@ -444,8 +451,9 @@ class SurgicalWorldModelPredictor(nn.Module):
             hidden_states = torch.where(token_mask[..., None], self.mask_token.to(hidden_states.dtype), hidden_states)
         if self.position_embedding is not None:  # after the mask token: a hidden token still knows its place
             hidden_states = hidden_states + self.position_embedding.to(hidden_states.dtype)
-        if self.action_spatial is not None:  # an unknown action (NaN) adds nothing at any place
-            per_place = self.action_spatial(actions.to(hidden_states.dtype).nan_to_num(0.0))
+        if self.action_spatial is not None:  # an unknown action (a row holding NaN) adds nothing at any place
+            known, _ = self.known_actions(actions.to(hidden_states.dtype))
+            per_place = self.action_spatial(known)
             hidden_states = hidden_states + per_place.view(batch_size, num_steps, num_tokens, -1)
         condition = []
         action_embedding = None

@@ -268,7 +268,7 @@ def test_an_unknown_action_adds_nothing_at_any_place():
     model = build(action_spatial_embedding=True, action_dropout=0.5).eval()
     perturb_spatial(model)
     latents, actions = latents_for(batch=1, steps=3), actions_for(batch=1, steps=3)
-    actions[:, 0] = float("nan")
+    actions[:, 0, 0] = float("nan")  # one value of the row: the whole action is unknown, as for the null action
     without = build(action_spatial_embedding=True, action_dropout=0.5).eval()
     without.load_state_dict(model.state_dict())
     with torch.no_grad():
