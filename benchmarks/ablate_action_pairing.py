@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from dataset_surgvu import collate_clips
 from configuration_surgical_wm import SurgicalWorldModelConfig
-from dataset_surgvu.latent_cache import LatentCache, LatentClips
+from dataset_surgvu.latent_cache import LatentCache, LatentCacheError, LatentClips, latent_cache_dir
 from modeling_surgical_wm import SurgicalWorldModel
 from training_surgical_wm.arguments import DataArguments
 from training_surgical_wm.data import load_dataset_splits
@@ -44,10 +44,16 @@ def split_clips(args) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     splits = load_dataset_splits(data_args)
     if args.split not in splits or len(splits[args.split]) == 0:
         raise SystemExit(f"error: {args.data_root} has no {args.split!r} clips")
-    clips = LatentClips(splits[args.split], LatentCache(f"{args.cache_dir}/{args.split}"))
+    split = splits[args.split]
+    directory = latent_cache_dir(args.cache_dir, args.split, split._fingerprint)
+    try:
+        clips = LatentClips(split, LatentCache(directory))
+    except LatentCacheError as error:
+        raise SystemExit(f"error: no latent cache of the builder's {args.split!r} clips ({error}): build it with "
+                         "scripts/cache_latents.py and the runs' options, without --clip_stride") from None
     batches = [batch for batch in DataLoader(clips, batch_size=16, collate_fn=collate_clips) if "latents" in batch]
     if not batches:
-        raise SystemExit(f"error: {args.cache_dir}/{args.split} holds no cached latents of the {args.split!r} clips")
+        raise SystemExit(f"error: {directory} holds no cached latents of the {args.split!r} clips")
     cases = splits[args.split]["case_id"]
     return (torch.cat([batch["latents"].float() for batch in batches]),
             torch.cat([batch["actions"].float() for batch in batches]),
@@ -99,7 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_root", required=True)
     parser.add_argument("--dataset_cache_dir", default=None)
-    parser.add_argument("--cache_dir", required=True, help="the latent cache the runs trained from (its SPLIT/)")
+    parser.add_argument("--cache_dir", required=True,
+                        help="the runs' latent cache root, holding the builder's clips of --split (as the probes and "
+                             "scripts/cache_latents.py cache them)")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
                         help="the clips scored (default: test, which chose nothing)")
     parser.add_argument("--runs", nargs="+", required=True, help="name=export directory, one per run")

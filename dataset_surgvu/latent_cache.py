@@ -1,7 +1,9 @@
 """A latent cache for frozen-encoder training: each clip is decoded, preprocessed and encoded once, then read back.
 
 With a frozen encoder a clip's latents never change, so every epoch after the first can skip video decoding and the
-V-JEPA 2 forward pass. One cache directory holds one split:
+V-JEPA 2 forward pass. One cache directory holds one split's clips; a run's caches live under one root, in
+`<root>/<split>/<dataset fingerprint>` (`latent_cache_dir`: the training's overlapping clips and the evaluation's keep
+each their own):
 
     manifest.json               the key, the layout and every shard's checksum; written last, by one process
     shard-00000.safetensors     `latents` (clips, steps, tokens, dim) in float16, or int8 with `scales`
@@ -369,6 +371,10 @@ class LatentClips(Dataset):
     def __init__(self, split, cache: LatentCache):
         if len(split) != len(cache):
             raise LatentCacheError(f"{cache.directory}: {len(cache)} clips cached, the split has {len(split)}")
+        built_for = cache.manifest.get("key", {}).get("dataset_fingerprint")
+        if built_for != split._fingerprint:  # as many clips, other ones (another clip layout of the same videos)
+            raise LatentCacheError(f"{cache.directory}: cached for other clips (dataset fingerprint {built_for}, the "
+                                   f"split's is {split._fingerprint})")
         self.split = split
         self.cache = cache
         self.label_columns = [name for name in self.LABEL_COLUMNS if name in split.column_names]
@@ -422,8 +428,23 @@ def latent_cache_key(model, split, transform, *, fps: float, frames_per_clip: in
 
 
 def latent_cache_root(cache_dir, output_dir) -> Path:
-    """Where a run's caches live, one folder per split: `cache_dir` when given, else `output_dir/latent_cache`."""
+    """Where a run's caches live, one folder per split (see `latent_cache_dir`): `cache_dir` when given, else
+    `output_dir/latent_cache`."""
     return Path(cache_dir) if cache_dir else Path(output_dir) / "latent_cache"
+
+
+def latent_cache_dir(cache_root, split_name: str, dataset_fingerprint: str) -> Path:
+    """The folder of one split's cache: `cache_root/<split>/<dataset fingerprint>`, one per clip layout of the split,
+    so that a training run on overlapping clips (`--clip_stride`) and the probes and evaluation on the builder's
+    clips keep each its own cache under one `--cache_dir` instead of rebuilding each other's. A cache written
+    straight into `cache_root/<split>` (the layout before) is used where it is when it holds these clips."""
+    flat = Path(cache_root) / split_name
+    try:
+        if json.loads((flat / MANIFEST).read_text())["key"]["dataset_fingerprint"] == dataset_fingerprint:
+            return flat
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return flat / dataset_fingerprint
 
 
 @torch.no_grad()
@@ -488,14 +509,15 @@ def build_latent_cache(accelerator, model, split, transform, directory, key: Lat
 def cached_clip_datasets(accelerator, model, dataset, transform, cache_root, *, fps: float, frames_per_clip: int,
                          precision: str, shard_size: int, batch_size: int, num_workers: int,
                          verify: str = "changed") -> dict[str, LatentClips]:
-    """The `LatentClips` of every split of `dataset`, each from its cache under `cache_root/<split>` (built or
-    verified here with `model`'s frozen encoder); the caller has checked `latent_cache_off_reason`."""
+    """The `LatentClips` of every split of `dataset`, each from its cache in `latent_cache_dir(cache_root, split,
+    ...)` (built or verified here with `model`'s frozen encoder); the caller has checked `latent_cache_off_reason`."""
     cache_root = Path(cache_root)
     clips = {}
     for name, split in dataset.items():
         key = latent_cache_key(model, split, transform, fps=fps, frames_per_clip=frames_per_clip,
                                precision=precision, autocast=accelerator.mixed_precision)
-        cache = build_latent_cache(accelerator, model, split, transform, cache_root / name, key,
+        directory = latent_cache_dir(cache_root, name, key.dataset_fingerprint)
+        cache = build_latent_cache(accelerator, model, split, transform, directory, key,
                                    shard_size=shard_size, batch_size=batch_size, num_workers=num_workers,
                                    verify=verify)
         clips[name] = LatentClips(split, cache)

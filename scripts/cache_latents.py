@@ -5,11 +5,12 @@
     accelerate launch scripts/cache_latents.py --data_root /data/surgvu --output_dir outputs/surgical_wm --split train
 
 The model, data and cache options are the training script's (same flags, same defaults), and so is the place:
-`--cache_dir`, else `<output_dir>/latent_cache/<split>`. A later `train_hf.py` run with the same options finds the
-cache, verifies it and trains from it without decoding or encoding again; the key records the mixed precision, so
-give the run's `--mixed_precision` here too. Under `accelerate launch` each process encodes its share of the
-shards. Prints the shards written, the bytes per clip and what the whole of SurgVU would take at these settings.
-Exits with status 2 when the cache cannot serve such a run (`--no_cache`, a trained encoder, a random transform).
+`--cache_dir`, else `<output_dir>/latent_cache`, in `<split>/<dataset fingerprint>` (one folder per clip layout, as
+`--clip_stride` makes another). A later `train_hf.py` run with the same options finds the cache, verifies it and
+trains from it without decoding or encoding again; the key records the mixed precision, so give the run's
+`--mixed_precision` here too. Under `accelerate launch` each process encodes its share of the shards. Prints the
+shards written, the bytes per clip and what the whole of SurgVU would take at these settings. Exits with status 2
+when the cache cannot serve such a run (`--no_cache`, a trained encoder, a random transform).
 """
 
 import logging
@@ -27,6 +28,7 @@ from dataset_surgvu.latent_cache import (
     VERIFY_MODES,
     build_latent_cache,
     bytes_per_clip,
+    latent_cache_dir,
     latent_cache_key,
     latent_cache_off_reason,
     latent_cache_root,
@@ -44,8 +46,8 @@ SURGVU_HOURS = 840  # "280 videos from 155 training sessions, 60 fps, 1280x720, 
 class CacheArguments:
     output_dir: str = field(
         default=TrainArguments.output_dir,
-        metadata={"help": "The training run's output_dir: the cache goes to <output_dir>/latent_cache/<split> "
-                          "unless --cache_dir is given."},
+        metadata={"help": "The training run's output_dir: the cache goes to "
+                          "<output_dir>/latent_cache/<split>/<dataset fingerprint> unless --cache_dir is given."},
     )
     split: str = field(default="all", metadata={"help": "train, validation, test or all."})
     batch_size: int = field(default=TrainArguments.batch_size, metadata={"help": "Clips per encoder forward pass."})
@@ -122,11 +124,11 @@ def main(argv=None) -> int:
 
     total_clips, disk_bytes = 0, 0
     for name in names:
-        split, directory = dataset[name], cache_root / name
-        before = shard_files(directory)
-        started = time.perf_counter()
+        split, started = dataset[name], time.perf_counter()
         key = latent_cache_key(model, split, transform, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
                                precision=data_args.cache_precision, autocast=accelerator.mixed_precision)
+        directory = latent_cache_dir(cache_root, name, key.dataset_fingerprint)
+        before = shard_files(directory)
         cache = build_latent_cache(accelerator, model, split, transform, directory, key,
                                    shard_size=data_args.cache_shard_size, batch_size=args.batch_size,
                                    num_workers=num_workers, verify=data_args.verify_cache)

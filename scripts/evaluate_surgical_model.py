@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader, Subset
 
 from dataset_surgvu import BrokenFiles, collate_clips
 from dataset_surgvu.catalog import DATASETS, PROBE_TARGETS
-from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_key
+from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_dir, latent_cache_key
 from planning_surgical_wm import step_options
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
@@ -799,7 +799,7 @@ def clip_source(world_model, split, name: str, transform, data_args: DataArgumen
         key = latent_cache_key(world_model, split, transform, fps=data_args.fps,
                                frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
                                autocast="no")
-        directory = Path(data_args.cache_dir) / name
+        directory = latent_cache_dir(data_args.cache_dir, name, key.dataset_fingerprint)
         try:
             cache = LatentCache(directory, key)
             cache.check_shards(data_args.verify_cache)

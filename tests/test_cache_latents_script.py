@@ -85,7 +85,7 @@ def test_builds_the_cache_train_hf_looks_for(train_inputs, tmp_path):
     dataset, model, data_args = splits_and_model(args)
     transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
     for name, split in dataset.items():
-        directory = output_dir / "latent_cache" / name  # train_hf's default place
+        directory = output_dir / "latent_cache" / name / split._fingerprint  # train_hf's default place
         manifest = json.loads((directory / MANIFEST).read_text())
         assert manifest["num_clips"] == len(split)
         assert len(manifest["shards"]) == math.ceil(len(split) / 4)
@@ -105,11 +105,12 @@ def test_builds_the_cache_train_hf_looks_for(train_inputs, tmp_path):
     assert re.search(rf"^this dataset \({names}\): {total:,} clips x ", result.stdout, flags=re.M)
 
     # One shard's bytes changed in place, its size and mtime kept: only --verify_cache full can tell, and rewrites it.
-    victim = output_dir / "latent_cache" / "train" / "shard-00000.safetensors"
+    caches = {name: output_dir / "latent_cache" / name / split._fingerprint for name, split in dataset.items()}
+    victim = caches["train"] / "shard-00000.safetensors"
     before = victim.stat()
     victim.write_bytes(victim.read_bytes()[:-100] + bytes(100))
     os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
-    touched = output_dir / "latent_cache" / "validation" / "shard-00000.safetensors"  # intact: kept, not written
+    touched = caches["validation"] / "shard-00000.safetensors"
     os.utime(touched, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))
     again = cache_latents(args + ["--verify_cache", "full"])  # the rest verified and kept, nothing else rewritten
     assert again.returncode == 0, again.stderr
@@ -127,7 +128,7 @@ def test_int8_cache_of_one_split_in_cache_dir(train_inputs, tmp_path):
                                           "int8", "--fps", "2", "--output_dir", str(tmp_path / "unused")]
     result = cache_latents(args)
     assert result.returncode == 0, result.stderr
-    assert (cache_dir / "train" / "manifest.json").is_file()
+    assert len(list((cache_dir / "train").glob("*/manifest.json"))) == 1
     assert not (cache_dir / "validation").exists() and not (tmp_path / "unused").exists()
 
     from configuration_surgical_wm import SurgicalWorldModelConfig

@@ -53,6 +53,13 @@ def build(accelerator, model, split, directory, precision="float16", shard_size=
                               batch_size=3, num_workers=0, verify=verify)
 
 
+def split_cache(cache_root: Path, name: str) -> Path:
+    """The one cache folder of split `name` under a run's cache root: `<root>/<name>/<dataset fingerprint>`."""
+    folders = [path for path in (cache_root / name).iterdir() if path.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
 def overwrite(path: Path, keep_mtime: bool = False) -> None:
     """Zeroes the last 100 bytes of a file in place: same size, still a valid safetensors file, only a checksum can
     tell. Its modification time then moves by a second (a later write, however coarse the filesystem's clock), or,
@@ -319,10 +326,74 @@ def test_cached_clip_datasets_of_every_split(accelerator, world_model_dir, sampl
     clips = cached_clip_datasets(accelerator, model, {"train": sample_split}, transform, tmp_path, fps=4.0,
                                  frames_per_clip=8, precision="float16", shard_size=3, batch_size=3, num_workers=0)
     assert list(clips) == ["train"] and isinstance(clips["train"], LatentClips)
-    expected = build(accelerator, model, sample_split, tmp_path / "train")  # the same key: reused as it is
+    # Its place is the split's folder and its clips' fingerprint; the same key there is reused as it is.
+    expected = build(accelerator, model, sample_split, tmp_path / "train" / sample_split._fingerprint)
     assert clips["train"].cache.manifest == expected.manifest
     item = clips["train"][1]
     assert torch.equal(item["latents"], expected[1]) and item["sample_id"].item() == 1
+
+
+def encoded_clips(model, monkeypatch) -> list[int]:
+    """How many clips each call of `model.encode` encodes, from now on."""
+    calls, encode = [], model.encode
+
+    def counting(pixel_values_videos):
+        calls.append(len(pixel_values_videos))
+        return encode(pixel_values_videos)
+
+    monkeypatch.setattr(model, "encode", counting)
+    return calls
+
+
+def test_each_clip_layout_keeps_its_own_cache(accelerator, world_model_dir, surgvu_sample, sample_split, tmp_path,
+                                              monkeypatch):
+    """A training run on overlapping clips (`--clip_stride`) and the probes and evaluation on the builder's clips
+    share one `--cache_dir`: each layout is encoded once into its own folder, and later runs of either encode
+    nothing, where one folder per split made each rebuild the other's."""
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    overlapping = load_surgvu(surgvu_sample[0], clip_stride=4, cache_dir=tmp_path / "arrow")["validation"]
+    assert len(overlapping) > len(sample_split) and overlapping._fingerprint != sample_split._fingerprint
+    calls = encoded_clips(model, monkeypatch)
+    caches = {}
+    for run, split in enumerate((sample_split, overlapping, sample_split, overlapping)):
+        calls.clear()
+        clips = cached_clip_datasets(accelerator, model, {"validation": split}, transform, tmp_path / "cache",
+                                     fps=4.0, frames_per_clip=8, precision="float16", shard_size=3, batch_size=3,
+                                     num_workers=0)["validation"]
+        assert clips.cache.directory == tmp_path / "cache" / "validation" / split._fingerprint
+        assert sum(calls) == (len(split) if run < 2 else 0)  # built once, then reused
+        caches.setdefault(split._fingerprint, clips.cache.manifest)
+        assert clips.cache.manifest == caches[split._fingerprint]
+    assert len(caches) == 2
+
+
+def test_a_cache_in_the_split_folder_itself_is_used_where_it_is(accelerator, world_model_dir, surgvu_sample,
+                                                                 sample_split, tmp_path, monkeypatch):
+    """A cache built straight into `<cache_dir>/<split>` (the layout before one folder per clip layout) serves the
+    clips it holds without encoding them again; another layout is built beside it and leaves it as it was."""
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    flat = build(accelerator, model, sample_split, tmp_path / "validation")
+    options = dict(fps=4.0, frames_per_clip=8, precision="float16", shard_size=3, batch_size=3, num_workers=0)
+    calls = encoded_clips(model, monkeypatch)
+    clips = cached_clip_datasets(accelerator, model, {"validation": sample_split}, transform, tmp_path, **options)
+    assert clips["validation"].cache.directory == tmp_path / "validation" and sum(calls) == 0
+    overlapping = load_surgvu(surgvu_sample[0], clip_stride=4, cache_dir=tmp_path / "arrow")["validation"]
+    clips = cached_clip_datasets(accelerator, model, {"validation": overlapping}, transform, tmp_path, **options)
+    assert clips["validation"].cache.directory == tmp_path / "validation" / overlapping._fingerprint
+    assert sum(calls) == len(overlapping)
+    assert LatentCache(tmp_path / "validation").manifest == flat.manifest
+
+
+def test_a_cache_of_other_clips_is_refused(accelerator, world_model_dir, sample_split, tmp_path):
+    """As many clips in another order (another clip layout of the same videos) would pair each clip's labels with
+    another clip's latents: the reader refuses the cache, naming both fingerprints."""
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    cache = build(accelerator, model, sample_split, tmp_path / "cache")
+    reordered = sample_split.select(range(len(sample_split) - 1, -1, -1))
+    with pytest.raises(LatentCacheError, match=f"cached for other clips .*{reordered._fingerprint}"):
+        LatentClips(reordered, cache)
 
 
 def test_a_killed_build_resumes_where_it_stopped(train_inputs, tmp_path):
@@ -332,15 +403,15 @@ def test_a_killed_build_resumes_where_it_stopped(train_inputs, tmp_path):
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    cache = killed / "latent_cache" / "train"
     process = subprocess.Popen([sys.executable, "train_hf.py", *common, "--output_dir", str(killed)], cwd=REPO_ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "TQDM_DISABLE": "1"})
     deadline = time.time() + 300
-    while time.time() < deadline and not (cache / "shard-00002.json").exists():
+    while time.time() < deadline and not list((killed / "latent_cache" / "train").glob("*/shard-00002.json")):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    cache = split_cache(killed / "latent_cache", "train")
     assert (cache / "shard-00002.json").exists() and not (cache / "manifest.json").exists(), "killed too late"
     done = {path.name: path.stat().st_mtime_ns for path in cache.glob("shard-*.safetensors")
             if (cache / path.name.replace(".safetensors", ".json")).exists()}
@@ -349,7 +420,7 @@ def test_a_killed_build_resumes_where_it_stopped(train_inputs, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     kept = {name: (cache / name).stat().st_mtime_ns for name in done}
     assert kept == done  # the shards finished before the kill were verified and kept, not encoded again
-    reference_cache = tmp_path / "reference" / "latent_cache" / "train"
+    reference_cache = split_cache(tmp_path / "reference" / "latent_cache", "train")
     got = shard_tensors(cache)
     assert len(got) > len(done)
     assert_same_shards(got, shard_tensors(reference_cache))
