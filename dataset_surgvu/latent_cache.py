@@ -447,6 +447,15 @@ def latent_cache_dir(cache_root, split_name: str, dataset_fingerprint: str) -> P
     return flat / dataset_fingerprint
 
 
+def latent_cache_dirs(accelerator, cache_root, keys: dict[str, LatentCacheKey]) -> dict[str, Path]:
+    """`latent_cache_dir` of each split (name: its cache key), chosen by every process before any of them builds:
+    rank 0's build of an older cache in `<split>/` removes its manifest, and a process that looked after that would
+    pick the other folder."""
+    directories = {name: latent_cache_dir(cache_root, name, key.dataset_fingerprint) for name, key in keys.items()}
+    accelerator.wait_for_everyone()
+    return directories
+
+
 @torch.no_grad()
 def build_latent_cache(accelerator, model, split, transform, directory, key: LatentCacheKey, *, shard_size: int,
                        batch_size: int, num_workers: int, verify: str = "changed") -> LatentCache:
@@ -511,13 +520,13 @@ def cached_clip_datasets(accelerator, model, dataset, transform, cache_root, *, 
                          verify: str = "changed") -> dict[str, LatentClips]:
     """The `LatentClips` of every split of `dataset`, each from its cache in `latent_cache_dir(cache_root, split,
     ...)` (built or verified here with `model`'s frozen encoder); the caller has checked `latent_cache_off_reason`."""
-    cache_root = Path(cache_root)
+    keys = {name: latent_cache_key(model, split, transform, fps=fps, frames_per_clip=frames_per_clip,
+                                   precision=precision, autocast=accelerator.mixed_precision)
+            for name, split in dataset.items()}
+    directories = latent_cache_dirs(accelerator, cache_root, keys)
     clips = {}
     for name, split in dataset.items():
-        key = latent_cache_key(model, split, transform, fps=fps, frames_per_clip=frames_per_clip,
-                               precision=precision, autocast=accelerator.mixed_precision)
-        directory = latent_cache_dir(cache_root, name, key.dataset_fingerprint)
-        cache = build_latent_cache(accelerator, model, split, transform, directory, key,
+        cache = build_latent_cache(accelerator, model, split, transform, directories[name], keys[name],
                                    shard_size=shard_size, batch_size=batch_size, num_workers=num_workers,
                                    verify=verify)
         clips[name] = LatentClips(split, cache)

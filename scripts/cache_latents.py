@@ -28,7 +28,7 @@ from dataset_surgvu.latent_cache import (
     VERIFY_MODES,
     build_latent_cache,
     bytes_per_clip,
-    latent_cache_dir,
+    latent_cache_dirs,
     latent_cache_key,
     latent_cache_off_reason,
     latent_cache_root,
@@ -122,14 +122,15 @@ def main(argv=None) -> int:
     latent_shape = (data_args.frames_per_clip // config.frames_per_step, config.tokens_per_step, config.latent_dim)
     per_clip = bytes_per_clip(latent_shape, data_args.cache_precision)
 
+    keys = {name: latent_cache_key(model, dataset[name], transform, fps=data_args.fps,
+                                   frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
+                                   autocast=accelerator.mixed_precision) for name in names}
+    directories = latent_cache_dirs(accelerator, cache_root, keys)
     total_clips, disk_bytes = 0, 0
     for name in names:
-        split, started = dataset[name], time.perf_counter()
-        key = latent_cache_key(model, split, transform, fps=data_args.fps, frames_per_clip=data_args.frames_per_clip,
-                               precision=data_args.cache_precision, autocast=accelerator.mixed_precision)
-        directory = latent_cache_dir(cache_root, name, key.dataset_fingerprint)
+        split, directory, started = dataset[name], directories[name], time.perf_counter()
         before = shard_files(directory)
-        cache = build_latent_cache(accelerator, model, split, transform, directory, key,
+        cache = build_latent_cache(accelerator, model, split, transform, directory, keys[name],
                                    shard_size=data_args.cache_shard_size, batch_size=args.batch_size,
                                    num_workers=num_workers, verify=data_args.verify_cache)
         after = shard_files(directory)
