@@ -110,7 +110,7 @@ def test_builds_the_cache_train_hf_looks_for(train_inputs, tmp_path):
     before = victim.stat()
     victim.write_bytes(victim.read_bytes()[:-100] + bytes(100))
     os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
-    touched = caches["validation"] / "shard-00000.safetensors"
+    touched = caches["validation"] / "shard-00000.safetensors"  # intact: kept, not written
     os.utime(touched, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))
     again = cache_latents(args + ["--verify_cache", "full"])  # the rest verified and kept, nothing else rewritten
     assert again.returncode == 0, again.stderr
