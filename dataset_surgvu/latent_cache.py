@@ -411,13 +411,16 @@ def latent_cache_off_reason(*, no_cache: bool, encoder_frozen: bool, transform) 
 
 
 def latent_cache_key(model, split, transform, *, fps: float, frames_per_clip: int, precision: str,
-                     autocast: str) -> LatentCacheKey:
+                     autocast: str, encoder_hash: str | None = None) -> LatentCacheKey:
     """The key a latent cache of `split` is valid for: `model`'s encoder weights and latent options, the transform's
     preprocessing, the data's `fps` and `frames_per_clip`, the split's fingerprint, the storage `precision`, and
-    `autocast`, the run's mixed precision ("no", "bf16", ...), which changes what the encoder outputs."""
+    `autocast`, the run's mixed precision ("no", "bf16", ...), which changes what the encoder outputs.
+
+    `encoder_hash`, when given, is `module_fingerprint(model.encoder)` computed once for the keys of several splits
+    (hashing reads every weight: about 4 GB for ViT-g)."""
     config = model.config
     return LatentCacheKey(
-        encoder_hash=module_fingerprint(model.encoder),
+        encoder_hash=encoder_hash or module_fingerprint(model.encoder),
         preprocessing={"crop_size": transform.crop_size, "image_mean": list(transform.image_mean),
                        "image_std": list(transform.image_std), "fps": fps,
                        "frames_per_clip": frames_per_clip, "frames_per_step": config.frames_per_step,
@@ -520,8 +523,9 @@ def cached_clip_datasets(accelerator, model, dataset, transform, cache_root, *, 
                          verify: str = "changed") -> dict[str, LatentClips]:
     """The `LatentClips` of every split of `dataset`, each from its cache in `latent_cache_dir(cache_root, split,
     ...)` (built or verified here with `model`'s frozen encoder); the caller has checked `latent_cache_off_reason`."""
+    encoder_hash = module_fingerprint(model.encoder)
     keys = {name: latent_cache_key(model, split, transform, fps=fps, frames_per_clip=frames_per_clip,
-                                   precision=precision, autocast=accelerator.mixed_precision)
+                                   precision=precision, autocast=accelerator.mixed_precision, encoder_hash=encoder_hash)
             for name, split in dataset.items()}
     directories = latent_cache_dirs(accelerator, cache_root, keys)
     clips = {}

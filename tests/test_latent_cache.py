@@ -320,12 +320,18 @@ def test_off_reasons_key_and_root_from_plain_values(world_model_dir, sample_spli
     assert latent_cache_root(str(tmp_path / "elsewhere"), tmp_path) == tmp_path / "elsewhere"
 
 
-def test_cached_clip_datasets_of_every_split(accelerator, world_model_dir, sample_split, tmp_path):
+def test_cached_clip_datasets_of_every_split(accelerator, world_model_dir, sample_split, tmp_path, monkeypatch):
     model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
     transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
-    clips = cached_clip_datasets(accelerator, model, {"train": sample_split}, transform, tmp_path, fps=4.0,
-                                 frames_per_clip=8, precision="float16", shard_size=3, batch_size=3, num_workers=0)
-    assert list(clips) == ["train"] and isinstance(clips["train"], LatentClips)
+    hashed = []  # the encoder's weights are hashed once for the keys of every split, not once per split
+    fingerprint = latent_cache_module.module_fingerprint
+    monkeypatch.setattr(latent_cache_module, "module_fingerprint", lambda module: hashed.append(1) or fingerprint(module))
+    clips = cached_clip_datasets(accelerator, model, {"train": sample_split, "test": sample_split}, transform, tmp_path,
+                                 fps=4.0, frames_per_clip=8, precision="float16", shard_size=3, batch_size=3,
+                                 num_workers=0)
+    assert list(clips) == ["train", "test"] and isinstance(clips["train"], LatentClips) and len(hashed) == 1
+    assert clips["test"].cache.manifest["key"] == clips["train"].cache.manifest["key"]
+    monkeypatch.undo()
     # Its place is the split's folder and its clips' fingerprint; the same key there is reused as it is.
     expected = build(accelerator, model, sample_split, tmp_path / "train" / sample_split._fingerprint)
     assert clips["train"].cache.manifest == expected.manifest
