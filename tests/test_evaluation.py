@@ -298,44 +298,43 @@ def test_a_task_probe_trained_as_the_demo_does_beats_every_baseline(world_model_
 
 
 def test_bad_input_gets_a_clear_error_naming_the_file(world_model_dir, probes, data_options, tmp_path):
+    from evaluate_surgical_model import main as evaluate
+    from train_probe import main as train_probe
+
     not_a_model = tmp_path / "bert"
     not_a_model.mkdir()
     (not_a_model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    # Once as a user runs it: a non-zero exit and one line on stderr, no traceback.
     result = run_script("evaluate_surgical_model.py", ["--checkpoint", not_a_model, *data_options])
-    assert result.returncode != 0
+    assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"{not_a_model}/config.json" in result.stderr and "not a surgical world model" in result.stderr
 
-    result = run_script("evaluate_surgical_model.py", ["--checkpoint", tmp_path / "missing", *data_options])
-    assert result.returncode != 0 and "config.json" in result.stderr
+    # The others through main(): each stops with one line (a SystemExit, not another exception).
+    message = stopped_with(evaluate, ["--checkpoint", tmp_path / "missing", *data_options])
+    assert f"{tmp_path / 'missing'}/config.json" in message
 
     # A task probe given as the tool probe: another label set.
-    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
-                                                       "--tool_probe", probes["task"] / "best"])
-    assert result.returncode != 0
-    assert f"{probes['task'] / 'best'}/config.json" in result.stderr and "tools classes" in result.stderr
+    message = stopped_with(evaluate, ["--checkpoint", world_model_dir, *data_options,
+                                      "--tool_probe", probes["task"] / "best"])
+    assert f"{probes['task'] / 'best'}/config.json" in message and "tools classes" in message
 
-    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
-                                                       "--fill", "previous"])
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "--fill other or nearest" in result.stderr and "previous" in result.stderr
+    message = stopped_with(evaluate, ["--checkpoint", world_model_dir, *data_options, "--fill", "previous"])
+    assert "--fill other or nearest" in message and "previous" in message
 
-    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
-                                                       "--validation_fraction", "0", *SELECTION_SPLIT])
-    assert result.returncode != 0 and "has no clip" in result.stderr
+    message = stopped_with(evaluate, ["--checkpoint", world_model_dir, *data_options, "--validation_fraction", "0",
+                                      *SELECTION_SPLIT])
+    assert "has no clip" in message
 
     # The splits and the probes the dataset table offers for SurgVU: no other split, no MM-OR probe.
-    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
-                                                       "--split", "holdout"])
-    assert result.returncode != 0
-    assert "--split must be one of train, validation, test, all for --dataset surgvu, got holdout" in result.stderr
-    result = run_script("evaluate_surgical_model.py", ["--checkpoint", world_model_dir, *data_options,
-                                                       "--phase_probe", probes["task"] / "best"])
-    assert result.returncode != 0
-    assert "--phase_probe is a mmor probe; the data is --dataset surgvu" in result.stderr
+    message = stopped_with(evaluate, ["--checkpoint", world_model_dir, *data_options, "--split", "holdout"])
+    assert "--split must be one of train, validation, test, all for --dataset surgvu, got holdout" in message
+    message = stopped_with(evaluate, ["--checkpoint", world_model_dir, *data_options,
+                                      "--phase_probe", probes["task"] / "best"])
+    assert "--phase_probe is a mmor probe; the data is --dataset surgvu" in message
 
-    result = run_script("train_probe.py", ["--world_model", not_a_model, *data_options, "--device", "cpu",
-                                           "--report_to", "none", "--output_dir", tmp_path / "probe"])
-    assert result.returncode != 0 and f"{not_a_model}" in result.stderr and "config.json" in result.stderr
+    message = stopped_with(train_probe, ["--world_model", not_a_model, *data_options, "--device", "cpu",
+                                         "--report_to", "none", "--output_dir", tmp_path / "probe"])
+    assert f"{not_a_model}" in message and "config.json" in message
 
 
 def test_push_to_hub_puts_the_headline_figures_in_the_model_index(world_model_dir, probes, data_options, tmp_path):
