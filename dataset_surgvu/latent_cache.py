@@ -416,8 +416,8 @@ def latent_cache_key(model, split, transform, *, fps: float, frames_per_clip: in
     preprocessing, the data's `fps` and `frames_per_clip`, the split's fingerprint, the storage `precision`, and
     `autocast`, the run's mixed precision ("no", "bf16", ...), which changes what the encoder outputs.
 
-    `encoder_hash`, when given, is `module_fingerprint(model.encoder)` computed once for the keys of several splits
-    (hashing reads every weight: about 4 GB for ViT-g)."""
+    `encoder_hash`, when given, is `module_fingerprint(model.encoder)` computed once for the keys of several splits,
+    as `latent_cache_keys` does (hashing reads every weight: about 4 GB for ViT-g)."""
     config = model.config
     return LatentCacheKey(
         encoder_hash=encoder_hash or module_fingerprint(model.encoder),
@@ -428,6 +428,15 @@ def latent_cache_key(model, split, transform, *, fps: float, frames_per_clip: in
         dataset_fingerprint=split._fingerprint,
         precision=precision,
     )
+
+
+def latent_cache_keys(model, splits: dict, transform, *, fps: float, frames_per_clip: int, precision: str,
+                      autocast: str) -> dict[str, LatentCacheKey]:
+    """`latent_cache_key` of each split of `splits` (name: split), the encoder's weights hashed once for all of them."""
+    encoder_hash = module_fingerprint(model.encoder)
+    return {name: latent_cache_key(model, split, transform, fps=fps, frames_per_clip=frames_per_clip,
+                                   precision=precision, autocast=autocast, encoder_hash=encoder_hash)
+            for name, split in splits.items()}
 
 
 def latent_cache_root(cache_dir, output_dir) -> Path:
@@ -523,10 +532,8 @@ def cached_clip_datasets(accelerator, model, dataset, transform, cache_root, *, 
                          verify: str = "changed") -> dict[str, LatentClips]:
     """The `LatentClips` of every split of `dataset`, each from its cache in `latent_cache_dir(cache_root, split,
     ...)` (built or verified here with `model`'s frozen encoder); the caller has checked `latent_cache_off_reason`."""
-    encoder_hash = module_fingerprint(model.encoder)
-    keys = {name: latent_cache_key(model, split, transform, fps=fps, frames_per_clip=frames_per_clip,
-                                   precision=precision, autocast=accelerator.mixed_precision, encoder_hash=encoder_hash)
-            for name, split in dataset.items()}
+    keys = latent_cache_keys(model, dataset, transform, fps=fps, frames_per_clip=frames_per_clip, precision=precision,
+                             autocast=accelerator.mixed_precision)
     directories = latent_cache_dirs(accelerator, cache_root, keys)
     clips = {}
     for name, split in dataset.items():

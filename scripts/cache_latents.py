@@ -29,10 +29,9 @@ from dataset_surgvu.latent_cache import (
     build_latent_cache,
     bytes_per_clip,
     latent_cache_dirs,
-    latent_cache_key,
+    latent_cache_keys,
     latent_cache_off_reason,
     latent_cache_root,
-    module_fingerprint,
 )
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, ModelArguments, TrainArguments
@@ -123,11 +122,9 @@ def main(argv=None) -> int:
     latent_shape = (data_args.frames_per_clip // config.frames_per_step, config.tokens_per_step, config.latent_dim)
     per_clip = bytes_per_clip(latent_shape, data_args.cache_precision)
 
-    encoder_hash = module_fingerprint(model.encoder)
-    keys = {name: latent_cache_key(model, dataset[name], transform, fps=data_args.fps,
-                                   frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
-                                   autocast=accelerator.mixed_precision, encoder_hash=encoder_hash)
-            for name in names}
+    keys = latent_cache_keys(model, {name: dataset[name] for name in names}, transform, fps=data_args.fps,
+                             frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
+                             autocast=accelerator.mixed_precision)
     directories = latent_cache_dirs(accelerator, cache_root, keys)
     total_clips, disk_bytes = 0, 0
     for name in names:

@@ -331,7 +331,6 @@ def test_cached_clip_datasets_of_every_split(accelerator, world_model_dir, sampl
                                  num_workers=0)
     assert list(clips) == ["train", "test"] and isinstance(clips["train"], LatentClips) and len(hashed) == 1
     assert clips["test"].cache.manifest["key"] == clips["train"].cache.manifest["key"]
-    monkeypatch.undo()
     # Its place is the split's folder and its clips' fingerprint; the same key there is reused as it is.
     expected = build(accelerator, model, sample_split, tmp_path / "train" / sample_split._fingerprint)
     assert clips["train"].cache.manifest == expected.manifest
