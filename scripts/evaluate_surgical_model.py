@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader, Subset
 
 from dataset_surgvu import BrokenFiles, collate_clips
 from dataset_surgvu.catalog import DATASETS, PROBE_TARGETS
-from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_dir, latent_cache_key
+from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_dir, latent_cache_key, module_fingerprint
 from planning_surgical_wm import step_options
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
@@ -785,20 +785,27 @@ def model_index(report: dict, model_name: str) -> dict:
     return ModelCardData(model_name=model_name, eval_results=results).to_dict()
 
 
-def clip_source(world_model, split, name: str, transform, data_args: DataArguments):
+def reads_cache(world_model, name: str, data_args: DataArguments) -> bool:
+    """Whether `clip_source` looks for the split `name` in a latent cache. A cache holds the online encoder's latents
+    only: a fine-tuned model's targets come from its EMA encoder, so such a model is always encoded here."""
+    return (bool(data_args.cache_dir) and name != "all" and not data_args.no_cache
+            and world_model.target_encoder is None)
+
+
+def clip_source(world_model, split, name: str, transform, data_args: DataArguments, encoder_hash: str | None = None):
     """The split's clips, read from a finished latent cache under `--cache_dir` when its key is this evaluation's and
     its shards pass the checks a build makes (`--verify_cache`), else decoded and encoded here; and a line saying
     which. A stale or corrupt cache is passed over, not rebuilt: the figures are then the video's own, and the
-    evaluation writes nothing into a cache a training run owns."""
+    evaluation writes nothing into a cache a training run owns. `encoder_hash` is `module_fingerprint` of the
+    encoder when the caller computed it already (`clip_sources`)."""
     from dataset_surgvu import SurgVUClips
     from dataset_surgvu.latent_cache import LatentCache, LatentCacheError, LatentClips
 
-    # A cache holds the online encoder's latents only: a fine-tuned model's targets come from its EMA encoder.
-    if data_args.cache_dir and name != "all" and not data_args.no_cache and world_model.target_encoder is None:
+    if reads_cache(world_model, name, data_args):
         # The evaluation runs without autocast: a cache built in float32 matches.
         key = latent_cache_key(world_model, split, transform, fps=data_args.fps,
                                frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
-                               autocast="no")
+                               autocast="no", encoder_hash=encoder_hash)
         directory = latent_cache_dir(data_args.cache_dir, name, key.dataset_fingerprint)
         try:
             cache = LatentCache(directory, key)
@@ -807,6 +814,15 @@ def clip_source(world_model, split, name: str, transform, data_args: DataArgumen
         except LatentCacheError as error:
             print(f"latent cache not used ({error}): every clip is decoded and encoded", flush=True)
     return SurgVUClips(split, transform), "decoded and encoded here"
+
+
+def clip_sources(world_model, splits: dict, transform, data_args: DataArguments) -> dict[str, tuple]:
+    """`clip_source` of each split of `splits` (name: split), the encoder's weights hashed once for the cache keys of
+    all of them (hashing reads every weight: about 4 GB for ViT-g)."""
+    readable = any(reads_cache(world_model, name, data_args) for name in splits)
+    encoder_hash = module_fingerprint(world_model.encoder) if readable else None
+    return {name: clip_source(world_model, split, name, transform, data_args, encoder_hash)
+            for name, split in splits.items()}
 
 
 # ---------------------------------------------------------------------------------------------- action inference
@@ -1380,7 +1396,12 @@ def main(argv=None) -> int:
         fail(f"the {args.split} split of {data_args.data_root} has no clip (check the layout with "
              "scripts/check_setup.py --data_root ...)")
     transform = entry.transform(crop_size=world_model.config.encoder_config.crop_size)
-    clips, source = clip_source(world_model, split, args.split, transform, data_args)
+    # MM-OR also scores the takes its detection thresholds are calibrated on: both splits' clips are found at once.
+    splits = {args.split: split}
+    if entry.name == "mmor" and CALIBRATION_SPLIT in dataset and len(dataset[CALIBRATION_SPLIT]):
+        splits[CALIBRATION_SPLIT] = dataset[CALIBRATION_SPLIT]
+    sources = clip_sources(world_model, splits, transform, data_args)
+    clips, source = sources[args.split]
     print(f"evaluating {args.checkpoint} on {len(indices)} {args.split} clips ({source}); probes: "
           f"{', '.join(probes) or 'none'}", flush=True)
 
@@ -1422,8 +1443,7 @@ def main(argv=None) -> int:
                  "calibrated on them")
         mmor_probes = {target: probe for target, probe in probes.items()
                        if PROBE_TARGETS[target].dataset == "mmor"}
-        calibration_clips, _ = clip_source(world_model, dataset[CALIBRATION_SPLIT], CALIBRATION_SPLIT, transform,
-                                           data_args)
+        calibration_clips, _ = sources[CALIBRATION_SPLIT]
         calibration = run_mmor(args, world_model, mmor_probes, dataset[CALIBRATION_SPLIT], calibration_clips, device)
         mmor_records = run_mmor(args, world_model, mmor_probes, split, clips, device, indices)
         report["mmor"] = mmor_section(mmor_records, calibration, args.split)

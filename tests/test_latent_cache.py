@@ -268,6 +268,31 @@ def test_the_evaluation_reads_a_cache_only_of_its_key_and_with_its_shards_intact
     assert f"latent cache not used ({victim}: checksum mismatch (corrupted))" in capsys.readouterr().out
 
 
+def test_the_evaluation_hashes_the_encoder_once_for_every_split_it_reads(accelerator, world_model_dir, sample_split,
+                                                                        tmp_path, monkeypatch):
+    """MM-OR's evaluation reads the test takes and the takes its thresholds are calibrated on: one hash of the encoder
+    for both keys, and none when no cache is read."""
+    import evaluate_surgical_model
+    from evaluate_surgical_model import clip_sources
+
+    model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
+    transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
+    caches = {name: build(accelerator, model, sample_split, tmp_path / name) for name in ("test", "validation")}
+    hashed = []
+    for module in (latent_cache_module, evaluate_surgical_model):
+        fingerprint = module.module_fingerprint
+        monkeypatch.setattr(module, "module_fingerprint",
+                            lambda encoder, fingerprint=fingerprint: hashed.append(1) or fingerprint(encoder))
+    splits = {"test": sample_split, "validation": sample_split}
+    sources = clip_sources(model, splits, transform, DataArguments(cache_dir=str(tmp_path)))
+    assert len(hashed) == 1
+    for name, (clips, source) in sources.items():
+        assert isinstance(clips, LatentClips) and source == f"latent cache {tmp_path / name}"
+        assert torch.equal(clips[2]["latents"], caches[name][2])
+    sources = clip_sources(model, splits, transform, DataArguments(cache_dir=str(tmp_path), no_cache=True))
+    assert len(hashed) == 1 and all(source == "decoded and encoded here" for _, source in sources.values())
+
+
 def test_a_changed_encoder_or_crop_rebuilds_the_cache(accelerator, world_model_dir, surgvu_sample, sample_split,
                                                        tmp_path, caplog):
     model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
