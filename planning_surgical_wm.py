@@ -20,7 +20,9 @@ from transformers.utils import ModelOutput
 # clip each continuous action dimension (numbers, or one value per dimension; `low == high` holds a dimension at that
 # value); momenta weigh the old search distribution against the elites' statistics (`momentum` for the Gaussian means
 # and the categorical probabilities, `std_momentum` for the Gaussian spreads); `state_rule` (a name of `STATE_RULES`)
-# moves each candidate's states by its own actions, for models with a state token.
+# moves each candidate's states by its own actions, for models with a state token. `readout` is what the search
+# returns: "mean", the final search distribution (its Gaussian means, and each categorical group's most probable
+# option per step), as V-JEPA 2-AC acts; or "best", the lowest-energy sequence sampled over the iterations.
 PLANNING_PRESETS: dict[str, dict] = {
     # The V-JEPA 2 paper (Assran et al., 2025, arXiv:2506.09985v1). Appendix 11.2 "Robot Task Definitions": "800
     # samples, 10 refinement steps based on the top 10 samples from the previous iteration, and a planning horizon of
@@ -28,33 +30,36 @@ PLANNING_PRESETS: dict[str, dict] = {
     # Section 4.1, "Robot deployment": each sampled action within the L1 ball of radius 0.075; clipped here to 0.075
     # per dimension, the smallest box holding that ball. Momentum: not stated (Figure 7 refits the Gaussians to the
     # top k's statistics); 0.15 / 0.15, the wrapper's. Figure 7 starts from zero mean and unit variance and returns
-    # the mean; every preset here starts at the middle of the bounds with half their width, as `mpc_utils.cem` does
-    # (std = maxnorm), and returns the best sequence sampled.
+    # the mean (readout "mean"); every preset here starts at the middle of the bounds with half their width, as
+    # `mpc_utils.cem` does (std = maxnorm).
     "vjepa2_ac_paper": {"num_samples": 800, "iterations": 10, "top_k": 10, "horizon": 1, "momentum": 0.15,
-                        "std_momentum": 0.15, "bounds": (-0.075, 0.075)},
+                        "std_momentum": 0.15, "bounds": (-0.075, 0.075), "readout": "mean"},
     # facebookresearch/vjepa2 (commit c2963a4), notebooks/utils/world_model_wrapper.py: `WorldModel.__init__`'s default
     # `mpc_args` (rollout 2, samples 400, topk 10, cem_steps 10, momentum_mean 0.15, momentum_std 0.15, maxnorm 0.05,
     # which `cem` clips each of x, y, z to; its gripper dimension, clipped to 0.75 with its own momenta, has no
-    # counterpart here).
+    # counterpart here). `infer_next_action` acts with what `cem` returns, its final mean.
     "vjepa2_ac_wrapper": {"num_samples": 400, "iterations": 10, "top_k": 10, "horizon": 2, "momentum": 0.15,
-                          "std_momentum": 0.15, "bounds": (-0.05, 0.05)},
+                          "std_momentum": 0.15, "bounds": (-0.05, 0.05), "readout": "mean"},
     # facebookresearch/vjepa2 (commit c2963a4), notebooks/utils/mpc_utils.py: `cem`'s keyword defaults (rollout 1,
-    # cem_steps 100, momentum_mean 0.25, momentum_std 0.95, samples 100, topk 10, maxnorm 0.05).
+    # cem_steps 100, momentum_mean 0.25, momentum_std 0.95, samples 100, topk 10, maxnorm 0.05); it returns the final
+    # mean ("5. choose final action to be mean of distribution").
     "vjepa2_ac_mpc_utils": {"num_samples": 100, "iterations": 100, "top_k": 10, "horizon": 1, "momentum": 0.25,
-                            "std_momentum": 0.95, "bounds": (-0.05, 0.05)},
+                            "std_momentum": 0.95, "bounds": (-0.05, 0.05), "readout": "mean"},
     # This project's default: the wrapper's search with 200 samples x 5 iterations, which reached as many goals and
     # recovered about as many hidden actions as each of the three above, within the noise of a small measurement
-    # over discrete actions, in less time than any of them (benchmarks/README.md, "Choosing the default preset").
+    # over discrete actions, in less time than any of them (benchmarks/README.md, "Choosing the default preset"),
+    # all of them measured returning the best sequence sampled, which it keeps.
     "surgical_wm": {"num_samples": 200, "iterations": 5, "top_k": 10, "horizon": 2, "momentum": 0.15,
-                    "std_momentum": 0.15, "bounds": (-0.05, 0.05)},
+                    "std_momentum": 0.15, "bounds": (-0.05, 0.05), "readout": "best"},
     # facebookresearch/vjepa2, notebooks/utils/world_model_wrapper.py: `WorldModel.infer_next_action` with the
     # wrapper's `mpc_args`, on DROID's 7-dimensional end-effector actions [xyz, Euler xyz, gripper]; the constraints
     # of notebooks/utils/mpc_utils.py `cem`: xyz clipped to +-maxnorm per dimension (a clip, not an L2 norm), the
     # rotation deltas held at 0, the gripper within +-0.75; each candidate's pose follows its own actions
-    # (`compute_new_pose`: the `end_effector` rule). Differences left: `cem` starts the gripper's spread at 1 (here
-    # half its bounds, 0.75), refits with the unbiased std, and acts with its final mean (`action_mean` here).
+    # (`compute_new_pose`: the `end_effector` rule); it acts with `cem`'s final mean. Differences left: `cem` starts
+    # the gripper's spread at 1 (here half its bounds, 0.75), refits with the unbiased std, and sets a final gripper
+    # mean under 0.25 in size to 0 (`round_small_elements`).
     "vjepa2_ac_droid": {"num_samples": 400, "iterations": 10, "top_k": 10, "horizon": 2, "momentum": 0.15,
-                        "std_momentum": 0.15, "state_rule": "end_effector",
+                        "std_momentum": 0.15, "state_rule": "end_effector", "readout": "mean",
                         "bounds": ((-0.05, -0.05, -0.05, 0.0, 0.0, 0.0, -0.75),
                                    (0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 0.75))},
 }
@@ -62,6 +67,7 @@ DEFAULT_PLANNING_PRESET = "surgical_wm"
 # How `plan` starts its categorical distributions: uniform options, or the training data's `config.action_prior`
 # (its marginals at every step, or its step-to-step transitions chained from the last context action).
 ACTION_PRIORS = ("uniform", "marginal", "transition")
+PLANNING_READOUTS = ("mean", "best")
 
 
 def hold_state(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -183,7 +189,9 @@ def empirical_action_prior(actions: torch.Tensor, groups: list[tuple[str, list[i
 class SurgicalWorldModelPlanOutput(ModelOutput):
     r"""
     actions (`torch.FloatTensor` of shape `(contexts, horizon, action_dim)`):
-        The best action sequence sampled (lowest energy), one action per step, as `config.action_spec` lays them out.
+        The action sequence the search returns (`settings["readout"]`), one action per step, as `config.action_spec`
+        lays them out: the final search distribution's (`"mean"`: its Gaussian means, and each categorical group's
+        most probable option) or the best sequence sampled (`"best"`: the lowest energy).
     energy (`torch.FloatTensor` of shape `(contexts,)`):
         Its energy: the mean L1 between the last latent its rollout imagines and the goal latent.
     energy_per_iteration (`torch.FloatTensor` of shape `(contexts, iterations)`):
@@ -195,8 +203,8 @@ class SurgicalWorldModelPlanOutput(ModelOutput):
         probability of each option of a categorical group in its dimension (`1 - sum` is the probability of none).
     settings (`dict`):
         What the search ran with: `preset`, `action_prior`, `seen_only` and the values of `horizon`, `num_samples`,
-        `iterations`, `top_k`, `momentum`, `std_momentum` and `bounds` (the preset's unless given), and `state_rule`
-        (its name; None where the states are given for every step).
+        `iterations`, `top_k`, `momentum`, `std_momentum`, `bounds` and `readout` (the preset's unless given), and
+        `state_rule` (its name; None where the states are given for every step).
     """
 
     actions: torch.FloatTensor | None = None
@@ -269,10 +277,7 @@ class SurgicalWorldModelActionSampler:
                                           generator=generator)  # (B * H, S)
                 choices.append(drawn.view(batch_size, horizon, num_samples).transpose(1, 2))  # (B, S, H)
         else:
-            weights = torch.ones(batch_size, horizon, len(self.combinations), device=self.device)  # (B, H, K)
-            for index, probs in enumerate(self.probabilities):
-                weights = weights * probs[..., self.combinations[:, index]]
-            weights = torch.where(weights.sum(-1, keepdim=True) > 0, weights, torch.ones_like(weights))
+            weights = self._combination_weights()  # (B, H, K)
             drawn = torch.multinomial(weights.reshape(-1, weights.shape[-1]), num_samples, replacement=True,
                                       generator=generator)  # (B * H, S)
             drawn = drawn.view(batch_size, horizon, num_samples).transpose(1, 2)  # (B, S, H)
@@ -280,6 +285,29 @@ class SurgicalWorldModelActionSampler:
         for (_, dims), drawn in zip(self.groups, choices):
             samples[..., dims] = F.one_hot(drawn, len(dims) + 1)[..., : len(dims)].to(samples.dtype)
         return samples, choices
+
+    def _combination_weights(self) -> torch.Tensor:
+        """How likely each allowed combination is at each step `(B, H, K)`: the product of its options'
+        probabilities (equal weights where every combination has probability 0)."""
+        weights = torch.ones(self.batch_size, self.horizon, len(self.combinations), device=self.device)
+        for index, probs in enumerate(self.probabilities):
+            weights = weights * probs[..., self.combinations[:, index]]
+        return torch.where(weights.sum(-1, keepdim=True) > 0, weights, torch.ones_like(weights))
+
+    def mode(self) -> torch.Tensor:
+        """The distribution's own action sequence `(B, H, A)`, the `"mean"` readout: the Gaussian means of continuous
+        dimensions and, per step, each group's most probable option (the first of equals; with `combinations`, the
+        most probable allowed combination), one-hot as sampled. A mean of one-hot options is no action."""
+        actions = torch.zeros(self.batch_size, self.horizon, self.action_dim, device=self.device)
+        actions[..., self.continuous] = self.mean
+        if self.combinations is None:
+            chosen = [probs.argmax(-1) for probs in self.probabilities]  # (B, H) each
+        else:
+            best = self._combination_weights().argmax(-1)  # (B, H)
+            chosen = [self.combinations[best, index] for index in range(len(self.groups))]
+        for (_, dims), option in zip(self.groups, chosen):
+            actions[..., dims] = F.one_hot(option, len(dims) + 1)[..., : len(dims)].to(actions.dtype)
+        return actions
 
     def refit(self, elites: torch.Tensor, elite_choices: list[torch.Tensor], momentum: float,
               std_momentum: float) -> None:
@@ -578,6 +606,7 @@ class SurgicalWorldModelPlanningMixin:
         action_prior: str = "uniform",
         seen_only: bool = False,
         state_rule: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        readout: str | None = None,
     ) -> SurgicalWorldModelPlanOutput:
         """
         Searches for the `horizon` actions that lead from `context` to `goal` with the cross-entropy method (CEM), as
@@ -596,7 +625,10 @@ class SurgicalWorldModelPlanningMixin:
         `config.action_prior` instead of uniform options: `"marginal"` (each option's frequency, at every step) or
         `"transition"` (the step-to-step transitions chained from the option of the last context action, or from the
         marginals without context actions); CEM then refits them as it refits uniform ones. `seen_only` draws only the
-        combinations of options seen in one training step.
+        combinations of options seen in one training step. `readout` is what it returns (`PLANNING_READOUTS`):
+        `"mean"`, the final search distribution as V-JEPA 2-AC acts (the Gaussian means; for each categorical group
+        its most probable option per step), the readout of the presets named for Meta's planners; or `"best"`, the
+        lowest-energy sequence sampled over the iterations, `surgical_wm`'s. The energy returned is that sequence's.
 
         Each distinct sequence is rolled out once per plan (`deduplicate`): once the categorical distributions narrow,
         most samples repeat sequences already scored. The observed history (a context of several steps) is computed
@@ -610,15 +642,15 @@ class SurgicalWorldModelPlanningMixin:
                 a dimension at that value.
             generator: makes the search deterministic (sampling runs on the generator's device).
         Returns:
-            [`SurgicalWorldModelPlanOutput`]: the best sequence found, its energy and the energy per iteration, and the
-            settings the search ran with (preset, prior and each value).
+            [`SurgicalWorldModelPlanOutput`]: the sequence found (`readout`), its energy and the energy per iteration,
+            and the settings the search ran with (preset, prior and each value).
         """
         if preset not in PLANNING_PRESETS:
             raise ValueError(f"Unknown planning preset {preset!r}; the presets are {', '.join(PLANNING_PRESETS)}.")
         given = {"horizon": horizon, "num_samples": num_samples, "iterations": iterations, "top_k": top_k,
-                 "momentum": momentum, "std_momentum": std_momentum, "bounds": bounds}
+                 "momentum": momentum, "std_momentum": std_momentum, "bounds": bounds, "readout": readout}
         settings = {name: PLANNING_PRESETS[preset][name] if value is None else value for name, value in given.items()}
-        horizon, num_samples, iterations, top_k, momentum, std_momentum, bounds = settings.values()
+        horizon, num_samples, iterations, top_k, momentum, std_momentum, bounds, readout = settings.values()
         for name, value, low in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("iterations", iterations, 1),
                                  ("top_k", top_k, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -630,6 +662,8 @@ class SurgicalWorldModelPlanningMixin:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
         if action_prior not in ACTION_PRIORS:
             raise ValueError(f"`action_prior` must be one of {', '.join(ACTION_PRIORS)}, got {action_prior!r}.")
+        if readout not in PLANNING_READOUTS:
+            raise ValueError(f"`readout` must be one of {', '.join(PLANNING_READOUTS)}, got {readout!r}.")
         if self.config.action_dim == 0:
             raise ValueError("This model takes no actions (action_dim=0): there is nothing to plan.")
         if state_rule is None and self.config.state_dim > 0:
@@ -667,6 +701,11 @@ class SurgicalWorldModelPlanningMixin:
             best_energy = torch.where(improved, elite_energies[:, 0], best_energy)
             best_actions[improved] = elites[improved, 0]
             sampler.refit(elites, [drawn[rows, order] for drawn in choices], momentum, std_momentum)
+        if readout == "mean":  # scored like a sample: a sequence already rolled out is not rolled out again
+            best_actions = sampler.mode()
+            best_energy = self._candidate_energies(context, goal, best_actions[:, None], history, states, chunk_size,
+                                                   use_cache, scored, history_caches,
+                                                   state_rule=rule).to(sample_device)[:, 0]
 
         return SurgicalWorldModelPlanOutput(
             actions=best_actions, energy=best_energy, energy_per_iteration=torch.stack(lowest, dim=1),

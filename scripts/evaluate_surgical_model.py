@@ -167,6 +167,11 @@ class EvaluationArguments:
     action_inference_seen_only: bool = field(default=False, metadata={"help": "Action inference: propose only the "
                                                                               "combinations of options seen in one "
                                                                               "training step."})
+    action_inference_readout: str = field(default="best", metadata={
+        "help": "Action inference: what the planner returns (`plan(readout=...)`): the lowest-energy sequence sampled "
+                "(the default, the surgical_wm preset's) or the final search distribution's most probable options "
+                "(mean, as V-JEPA 2-AC's planner acts).",
+        "choices": ["best", "mean"]})
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -963,7 +968,8 @@ def run_action_inference(args, world_model, split, clips, indices: list[int], mo
                                   top_k=min(ACTION_INFERENCE_TOP_K, args.action_inference_samples),
                                   momentum=ACTION_INFERENCE_MOMENTUM, generator=generator,
                                   context_actions=context_actions, discrete_groups=names,
-                                  action_prior=action_prior, seen_only=seen_only)
+                                  action_prior=action_prior, seen_only=seen_only,
+                                  readout=args.action_inference_readout)
         options = step_options(moment_actions.cpu(), groups)  # (M, C - 1 + H, G)
         records["labelled"].append(options[:, context - 1 :])
         records["previous"].append(options[:, context - 2 : -1])  # the transition before each planned one
@@ -1089,7 +1095,8 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
         "planner": {"num_samples": args.action_inference_samples, "iterations": args.action_inference_iterations,
                     "top_k": min(ACTION_INFERENCE_TOP_K, args.action_inference_samples),
                     "momentum": ACTION_INFERENCE_MOMENTUM, "seed": args.seed,
-                    "action_prior": action_prior, "seen_only": seen_only},
+                    "action_prior": action_prior, "seen_only": seen_only,
+                    "readout": args.action_inference_readout},
         "pairing": f"{world_model.config.action_pairing!r}: transition t -> t + 1 is labelled with the actions in "
                    f"force at step {'t + 1' if world_model.config.action_pairing == 'next' else 't'}, as the predictor "
                    "is given them",
@@ -1118,7 +1125,8 @@ def print_action_inference(section: dict) -> None:
     print(f"\nAction inference: {section['moments']} held-out moments, {section['context_steps']} context steps, "
           f"{section['horizon']} planned transition(s) each (CEM {section['planner']['num_samples']} samples x "
           f"{section['planner']['iterations']} iterations, {section['planner']['action_prior']} prior"
-          f"{', seen combinations only' if section['planner']['seen_only'] else ''}); accuracy per group")
+          f"{', seen combinations only' if section['planner']['seen_only'] else ''}, "
+          f"{section['planner']['readout']} readout); accuracy per group")
     width = max(10, *(len(name) for name in section["groups"]))
     columns = (("planned", "planned", 8), ("copy_last", "copy last", 10), ("identified", "energy alone", 12),
                ("chance", "chance", 7), ("options_below", "below/random", 12))

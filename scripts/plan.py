@@ -21,8 +21,8 @@ config) that held the video's case; a train or validation case is warned about, 
 
 `--preset` names the search settings (`planning_surgical_wm.PLANNING_PRESETS`: `vjepa2_ac_paper`, `vjepa2_ac_wrapper`,
 `vjepa2_ac_mpc_utils`, `vjepa2_ac_droid`, or this project's default `surgical_wm`); `--num_samples`, `--iterations`,
-`--top_k`, `--momentum` and `--std_momentum` override its values; the horizon is the span's steps (or `--horizon`),
-whatever the preset plans. A model with a state token (SurgVU videos have no states) takes the context's states from
+`--top_k`, `--momentum`, `--std_momentum` and `--readout` override its values; the horizon is the span's steps (or
+`--horizon`), whatever the preset plans. A model with a state token (SurgVU videos have no states) takes the context's states from
 `--states` (a JSON list of `--context_steps` lists of `state_dim` numbers), and each candidate's states follow its own
 actions by `--state_rule` (`planning_surgical_wm.STATE_RULES`; default: the preset's, as `vjepa2_ac_droid`'s
 `end_effector`). `--action_prior marginal|transition` starts the search from the training data's action statistics that
@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from modeling_surgical_wm import SurgicalWorldModel
-from planning_surgical_wm import ACTION_PRIORS, DEFAULT_PLANNING_PRESET, PLANNING_PRESETS, STATE_RULES
+from planning_surgical_wm import ACTION_PRIORS, DEFAULT_PLANNING_PRESET, PLANNING_PRESETS, PLANNING_READOUTS, STATE_RULES
 from training_surgical_wm.arguments import DataArguments
 from training_surgical_wm.loading import TRAINER_STATE, fail, time_base, training_settings
 from training_surgical_wm.planning import SEARCH_OPTIONS, load_world_model, plan_video
@@ -78,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                      "and categorical probabilities)")
     parser.add_argument("--std_momentum", type=float, default=None, help="weight of the old spreads of continuous "
                                                                          "action dimensions")
+    parser.add_argument("--readout", choices=PLANNING_READOUTS, default=None,
+                        help="what the search returns: the final search distribution's most probable options (mean, as "
+                             "V-JEPA 2-AC acts) or the lowest-energy sequence sampled (best); default: the preset's")
     parser.add_argument("--action_prior", choices=ACTION_PRIORS, default="uniform",
                         help="where the search over tools and tasks starts: uniform options, or the training data's "
                              "statistics from the config (marginal: their frequencies; transition: their step-to-step "
@@ -151,8 +154,8 @@ def format_report(result: dict) -> str:
         f"{result['video']} ({result['fps']:g} fps, {result['frames_per_step']} frame(s) per step; context: "
         f"{result['context_steps']} step(s) ending at {result['start_used']:.2f} s)",
         f"CEM ({settings['preset']}): {settings['num_samples']} samples, {settings['iterations']} iterations, top "
-        f"{settings['top_k']}, momentum {settings['momentum']:g} (spread {settings['std_momentum']:g}), seed "
-        f"{settings['seed']}",
+        f"{settings['top_k']}, momentum {settings['momentum']:g} (spread {settings['std_momentum']:g}), "
+        f"{settings['readout']} readout, seed {settings['seed']}",
         f"action prior: {settings['action_prior']}"
         + (", combinations seen in training only" if settings["seen_only"] else "")
         + (f"; states follow the actions by the {settings['state_rule']!r} rule" if settings["state_rule"] else ""),

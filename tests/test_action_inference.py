@@ -83,7 +83,7 @@ def test_planned_actions_copy_last_and_chance_are_what_the_labels_say(explained_
     args = SimpleNamespace(action_inference_moments=1000, action_inference_context=CONTEXT,
                            action_inference_horizon=1, action_inference_samples=48, action_inference_iterations=3,
                            action_inference_prior="uniform", action_inference_seen_only=False,
-                           seed=0, batch_size=len(clips), num_workers=0)
+                           action_inference_readout="best", seed=0, batch_size=len(clips), num_workers=0)
     scored = actions_split(one_hot_actions(options))
     indices = list(range(len(clips)))
     section = action_inference(args, model, scored, indices, clips, actions_split(one_hot_actions(train_options)),
@@ -194,8 +194,8 @@ def test_chance_reads_the_config_s_action_prior_and_recounts_only_without_one(ex
     monkeypatch.setattr(evaluate_surgical_model, "train_option_counts", recount)
     args = SimpleNamespace(action_inference_moments=4, action_inference_context=CONTEXT, action_inference_horizon=1,
                            action_inference_samples=8, action_inference_iterations=1,
-                           action_inference_prior="transition", action_inference_seen_only=False, seed=0,
-                           batch_size=len(clips), num_workers=0)
+                           action_inference_prior="transition", action_inference_seen_only=False,
+                           action_inference_readout="best", seed=0, batch_size=len(clips), num_workers=0)
     section = action_inference(args, model, actions_split(one_hot_actions(options)), list(range(len(clips))), clips,
                                train_split, torch.device("cpu"))
     assert section["train_prevalence_from"].startswith("config.action_prior")
@@ -231,7 +231,7 @@ def test_the_planner_starts_from_the_prior_the_section_names(explained_clips, ca
         args = SimpleNamespace(action_inference_moments=1000, action_inference_context=CONTEXT,
                                action_inference_horizon=1, action_inference_samples=8, action_inference_iterations=1,
                                action_inference_prior=prior, action_inference_seen_only=False,
-                               seed=0, batch_size=len(clips), num_workers=0)
+                               action_inference_readout="best", seed=0, batch_size=len(clips), num_workers=0)
         return action_inference(args, blind, scored, list(range(len(clips))), clips, actions_split(train),
                                 torch.device("cpu"))
 

@@ -151,16 +151,64 @@ def test_a_preset_reaches_the_cem_and_explicit_arguments_override_it(monkeypatch
     preset = PLANNING_PRESETS["vjepa2_ac_mpc_utils"]
     assert (preset["top_k"], preset["horizon"], preset["momentum"], preset["std_momentum"]) == (10, 1, 0.25, 0.95)
     assert momenta == [(0.25, 0.95, 10)] * 3  # the preset's momenta and top 10, over the 3 iterations asked for
-    assert [tuple(call.shape[1:3]) for call in calls] == [(12, 1)] * 3  # 12 samples asked for, the preset's horizon
+    # 12 samples asked for, the preset's horizon; then the final mean it returns, scored for its energy
+    assert [tuple(call.shape[1:3]) for call in calls] == [(12, 1)] * 3 + [(1, 1)]
     assert (output.actions[..., 7].abs() <= 0.05 + 1e-7).all()  # the preset's bounds
     assert output.settings == {"preset": "vjepa2_ac_mpc_utils", "action_prior": "uniform", "seen_only": False,
                                "horizon": 1, "num_samples": 12, "iterations": 3, "top_k": 10, "momentum": 0.25,
-                               "std_momentum": 0.95, "bounds": [-0.05, 0.05], "state_rule": None}
+                               "std_momentum": 0.95, "bounds": [-0.05, 0.05], "readout": "mean", "state_rule": None}
     momenta.clear()
     output = model.plan(context, goal, preset="vjepa2_ac_paper", num_samples=16, iterations=1, top_k=2, momentum=0.5,
                         std_momentum=0.1, horizon=2, bounds=(-0.2, 0.2), generator=torch.Generator().manual_seed(0))
     assert momenta == [(0.5, 0.1, 2)] and output.actions.shape == (1, 2, len(SPEC))
     assert output.settings["bounds"] == [-0.2, 0.2] and output.settings["preset"] == "vjepa2_ac_paper"
+
+
+@pytest.mark.parametrize("seen_only", [False, True])
+def test_the_mean_readout_acts_with_the_final_search_distribution(seen_only, monkeypatch):
+    """Meta's planners act with CEM's final mean (the V-JEPA 2 paper's Figure 7, `mpc_utils.cem`, the wrapper that
+    calls it): the presets named for them return it, `surgical_wm` the best sequence sampled. Both read out one
+    search; a categorical group's part of the mean is its most probable option (among the seen combinations with
+    `seen_only`), and the energy returned is the returned sequence's."""
+    assert {name: preset["readout"] for name, preset in PLANNING_PRESETS.items()} == {
+        "vjepa2_ac_paper": "mean", "vjepa2_ac_wrapper": "mean", "vjepa2_ac_mpc_utils": "mean",
+        "vjepa2_ac_droid": "mean", "surgical_wm": "best"}
+    samplers, start = [], SurgicalWorldModelActionSampler.__init__
+
+    def kept(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        samplers.append(self)
+
+    monkeypatch.setattr(SurgicalWorldModelActionSampler, "__init__", kept)
+    model = planning_model(empirical_action_prior(TRAINING, GROUPS, SPEC))
+    context, goal, context_actions = normed(2, 2, 4, 32), normed(2, 4, 32), actions_of([(0, 3)])[None].repeat(2, 1, 1)
+    outputs = {readout: model.plan(context, goal, horizon=2, num_samples=32, iterations=3, top_k=4,
+                                   context_actions=context_actions, action_prior="marginal", seen_only=seen_only,
+                                   readout=readout, generator=torch.Generator().manual_seed(0))
+               for readout in ("mean", "best")}
+    mean, best = outputs["mean"], outputs["best"]
+    assert (mean.settings["readout"], best.settings["readout"]) == ("mean", "best")
+    assert torch.equal(mean.energy_per_iteration, best.energy_per_iteration)  # the same search
+    assert torch.equal(mean.action_mean, best.action_mean)
+    assert torch.equal(best.energy, best.energy_per_iteration.min(1).values)  # the lowest energy sampled
+    # The Gaussian mean of the continuous dimension, and the most probable option of each group at each step.
+    final = samplers[0]
+    assert torch.equal(mean.actions[..., 7], final.mean[..., 0]) and not torch.equal(mean.actions, best.actions)
+    options = step_options(mean.actions, GROUPS)  # (B, H, groups)
+    if seen_only:
+        seen = torch.tensor(SEEN)
+        likelihood = final.probabilities[0][..., seen[:, 0]] * final.probabilities[1][..., seen[:, 1]]  # (B, H, K)
+        assert torch.equal(options, seen[likelihood.argmax(-1)])
+    else:
+        assert torch.equal(options, torch.stack([probs.argmax(-1) for probs in final.probabilities], dim=-1))
+    for output in (mean, best):
+        assert torch.allclose(output.energy, model.energy(context, goal, output.actions,
+                                                          context_actions=context_actions), atol=1e-6)
+    # Where each group's most probable option makes an unseen combination (right, blue), the most probable seen one.
+    probabilities = [torch.tensor([[[0.1, 0.5, 0.0, 0.0, 0.4]]]), torch.tensor([[[0.3, 0.0, 0.6, 0.1]]])]
+    sampler = SurgicalWorldModelActionSampler(1, 1, len(SPEC), GROUPS, (-0.05, 0.05), torch.device("cpu"),
+                                              probabilities, torch.tensor(SEEN) if seen_only else None)
+    assert step_options(sampler.mode(), GROUPS).flatten().tolist() == ([4, 2] if seen_only else [1, 2])
 
 
 def test_a_prior_or_preset_that_cannot_be_used_is_refused_clearly():
@@ -173,6 +221,8 @@ def test_a_prior_or_preset_that_cannot_be_used_is_refused_clearly():
         planning_model().plan(context, goal, seen_only=True)
     with pytest.raises(ValueError, match="`action_prior` must be one of"):
         planning_model().plan(context, goal, action_prior="learnt")
+    with pytest.raises(ValueError, match="`readout` must be one of mean, best, got 'median'"):
+        planning_model().plan(context, goal, readout="median")
     other = empirical_action_prior(TRAINING[..., :4], [("move", [0, 1, 2, 3])], SPEC)
     with pytest.raises(ValueError, match="no statistics of 4 options for the action group 'paint'"):
         planning_model(other).plan(context, goal, num_samples=8, top_k=2, action_prior="marginal")

@@ -322,16 +322,18 @@ def test_the_json_names_the_preset_and_the_prior_and_a_seen_only_plan_keeps_to_s
                  "--num_samples", "12"]) == 0
     printed, result = capsys.readouterr().out, json.loads((tmp_path / "plan.json").read_text())
     assert {key: result["settings"][key] for key in ("preset", "num_samples", "iterations", "top_k", "momentum",
-                                                     "std_momentum", "action_prior", "seen_only", "horizon")} == {
+                                                     "std_momentum", "action_prior", "seen_only", "horizon",
+                                                     "readout")} == {
         "preset": "vjepa2_ac_mpc_utils", "num_samples": 12, "iterations": 2, "top_k": 10, "momentum": 0.25,
-        "std_momentum": 0.95, "action_prior": "uniform", "seen_only": False, "horizon": 3}
-    assert "CEM (vjepa2_ac_mpc_utils): 12 samples, 2 iterations, top 10" in printed
+        "std_momentum": 0.95, "action_prior": "uniform", "seen_only": False, "horizon": 3, "readout": "mean"}
+    assert "CEM (vjepa2_ac_mpc_utils): 12 samples, 2 iterations, top 10" in printed and "mean readout" in printed
     assert "action prior: uniform" in printed
 
-    assert main(["--checkpoint", str(with_prior), *common, *SEARCH, "--action_prior", "marginal", "--seen_only"]) == 0
+    assert main(["--checkpoint", str(with_prior), *common, *SEARCH, "--action_prior", "marginal", "--seen_only",
+                 "--readout", "mean"]) == 0
     printed, result = capsys.readouterr().out, json.loads((tmp_path / "plan.json").read_text())
     assert (result["settings"]["action_prior"], result["settings"]["seen_only"]) == ("marginal", True)
-    assert result["settings"]["preset"] == "surgical_wm"
+    assert result["settings"]["preset"] == "surgical_wm" and result["settings"]["readout"] == "mean"
     assert "action prior: marginal, combinations seen in training only" in printed
     first_task = spec[groups[4][1][0]].split("/", 1)[1]
     allowed = [{"USM1": "needle driver", "USM2": "none", "USM3": "none", "USM4": "none", "task": first_task},

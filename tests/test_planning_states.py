@@ -209,7 +209,7 @@ def test_the_droid_preset_keeps_meta_constraints_and_moves_poses():
     assert torch.equal(sampled[..., 3:6], torch.zeros_like(sampled[..., 3:6]))  # rotation deltas held at 0
     assert sampled[..., :3].abs().max() <= 0.05 and sampled[..., 6].abs().max() <= 0.75
     assert sampled[..., :3].abs().max() > 0.04 and sampled[..., 6].abs().max() > 0.7  # the bounds are reached
-    # The best sequence's energy is that of the pose moved by both its actions, not of the context's pose held.
+    # The returned sequence's energy is that of the pose moved by both its actions, not of the context's pose held.
     first, second = output.actions[0]
     moved = end_effector_pose(end_effector_pose(pose[0], first[None]), second[None])
     held = end_effector_pose(pose[0], second[None])

@@ -26,7 +26,7 @@ logger = logging.getLogger("plan")  # scripts/plan.py's log
 
 # The CEM settings `plan_video` passes on to `SurgicalWorldModel.plan` (scripts/plan.py's flags of the same names).
 SEARCH_OPTIONS = ("preset", "num_samples", "iterations", "top_k", "momentum", "std_momentum", "action_prior",
-                  "seen_only", "state_rule")
+                  "seen_only", "state_rule", "readout")
 
 
 # ------------------------------------------------------------------------------------------------------- model
