@@ -1,5 +1,7 @@
 """KV-cached rollouts, the goal energy and CEM planning (`SurgicalWorldModel.rollout / energy / plan`)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -274,11 +276,11 @@ def random_action(generator: torch.Generator) -> tuple[int, int]:
     return int(torch.randint(5, (1,), generator=generator)), int(torch.randint(4, (1,), generator=generator))
 
 
-@pytest.fixture(scope="module")
-def motion_world():
+def train_motion_world() -> tuple[SurgicalWorldModel, torch.Tensor]:
     """The tiny world model, trained briefly (about 10 s) on trajectories whose motion and colour the actions set,
     and the latent of every state of the world. One action token and a 2-step rollout loss, the settings its brief
-    training was sized for: with AdaLN's zero-started modulation the same 10 s infer fewer moves."""
+    training was sized for: with AdaLN's zero-started modulation the same 10 s infer fewer moves.
+    (`benchmarks/compare_presets.py` plans in it too.)"""
     torch.manual_seed(0)
     model = SurgicalWorldModel(tiny_config(action_dim=len(SPEC), action_spec=SPEC, discrete_action_groups=["move", "paint"],
                                            contrastive_weight=0.0, action_conditioning="token", rollout_steps=2))
@@ -319,20 +321,24 @@ def motion_world():
     return model.eval(), table
 
 
-def test_planned_actions_reach_the_goal_and_beat_random_ones(motion_world):
-    """Horizon 2, as V-JEPA 2-AC plans: lower energy than random actions, and the goal reached more often when the
-    planned actions are played in the true world."""
-    model, table = motion_world
+@pytest.fixture(scope="module")
+def motion_world():
+    return train_motion_world()
+
+
+def reach_goals(model, table, cases: int = 24, horizon: int = 2, **plan_options) -> dict:
+    """Plans toward `cases` goals `horizon` random actions away and plays each plan in the true world: the goals
+    reached, those expected of 64 random sequences, and the planned and random sequences' mean energies per case.
+    `plan_options` go to `plan` (the search settings)."""
     generator = torch.Generator().manual_seed(1)
-    cases, horizon = 24, 2
     planned_energy, random_energy, reached, reached_by_random = [], [], 0, 0
     for case in range(cases):
         start = state = STATES[int(torch.randint(len(STATES), (1,), generator=generator))]
         for _ in range(horizon):
             state = step(state, *random_action(generator))
         context, goal = table[STATES.index(start)][None, None], table[STATES.index(state)][None]
-        result = model.plan(context, goal, horizon=horizon, num_samples=64, iterations=4, top_k=8,
-                            generator=torch.Generator().manual_seed(case))
+        result = model.plan(context, goal, horizon=horizon, generator=torch.Generator().manual_seed(case),
+                            **plan_options)
         candidates = [[random_action(generator) for _ in range(horizon)] for _ in range(64)]
         vectors = torch.stack([torch.stack([action_vector(*action) for action in sequence]) for sequence in candidates])
         planned_energy.append(result.energy.item())
@@ -346,7 +352,35 @@ def test_planned_actions_reach_the_goal_and_beat_random_ones(motion_world):
 
         reached += int(played([decode_action(a) for a in result.actions[0]]) == state)
         reached_by_random += sum(played(sequence) == state for sequence in candidates) / len(candidates)
-    print(f"horizon {horizon}, {cases} cases: goal reached {reached} by the plan, {reached_by_random:.1f} expected at random; "
+    return {"reached": reached, "reached_by_random": reached_by_random, "planned_energy": planned_energy,
+            "random_energy": random_energy}
+
+
+def infer_actions(model, table, cases: int = 48, **plan_options) -> dict[str, int]:
+    """From `cases` random states and one random action each, the move and the colour the planner infers from the
+    state before and after: how many match the true ones. `plan_options` go to `plan`."""
+    generator = torch.Generator().manual_seed(2)
+    matches = {"move": 0, "paint": 0}
+    for case in range(cases):
+        start = STATES[int(torch.randint(len(STATES), (1,), generator=generator))]
+        move, paint = random_action(generator)
+        goal = table[STATES.index(step(start, move, paint))][None]
+        result = model.plan(table[STATES.index(start)][None, None], goal, horizon=1,
+                            generator=torch.Generator().manual_seed(case), **plan_options)
+        inferred = decode_action(result.actions[0, 0])
+        matches["move"] += int(inferred[0] == move)
+        matches["paint"] += int(inferred[1] == paint)
+    return matches
+
+
+def test_planned_actions_reach_the_goal_and_beat_random_ones(motion_world):
+    """Horizon 2, as V-JEPA 2-AC plans: lower energy than random actions, and the goal reached more often when the
+    planned actions are played in the true world."""
+    cases = 24
+    found = reach_goals(*motion_world, cases=cases, horizon=2, num_samples=64, iterations=4, top_k=8)
+    reached, reached_by_random = found["reached"], found["reached_by_random"]
+    planned_energy, random_energy = found["planned_energy"], found["random_energy"]
+    print(f"horizon 2, {cases} cases: goal reached {reached} by the plan, {reached_by_random:.1f} expected at random; "
           f"mean energy {sum(planned_energy) / cases:.4f} planned, {sum(random_energy) / cases:.4f} random")
     assert all(p < r for p, r in zip(planned_energy, random_energy)), (planned_energy, random_energy)
     assert reached / cases > 1.5 * reached_by_random / cases, (reached, reached_by_random)
@@ -354,21 +388,37 @@ def test_planned_actions_reach_the_goal_and_beat_random_ones(motion_world):
 
 def test_inferred_actions_match_the_true_ones_more_often_than_chance(motion_world):
     """Action inference: from each frame and the next, the move and the colour that explain them."""
-    model, table = motion_world
-    generator = torch.Generator().manual_seed(2)
     cases = 48
-    matches = {"move": 0, "paint": 0}
-    for case in range(cases):
-        start = STATES[int(torch.randint(len(STATES), (1,), generator=generator))]
-        move, paint = random_action(generator)
-        goal = table[STATES.index(step(start, move, paint))][None]
-        result = model.plan(table[STATES.index(start)][None, None], goal, horizon=1, num_samples=64, iterations=4,
-                            top_k=8, generator=torch.Generator().manual_seed(case))
-        inferred = decode_action(result.actions[0, 0])
-        matches["move"] += int(inferred[0] == move)
-        matches["paint"] += int(inferred[1] == paint)
+    matches = infer_actions(*motion_world, cases=cases, num_samples=64, iterations=4, top_k=8)
     print(f"inferred actions, {cases} cases: move {matches['move']}, colour {matches['paint']} match")
     # Chance is 1/5 for the move and 1/4 for the colour (each with "none"). Some actions are indistinguishable (a
     # move into the edge is no move; painting the colour it has is no paint), so even a perfect model stays below 1.
     assert matches["move"] / cases > 1.5 * (1 / 5), matches
     assert matches["paint"] / cases > 1.5 * (1 / 4), matches
+
+
+def test_the_preset_comparison_reads_both_readouts_of_each_preset(motion_world, monkeypatch, capsys):
+    """`benchmarks/compare_presets.py`, scaled down, on this module's motion world: a row per preset and readout,
+    the two readouts of one preset from the same searches, and its last line the mean readout over the best."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import compare_presets
+
+    monkeypatch.setattr(compare_presets, "train_motion_world", lambda: motion_world)
+    threads = torch.get_num_threads()
+    try:
+        compare_presets.main(["--presets", "surgical_wm,vjepa2_ac_mpc_utils", "--num_samples", "12", "--iterations",
+                              "2", "--goals", "3", "--inferences", "4"])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out.splitlines()
+    rows = [line.split(" | ") for line in printed if line.startswith("| `")]
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        ("| `surgical_wm`", "12 x 2", "mean"), ("| `surgical_wm`", "12 x 2", "best"),
+        ("| `vjepa2_ac_mpc_utils`", "12 x 2", "mean"), ("| `vjepa2_ac_mpc_utils`", "12 x 2", "best")]
+    expected = reach_goals(*motion_world, cases=3, horizon=2, preset="vjepa2_ac_mpc_utils", readout="best",
+                           num_samples=12, iterations=2)
+    assert rows[3][3] == str(expected["reached"]) and rows[3][4] == f"{expected['reached_by_random']:.1f}"
+    assert printed[-1].startswith("mean over best readout, summed over 2 preset(s): goals ")
+    with pytest.raises(SystemExit):
+        compare_presets.parse_args(["--presets", "vjepa2_ac_droid"])
+    assert "the motion world has none of" in capsys.readouterr().err
