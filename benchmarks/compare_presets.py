@@ -80,9 +80,13 @@ def main(argv=None) -> None:
               f"{seconds:.1f} |")
     print(f"\nchance: moves {args.inferences / 5:.1f}, colours {args.inferences / 4:.1f} of {args.inferences}")
     (best_goals, best_inferred), (mean_goals, mean_inferred) = totals["best"], totals["mean"]
+
+    def ratio(mean: int, best: int) -> str:
+        return f"{mean / best:.2f}x" if best else "n/a (none with the best readout)"
+
     print(f"mean over best readout, summed over {len(args.presets)} preset(s): goals {mean_goals}/{best_goals} = "
-          f"{mean_goals / max(best_goals, 1):.2f}x, actions inferred {mean_inferred}/{best_inferred} = "
-          f"{mean_inferred / max(best_inferred, 1):.2f}x")
+          f"{ratio(mean_goals, best_goals)}, actions inferred {mean_inferred}/{best_inferred} = "
+          f"{ratio(mean_inferred, best_inferred)}")
 
 
 if __name__ == "__main__":
