@@ -22,12 +22,12 @@ config) that held the video's case; a train or validation case is warned about, 
 `--preset` names the search settings (`planning_surgical_wm.PLANNING_PRESETS`: `vjepa2_ac_paper`, `vjepa2_ac_wrapper`,
 `vjepa2_ac_mpc_utils`, `vjepa2_ac_droid`, or this project's default `surgical_wm`); `--num_samples`, `--iterations`,
 `--top_k`, `--momentum`, `--std_momentum` and `--readout` override its values; the horizon is the span's steps (or
-`--horizon`), whatever the preset plans. A model with a state token (SurgVU videos have no states) takes the context's states from
-`--states` (a JSON list of `--context_steps` lists of `state_dim` numbers), and each candidate's states follow its own
-actions by `--state_rule` (`planning_surgical_wm.STATE_RULES`; default: the preset's, as `vjepa2_ac_droid`'s
-`end_effector`). `--action_prior marginal|transition` starts the search from the training data's action statistics that
-train_hf.py writes into the config, `--seen_only` proposes only the combinations of tools and task seen in training;
-the report and the JSON name the preset and the prior.
+`--horizon`), whatever the preset plans. A model with a state token (SurgVU videos have no states) takes the context's
+states from `--states` (a JSON list of `--context_steps` lists of `state_dim` numbers), and each candidate's states
+follow its own actions by `--state_rule` (`planning_surgical_wm.STATE_RULES`; default: the preset's, as
+`vjepa2_ac_droid`'s `end_effector`). `--action_prior marginal|transition` starts the search from the training data's
+action statistics that train_hf.py writes into the config, `--seen_only` proposes only the combinations of tools and
+task seen in training; the report and the JSON name the preset, its readout and the prior.
 """
 
 import argparse
@@ -40,7 +40,13 @@ from pathlib import Path
 import torch
 
 from modeling_surgical_wm import SurgicalWorldModel
-from planning_surgical_wm import ACTION_PRIORS, DEFAULT_PLANNING_PRESET, PLANNING_PRESETS, PLANNING_READOUTS, STATE_RULES
+from planning_surgical_wm import (
+    ACTION_PRIORS,
+    DEFAULT_PLANNING_PRESET,
+    PLANNING_PRESETS,
+    PLANNING_READOUTS,
+    STATE_RULES,
+)
 from training_surgical_wm.arguments import DataArguments
 from training_surgical_wm.loading import TRAINER_STATE, fail, time_base, training_settings
 from training_surgical_wm.planning import SEARCH_OPTIONS, load_world_model, plan_video
