@@ -65,8 +65,8 @@ from torch.utils.data import DataLoader, Subset
 
 from dataset_surgvu import BrokenFiles, collate_clips
 from dataset_surgvu.catalog import DATASETS, PROBE_TARGETS
-from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_dir, latent_cache_key, module_fingerprint
-from planning_surgical_wm import step_options
+from dataset_surgvu.latent_cache import VERIFY_MODES, latent_cache_dir, latent_cache_keys
+from planning_surgical_wm import PLANNING_READOUTS, step_options
 from training_surgical_wm.accelerator import available_cores
 from training_surgical_wm.arguments import DataArguments, parse_dataclasses
 from training_surgical_wm.data import (
@@ -171,7 +171,7 @@ class EvaluationArguments:
         "help": "Action inference: what the planner returns (`plan(readout=...)`): the lowest-energy sequence sampled "
                 "(the default, the surgical_wm preset's) or the final search distribution's most probable options "
                 "(mean, as V-JEPA 2-AC's planner acts).",
-        "choices": ["best", "mean"]})
+        "choices": list(PLANNING_READOUTS)})
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -791,43 +791,39 @@ def model_index(report: dict, model_name: str) -> dict:
 
 
 def reads_cache(world_model, name: str, data_args: DataArguments) -> bool:
-    """Whether `clip_source` looks for the split `name` in a latent cache. A cache holds the online encoder's latents
+    """Whether `clip_sources` looks for the split `name` in a latent cache. A cache holds the online encoder's latents
     only: a fine-tuned model's targets come from its EMA encoder, so such a model is always encoded here."""
     return (bool(data_args.cache_dir) and name != "all" and not data_args.no_cache
             and world_model.target_encoder is None)
 
 
-def clip_source(world_model, split, name: str, transform, data_args: DataArguments, encoder_hash: str | None = None):
-    """The split's clips, read from a finished latent cache under `--cache_dir` when its key is this evaluation's and
-    its shards pass the checks a build makes (`--verify_cache`), else decoded and encoded here; and a line saying
-    which. A stale or corrupt cache is passed over, not rebuilt: the figures are then the video's own, and the
-    evaluation writes nothing into a cache a training run owns. `encoder_hash` is `module_fingerprint` of the
-    encoder when the caller computed it already (`clip_sources`)."""
+def clip_sources(world_model, splits: dict, transform, data_args: DataArguments) -> dict[str, tuple]:
+    """Each split's clips (`splits`: name to split) and a line saying where they come from: read from a finished
+    latent cache under `--cache_dir` when its key is this evaluation's and its shards pass the checks a build makes
+    (`--verify_cache`), else decoded and encoded here. A stale or corrupt cache is passed over, not rebuilt: the
+    figures are then the video's own, and the evaluation writes nothing into a cache a training run owns. The keys of
+    every split read from a cache come from one hash of the encoder's weights (about 4 GB read for ViT-g)."""
     from dataset_surgvu import SurgVUClips
     from dataset_surgvu.latent_cache import LatentCache, LatentCacheError, LatentClips
 
-    if reads_cache(world_model, name, data_args):
-        # The evaluation runs without autocast: a cache built in float32 matches.
-        key = latent_cache_key(world_model, split, transform, fps=data_args.fps,
-                               frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
-                               autocast="no", encoder_hash=encoder_hash)
-        directory = latent_cache_dir(data_args.cache_dir, name, key.dataset_fingerprint)
-        try:
-            cache = LatentCache(directory, key)
-            cache.check_shards(data_args.verify_cache)
-            return LatentClips(split, cache), f"latent cache {directory}"
-        except LatentCacheError as error:
-            print(f"latent cache not used ({error}): every clip is decoded and encoded", flush=True)
-    return SurgVUClips(split, transform), "decoded and encoded here"
-
-
-def clip_sources(world_model, splits: dict, transform, data_args: DataArguments) -> dict[str, tuple]:
-    """`clip_source` of each split of `splits` (name: split), the encoder's weights hashed once for the cache keys of
-    all of them (hashing reads every weight: about 4 GB for ViT-g)."""
-    readable = any(reads_cache(world_model, name, data_args) for name in splits)
-    encoder_hash = module_fingerprint(world_model.encoder) if readable else None
-    return {name: clip_source(world_model, split, name, transform, data_args, encoder_hash)
-            for name, split in splits.items()}
+    cached = {name: split for name, split in splits.items() if reads_cache(world_model, name, data_args)}
+    # The evaluation runs without autocast: a cache built in float32 matches.
+    keys = latent_cache_keys(world_model, cached, transform, fps=data_args.fps,
+                             frames_per_clip=data_args.frames_per_clip, precision=data_args.cache_precision,
+                             autocast="no") if cached else {}
+    sources = {}
+    for name, split in splits.items():
+        if name in keys:
+            directory = latent_cache_dir(data_args.cache_dir, name, keys[name].dataset_fingerprint)
+            try:
+                cache = LatentCache(directory, keys[name])
+                cache.check_shards(data_args.verify_cache)
+                sources[name] = LatentClips(split, cache), f"latent cache {directory}"
+                continue
+            except LatentCacheError as error:
+                print(f"latent cache not used ({error}): every clip is decoded and encoded", flush=True)
+        sources[name] = SurgVUClips(split, transform), "decoded and encoded here"
+    return sources
 
 
 # ---------------------------------------------------------------------------------------------- action inference

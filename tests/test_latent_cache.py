@@ -240,7 +240,7 @@ def test_bytes_changed_with_size_and_mtime_kept_pass_the_default_and_fail_full(a
 
 def test_the_evaluation_reads_a_cache_only_of_its_key_and_with_its_shards_intact(accelerator, world_model_dir,
                                                                                 sample_split, tmp_path, capsys):
-    from evaluate_surgical_model import clip_source
+    from evaluate_surgical_model import clip_sources
 
     from dataset_surgvu import SurgVUClips
 
@@ -250,20 +250,20 @@ def test_the_evaluation_reads_a_cache_only_of_its_key_and_with_its_shards_intact
     data_args = DataArguments(cache_dir=str(tmp_path))  # the evaluation's key: float16, 4 fps, 8 frames, no autocast
 
     build(accelerator, model, sample_split, directory, autocast="bf16")  # a bf16 training run's cache
-    clips, source = clip_source(model, sample_split, "validation", transform, data_args)
+    clips, source = clip_sources(model, {"validation": sample_split}, transform, data_args)["validation"]
     assert isinstance(clips, SurgVUClips) and source == "decoded and encoded here"
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"latent cache not used ({directory}: built for another preprocessing): every clip is decoded "
                      "and encoded"]
 
     cache = build(accelerator, model, sample_split, directory)  # rebuilt under the evaluation's key
-    clips, source = clip_source(model, sample_split, "validation", transform, data_args)
+    clips, source = clip_sources(model, {"validation": sample_split}, transform, data_args)["validation"]
     assert isinstance(clips, LatentClips) and source == f"latent cache {directory}"
     assert torch.equal(clips[4]["latents"], cache[4])
 
     victim = directory / "shard-00000.safetensors"
     overwrite(victim)
-    clips, source = clip_source(model, sample_split, "validation", transform, data_args)
+    clips, source = clip_sources(model, {"validation": sample_split}, transform, data_args)["validation"]
     assert isinstance(clips, SurgVUClips)
     assert f"latent cache not used ({victim}: checksum mismatch (corrupted))" in capsys.readouterr().out
 
@@ -272,17 +272,14 @@ def test_the_evaluation_hashes_the_encoder_once_for_every_split_it_reads(acceler
                                                                         tmp_path, monkeypatch):
     """MM-OR's evaluation reads the test takes and the takes its thresholds are calibrated on: one hash of the encoder
     for both keys, and none when no cache is read."""
-    import evaluate_surgical_model
     from evaluate_surgical_model import clip_sources
 
     model = SurgicalWorldModel.from_pretrained(world_model_dir).eval()
     transform = ClipTransform(crop_size=model.config.encoder_config.crop_size)
     caches = {name: build(accelerator, model, sample_split, tmp_path / name) for name in ("test", "validation")}
-    hashed = []
-    for module in (latent_cache_module, evaluate_surgical_model):
-        fingerprint = module.module_fingerprint
-        monkeypatch.setattr(module, "module_fingerprint",
-                            lambda encoder, fingerprint=fingerprint: hashed.append(1) or fingerprint(encoder))
+    hashed, fingerprint = [], latent_cache_module.module_fingerprint
+    monkeypatch.setattr(latent_cache_module, "module_fingerprint",
+                        lambda encoder: hashed.append(1) or fingerprint(encoder))
     splits = {"test": sample_split, "validation": sample_split}
     sources = clip_sources(model, splits, transform, DataArguments(cache_dir=str(tmp_path)))
     assert len(hashed) == 1
