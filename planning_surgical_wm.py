@@ -23,6 +23,9 @@ from transformers.utils import ModelOutput
 # moves each candidate's states by its own actions, for models with a state token. `readout` is what the search
 # returns: "mean", the final search distribution (its Gaussian means, and each categorical group's most probable
 # option per step), as V-JEPA 2-AC acts; or "best", the lowest-energy sequence sampled over the iterations.
+# `unbiased_std`: the elites' spread with Bessel's correction, as Meta's `cem` refits it (`torch.std`'s default);
+# `initial_std` and `round_below` (per dimension) where a source starts a spread elsewhere than at half the bounds, or
+# rounds small values of the action it returns to 0.
 PLANNING_PRESETS: dict[str, dict] = {
     # The V-JEPA 2 paper (Assran et al., 2025, arXiv:2506.09985v1). Appendix 11.2 "Robot Task Definitions": "800
     # samples, 10 refinement steps based on the top 10 samples from the previous iteration, and a planning horizon of
@@ -33,18 +36,19 @@ PLANNING_PRESETS: dict[str, dict] = {
     # the mean (readout "mean"); every preset here starts at the middle of the bounds with half their width, as
     # `mpc_utils.cem` does (std = maxnorm).
     "vjepa2_ac_paper": {"num_samples": 800, "iterations": 10, "top_k": 10, "horizon": 1, "momentum": 0.15,
-                        "std_momentum": 0.15, "bounds": (-0.075, 0.075), "readout": "mean"},
+                        "std_momentum": 0.15, "bounds": (-0.075, 0.075), "readout": "mean", "unbiased_std": True},
     # facebookresearch/vjepa2 (commit c2963a4), notebooks/utils/world_model_wrapper.py: `WorldModel.__init__`'s default
     # `mpc_args` (rollout 2, samples 400, topk 10, cem_steps 10, momentum_mean 0.15, momentum_std 0.15, maxnorm 0.05,
     # which `cem` clips each of x, y, z to; its gripper dimension, clipped to 0.75 with its own momenta, has no
     # counterpart here). `infer_next_action` acts with what `cem` returns, its final mean.
     "vjepa2_ac_wrapper": {"num_samples": 400, "iterations": 10, "top_k": 10, "horizon": 2, "momentum": 0.15,
-                          "std_momentum": 0.15, "bounds": (-0.05, 0.05), "readout": "mean"},
+                          "std_momentum": 0.15, "bounds": (-0.05, 0.05), "readout": "mean", "unbiased_std": True},
     # facebookresearch/vjepa2 (commit c2963a4), notebooks/utils/mpc_utils.py: `cem`'s keyword defaults (rollout 1,
     # cem_steps 100, momentum_mean 0.25, momentum_std 0.95, samples 100, topk 10, maxnorm 0.05); it returns the final
     # mean ("5. choose final action to be mean of distribution").
     "vjepa2_ac_mpc_utils": {"num_samples": 100, "iterations": 100, "top_k": 10, "horizon": 1, "momentum": 0.25,
-                            "std_momentum": 0.95, "bounds": (-0.05, 0.05), "readout": "mean"},
+                            "std_momentum": 0.95, "bounds": (-0.05, 0.05), "readout": "mean",
+                            "unbiased_std": True},
     # This project's default: the wrapper's search with 200 samples x 5 iterations, which reached as many goals and
     # recovered about as many hidden actions as each of the three above, within the noise of a small measurement
     # over discrete actions, in less time than any of them (benchmarks/README.md, "Choosing the default preset"),
@@ -55,13 +59,16 @@ PLANNING_PRESETS: dict[str, dict] = {
     # wrapper's `mpc_args`, on DROID's 7-dimensional end-effector actions [xyz, Euler xyz, gripper]; the constraints
     # of notebooks/utils/mpc_utils.py `cem`: xyz clipped to +-maxnorm per dimension (a clip, not an L2 norm), the
     # rotation deltas held at 0, the gripper within +-0.75; each candidate's pose follows its own actions
-    # (`compute_new_pose`: the `end_effector` rule); it acts with `cem`'s final mean. Differences left: `cem` starts
-    # the gripper's spread at 1 (here half its bounds, 0.75), refits with the unbiased std, and sets a final gripper
-    # mean under 0.25 in size to 0 (`round_small_elements`).
+    # (`compute_new_pose`: the `end_effector` rule); it acts with `cem`'s final mean. As `cem` does, the spreads start
+    # at maxnorm for x, y, z and at 1 for the gripper, are refit with the unbiased std, and a final gripper mean under
+    # 0.25 in size is set to 0 (`round_small_elements`). The gripper's momenta, `cem`'s defaults
+    # (`momentum_mean_gripper`, `momentum_std_gripper`: 0.15, which the wrapper's `mpc_args` leave), equal the others.
     "vjepa2_ac_droid": {"num_samples": 400, "iterations": 10, "top_k": 10, "horizon": 2, "momentum": 0.15,
                         "std_momentum": 0.15, "state_rule": "end_effector", "readout": "mean",
                         "bounds": ((-0.05, -0.05, -0.05, 0.0, 0.0, 0.0, -0.75),
-                                   (0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 0.75))},
+                                   (0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 0.75)),
+                        "initial_std": (0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 1.0), "unbiased_std": True,
+                        "round_below": (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25)},
 }
 DEFAULT_PLANNING_PRESET = "surgical_wm"
 # How `plan` starts its categorical distributions: uniform options, or the training data's `config.action_prior`
@@ -149,6 +156,25 @@ def candidate_states(
     return torch.cat(steps, dim=2)
 
 
+def per_dimension(value, action_dim: int, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """`value` (one number, or one per action dimension) as `(action_dim,)` floats, each >= 0; else a ValueError."""
+    values = torch.as_tensor(value, dtype=torch.float32, device=device).flatten()
+    if values.numel() not in (1, action_dim) or not bool((values >= 0).all()):
+        raise ValueError(f"`{name}` must be one number or {action_dim} (one per action dimension), each >= 0, got "
+                         f"{value!r}.")
+    return values.expand(action_dim)
+
+
+def round_small_elements(actions: torch.Tensor, thresholds: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """`actions` `(..., A)` with each of the dimensions `dims` set to 0 where its size is under its threshold
+    (`thresholds` `(A,)`): V-JEPA 2-AC's `round_small_elements`, which `mpc_utils.cem` applies to the gripper of the
+    action it returns (threshold 0.25)."""
+    rounded = actions.clone()
+    part = rounded[..., dims]
+    rounded[..., dims] = torch.where(part.abs() < thresholds[dims].to(part.device), torch.zeros_like(part), part)
+    return rounded
+
+
 def step_options(actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
     """The option of each group `(..., groups)` in actions `(..., action_dim)`: its dimension with the largest value
     when above 0.5 (a step's mean over its frames holds a label for most of the step), else `len(dims)`: none."""
@@ -220,9 +246,10 @@ class SurgicalWorldModelActionSampler:
     CEM's search distribution over `(contexts, horizon, action_dim)` actions: a Gaussian per step and continuous
     dimension, clipped to `bounds` (a dimension with `low == high` is held at that value), and a categorical
     distribution per step for each group of `groups` (the options are the group's dimensions and none, which leaves
-    them all 0). Starts wide (the middle of the bounds, half their width;
+    them all 0). Starts wide (the middle of the bounds, half their width or `initial_std`;
     uniform options, or `probabilities` per group `(B, H, options)` from an action prior) and is refit to elites with
-    `momentum * old + (1 - momentum) * new` (`std_momentum` for the spreads). With `combinations` `(K, groups)`, the
+    `momentum * old + (1 - momentum) * new` (`std_momentum` for the spreads; the elites' spread with Bessel's
+    correction where `unbiased_std`, as `torch.std` computes it by default). With `combinations` `(K, groups)`, the
     option indices of the combinations allowed, a step draws one of them with probability proportional to the
     product of its options' probabilities: no other combination is ever proposed.
     """
@@ -237,9 +264,12 @@ class SurgicalWorldModelActionSampler:
         device: torch.device,
         probabilities: list[torch.Tensor] | None = None,
         combinations: torch.Tensor | None = None,
+        initial_std: float | tuple[float, ...] | torch.Tensor | None = None,
+        unbiased_std: bool = False,
     ):
         self.batch_size, self.horizon, self.action_dim, self.groups, self.device = (
             batch_size, horizon, action_dim, groups, device)
+        self.unbiased_std = unbiased_std
         self.combinations = None if combinations is None else combinations.to(device)
         in_group = torch.zeros(action_dim, dtype=torch.bool)
         for _, dims in groups:
@@ -257,6 +287,9 @@ class SurgicalWorldModelActionSampler:
         self.low, self.high = low[self.continuous], high[self.continuous]
         self.mean = ((self.low + self.high) / 2).expand(batch_size, horizon, -1).clone()  # (B, H, Dc)
         self.std = ((self.high - self.low) / 2).expand(batch_size, horizon, -1).clone()
+        if initial_std is not None:
+            self.std = per_dimension(initial_std, action_dim, "initial_std", device)[self.continuous].expand(
+                batch_size, horizon, -1).clone()
         if probabilities is None:
             probabilities = [torch.full((batch_size, horizon, len(dims) + 1), 1.0 / (len(dims) + 1), device=device)
                              for _, dims in groups]  # the last option of each group: none
@@ -315,7 +348,8 @@ class SurgicalWorldModelActionSampler:
         if self.continuous:
             elite_continuous = elites[..., self.continuous]
             self.mean = momentum * self.mean + (1 - momentum) * elite_continuous.mean(1)
-            self.std = std_momentum * self.std + (1 - std_momentum) * elite_continuous.std(1, unbiased=False)
+            spread = elite_continuous.std(1, unbiased=self.unbiased_std)
+            self.std = std_momentum * self.std + (1 - std_momentum) * spread
         for index, ((_, dims), drawn) in enumerate(zip(self.groups, elite_choices)):
             counts = F.one_hot(drawn, len(dims) + 1).float().mean(1)  # (B, H, options)
             self.probabilities[index] = momentum * self.probabilities[index] + (1 - momentum) * counts
@@ -607,6 +641,9 @@ class SurgicalWorldModelPlanningMixin:
         seen_only: bool = False,
         state_rule: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         readout: str | None = None,
+        initial_std: float | tuple[float, ...] | None = None,
+        unbiased_std: bool | None = None,
+        round_below: float | tuple[float, ...] | None = None,
     ) -> SurgicalWorldModelPlanOutput:
         """
         Searches for the `horizon` actions that lead from `context` to `goal` with the cross-entropy method (CEM), as
@@ -629,6 +666,10 @@ class SurgicalWorldModelPlanningMixin:
         `"mean"`, the final search distribution as V-JEPA 2-AC acts (the Gaussian means; for each categorical group
         its most probable option per step), the readout of the presets named for Meta's planners; or `"best"`, the
         lowest-energy sequence sampled over the iterations, `surgical_wm`'s. The energy returned is that sequence's.
+        Where the source does, a preset also sets `initial_std` (the Gaussians' starting spreads, one number or one
+        per action dimension; default half the bounds' width), `unbiased_std` (the elites' spread with Bessel's
+        correction, as Meta's `cem` takes `torch.std`; default False) and `round_below` (continuous dimensions of the
+        returned sequence set to 0 where smaller in size: `cem`'s final gripper rounding; default none).
 
         Each distinct sequence is rolled out once per plan (`deduplicate`): once the categorical distributions narrow,
         most samples repeat sequences already scored. The observed history (a context of several steps) is computed
@@ -648,15 +689,21 @@ class SurgicalWorldModelPlanningMixin:
         if preset not in PLANNING_PRESETS:
             raise ValueError(f"Unknown planning preset {preset!r}; the presets are {', '.join(PLANNING_PRESETS)}.")
         given = {"horizon": horizon, "num_samples": num_samples, "iterations": iterations, "top_k": top_k,
-                 "momentum": momentum, "std_momentum": std_momentum, "bounds": bounds, "readout": readout}
-        settings = {name: PLANNING_PRESETS[preset][name] if value is None else value for name, value in given.items()}
-        horizon, num_samples, iterations, top_k, momentum, std_momentum, bounds, readout = settings.values()
+                 "momentum": momentum, "std_momentum": std_momentum, "bounds": bounds, "readout": readout,
+                 "initial_std": initial_std, "unbiased_std": unbiased_std, "round_below": round_below}
+        defaults = {"initial_std": None, "unbiased_std": False, "round_below": None}
+        settings = {name: PLANNING_PRESETS[preset].get(name, defaults.get(name)) if value is None else value
+                    for name, value in given.items()}
+        (horizon, num_samples, iterations, top_k, momentum, std_momentum, bounds, readout, initial_std, unbiased_std,
+         round_below) = settings.values()
         for name, value, low in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("iterations", iterations, 1),
                                  ("top_k", top_k, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
         if top_k > num_samples:
             raise ValueError(f"`top_k` ({top_k}) cannot exceed `num_samples` ({num_samples}).")
+        if unbiased_std and top_k < 2:
+            raise ValueError("`unbiased_std` needs `top_k` >= 2: the corrected spread of one elite is undefined.")
         for name, value in (("momentum", momentum), ("std_momentum", std_momentum)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
@@ -676,7 +723,10 @@ class SurgicalWorldModelPlanningMixin:
         probabilities, combinations = self._prior_start(groups, action_prior, seen_only, context_actions, batch_size,
                                                         horizon)
         sampler = SurgicalWorldModelActionSampler(batch_size, horizon, self.config.action_dim, groups, bounds,
-                                                  sample_device, probabilities, combinations)
+                                                  sample_device, probabilities, combinations, initial_std,
+                                                  bool(unbiased_std))
+        thresholds = None if round_below is None else per_dimension(round_below, self.config.action_dim,
+                                                                     "round_below")
         history, states = self._history_and_states(context, context_actions, states, horizon, rule)
         # The observed history is computed once per plan, and each distinct sequence rolled out once per plan.
         scored = [{} for _ in range(batch_size)] if deduplicate else None
@@ -701,11 +751,15 @@ class SurgicalWorldModelPlanningMixin:
             best_energy = torch.where(improved, elite_energies[:, 0], best_energy)
             best_actions[improved] = elites[improved, 0]
             sampler.refit(elites, [drawn[rows, order] for drawn in choices], momentum, std_momentum)
-        if readout == "mean":  # scored like a sample: a sequence already rolled out is not rolled out again
-            best_actions = sampler.mode()
-            best_energy = self._candidate_energies(context, goal, best_actions[:, None], history, states, chunk_size,
+        final = sampler.mode() if readout == "mean" else best_actions
+        if thresholds is not None:
+            final = round_small_elements(final, thresholds, sampler.continuous)
+        if readout == "mean" or not torch.equal(final, best_actions):
+            # scored like a sample: a sequence already rolled out is not rolled out again
+            best_energy = self._candidate_energies(context, goal, final[:, None], history, states, chunk_size,
                                                    use_cache, scored, history_caches,
                                                    state_rule=rule).to(sample_device)[:, 0]
+        best_actions = final
 
         return SurgicalWorldModelPlanOutput(
             actions=best_actions, energy=best_energy, energy_per_iteration=torch.stack(lowest, dim=1),
@@ -713,6 +767,10 @@ class SurgicalWorldModelPlanningMixin:
             settings={"preset": preset, "action_prior": action_prior, "seen_only": seen_only, **settings,
                       "bounds": bounds.tolist() if isinstance(bounds, torch.Tensor) else [
                           list(bound) if isinstance(bound, (tuple, list)) else bound for bound in bounds],
+                      **{name: value.tolist() if isinstance(value, torch.Tensor) else
+                         list(value) if isinstance(value, (tuple, list)) else value
+                         for name, value in (("initial_std", initial_std), ("round_below", round_below))},
+                      "unbiased_std": bool(unbiased_std),
                       "state_rule": state_rule if state_rule is None or isinstance(state_rule, str)
                       else getattr(state_rule, "__name__", "callable")},
         )

@@ -105,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
     for name, value in PLANNING_PRESETS[args.preset].items():
-        if name not in ("horizon", "bounds", "state_rule") and getattr(args, name) is None:
+        if name in SEARCH_OPTIONS and name != "state_rule" and getattr(args, name) is None:  # a flag of this script
             setattr(args, name, value)
     if args.fps is not None and not args.fps > 0:
         parser.error(f"--fps must be positive, got {args.fps}")
@@ -160,7 +160,8 @@ def format_report(result: dict) -> str:
         f"{result['video']} ({result['fps']:g} fps, {result['frames_per_step']} frame(s) per step; context: "
         f"{result['context_steps']} step(s) ending at {result['start_used']:.2f} s)",
         f"CEM ({settings['preset']}): {settings['num_samples']} samples, {settings['iterations']} iterations, top "
-        f"{settings['top_k']}, momentum {settings['momentum']:g} (spread {settings['std_momentum']:g}), "
+        f"{settings['top_k']}, momentum {settings['momentum']:g} (spread {settings['std_momentum']:g}"
+        f"{', unbiased' if settings.get('unbiased_std') else ''}), "
         f"{settings['readout']} readout, seed {settings['seed']}",
         f"action prior: {settings['action_prior']}"
         + (", combinations seen in training only" if settings["seen_only"] else "")

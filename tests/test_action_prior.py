@@ -156,7 +156,8 @@ def test_a_preset_reaches_the_cem_and_explicit_arguments_override_it(monkeypatch
     assert (output.actions[..., 7].abs() <= 0.05 + 1e-7).all()  # the preset's bounds
     assert output.settings == {"preset": "vjepa2_ac_mpc_utils", "action_prior": "uniform", "seen_only": False,
                                "horizon": 1, "num_samples": 12, "iterations": 3, "top_k": 10, "momentum": 0.25,
-                               "std_momentum": 0.95, "bounds": [-0.05, 0.05], "readout": "mean", "state_rule": None}
+                               "std_momentum": 0.95, "bounds": [-0.05, 0.05], "readout": "mean", "initial_std": None,
+                               "round_below": None, "unbiased_std": True, "state_rule": None}
     momenta.clear()
     output = model.plan(context, goal, preset="vjepa2_ac_paper", num_samples=16, iterations=1, top_k=2, momentum=0.5,
                         std_momentum=0.1, horizon=2, bounds=(-0.2, 0.2), generator=torch.Generator().manual_seed(0))
@@ -211,6 +212,22 @@ def test_the_mean_readout_acts_with_the_final_search_distribution(seen_only, mon
     assert step_options(sampler.mode(), GROUPS).flatten().tolist() == ([4, 2] if seen_only else [1, 2])
 
 
+def test_small_values_of_the_returned_sequence_are_rounded_away_and_it_is_scored_again():
+    """`round_below` on the best sequence sampled: its continuous dimension set to 0 where smaller, the one-hot
+    options kept, and the energy returned that of the rounded sequence, not of the sequence sampled."""
+    model = planning_model()
+    context, goal = normed(1, 1, 4, 32), normed(1, 4, 32)
+    search = dict(horizon=2, num_samples=24, iterations=2, top_k=4, bounds=(-0.5, 0.5))
+    best = model.plan(context, goal, generator=torch.Generator().manual_seed(0), **search)
+    rounded = model.plan(context, goal, round_below=0.3, generator=torch.Generator().manual_seed(0), **search)
+    pressure = best.actions[..., 7]
+    assert bool((pressure.abs() < 0.3).any()) and bool((pressure.abs() >= 0.3).any())  # both cases occur
+    assert torch.equal(rounded.actions[..., 7], torch.where(pressure.abs() < 0.3, torch.zeros_like(pressure), pressure))
+    assert torch.equal(rounded.actions[..., :7], best.actions[..., :7])
+    assert torch.allclose(rounded.energy, model.energy(context, goal, rounded.actions[:, None])[:, 0], atol=1e-6)
+    assert not torch.allclose(rounded.energy, best.energy, atol=1e-6)
+
+
 def test_a_prior_or_preset_that_cannot_be_used_is_refused_clearly():
     context, goal = normed(1, 1, 4, 32), normed(1, 4, 32)
     with pytest.raises(ValueError, match="Unknown planning preset 'vjepa2'"):
@@ -223,6 +240,13 @@ def test_a_prior_or_preset_that_cannot_be_used_is_refused_clearly():
         planning_model().plan(context, goal, action_prior="learnt")
     with pytest.raises(ValueError, match="`readout` must be one of mean, best, got 'median'"):
         planning_model().plan(context, goal, readout="median")
+    with pytest.raises(ValueError, match="`unbiased_std` needs `top_k` >= 2"):
+        planning_model().plan(context, goal, preset="vjepa2_ac_paper", top_k=1)
+    for name in ("initial_std", "round_below"):
+        with pytest.raises(ValueError, match=f"`{name}` must be one number or 8 .* each >= 0, got \\(0.1, 0.2\\)"):
+            planning_model().plan(context, goal, num_samples=8, top_k=2, **{name: (0.1, 0.2)})
+        with pytest.raises(ValueError, match=f"`{name}` must be one number or 8"):
+            planning_model().plan(context, goal, num_samples=8, top_k=2, **{name: -0.1})
     other = empirical_action_prior(TRAINING[..., :4], [("move", [0, 1, 2, 3])], SPEC)
     with pytest.raises(ValueError, match="no statistics of 4 options for the action group 'paint'"):
         planning_model(other).plan(context, goal, num_samples=8, top_k=2, action_prior="marginal")

@@ -323,10 +323,12 @@ def test_the_json_names_the_preset_and_the_prior_and_a_seen_only_plan_keeps_to_s
     printed, result = capsys.readouterr().out, json.loads((tmp_path / "plan.json").read_text())
     assert {key: result["settings"][key] for key in ("preset", "num_samples", "iterations", "top_k", "momentum",
                                                      "std_momentum", "action_prior", "seen_only", "horizon",
-                                                     "readout")} == {
+                                                     "readout", "unbiased_std")} == {
         "preset": "vjepa2_ac_mpc_utils", "num_samples": 12, "iterations": 2, "top_k": 10, "momentum": 0.25,
-        "std_momentum": 0.95, "action_prior": "uniform", "seen_only": False, "horizon": 3, "readout": "mean"}
+        "std_momentum": 0.95, "action_prior": "uniform", "seen_only": False, "horizon": 3, "readout": "mean",
+        "unbiased_std": True}
     assert "CEM (vjepa2_ac_mpc_utils): 12 samples, 2 iterations, top 10" in printed and "mean readout" in printed
+    assert "(spread 0.95, unbiased)" in printed
     assert "action prior: uniform" in printed
 
     assert main(["--checkpoint", str(with_prior), *common, *SEARCH, "--action_prior", "marginal", "--seen_only",

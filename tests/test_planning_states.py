@@ -8,7 +8,13 @@ from torch import nn
 
 from conftest import tiny_config
 from modeling_surgical_wm import PredictorKVCache, SurgicalWorldModel
-from planning_surgical_wm import PLANNING_PRESETS, add_action, candidate_states, end_effector_pose
+from planning_surgical_wm import (
+    PLANNING_PRESETS,
+    SurgicalWorldModelActionSampler,
+    add_action,
+    candidate_states,
+    end_effector_pose,
+)
 
 
 def random_pair(**overrides) -> tuple[SurgicalWorldModel, SurgicalWorldModel]:
@@ -215,6 +221,50 @@ def test_the_droid_preset_keeps_meta_constraints_and_moves_poses():
     held = end_effector_pose(pose[0], second[None])
     assert abs(float(output.energy[0]) - float((show(moved) - goal[0, 0]).abs().mean())) < 1e-6
     assert abs(float(output.energy[0]) - float((show(held) - goal[0, 0]).abs().mean())) > 1e-4
+
+
+@pytest.mark.parametrize("gripper_goal", [1.0, 0.5])
+def test_the_droid_preset_searches_as_meta_cem_does(gripper_goal, monkeypatch):
+    """`mpc_utils.cem`: spreads that start at maxnorm for x, y, z and at 1 for the gripper, refit with the unbiased
+    std of the top 10, and a final gripper mean under 0.25 in size set to 0 in the action returned, whose energy is
+    returned. A goal that closes the gripper keeps its mean; a goal that leaves it where it is has it rounded away."""
+    samplers, refits = [], []
+    start, refit = SurgicalWorldModelActionSampler.__init__, SurgicalWorldModelActionSampler.refit
+
+    def kept(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        samplers.append(self)
+        refits.append(self.std.clone())
+
+    def spy(self, elites, *args):
+        refit(self, elites, *args)
+        refits.append((elites.clone(), self.std.clone()))
+
+    monkeypatch.setattr(SurgicalWorldModelActionSampler, "__init__", kept)
+    monkeypatch.setattr(SurgicalWorldModelActionSampler, "refit", spy)
+    model = toy_world(7, end_effector_pose)
+    pose = torch.tensor([[[0.4, 0.0, 0.3, 3.0, 0.1, -1.5, 0.5]]])
+    goal = show(torch.tensor([[[0.45, 0.05, 0.25, 3.0, 0.1, -1.5, gripper_goal]]]))
+    with torch.no_grad():
+        output = model.plan(show(pose), goal, states=pose, preset="vjepa2_ac_droid", num_samples=40, iterations=3,
+                            generator=torch.Generator().manual_seed(0))
+    assert refits[0][0, 0].tolist() == pytest.approx([0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 1.0])
+    previous = refits[0]
+    for elites, spread in refits[1:]:
+        assert elites.shape[1] == 10
+        assert torch.allclose(spread, 0.15 * previous + 0.85 * elites.std(1), atol=1e-7)  # torch.std: unbiased
+        assert not torch.allclose(spread, 0.15 * previous + 0.85 * elites.std(1, unbiased=False), atol=1e-5)
+        previous = spread
+    final = samplers[0].mean[0]  # (2, 7): the final Gaussian means the preset reads out
+    gripper = output.actions[0, :, 6]
+    assert torch.equal(output.actions[0, :, :6], final[:, :6])
+    assert torch.equal(gripper, torch.where(final[:, 6].abs() < 0.25, torch.zeros_like(gripper), final[:, 6]))
+    rounded = int((gripper == 0).sum())
+    assert rounded == (0 if gripper_goal == 1.0 else 2) and bool((final[:, 6] != 0).all())
+    moved = end_effector_pose(end_effector_pose(pose[0], output.actions[0, :1]), output.actions[0, 1:])
+    assert abs(float(output.energy[0]) - float((show(moved) - goal[0, 0]).abs().mean())) < 1e-6
+    assert output.settings["initial_std"] == [0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 1.0]
+    assert output.settings["unbiased_std"] is True and output.settings["round_below"][6] == 0.25
 
 
 def test_state_rules_are_refused_clearly():
