@@ -34,7 +34,7 @@ PLANNING_PRESETS: dict[str, dict] = {
     # per dimension, the smallest box holding that ball. Momentum: not stated (Figure 7 refits the Gaussians to the
     # top k's statistics); 0.15 / 0.15, the wrapper's. Figure 7 starts from zero mean and unit variance and returns
     # the mean (readout "mean"); every preset here starts at the middle of the bounds with half their width, as
-    # `mpc_utils.cem` does (std = maxnorm).
+    # `mpc_utils.cem` does (std = maxnorm; the DROID preset's gripper at 1, as `cem` starts it).
     "vjepa2_ac_paper": {"num_samples": 800, "iterations": 10, "top_k": 10, "horizon": 1, "momentum": 0.15,
                         "std_momentum": 0.15, "bounds": (-0.075, 0.075), "readout": "mean", "unbiased_std": True},
     # facebookresearch/vjepa2 (commit c2963a4), notebooks/utils/world_model_wrapper.py: `WorldModel.__init__`'s default
