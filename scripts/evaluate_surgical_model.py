@@ -126,7 +126,9 @@ class EvaluationArguments:
     train_probes: bool = field(default=False, metadata={"help": "Train the dataset's probes first "
                                                                 "(scripts/train_probe.py, on the train split) into "
                                                                 "--probe_dir: task and tools, or phase, next_action "
-                                                                "and breach."})
+                                                                "and breach; they share one latent cache (--cache_dir,"
+                                                                " else <probe_dir>/latent_cache), so each clip is "
+                                                                "encoded once."})
     probe_dir: str | None = field(default=None, metadata={"help": "Where --train_probes writes (default: next to "
                                                                   "--output, <output>_probes/)."})
     probe_epochs: int = field(default=20, metadata={"help": "Epochs of --train_probes."})
@@ -186,6 +188,8 @@ def train_probes(args: EvaluationArguments, data_args: DataArguments) -> dict[st
             data_options += [f"--{item.name}", *map(str, value)] if value else []
         elif value is not None:
             data_options += [f"--{item.name}", str(value)]
+    if data_args.cache_dir is None and not data_args.no_cache:  # one latent cache for every probe: encoded once
+        data_options += ["--cache_dir", str(probe_dir / "latent_cache")]
     targets = tuple(dataset_entry(data_args).targets)  # task and tools, or phase, next_action and breach
     found = {}
     for target in targets:

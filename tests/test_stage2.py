@@ -75,6 +75,10 @@ def test_the_evaluation_has_an_mmor_section(stages, tmp_path):
          "--output", str(report_path), "--plots", str(plots), "--device", "cpu"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+    # The three probes read one latent cache under --probe_dir: the clips are encoded once, not once per probe.
+    assert (tmp_path / "probes" / "latent_cache").is_dir()
+    assert not [target for target in ("phase", "next_action", "breach")
+                if (tmp_path / "probes" / target / "latent_cache").exists()]
     report = json.loads(report_path.read_text())
     manifest = json.loads((stages["mmor"] / "synthetic_manifest.json").read_text())
     mmor = report["mmor"]
