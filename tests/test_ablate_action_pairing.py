@@ -134,3 +134,42 @@ def test_the_changes_are_split_into_task_changes_and_tool_only_changes():
     assert row["tools_changes"] == (tool_change & ~task_change).sum() == 5
     assert row["own_task_change"] == pytest.approx(1.0) and row["own_tools_change"] == pytest.approx(0.5)
     assert row["ratio_task_change"] == row["ratio_tools_change"] == pytest.approx(1.0)
+
+
+def test_case_memory_scores_the_step_before_a_removed_tool_came_in_against_a_step_with_it_in_view():
+    """One clip, an arm (USM1, options x / none) and the task (a / b / Other): the tool is in from step 2 to 5 and
+    removed after 5, where the view of step 1 comes back; the task goes a -> b after step 1 and back to a after 4.
+    The copying model's error at a transition is how far the latent moves; the memory is exact where the tool goes."""
+    memory = load_benchmark("case_memory")
+    groups = [("USM1", [0]), ("task", [1, 2])]
+    arm = [None, None, 0, 0, 0, 0, None, None]
+    task = [0, 0, 1, 1, 1, 0, 0, 0]
+    actions = torch.zeros(8, 3)
+    for step in range(8):
+        if arm[step] is not None:
+            actions[step, 0] = 1
+        actions[step, 1 + task[step]] = 1
+    options = memory.group_options(actions, groups)
+    assert options.tolist() == [[1, 0], [1, 0], [0, 1], [0, 1], [0, 1], [0, 0], [1, 0], [1, 0]]
+    latents = torch.arange(8.0)[:, None, None].repeat(1, 2, 1) * torch.tensor([1.0, 3.0])[None, :, None]  # (S, N, D)
+    latents[6] = latents[1]  # the tissue under the tool, as before it came in
+    rows = []
+    for t in range(7):
+        rows += memory.transition_records(CopyModel(), latents, actions, options, t, context=3, groups=groups)
+    kinds = [kind for kind, _ in rows]
+    assert kinds == ["no change", "a tool installed", "the task changes (no memory in the clip)", "no change",
+                     "no change", "the task changes", "a tool removed", "no change"]
+    removed = rows[kinds.index("a tool removed")][1]
+    move = (latents[5] - latents[6]).abs().mean().item()  # tokens 1 and 3 apart per step: |5 - 1| and |15 - 3|
+    assert removed[:2] == [pytest.approx(move), pytest.approx(move)]  # the copy misses by the move
+    assert removed[2] == 0 and removed[3] == 0  # the memory (step 1) is the next latent
+    control = (latents[3] - latents[6]).abs().mean().item()  # the middle of the tool's run, (2 + 5) // 2
+    assert removed[4] == pytest.approx(min(control, move)) and removed[4] > 0
+    assert removed[5] == 4  # step 1 remembered at step 5
+    task_change = rows[kinds.index("the task changes")][1]  # b -> a after step 4: task a last at step 1, control 3
+    assert task_change[2] == pytest.approx((latents[1] - latents[5]).abs().mean().item())
+    assert task_change[4] == pytest.approx(torch.minimum((latents[4] - latents[5]).abs().mean(-1),
+                                                         (latents[3] - latents[5]).abs().mean(-1)).mean().item())
+    summary = memory.summarise(rows)
+    assert summary["no change"][0] == 4 and np.isnan(summary["no change"][1][2])
+    assert summary["a tool removed"] == (1, pytest.approx(removed))
