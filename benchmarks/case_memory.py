@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset_surgvu import SurgVUClips  # noqa: E402
+from dataset_surgvu import BrokenClip, SurgVUClips  # noqa: E402
 from modeling_surgical_wm import frames_to_steps  # noqa: E402
 from training_surgical_wm.arguments import DataArguments  # noqa: E402
 from training_surgical_wm.data import dataset_entry, load_dataset_splits, resolve_split_options  # noqa: E402
@@ -48,8 +48,8 @@ COLUMNS = ("own", "move", "recalled", "own or recalled", "own or control", "reca
 
 
 def group_options(actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
-    """Per step, each group's option `(S, G)`: the index of its set dimension, or `len(dims)` ("none", for the task
-    Other) when none is set."""
+    """Per step, each group's option `(S, G)`: the index of its set dimension, or `len(dims)` ("none": an arm without
+    a tool) when none is set."""
     options = []
     for _, dims in groups:
         block = actions[:, dims]
@@ -91,6 +91,7 @@ def transition_records(model, latents: torch.Tensor, actions: torch.Tensor, opti
     changed = (options[t] != options[t + 1]).nonzero().flatten().tolist()
     if not changed:
         return [("no change", [own, move, None, None, None, None])]
+
     def tokens(step):
         return (latents[step].float() - target).abs().mean(-1)
 
@@ -159,14 +160,16 @@ def main() -> None:
     rows, scored = [], set()
     for index in range(len(clips)):
         item = clips[index]
-        if "pixel_values_videos" not in item:  # a clip that failed to decode
+        if isinstance(item, BrokenClip):  # a clip that failed to decode (already named by the loader)
             continue
         latents = model.encode_targets(item["pixel_values_videos"][None])[0]
         actions = item["actions"] if per_step == 1 else frames_to_steps(item["actions"][None], per_step)[0]
         options = group_options(actions, groups)
         row = split[index]
         for t in range(latents.shape[0] - 1):
-            key = (row["video_path"], row["frame_indices"][t * per_step])  # each transition once, with most past
+            # Each transition once, in the first clip that holds it: the builder's clips of a part come in time
+            # order, so that is the one with the most past.
+            key = (row["video_path"], row["frame_indices"][t * per_step])
             if key not in scored:
                 scored.add(key)
                 rows.extend(transition_records(model, latents, actions, options, t, args.context, groups))
