@@ -39,22 +39,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_surgvu import BrokenClip, SurgVUClips  # noqa: E402
 from modeling_surgical_wm import frames_to_steps  # noqa: E402
+from planning_surgical_wm import step_options  # noqa: E402
 from training_surgical_wm.arguments import DataArguments  # noqa: E402
 from training_surgical_wm.data import dataset_entry, load_dataset_splits, resolve_split_options  # noqa: E402
 from training_surgical_wm.loading import load_checkpoint, time_base, training_settings  # noqa: E402
+from training_surgical_wm.planning import action_groups  # noqa: E402
 
 KINDS = ("a tool removed", "the task changes", "a tool installed", "no change")
 COLUMNS = ("own", "move", "recalled", "own or recalled", "own or control", "recalled steps before")
-
-
-def group_options(actions: torch.Tensor, groups: list[tuple[str, list[int]]]) -> torch.Tensor:
-    """Per step, each group's option `(S, G)`: the index of its set dimension, or `len(dims)` ("none": an arm without
-    a tool) when none is set."""
-    options = []
-    for _, dims in groups:
-        block = actions[:, dims]
-        options.append(torch.where(block.sum(1) > 0, block.argmax(1), len(dims)))
-    return torch.stack(options, 1)
 
 
 def recalled_steps(options: torch.Tensor, t: int, group: int, is_task: bool,
@@ -81,8 +73,8 @@ def recalled_steps(options: torch.Tensor, t: int, group: int, is_task: bool,
 @torch.no_grad()
 def transition_records(model, latents: torch.Tensor, actions: torch.Tensor, options: torch.Tensor, t: int,
                        context: int, groups: list[tuple[str, list[int]]]) -> list[tuple[str, list[float | None]]]:
-    """The rows of transition t -> t + 1 of one clip (`latents (S, N, D)`, per-step `actions (S, A)`): one per group
-    whose option changes there (none when nothing does: "no change")."""
+    """The rows of transition t -> t + 1 of one clip (`latents (S, N, D)`, per-step `actions (S, A)` and their
+    `step_options (S, G)`): one per group whose option changes there (none when nothing does: "no change")."""
     start = max(0, t - context + 1)
     predicted = model.predict(latents[None, start : t + 1], model.transition_actions(actions[None, start : t + 2]))
     target = latents[t + 1].float()
@@ -147,7 +139,7 @@ def main() -> None:
     config = model.config
     if not config.action_spec:
         raise SystemExit(f"error: {args.checkpoint} has no action_spec: its actions have no groups to follow")
-    groups = config.action_groups(config.discrete_action_groups or config.spec_groups(config.action_spec))
+    groups, _ = action_groups(model)
     data_args = DataArguments(data_root=args.data_root, dataset_cache_dir=args.dataset_cache_dir,
                               frames_per_clip=args.frames_per_clip, clip_stride=args.clip_stride, num_workers=0,
                               split_seed=None, validation_fraction=None, test_fraction=None)
@@ -164,7 +156,7 @@ def main() -> None:
             continue
         latents = model.encode_targets(item["pixel_values_videos"][None])[0]
         actions = item["actions"] if per_step == 1 else frames_to_steps(item["actions"][None], per_step)[0]
-        options = group_options(actions, groups)
+        options = step_options(actions, groups)
         row = split[index]
         for t in range(latents.shape[0] - 1):
             # Each transition once, in the first clip that holds it: the builder's clips of a part come in time

@@ -11,6 +11,7 @@ import torch
 from conftest import REPO_ROOT, tiny_config
 from configuration_surgical_wm import SurgicalWorldModelConfig
 from modeling_surgical_wm import SurgicalWorldModel
+from planning_surgical_wm import step_options
 
 
 def load_benchmark(name: str):
@@ -149,7 +150,7 @@ def test_case_memory_scores_the_step_before_a_removed_tool_came_in_against_a_ste
         if arm[step] is not None:
             actions[step, 0] = 1
         actions[step, 1 + task[step]] = 1
-    options = memory.group_options(actions, groups)
+    options = step_options(actions, groups)  # as the script takes them
     assert options.tolist() == [[1, 0], [1, 0], [0, 1], [0, 1], [0, 1], [0, 0], [1, 0], [1, 0]]
     latents = torch.arange(8.0)[:, None, None].repeat(1, 2, 1) * torch.tensor([1.0, 3.0])[None, :, None]  # (S, N, D)
     latents[6] = latents[1]  # the tissue under the tool, as before it came in
