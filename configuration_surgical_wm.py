@@ -125,8 +125,9 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
             the one without it is). A label that names something at a fixed place (a task's anatomy, an arm's
             instrument at its port) is drawn there directly, where the action token and AdaLN reach every token
             alike. It lets the energy tell the labelled tool from the others about twice as often on the demo's
-            held-out clips, at some cost in own-action error on 7 training cases (README "Actions at their place").
-            Off by default; V-JEPA 2-AC has none.
+            held-out clips, at some cost in own-action error on 7 training cases (README "Actions at their place")
+            and none on 13 or more (`make demo` turns it on: README "The demo on 24 cases"). Off by default; V-JEPA
+            2-AC has none.
         action_spatial_rank (`int`, *optional*):
             With `action_spatial_embedding`, the map goes through this many values (each action a mix of that many
             learnt maps over the grid): `action_dim * rank + rank * grid * grid * hidden` parameters instead of

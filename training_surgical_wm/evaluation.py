@@ -24,9 +24,9 @@ def swap_partners(videos, seed: int) -> np.ndarray:
     """
     For the swapped-actions test, the position of the clip whose actions each clip is scored with instead of its own:
     a seeded uniform draw among the clips of other videos (`videos`, one id per clip: a case or a take), since the
-    clips of one video mostly share their labels (on the demo's test split, each clip's neighbour in the split keeps
-    the task at 67% of the steps and each arm's tool at 75-82%; a clip of another case, at 14-27%). When every clip
-    is of one video, the draw is among the other clips. -1 for a single clip, which has no other clip.
+    clips of one video mostly share their labels (on the 12-case demo's test split, each clip's neighbour in the
+    split keeps the task at 67% of the steps and each arm's tool at 75-82%; a clip of another case, at 14-27%). When
+    every clip is of one video, the draw is among the other clips. -1 for a single clip, which has no other clip.
     """
     videos = np.asarray(list(videos), dtype=object)
     count = len(videos)
