@@ -70,5 +70,5 @@ def test_a_sample_of_another_size_or_seed_stops_the_demo_before_anything_runs(tm
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 1
     assert str(data / "synthetic_manifest.json") in done.stderr and "12 cases of seed 0" in done.stderr
-    assert "asks for 24 of seed 0" in done.stderr
+    assert "asks for 24 of seed 0" in done.stderr and f"remove {tmp_path / 'out'} " in done.stderr
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["surgvu"]  # nothing else was started
