@@ -65,7 +65,8 @@ def test_a_sample_of_another_size_or_seed_stops_the_demo_before_anything_runs(tm
 
     data = tmp_path / "out" / "surgvu"
     data.mkdir(parents=True)
-    (data / "synthetic_manifest.json").write_text(json.dumps({"seed": 0, "cases": {f"case_{k:03d}": {} for k in range(12)}}))
+    cases = {f"case_{number:03d}": {} for number in range(12)}
+    (data / "synthetic_manifest.json").write_text(json.dumps({"seed": 0, "cases": cases}))
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--output_dir", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 1
