@@ -82,11 +82,12 @@ def main() -> None:
     if os.path.exists(manifest):  # the sample of an earlier run is reused, if it is the one asked for
         with open(manifest) as handle:
             written = json.load(handle)
-        if (len(written["cases"]), written["seed"]) != (args.num_cases, args.seed):
+        count, seed = len(written["cases"]), written["seed"]
+        if (count, seed) != (args.num_cases, args.seed):
             # the run, probes and caches there were made from that sample too: start in an empty folder
-            sys.exit(f"{manifest}: the sample there has {len(written['cases'])} cases of seed {written['seed']}, this "
-                     f"run asks for {args.num_cases} of seed {args.seed}; remove {out} or give another --output_dir "
-                     f"(--num_cases {len(written['cases'])} --seed {written['seed']} goes on with that sample)")
+            sys.exit(f"error: {manifest}: the sample there has {count} cases of seed {seed}, "
+                     f"this run asks for {args.num_cases} of seed {args.seed}; remove {out} or give another "
+                     f"--output_dir (--num_cases {count} --seed {seed} goes on with that sample)")
     else:
         run([python, "scripts/make_synthetic_surgvu.py", "--out", data, "--seed", str(args.seed),
              "--num_cases", str(args.num_cases)])
