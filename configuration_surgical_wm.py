@@ -419,6 +419,18 @@ class SurgicalWorldModelConfig(PreTrainedConfig):
         return [(group, [index for index, name in enumerate(spec) if name.split("/", 1)[0] == group and "/" in name])
                 for group in names or []]
 
+    def categorical_groups(self) -> tuple[list[tuple[str, list[int]]], list[str] | None]:
+        """The categorical groups `(group, [action dimension, ...])` that planning and action inference choose options
+        of: those of `discrete_action_groups`, else those of the `action_spec` prefixes (an older export, or one built
+        without train_hf.py), whose names come second (for `plan(discrete_groups=...)`; None where the config names
+        its groups). No groups where the config has neither."""
+        if self.discrete_action_groups is not None:
+            return self.action_groups(), None
+        if not self.action_spec:
+            return [], None
+        names = self.spec_groups(self.action_spec)
+        return self.action_groups(names), names
+
     def _check_probe_values(self):
         """Checks the attentive probe's fields (also called by the classification model, after `from_pretrained`
         has set fields given as keyword arguments)."""

@@ -835,15 +835,6 @@ ACTION_INFERENCE_TOP_K = 10
 ACTION_INFERENCE_MOMENTUM = 0.15
 
 
-def inference_groups(world_model) -> list[tuple[str, list[int]]]:
-    """The categorical action groups `(name, dims)` planned over: the config's `discrete_action_groups`, else the
-    `action_spec` prefixes (as plan.py derives them); none without an `action_spec`."""
-    config = world_model.config
-    if not config.action_spec:
-        return []
-    return config.action_groups(config.discrete_action_groups or config.spec_groups(config.action_spec))
-
-
 def draw_moments(num_clips: int, num_steps: int, count: int, context: int, horizon: int,
                  seed: int) -> list[tuple[int, int]]:
     """`count` (clip position, start step) pairs, in clip order: a seeded choice without replacement among the starts
@@ -1060,7 +1051,7 @@ def action_inference(args, world_model, split, indices: list[int], clips, train_
     """The `action_inference` section (None, with a note, when the model has no categorical action group or the
     clips are too short): the actions the planner infers between held-out moments, scored against the labels;
     `partners` as `run` takes them."""
-    groups = inference_groups(world_model)
+    groups = world_model.config.categorical_groups()[0]  # as plan.py chooses them
     context, horizon = args.action_inference_context, args.action_inference_horizon
     num_steps = split.features["actions"].shape[0] // world_model.config.frames_per_step
     if not groups:

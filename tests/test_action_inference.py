@@ -167,11 +167,11 @@ def test_chance_reads_the_config_s_action_prior_and_recounts_only_without_one(ex
     model pairs labels with transitions) instead of counting the training labels again; an export without a prior
     recounts, and both counts agree on the same labels."""
     import evaluate_surgical_model
-    from evaluate_surgical_model import action_inference, inference_groups, prior_option_counts, train_option_counts
+    from evaluate_surgical_model import action_inference, prior_option_counts, train_option_counts
     from planning_surgical_wm import empirical_action_prior
 
     model, clips, options, train_options = explained_clips
-    groups = inference_groups(model)
+    groups = model.config.categorical_groups()[0]
     train_split = actions_split(one_hot_actions(train_options))
     recounted = train_option_counts(model, train_split, groups)
     assert prior_option_counts(model.config, groups) is None  # the fixture's model records no prior

@@ -234,6 +234,17 @@ def test_the_config_checks_its_action_groups():
     assert config.action_groups() == [("paint", [4, 5, 6]), ("move", [0, 1, 2, 3])]
 
 
+def test_planning_and_action_inference_choose_the_same_groups():
+    """`categorical_groups` is what plan.py and the evaluation's action inference both plan over: the config's named
+    groups, else the action spec's prefixes in their order (returned too, for `plan(discrete_groups=...)`), else
+    none."""
+    named = tiny_config(action_dim=len(SPEC), action_spec=SPEC, discrete_action_groups=["paint"])
+    assert named.categorical_groups() == ([("paint", [4, 5, 6])], None)
+    derived = tiny_config(action_dim=len(SPEC), action_spec=SPEC)
+    assert derived.categorical_groups() == ([("move", [0, 1, 2, 3]), ("paint", [4, 5, 6])], ["move", "paint"])
+    assert tiny_config(action_dim=len(SPEC)).categorical_groups() == ([], None)
+
+
 # --------------------------------------- a world whose motion is set by the actions: plan, then infer the actions
 GRID, CELL = 2, 16  # a square on a 2x2 grid of 16-px cells: one latent token per cell
 MOVES = [(0, -1), (0, 1), (-1, 0), (1, 0)]  # left, right, up, down, stopped at the edges; "none" stays

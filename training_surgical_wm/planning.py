@@ -43,13 +43,11 @@ def load_world_model(path: str) -> tuple[SurgicalWorldModel, str]:
 def action_groups(model: SurgicalWorldModel) -> tuple[list[tuple[str, list[int]]], list[str] | None]:
     """The categorical groups `(name, dims)` and, when the config does not name them, the names derived here (for
     `plan(discrete_groups=...)`; None when the config has them)."""
-    config = model.config
-    if config.discrete_action_groups is not None:
-        return config.action_groups(), None
-    names = config.spec_groups(config.action_spec)
-    logger.info("the config names no discrete_action_groups (an older checkpoint, or one built without train_hf.py): "
-                "using the action_spec prefixes %s", names)
-    return config.action_groups(names), names
+    groups, names = model.config.categorical_groups()
+    if names is not None:
+        logger.info("the config names no discrete_action_groups (an older checkpoint, or one built without "
+                    "train_hf.py): using the action_spec prefixes %s", names)
+    return groups, names
 
 
 def decode_action(vector: np.ndarray, spec: list[str], groups, continuous: list[int]) -> dict:
