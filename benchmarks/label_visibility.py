@@ -33,11 +33,16 @@ TOOL_BAND_FRACTION = 0.08  # the builder's default crop of the tool-name band
 
 
 @torch.no_grad()
+def builder_crop(video: torch.Tensor) -> torch.Tensor:
+    """Frames `(T, 3, H, W)` of the generator's default size without the tool-name band and the black side margins,
+    as the builder crops them."""
+    margin = int(round(WIDTH * MARGIN_FRACTION))
+    return video[:, :, : int(HEIGHT * (1 - TOOL_BAND_FRACTION)), margin : WIDTH - margin]
+
+
 def encode(model: SurgicalWorldModel, frames: list[np.ndarray]) -> torch.Tensor:
     """Target latents `(steps, tokens, dim)` of frames `[H, W, 3]` uint8, one frame per step."""
-    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
-    margin = int(round(WIDTH * MARGIN_FRACTION))
-    video = video[:, :, : int(HEIGHT * (1 - TOOL_BAND_FRACTION)), margin : WIDTH - margin]
+    video = builder_crop(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2))  # (T, 3, H, W)
     video = video.repeat_interleave(model.config.frames_per_step, dim=0)  # one frame per step, as the builder samples
     pixels = vjepa2_preprocess(video, crop_size=model.config.encoder_config.crop_size)[None]
     return model.encode_targets(pixels)[0]

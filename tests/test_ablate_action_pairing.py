@@ -174,3 +174,41 @@ def test_case_memory_scores_the_step_before_a_removed_tool_came_in_against_a_ste
     summary = memory.summarise(rows)
     assert summary["no change"][0] == 4 and np.isnan(summary["no change"][1][2])
     assert summary["a tool removed"] == (1, pytest.approx(removed))
+
+
+def test_task_change_tokens_finds_each_anatomy_in_the_encoder_s_view():
+    """The generator's anatomy discs, cropped as the builder and the V-JEPA 2 preprocessing crop them, onto the 4 x 4
+    tokens of a 64-pixel crop: Range of motion in the middle, Rectal artery/vein at the lower left, Other nowhere."""
+    tokens = load_benchmark("task_change_tokens")
+    middle = tokens.anatomy_coverage(0, 64, 16).view(4, 4)
+    assert middle[1:3, 1:3].min() > 0.99 and middle[0, 0] == middle[0, 3] == middle[3, 0] == middle[3, 3] == 0
+    vessel = tokens.anatomy_coverage(1, 64, 16).view(4, 4)
+    assert vessel[2:, 0].min() > 0.9 and vessel[:2].max() < 0.05 and vessel[:, 2:].max() == 0
+    assert tokens.anatomy_coverage(len(tokens._TASK_ANATOMY), 64, 16).max() == 0  # Other shows no anatomy
+    kinds = tokens.token_kinds(0, 1, 64, 16, coverage=0.25).view(4, 4)  # Range of motion -> Rectal artery/vein
+    assert kinds.tolist() == [[2, 2, 2, 2], [2, 1, 1, 2], [0, 0, 1, 1], [0, 0, 1, 2]]
+
+
+def test_task_change_tokens_scores_each_kind_of_token_and_the_unchanged_transitions():
+    """Two clips of 3 steps whose latent moves by the task's option at every transition (ShiftModel's world, off by
+    0.1 with the true actions) and, where clip 0's task changes, by 1 more on the tokens the old anatomy leaves: the
+    own error is 0.9 there and 0.1 everywhere else, and clip 0 scored with clip 1's labels misses by 1.1 before the
+    change."""
+    tokens = load_benchmark("task_change_tokens")
+    options = torch.tensor([[0, 0, 1], [1, 1, 1]])  # task per step: clip 0 goes Range of motion -> Rectal artery/vein
+    labels = torch.nn.functional.one_hot(options, 2).float()
+    assert torch.equal(tokens.step_tasks(labels, ["task/Range of motion", "task/Rectal artery/vein"]), options)
+    kinds = tokens.token_kinds(0, 1, 64, 16, coverage=0.25)  # (16,)
+    moves = options[:, 1:, None].float().expand(-1, -1, 16).clone()  # (C, S - 1, N)
+    moves[0, 1] += (kinds == 1).float()
+    latents = torch.cat([torch.zeros(2, 1, 16), moves.cumsum(1)], 1)[..., None].expand(-1, -1, -1, 2)
+    model = ShiftModel()
+    model.config = SimpleNamespace(encoder_config=SimpleNamespace(crop_size=64, patch_size=16))
+    summary = tokens.scores(model, latents, labels, options, torch.tensor([1, 0]), coverage=0.25)
+    assert summary["the new anatomy"] == (4, [pytest.approx(0.1), pytest.approx(0.1), pytest.approx(1.0)])
+    assert summary["the old anatomy only"] == (5, [pytest.approx(0.9), pytest.approx(0.9), pytest.approx(2.0)])
+    assert summary["neither"] == (7, [pytest.approx(0.1), pytest.approx(0.1), pytest.approx(1.0)])
+    # Unchanged: clip 0's first transition (its partner's option 1 misses by 1.1) and clip 1's two (0.9, then 0.1).
+    assert summary["no change"] == (48, [pytest.approx(0.1), pytest.approx(0.7), pytest.approx(2 / 3)])
+    with pytest.raises(SystemExit, match="no task/"):
+        tokens.step_tasks(labels, ["USM1/a", "USM1/b"])
