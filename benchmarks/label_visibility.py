@@ -32,7 +32,6 @@ WIDTH, HEIGHT = 320, 180  # make_synthetic_surgvu.py's defaults
 TOOL_BAND_FRACTION = 0.08  # the builder's default crop of the tool-name band
 
 
-@torch.no_grad()
 def builder_crop(video: torch.Tensor) -> torch.Tensor:
     """Frames `(T, 3, H, W)` of the generator's default size without the tool-name band and the black side margins,
     as the builder crops them."""
@@ -40,6 +39,7 @@ def builder_crop(video: torch.Tensor) -> torch.Tensor:
     return video[:, :, : int(HEIGHT * (1 - TOOL_BAND_FRACTION)), margin : WIDTH - margin]
 
 
+@torch.no_grad()
 def encode(model: SurgicalWorldModel, frames: list[np.ndarray]) -> torch.Tensor:
     """Target latents `(steps, tokens, dim)` of frames `[H, W, 3]` uint8, one frame per step."""
     video = builder_crop(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2))  # (T, 3, H, W)
