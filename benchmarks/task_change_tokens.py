@@ -25,6 +25,7 @@ label changes.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -47,9 +48,10 @@ from training_surgical_wm.evaluation import swap_partners  # noqa: E402
 KINDS = ("the new anatomy", "the old anatomy only", "neither")
 
 
+@functools.cache  # drawn once per task, not at each of its changes
 def anatomy_coverage(task: int, crop_size: int, patch_size: int) -> torch.Tensor:
     """The share of each token's patch `(tokens,)`, row by row, that task `task`'s anatomy covers in the encoder's
-    view of a synthetic frame (zeros for Other, which shows none)."""
+    view of a synthetic frame (zeros for Other, which shows none). Shared between calls: not to be changed in place."""
     image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
     if task < len(_TASK_ANATOMY):
         renderer = _Renderer(np.random.default_rng(0), WIDTH, HEIGHT)
